@@ -1,0 +1,206 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Shared by every tcpack probe family: the flow tuple, netns lookups, packet parsing,
+ * per-CPU event rate limiting and batched ring-buffer submission. */
+#ifndef TCPACK_COMMON_H
+#define TCPACK_COMMON_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+
+#define AF_INET 2
+#define AF_INET6 10
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define NSEC_PER_SEC 1000000000ULL
+#define E2BIG 7
+
+enum direction {
+	DIRECTION_UNKNOWN = 0,
+	DIRECTION_RECEIVE = 1,
+	DIRECTION_TRANSMIT = 2,
+};
+
+enum tuple_source {
+	TUPLE_NONE = 0,
+	TUPLE_PACKET = 1,
+	TUPLE_SOCKET = 2,
+};
+
+/* A flow as seen from this host: local and peer, whichever way the packet went. */
+struct flow {
+	__u8 local_addr[16];
+	__u8 peer_addr[16];
+	__u16 local_port; /* host order */
+	__u16 peer_port;  /* host order */
+	__u16 l3proto;    /* ETH_P_IP, ETH_P_IPV6, 0 when unknown */
+	__u8 l4proto;     /* IPPROTO_* */
+	__u8 direction;   /* enum direction */
+	__u8 source;      /* enum tuple_source */
+	__u8 _pad[3];
+};
+
+/* Knobs the loader rewrites before load (libbpf-tools style), shared by every family. */
+const volatile __u64 event_rate_per_sec = 100;     /* per CPU and event kind; 0 turns events off */
+const volatile __u64 event_burst = 100;            /* tokens a quiet CPU may save up */
+const volatile __u64 event_refill_cap_ns = NSEC_PER_SEC; /* burst * 1e9 / rate: a full refill */
+const volatile __u64 ringbuf_wakeup_bytes = 65536; /* wake the reader only above this backlog */
+
+/* Token bucket in nano-tokens so refills stay integer: one event costs NSEC_PER_SEC. */
+struct event_bucket {
+	__u64 tokens;
+	__u64 last_ns;
+};
+
+static __always_inline bool take_event_token(struct event_bucket *b)
+{
+	if (!event_rate_per_sec || !b)
+		return false;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 elapsed = now - b->last_ns;
+	__u64 full = event_burst * NSEC_PER_SEC;
+
+	b->last_ns = now;
+	if (elapsed >= event_refill_cap_ns) {
+		b->tokens = full;
+	} else {
+		b->tokens += elapsed * event_rate_per_sec;
+		if (b->tokens > full)
+			b->tokens = full;
+	}
+	if (b->tokens < NSEC_PER_SEC)
+		return false;
+	b->tokens -= NSEC_PER_SEC;
+	return true;
+}
+
+/* A wakeup per record costs ~6 us here (notes/kernel.md): only wake the reader once a batch
+ * is pending; it also polls with a deadline, so a lone record is never stranded. */
+static __always_inline void submit_batched(void *ringbuf, void *record)
+{
+	__u64 flags = BPF_RB_NO_WAKEUP;
+
+	if (bpf_ringbuf_query(ringbuf, BPF_RB_AVAIL_DATA) >= ringbuf_wakeup_bytes)
+		flags = BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(record, flags);
+}
+
+static __always_inline void count_in(void *percpu_array, __u32 index)
+{
+	__u64 *c = bpf_map_lookup_elem(percpu_array, &index);
+
+	if (c)
+		(*c)++;
+}
+
+static __always_inline __u32 netns_of_dev(const struct net_device *dev)
+{
+	return dev ? BPF_CORE_READ(dev, nd_net.net, ns.inum) : 0;
+}
+
+static __always_inline __u32 netns_of_sock(const struct sock *sk)
+{
+	return sk ? BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum) : 0;
+}
+
+/* Fill the flow from the socket: valid for full, request and timewait sockets alike
+ * because it reads sock_common only. */
+static __always_inline void flow_from_sock(struct flow *f, const struct sock *sk)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	f->local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	f->peer_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == AF_INET) {
+		__u32 local = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__u32 peer = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+
+		__builtin_memcpy(f->local_addr, &local, 4);
+		__builtin_memcpy(f->peer_addr, &peer, 4);
+		f->l3proto = ETH_P_IP;
+	} else if (family == AF_INET6) {
+		BPF_CORE_READ_INTO(&f->local_addr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&f->peer_addr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		f->l3proto = ETH_P_IPV6;
+	}
+	f->source = TUPLE_SOCKET;
+}
+
+/* Parse the IP and L4 headers of the skb. skb_iif is set only when the packet arrived on an
+ * interface (__netif_receive_skb_core), which tells whether the source is the peer or us.
+ * IPv6 extension headers are not walked: l4proto is the first next-header. */
+static __always_inline bool flow_from_skb(struct flow *f, const struct sk_buff *skb)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+	__u16 proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
+	__u8 src[16] = {}, dst[16] = {};
+	__u32 l4off;
+	__u8 l4;
+
+	if (nh == (__u16)~0U || !head)
+		return false;
+	if (proto == ETH_P_IP) {
+		struct iphdr ip;
+
+		if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh) || ip.version != 4)
+			return false;
+		__builtin_memcpy(src, &ip.saddr, 4);
+		__builtin_memcpy(dst, &ip.daddr, 4);
+		l4 = ip.protocol;
+		l4off = nh + ip.ihl * 4;
+		if (ip.frag_off & bpf_htons(0x1fff))
+			l4off = 0; /* not the first fragment: no L4 header */
+	} else if (proto == ETH_P_IPV6) {
+		struct ipv6hdr ip6;
+
+		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh) || ip6.version != 6)
+			return false;
+		__builtin_memcpy(src, &ip6.saddr, 16);
+		__builtin_memcpy(dst, &ip6.daddr, 16);
+		l4 = ip6.nexthdr;
+		l4off = nh + sizeof(ip6);
+	} else {
+		return false;
+	}
+
+	__u16 ports[2] = {};
+	if (l4off && (l4 == IPPROTO_TCP || l4 == IPPROTO_UDP))
+		bpf_probe_read_kernel(ports, sizeof(ports), head + l4off);
+
+	f->l3proto = proto;
+	f->l4proto = l4;
+	f->source = TUPLE_PACKET;
+	if (BPF_CORE_READ(skb, skb_iif)) {
+		f->direction = DIRECTION_RECEIVE;
+		__builtin_memcpy(f->local_addr, dst, 16);
+		__builtin_memcpy(f->peer_addr, src, 16);
+		f->local_port = bpf_ntohs(ports[1]);
+		f->peer_port = bpf_ntohs(ports[0]);
+	} else {
+		f->direction = DIRECTION_TRANSMIT;
+		__builtin_memcpy(f->local_addr, src, 16);
+		__builtin_memcpy(f->peer_addr, dst, 16);
+		f->local_port = bpf_ntohs(ports[0]);
+		f->peer_port = bpf_ntohs(ports[1]);
+	}
+	return true;
+}
+
+/* TCP state of a socket, or 0 when it is not a TCP socket. Request and timewait sockets
+ * only have sock_common, so sk_protocol is read only for full sockets. */
+static __always_inline __u8 tcp_state_of(const struct sock *sk)
+{
+	if (!sk)
+		return 0;
+	__u8 state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (state == TCP_NEW_SYN_RECV || state == TCP_TIME_WAIT)
+		return state;
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	return state;
+}
+
+#endif /* TCPACK_COMMON_H */

@@ -1,0 +1,373 @@
+package drops_test
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/link"
+
+	"github.com/tcpack/tcpack/internal/drops"
+	"github.com/tcpack/tcpack/internal/kernel"
+	"github.com/tcpack/tcpack/internal/loader"
+	"github.com/tcpack/tcpack/internal/netnstest"
+)
+
+var (
+	envOnce sync.Once
+	env     *kernel.Env
+	envErr  error
+)
+
+func openEnv(t *testing.T) *kernel.Env {
+	t.Helper()
+	netnstest.RequireRoot(t)
+	envOnce.Do(func() { env, envErr = kernel.Open() })
+	if envErr != nil {
+		t.Fatal(envErr)
+	}
+	return env
+}
+
+// eventLog collects sampled events delivered by the probe.
+type eventLog struct {
+	mu     sync.Mutex
+	events []drops.Event
+}
+
+func (l *eventLog) add(b []drops.Event) {
+	l.mu.Lock()
+	l.events = append(l.events, b...)
+	l.mu.Unlock()
+}
+
+func (l *eventLog) matching(f func(drops.Event) bool) []drops.Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []drops.Event
+	for _, e := range l.events {
+		if f(e) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func start(t *testing.T, cfg drops.Config) (*drops.Probe, *eventLog) {
+	t.Helper()
+	log := &eventLog{}
+	p, err := drops.Start(openEnv(t), cfg, log.add)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	for _, l := range p.Report().Lines() {
+		t.Log(l)
+	}
+	return p, log
+}
+
+// dropsWhere sums drop packets matching the filter.
+func dropsWhere(t *testing.T, p *drops.Probe, f func(drops.DropCount) bool) uint64 {
+	t.Helper()
+	snap, err := p.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, d := range snap.Drops {
+		if f(d) {
+			n += d.Packets
+		}
+	}
+	return n
+}
+
+func tcpWhere(t *testing.T, p *drops.Probe, f func(drops.TCPCount) bool) uint64 {
+	t.Helper()
+	snap, err := p.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, c := range snap.TCP {
+		if f(c) {
+			n += c.Count
+		}
+	}
+	return n
+}
+
+// eventually polls until cond holds; counts settle within microseconds, events within the
+// flush interval.
+func eventually(t *testing.T, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s", what, state)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func equalCount(t *testing.T, what string, want uint64, get func() uint64) {
+	t.Helper()
+	eventually(t, what, func() (bool, string) {
+		got := get()
+		return got == want, fmt.Sprintf("got %d, want %d", got, want)
+	})
+	// And it stays there: nothing else in the namespace adds to it.
+	time.Sleep(100 * time.Millisecond)
+	if got := get(); got != want {
+		t.Fatalf("%s: settled at %d, want %d", what, got, want)
+	}
+}
+
+func TestTCPSynToClosedPort(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		strategies []loader.Kind
+	}{
+		{"default", nil},
+		{"raw_tp", []loader.Kind{loader.RawTP}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := drops.DefaultConfig()
+			cfg.Strategies = tc.strategies
+			p, events := start(t, cfg)
+			if tc.strategies != nil {
+				for _, h := range p.Report().Hooks {
+					if h.Attached == nil || h.Attached.Kind != loader.RawTP {
+						t.Fatalf("hook %s: want raw_tp, got %+v", h.Hook, h.Attached)
+					}
+				}
+			}
+			pair := netnstest.NewPair(t)
+			const n, firstPort, dport = 5, 41000, 5002
+			pair.A.SendSYNs(t, fmt.Sprintf("%s:%d", pair.B.Addr, dport), n, firstPort)
+
+			equalCount(t, "NO_SOCKET drops at tcp_v4_rcv in B", n, func() uint64 {
+				return dropsWhere(t, p, func(d drops.DropCount) bool {
+					return d.Netns == pair.B.Inode && d.Reason == "NO_SOCKET" && d.Symbol == "tcp_v4_rcv" &&
+						d.Transport == "tcp" && d.Network == "ipv4" && d.Interface == pair.B.Veth
+				})
+			})
+			equalCount(t, "resets sent by B", n, func() uint64 {
+				return tcpWhere(t, p, func(c drops.TCPCount) bool {
+					return c.Netns == pair.B.Inode && c.Kind == drops.KindResetSent
+				})
+			})
+			equalCount(t, "resets received by A", n, func() uint64 {
+				return tcpWhere(t, p, func(c drops.TCPCount) bool {
+					return c.Netns == pair.A.Inode && c.Kind == drops.KindResetReceived && c.State == "syn_sent"
+				})
+			})
+
+			var got []drops.Event
+			eventually(t, "drop events", func() (bool, string) {
+				got = events.matching(func(e drops.Event) bool {
+					return e.Kind == drops.KindDrop && e.Netns == pair.B.Inode && e.Reason == "NO_SOCKET"
+				})
+				return len(got) == n, fmt.Sprintf("got %d events, want %d", len(got), n)
+			})
+			var ports []int
+			for _, e := range got {
+				if e.LocalAddr != netip.MustParseAddr(pair.B.Addr) || e.LocalPort != dport ||
+					e.PeerAddr != netip.MustParseAddr(pair.A.Addr) || e.Transport != "tcp" ||
+					e.Direction != "receive" || e.Interface != pair.B.Veth || e.NetnsName != pair.B.Name ||
+					!strings.HasPrefix(e.Location, "tcp_v4_rcv+0x") {
+					t.Errorf("event %+v: want %s:%d <- %s, tcp, receive on %s in %s, at tcp_v4_rcv+0x...",
+						e, pair.B.Addr, dport, pair.A.Addr, pair.B.Veth, pair.B.Name)
+				}
+				ports = append(ports, int(e.PeerPort))
+			}
+			slices.Sort(ports)
+			if want := []int{firstPort, firstPort + 1, firstPort + 2, firstPort + 3, firstPort + 4}; !slices.Equal(ports, want) {
+				t.Errorf("peer ports %v, want %v", ports, want)
+			}
+
+			resets := events.matching(func(e drops.Event) bool {
+				return e.Kind == drops.KindResetSent && e.Netns == pair.B.Inode
+			})
+			if len(resets) != n {
+				t.Fatalf("reset-sent events: got %d, want %d", len(resets), n)
+			}
+			for _, e := range resets {
+				if e.LocalPort != dport || e.PeerAddr != netip.MustParseAddr(pair.A.Addr) {
+					t.Errorf("reset event %+v: want local port %d, peer %s", e, dport, pair.A.Addr)
+				}
+				if _, err := kernel.EnumNames(openEnv(t).BTF, "sk_rst_reason", ""); err == nil && e.Reason != "NO_SOCKET" {
+					t.Errorf("reset reason %q, want NO_SOCKET on a kernel with enum sk_rst_reason", e.Reason)
+				}
+			}
+		})
+	}
+}
+
+func TestUDPToClosedPort(t *testing.T) {
+	p, events := start(t, drops.DefaultConfig())
+	pair := netnstest.NewPair(t)
+	const n, dport = 7, 5003
+	sport := pair.A.SendUDP(t, fmt.Sprintf("%s:%d", pair.B.Addr, dport), n)
+
+	equalCount(t, "NO_SOCKET drops at __udp4_lib_rcv in B", n, func() uint64 {
+		return dropsWhere(t, p, func(d drops.DropCount) bool {
+			return d.Netns == pair.B.Inode && d.Reason == "NO_SOCKET" && d.Symbol == "__udp4_lib_rcv" &&
+				d.Transport == "udp" && d.Interface == pair.B.Veth
+		})
+	})
+	eventually(t, "udp drop events", func() (bool, string) {
+		got := events.matching(func(e drops.Event) bool {
+			return e.Kind == drops.KindDrop && e.Netns == pair.B.Inode && e.Transport == "udp" &&
+				e.LocalPort == dport && e.PeerPort == uint16(sport) &&
+				e.PeerAddr == netip.MustParseAddr(pair.A.Addr) && strings.HasPrefix(e.Location, "__udp4_lib_rcv+")
+		})
+		return len(got) == n, fmt.Sprintf("got %d, want %d", len(got), n)
+	})
+}
+
+func TestNftablesDrop(t *testing.T) {
+	p, events := start(t, drops.DefaultConfig())
+	pair := netnstest.NewPair(t)
+	pair.B.Exec(t, "nft", "add table inet tcpack_test; "+
+		"add chain inet tcpack_test input { type filter hook input priority 0; policy accept; }; "+
+		"add rule inet tcpack_test input udp dport 5004 drop")
+	const n = 6
+	pair.A.SendUDP(t, fmt.Sprintf("%s:5004", pair.B.Addr), n)
+
+	equalCount(t, "NETFILTER_DROP drops in B", n, func() uint64 {
+		return dropsWhere(t, p, func(d drops.DropCount) bool {
+			return d.Netns == pair.B.Inode && d.Reason == "NETFILTER_DROP" && d.Transport == "udp"
+		})
+	})
+	got := events.matching(func(e drops.Event) bool {
+		return e.Netns == pair.B.Inode && e.Reason == "NETFILTER_DROP" && e.LocalPort == 5004
+	})
+	if len(got) == 0 {
+		eventually(t, "NETFILTER_DROP events", func() (bool, string) {
+			got = events.matching(func(e drops.Event) bool {
+				return e.Netns == pair.B.Inode && e.Reason == "NETFILTER_DROP" && e.LocalPort == 5004
+			})
+			return len(got) == n, fmt.Sprintf("got %d, want %d", len(got), n)
+		})
+	}
+	t.Logf("nftables drop at %s", got[0].Location)
+}
+
+func TestQdiscDrop(t *testing.T) {
+	p, _ := start(t, drops.DefaultConfig())
+	pair := netnstest.NewPair(t)
+	// A token bucket far too small for the burst: tbf drops what exceeds its one-packet queue.
+	pair.A.Exec(t, "tc", "qdisc", "add", "dev", pair.A.Veth, "root", "tbf", "rate", "8kbit", "burst", "1600", "limit", "1600")
+	const n = 50
+	pair.A.SendUDPSized(t, fmt.Sprintf("%s:5005", pair.B.Addr), n, 1000)
+
+	// The qdisc's own drop counter is the reference.
+	out := pair.A.Exec(t, "tc", "-s", "qdisc", "show", "dev", pair.A.Veth)
+	var sent, qdropped uint64
+	if i := strings.Index(out, "Sent "); i >= 0 {
+		var bytes uint64
+		fmt.Sscanf(out[i:], "Sent %d bytes %d pkt (dropped %d", &bytes, &sent, &qdropped)
+	}
+	if qdropped == 0 {
+		t.Fatalf("tbf dropped nothing; tc says:\n%s", out)
+	}
+	var reasons []string
+	equalCount(t, "qdisc drops in A", qdropped, func() uint64 {
+		reasons = nil
+		return dropsWhere(t, p, func(d drops.DropCount) bool {
+			if d.Netns != pair.A.Inode || d.Transport != "udp" || d.Interface != pair.A.Veth {
+				return false
+			}
+			reasons = append(reasons, d.Reason+"@"+d.Symbol)
+			return strings.HasPrefix(d.Reason, "QDISC")
+		})
+	})
+	t.Logf("tbf dropped %d of %d: %v", qdropped, n, reasons)
+}
+
+func TestRestartLeavesNothingBehind(t *testing.T) {
+	e := openEnv(t)
+	linksBefore, fdsBefore := countLinks(t), countFDs(t)
+	for i := 0; i < 3; i++ {
+		p, err := drops.Start(e, drops.DefaultConfig(), nil)
+		if err != nil {
+			t.Fatalf("start %d: %v", i, err)
+		}
+		if got := countLinks(t); got <= linksBefore {
+			t.Fatalf("start %d: %d links attached, want more than %d", i, got, linksBefore)
+		}
+		if err := p.Close(); err != nil {
+			t.Fatalf("close %d: %v", i, err)
+		}
+		if err := p.Close(); err != nil {
+			t.Fatalf("second close %d: %v", i, err)
+		}
+	}
+	if got := countLinks(t); got != linksBefore {
+		t.Errorf("links after shutdown: %d, before: %d", got, linksBefore)
+	}
+	if got := countFDs(t); got != fdsBefore {
+		t.Errorf("fds after shutdown: %d, before: %d", got, fdsBefore)
+	}
+}
+
+func TestEventRateLimit(t *testing.T) {
+	cfg := drops.DefaultConfig()
+	cfg.EventsPerSecond = 1
+	cfg.EventBurst = 3
+	p, events := start(t, cfg)
+	pair := netnstest.NewPair(t)
+	const n = 40
+	pair.A.SendUDP(t, fmt.Sprintf("%s:5006", pair.B.Addr), n)
+	equalCount(t, "drops counted regardless of sampling", n, func() uint64 {
+		return dropsWhere(t, p, func(d drops.DropCount) bool {
+			return d.Netns == pair.B.Inode && d.Reason == "NO_SOCKET"
+		})
+	})
+	time.Sleep(300 * time.Millisecond) // one flush interval and more
+	got := len(events.matching(func(e drops.Event) bool { return e.Netns == pair.B.Inode }))
+	// Each CPU may spend its burst (plus a token refilled during the run).
+	if maxEvents := 2 * (3 + 1); got == 0 || got > maxEvents {
+		t.Fatalf("events emitted: %d, want 1..%d with burst 3 per CPU", got, maxEvents)
+	}
+	snap, err := p.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := snap.Stats.SampledOut[drops.KindDrop]; out < uint64(n-got) {
+		t.Fatalf("sampled out %d, want at least %d (%d drops, %d events)", out, n-got, n, got)
+	}
+}
+
+func countLinks(t *testing.T) int {
+	t.Helper()
+	var it link.Iterator
+	n := 0
+	for it.Next() {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func countFDs(t *testing.T) int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(entries)
+}

@@ -1,0 +1,129 @@
+package drops
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
+)
+
+// Event is one sampled drop, retransmit or reset.
+type Event struct {
+	Kind Kind
+	Time time.Time
+	// Reason is the drop reason, or the reset reason for resets sent where the kernel has one.
+	Reason string
+	// Location is symbol+offset of the code that freed the skb (drops only).
+	Location  string
+	Netns     uint32
+	NetnsName string // iproute2 name of the netns, if it has one
+	Interface string
+	Network   string // ipv4, ipv6
+	Transport string // tcp, udp, ...
+	// Direction is "receive" when the packet arrived on an interface, "transmit" when it was
+	// sent from this host, empty when the event carried no packet.
+	Direction string
+	LocalAddr netip.Addr
+	LocalPort uint16
+	PeerAddr  netip.Addr
+	PeerPort  uint16
+	// TupleFrom says where the 5-tuple came from: "packet" headers or the "socket".
+	TupleFrom string
+	State     string // TCP state of the socket involved, if any
+	Length    uint32 // skb->len
+}
+
+// maxBatch bounds how many events are handed to the sink at once.
+const maxBatch = 256
+
+func (p *Probe) readEvents(flush time.Duration, sink func([]Event)) {
+	defer close(p.done)
+	var batch []Event
+	deliver := func() {
+		if len(batch) > 0 && sink != nil {
+			sink(batch)
+		}
+		batch = nil
+	}
+	var raw dropsEvent
+	var rec ringbuf.Record
+	for {
+		// The kernel wakes us only above WakeupBytes; the deadline picks up the rest.
+		p.reader.SetDeadline(time.Now().Add(flush))
+		err := p.reader.ReadInto(&rec)
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			deliver()
+			continue
+		case errors.Is(err, ringbuf.ErrClosed):
+			deliver()
+			return
+		case err != nil:
+			continue
+		}
+		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &raw); err != nil {
+			continue
+		}
+		batch = append(batch, p.decode(&raw))
+		if len(batch) >= maxBatch || rec.Remaining == 0 {
+			deliver()
+		}
+	}
+}
+
+func (p *Probe) decode(r *dropsEvent) Event {
+	e := Event{
+		Kind:      Kind(r.Kind),
+		Time:      p.env.KtimeToTime(r.TsNs),
+		Netns:     r.Netns,
+		Interface: unix.ByteSliceToString(int8sToBytes(r.Ifname[:])),
+		Network:   networkType(r.Flow.L3proto),
+		Transport: transport(r.Flow.L3proto, r.Flow.L4proto),
+		State:     p.names.tcpState(r.State),
+		Length:    r.Len,
+	}
+	switch e.Kind {
+	case KindDrop:
+		e.Reason = p.names.dropReason(r.Reason)
+		if sym, off, ok := p.env.Kallsyms.Resolve(r.Location); ok {
+			e.Location = fmt.Sprintf("%s+0x%x", sym, off)
+		} else {
+			e.Location = "unknown"
+		}
+	case KindResetSent:
+		e.Reason = p.names.resetReason(r.Reason)
+	}
+	if name, ok := p.env.Netns.Name(r.Netns); ok {
+		e.NetnsName = name
+	}
+	switch r.Flow.Direction {
+	case 1:
+		e.Direction = "receive"
+	case 2:
+		e.Direction = "transmit"
+	}
+	switch r.Flow.Source {
+	case 1:
+		e.TupleFrom = "packet"
+	case 2:
+		e.TupleFrom = "socket"
+	}
+	switch e.Network {
+	case "ipv4":
+		e.LocalAddr = netip.AddrFrom4([4]byte(r.Flow.LocalAddr[:4]))
+		e.PeerAddr = netip.AddrFrom4([4]byte(r.Flow.PeerAddr[:4]))
+	case "ipv6":
+		e.LocalAddr = netip.AddrFrom16(r.Flow.LocalAddr).Unmap()
+		e.PeerAddr = netip.AddrFrom16(r.Flow.PeerAddr).Unmap()
+	}
+	if e.Network != "" {
+		e.LocalPort, e.PeerPort = r.Flow.LocalPort, r.Flow.PeerPort
+	}
+	return e
+}

@@ -1,0 +1,283 @@
+// Package loader loads a probe family's eBPF objects and attaches each of its hooks with the
+// first strategy the running kernel accepts, in the family's order of preference.
+//
+// A hook lists strategies such as fentry -> kprobe -> tp_btf -> raw_tp. Each is first checked
+// against kernel BTF and kallsyms (does the function or tracepoint exist, does the tracepoint
+// pass as many arguments as the program reads), then loaded and attached for real; the first
+// that works wins, and the report says what attached and why each other one was skipped:
+//
+//	drops: kfree_skb attached tp_btf/kfree_skb (kfree_skb_rx_sk_btf)
+//	drops: tcp_send_reset attached tp_btf/tcp_send_reset (tcp_send_reset_reason_btf)
+//
+// Maps are created once and shared by every program of the family; nothing is pinned, so
+// closing the Set (or the process dying) removes everything from the kernel.
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/tcpack/tcpack/internal/kernel"
+)
+
+// Kind is an attach mechanism.
+type Kind string
+
+const (
+	FEntry     Kind = "fentry"
+	FExit      Kind = "fexit"
+	Kprobe     Kind = "kprobe"
+	Kretprobe  Kind = "kretprobe"
+	TPBTF      Kind = "tp_btf"
+	RawTP      Kind = "raw_tp"
+	Tracepoint Kind = "tracepoint"
+)
+
+// Strategy is one way to attach a hook: which program of the object, how, and to what.
+type Strategy struct {
+	Kind Kind
+	// Program is the program's name in the object (its C function name).
+	Program string
+	// Target is the kernel function (fentry, kprobe) or tracepoint ("kfree_skb", or
+	// "group/name" for perf tracepoints).
+	Target string
+	// Args is how many tracepoint arguments the program reads: the tracepoint must pass at
+	// least that many. Variants of one hook differ here where kernels differ.
+	Args int
+}
+
+func (s Strategy) String() string { return string(s.Kind) + "/" + s.Target }
+
+// Hook is a kernel event a family needs, with its strategies in order of preference.
+type Hook struct {
+	Name       string
+	Strategies []Strategy
+	// Optional hooks may fail to attach without failing the family.
+	Optional bool
+}
+
+// Attempt records why a strategy was not used.
+type Attempt struct {
+	Strategy Strategy
+	Reason   string
+}
+
+// HookResult is what happened to one hook.
+type HookResult struct {
+	Hook     string
+	Optional bool
+	// Attached is the strategy in use; nil if none worked.
+	Attached *Strategy
+	Skipped  []Attempt
+}
+
+// Report is what a family attached and skipped, for logs and the tcpack.probe.attached metric.
+type Report struct {
+	Family string
+	Hooks  []HookResult
+}
+
+// Lines renders the report one hook per line, for the collector's log.
+func (r Report) Lines() []string {
+	var lines []string
+	for _, h := range r.Hooks {
+		var skipped []string
+		for _, a := range h.Skipped {
+			skipped = append(skipped, fmt.Sprintf("%s: %s", a.Strategy, a.Reason))
+		}
+		line := fmt.Sprintf("%s: %s ", r.Family, h.Hook)
+		if h.Attached != nil {
+			line += fmt.Sprintf("attached %s (%s)", h.Attached, h.Attached.Program)
+		} else if h.Optional {
+			line += "not attached, family degraded"
+		} else {
+			line += "not attached"
+		}
+		if len(skipped) > 0 {
+			line += "; skipped " + strings.Join(skipped, "; ")
+		}
+		lines = append(lines, line)
+	}
+	return lines
+}
+
+// Options tune a load.
+type Options struct {
+	// Only, if set, restricts each hook to strategies of these kinds (in the hook's order).
+	// Users set it to avoid a mechanism; tests use it to exercise each fallback.
+	Only []Kind
+}
+
+// Set is a loaded family: its maps and the programs and links of its attached hooks.
+type Set struct {
+	Maps     map[string]*ebpf.Map
+	programs []*ebpf.Program
+	links    []link.Link
+}
+
+// Close detaches every link and closes every program and map. It is safe to call twice.
+func (s *Set) Close() error {
+	var errs []error
+	for _, l := range s.links {
+		errs = append(errs, l.Close())
+	}
+	for _, p := range s.programs {
+		errs = append(errs, p.Close())
+	}
+	for _, m := range s.Maps {
+		errs = append(errs, m.Close())
+	}
+	s.links, s.programs, s.Maps = nil, nil, nil
+	return errors.Join(errs...)
+}
+
+// ErrRequiredHook is wrapped by Load when a non-optional hook could not be attached.
+var ErrRequiredHook = errors.New("required hook not attached")
+
+// Load creates the spec's maps and attaches every hook. spec is not modified; callers set
+// variables and map sizes on it beforehand. On error nothing stays loaded.
+func Load(family string, env *kernel.Env, spec *ebpf.CollectionSpec, hooks []Hook, opts Options) (*Set, Report, error) {
+	report := Report{Family: family}
+	mapsOnly := spec.Copy()
+	mapsOnly.Programs = nil
+	cache := btf.NewCache()
+	coll, err := ebpf.NewCollectionWithOptions(mapsOnly, ebpf.CollectionOptions{Cache: cache})
+	if err != nil {
+		return nil, report, fmt.Errorf("%s: create maps: %w", family, err)
+	}
+	set := &Set{Maps: coll.Maps}
+
+	for _, hook := range hooks {
+		result := HookResult{Hook: hook.Name, Optional: hook.Optional}
+		for _, s := range hook.Strategies {
+			if !allowed(s.Kind, opts.Only) {
+				result.Skipped = append(result.Skipped, Attempt{s, "not in the configured strategies"})
+				continue
+			}
+			prog, l, err := attach(env, spec, set.Maps, cache, s)
+			if err != nil {
+				result.Skipped = append(result.Skipped, Attempt{s, err.Error()})
+				continue
+			}
+			set.programs = append(set.programs, prog)
+			set.links = append(set.links, l)
+			attached := s
+			result.Attached = &attached
+			break
+		}
+		report.Hooks = append(report.Hooks, result)
+		if result.Attached == nil && !hook.Optional {
+			set.Close()
+			return nil, report, fmt.Errorf("%s: %s: %w; tried %s", family, hook.Name, ErrRequiredHook, describe(result.Skipped))
+		}
+	}
+	return set, report, nil
+}
+
+func describe(attempts []Attempt) string {
+	var parts []string
+	for _, a := range attempts {
+		parts = append(parts, fmt.Sprintf("%s (%s)", a.Strategy, a.Reason))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func allowed(k Kind, only []Kind) bool {
+	if len(only) == 0 {
+		return true
+	}
+	for _, o := range only {
+		if o == k {
+			return true
+		}
+	}
+	return false
+}
+
+// attach checks a strategy against the kernel, loads its program and attaches it.
+func attach(env *kernel.Env, spec *ebpf.CollectionSpec, maps map[string]*ebpf.Map, cache *btf.Cache, s Strategy) (*ebpf.Program, link.Link, error) {
+	if err := precheck(env, s); err != nil {
+		return nil, nil, err
+	}
+	progSpec, ok := spec.Programs[s.Program]
+	if !ok {
+		return nil, nil, fmt.Errorf("program %s not in object", s.Program)
+	}
+	one := spec.Copy()
+	one.Programs = map[string]*ebpf.ProgramSpec{s.Program: progSpec.Copy()}
+	coll, err := ebpf.NewCollectionWithOptions(one, ebpf.CollectionOptions{MapReplacements: maps, Cache: cache})
+	if err != nil {
+		return nil, nil, fmt.Errorf("load: %s", summarize(err))
+	}
+	prog := coll.DetachProgram(s.Program)
+	coll.Close() // the maps are clones of the shared ones
+	l, err := attachProgram(prog, s)
+	if err != nil {
+		prog.Close()
+		return nil, nil, fmt.Errorf("attach: %s", summarize(err))
+	}
+	return prog, l, nil
+}
+
+func precheck(env *kernel.Env, s Strategy) error {
+	switch s.Kind {
+	case TPBTF, RawTP:
+		n, err := kernel.TracepointArity(env.BTF, s.Target)
+		if err != nil {
+			return errors.New("tracepoint not in this kernel")
+		}
+		if n < s.Args {
+			return fmt.Errorf("tracepoint passes %d args on this kernel, program reads %d", n, s.Args)
+		}
+	case FEntry, FExit:
+		if !kernel.HasFunc(env.BTF, s.Target) {
+			return errors.New("function not in kernel BTF")
+		}
+	case Kprobe, Kretprobe:
+		if _, ok := env.Kallsyms.Address(s.Target); !ok {
+			return errors.New("function not in kallsyms (inlined or absent)")
+		}
+	case Tracepoint:
+		group, name, ok := strings.Cut(s.Target, "/")
+		if !ok {
+			return fmt.Errorf("perf tracepoint target %q must be group/name", s.Target)
+		}
+		if _, err := os.Stat("/sys/kernel/tracing/events/" + group + "/" + name); err != nil {
+			return errors.New("tracepoint not in tracefs (is tracefs mounted at /sys/kernel/tracing?)")
+		}
+	}
+	return nil
+}
+
+func attachProgram(prog *ebpf.Program, s Strategy) (link.Link, error) {
+	switch s.Kind {
+	case TPBTF, FEntry, FExit:
+		return link.AttachTracing(link.TracingOptions{Program: prog})
+	case RawTP:
+		return link.AttachRawTracepoint(link.RawTracepointOptions{Name: s.Target, Program: prog})
+	case Kprobe:
+		return link.Kprobe(s.Target, prog, nil)
+	case Kretprobe:
+		return link.Kretprobe(s.Target, prog, nil)
+	case Tracepoint:
+		group, name, _ := strings.Cut(s.Target, "/")
+		return link.Tracepoint(group, name, prog, nil)
+	}
+	return nil, fmt.Errorf("unknown attach kind %q", s.Kind)
+}
+
+// summarize keeps an error to one line: a verifier log runs to thousands of lines, and
+// cilium/ebpf's error text already ends with the verifier's last words.
+func summarize(err error) string {
+	msg := strings.ReplaceAll(err.Error(), "\n", " ")
+	if len(msg) > 300 {
+		msg = msg[:300] + "..."
+	}
+	return msg
+}

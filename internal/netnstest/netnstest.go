@@ -1,0 +1,252 @@
+// Package netnstest gives kernel tests two network namespaces joined by a veth pair, and the
+// traffic to drive through them. Everything it creates is removed in t.Cleanup, also when the
+// test fails; names carry the test process's pid so parallel test binaries never collide.
+//
+//	p := netnstest.NewPair(t)            // tcpk<pid>-<n>a (198.18.0.1) <-> tcpk<pid>-<n>b (198.18.0.2)
+//	p.B.Run(t, func() { ... })           // code that creates sockets inside B
+//	p.A.Exec(t, "nft", "add", "table", ...)
+package netnstest
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Addresses of the pair: inside the benchmarking range (RFC 2544), reachable only inside the
+// test's own namespaces.
+const (
+	AddrA = "198.18.0.1"
+	AddrB = "198.18.0.2"
+)
+
+var counter atomic.Uint32
+
+// NS is a named network namespace made by the test.
+type NS struct {
+	Name string
+	// Inode is the netns inode, the number BPF programs report.
+	Inode uint32
+	// Veth is this side's veth interface name.
+	Veth string
+	Addr string
+}
+
+// Pair is two namespaces joined by veth.
+type Pair struct {
+	A, B *NS
+}
+
+// PairOptions shape the veth pair.
+type PairOptions struct {
+	// TxQueues sets numtxqueues/numrxqueues on both ends (default 1).
+	TxQueues int
+}
+
+// NewPair creates namespaces A and B with a veth pair between them, both up and addressed.
+func NewPair(t testing.TB) *Pair {
+	return NewPairWith(t, PairOptions{})
+}
+
+// NewPairWith is NewPair with options.
+func NewPairWith(t testing.TB, opts PairOptions) *Pair {
+	t.Helper()
+	RequireRoot(t)
+	id := fmt.Sprintf("tcpk%d-%d", os.Getpid(), counter.Add(1))
+	p := &Pair{
+		A: &NS{Name: id + "a", Veth: id + "a", Addr: AddrA},
+		B: &NS{Name: id + "b", Veth: id + "b", Addr: AddrB},
+	}
+	for _, ns := range []*NS{p.A, p.B} {
+		run(t, "ip", "netns", "add", ns.Name)
+		name := ns.Name
+		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
+		ino, err := inode("/run/netns/" + ns.Name)
+		if err != nil {
+			t.Fatalf("netns %s: %v", ns.Name, err)
+		}
+		ns.Inode = ino
+	}
+	args := []string{"link", "add", p.A.Veth}
+	if opts.TxQueues > 1 {
+		q := fmt.Sprint(opts.TxQueues)
+		args = append(args, "numtxqueues", q, "numrxqueues", q)
+	}
+	args = append(args, "netns", p.A.Name, "type", "veth", "peer", "name", p.B.Veth)
+	if opts.TxQueues > 1 {
+		q := fmt.Sprint(opts.TxQueues)
+		args = append(args, "numtxqueues", q, "numrxqueues", q)
+	}
+	args = append(args, "netns", p.B.Name)
+	run(t, "ip", args...)
+	for _, ns := range []*NS{p.A, p.B} {
+		ns.Exec(t, "ip", "addr", "add", ns.Addr+"/24", "dev", ns.Veth)
+		ns.Exec(t, "ip", "link", "set", "lo", "up")
+		ns.Exec(t, "ip", "link", "set", ns.Veth, "up")
+	}
+	return p
+}
+
+// RequireRoot skips tests that need to create namespaces and load eBPF when not root; CI runs
+// as root, so there they always run.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces and loads eBPF programs")
+	}
+}
+
+// Exec runs a command inside the namespace and returns its output; failure fails the test.
+func (ns *NS) Exec(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	return run(t, "ip", append([]string{"netns", "exec", ns.Name, name}, args...)...)
+}
+
+// Run calls fn on an OS thread switched into the namespace. Sockets created in fn belong to
+// the namespace for their whole life, whatever goroutine uses them afterwards.
+func (ns *NS) Run(t testing.TB, fn func()) {
+	t.Helper()
+	if err := ns.Do(fn); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Do is Run returning its error, for use outside a test goroutine.
+func (ns *NS) Do(fn func()) error {
+	errc := make(chan error, 1)
+	go func() {
+		// The thread is never returned to the pool: if restoring failed it would leak the
+		// namespace into unrelated goroutines, so it simply dies with this goroutine.
+		runtime.LockOSThread()
+		target, err := os.Open("/run/netns/" + ns.Name)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer target.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("setns %s: %w", ns.Name, err)
+			return
+		}
+		fn()
+		errc <- nil
+	}()
+	return <-errc
+}
+
+// Dial connects from inside the namespace.
+func (ns *NS) Dial(network, addr string, timeout time.Duration) (net.Conn, error) {
+	var c net.Conn
+	var err error
+	if e := ns.Do(func() { c, err = net.DialTimeout(network, addr, timeout) }); e != nil {
+		return nil, e
+	}
+	return c, err
+}
+
+// Listen listens inside the namespace.
+func (ns *NS) Listen(t testing.TB, network, addr string) net.Listener {
+	t.Helper()
+	var l net.Listener
+	var err error
+	ns.Run(t, func() { l, err = net.Listen(network, addr) })
+	if err != nil {
+		t.Fatalf("listen %s %s in %s: %v", network, addr, ns.Name, err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+// SendUDP sends n small datagrams from inside the namespace to addr (host:port), from one
+// socket, and returns its local port.
+func (ns *NS) SendUDP(t testing.TB, addr string, n int) int {
+	t.Helper()
+	return ns.SendUDPSized(t, addr, n, 6)
+}
+
+// SendUDPSized is SendUDP with a payload size. The socket stays unconnected: a connected one
+// would fail the next send with the ICMP error a closed port returns, and not send it.
+func (ns *NS) SendUDPSized(t testing.TB, addr string, n, size int) int {
+	t.Helper()
+	dst, err := net.ResolveUDPAddr("udp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var port int
+	payload := make([]byte, size)
+	ns.Run(t, func() {
+		c, err := net.ListenUDP("udp4", nil)
+		if err != nil {
+			t.Errorf("udp socket: %v", err)
+			return
+		}
+		defer c.Close()
+		port = c.LocalAddr().(*net.UDPAddr).Port
+		for i := 0; i < n; i++ {
+			if _, err := c.WriteToUDP(payload, dst); err != nil {
+				t.Errorf("udp send %d to %s: %v", i, addr, err)
+			}
+		}
+	})
+	return port
+}
+
+// SendSYNs makes n TCP connection attempts from inside the namespace to addr, from source
+// ports firstPort, firstPort+1, ...; with nothing listening each is one SYN answered by a RST.
+// The source port is bound explicitly because the kernel forgets an autobound port when the
+// connection fails.
+func (ns *NS) SendSYNs(t testing.TB, addr string, n, firstPort int) {
+	t.Helper()
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var port int
+	fmt.Sscan(portStr, &port)
+	dst := &unix.SockaddrInet4{Port: port}
+	copy(dst.Addr[:], net.ParseIP(host).To4())
+	for i := 0; i < n; i++ {
+		ns.Run(t, func() {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Errorf("socket: %v", err)
+				return
+			}
+			defer unix.Close(fd)
+			_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+			if err := unix.Bind(fd, &unix.SockaddrInet4{Port: firstPort + i}); err != nil {
+				t.Errorf("bind :%d: %v", firstPort+i, err)
+				return
+			}
+			if err := unix.Connect(fd, dst); err != unix.ECONNREFUSED {
+				t.Errorf("connect %s: want ECONNREFUSED, got %v", addr, err)
+			}
+		})
+	}
+}
+
+func run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func inode(path string) (uint32, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return 0, err
+	}
+	return uint32(st.Ino), nil
+}
