@@ -159,3 +159,12 @@ func (p *Probe) Close() error {
 	p.reader = nil
 	return errors.Join(err, p.set.Close())
 }
+
+// HookNames lists the family's hooks, for reporting a family that could not start.
+func HookNames() []string {
+	names := make([]string, len(hooks))
+	for i, h := range hooks {
+		names[i] = h.Name
+	}
+	return names
+}

@@ -19,7 +19,8 @@ type Event struct {
 	Time time.Time
 	// Reason is the drop reason, or the reset reason for resets sent where the kernel has one.
 	Reason string
-	// Location is symbol+offset of the code that freed the skb (drops only).
+	// Symbol is the function that freed the skb, Location the symbol+offset (drops only).
+	Symbol    string
 	Location  string
 	Netns     uint32
 	NetnsName string // iproute2 name of the netns, if it has one
@@ -92,9 +93,9 @@ func (p *Probe) decode(r *dropsEvent) Event {
 	case KindDrop:
 		e.Reason = p.names.dropReason(r.Reason)
 		if sym, off, ok := p.env.Kallsyms.Resolve(r.Location); ok {
-			e.Location = fmt.Sprintf("%s+0x%x", sym, off)
+			e.Symbol, e.Location = sym, fmt.Sprintf("%s+0x%x", sym, off)
 		} else {
-			e.Location = "unknown"
+			e.Symbol, e.Location = "unknown", "unknown"
 		}
 	case KindResetSent:
 		e.Reason = p.names.resetReason(r.Reason)

@@ -160,10 +160,10 @@ func (p *Probe) readTCP() ([]TCPCount, error) {
 
 // Counter slots, as in bpf/drops.bpf.c enum counter.
 const (
-	counterSampledOut    = 0
-	counterRingbufFull   = 4
-	counterDropKeysFull  = 8
-	counterTCPKeysFull   = 9
+	counterSampledOut   = 0
+	counterRingbufFull  = 4
+	counterDropKeysFull = 8
+	counterTCPKeysFull  = 9
 )
 
 func (p *Probe) readStats() (Stats, error) {

@@ -1,0 +1,119 @@
+package tcpackreceiver
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/collector/component"
+	"go.opentelemetry.io/collector/confmap"
+	"go.opentelemetry.io/collector/confmap/confmaptest"
+
+	"github.com/tcpack/tcpack/receiver/tcpackreceiver/internal/metadata"
+)
+
+func loadConfig(t *testing.T, id component.ID) (*Config, error) {
+	t.Helper()
+	cm, err := confmaptest.LoadConf(filepath.Join("testdata", "config.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := cm.Sub(id.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := NewFactory().CreateDefaultConfig().(*Config)
+	if err := sub.Unmarshal(cfg); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func TestLoadConfig(t *testing.T) {
+	def, err := loadConfig(t, component.NewID(metadata.Type))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := def.Validate(); err != nil {
+		t.Fatalf("default config invalid: %v", err)
+	}
+	if def.CollectionInterval != 10*time.Second || !def.Drops.Enabled || def.Drops.Sampling.RatePerCPU != 100 {
+		t.Errorf("defaults: %+v", def)
+	}
+
+	custom, err := loadConfig(t, component.NewIDWithName(metadata.Type, "custom"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := custom.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	want := DropsConfig{Enabled: true, Strategies: []string{"raw_tp"}, MaxKeys: 1024, MaxTCPKeys: 256,
+		Sampling: SamplingConfig{RatePerCPU: 10, Burst: 20}}
+	got := custom.Drops
+	if got.Enabled != want.Enabled || strings.Join(got.Strategies, ",") != "raw_tp" || got.MaxKeys != want.MaxKeys ||
+		got.MaxTCPKeys != want.MaxTCPKeys || got.Sampling != want.Sampling {
+		t.Errorf("drops: got %+v, want %+v", got, want)
+	}
+	if custom.RingBuffer != (RingBufferConfig{SizeBytes: 262144, WakeupBytes: 16384, FlushInterval: 500 * time.Millisecond}) {
+		t.Errorf("ring_buffer: %+v", custom.RingBuffer)
+	}
+	if !custom.Metrics.TcpackDropBytes.Enabled || custom.Events.TcpackTCPRetransmit.Enabled {
+		t.Errorf("metrics/events toggles not applied: %+v %+v", custom.Metrics.TcpackDropBytes, custom.Events.TcpackTCPRetransmit)
+	}
+	dc := custom.dropsConfig()
+	if dc.EventsPerSecond != 10 || dc.EventBurst != 20 || dc.RingBufferBytes != 262144 || len(dc.Strategies) != 1 {
+		t.Errorf("drops.Config: %+v", dc)
+	}
+}
+
+func TestValidateNamesFieldAndFix(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		mutate func(*Config)
+		want   []string
+	}{
+		{"interval", func(c *Config) { c.CollectionInterval = 0 }, []string{"collection_interval", "at least 100ms"}},
+		{"strategy", func(c *Config) { c.Drops.Strategies = []string{"kprobe"} }, []string{"drops.strategies[0]", `"kprobe"`, "tp_btf or raw_tp"}},
+		{"max keys", func(c *Config) { c.Drops.MaxKeys = 0 }, []string{"drops.max_keys", "1..1048576"}},
+		{"max tcp keys", func(c *Config) { c.Drops.MaxTCPKeys = 1 << 21 }, []string{"drops.max_tcp_keys"}},
+		{"rate", func(c *Config) { c.Drops.Sampling.RatePerCPU = 1e6 }, []string{"drops.sampling.rate_per_cpu", "0..100000"}},
+		{"burst", func(c *Config) { c.Drops.Sampling.Burst = 0 }, []string{"drops.sampling.burst", "at least 1"}},
+		{"ring size", func(c *Config) { c.RingBuffer.SizeBytes = 3000 }, []string{"ring_buffer.size_bytes", "power of two"}},
+		{"wakeup", func(c *Config) { c.RingBuffer.WakeupBytes = c.RingBuffer.SizeBytes }, []string{"ring_buffer.wakeup_bytes", "below size_bytes"}},
+		{"flush", func(c *Config) { c.RingBuffer.FlushInterval = time.Minute }, []string{"ring_buffer.flush_interval", "between 1ms and 10s"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := createDefaultConfig()
+			tc.mutate(cfg)
+			err := cfg.Validate()
+			if err == nil {
+				t.Fatal("invalid config accepted")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestUnknownKeysRejected(t *testing.T) {
+	cfg := createDefaultConfig()
+	err := confmap.NewFromStringMap(map[string]any{
+		"drops": map[string]any{"sampling": map[string]any{"rate": 5}},
+	}).Unmarshal(cfg)
+	if err == nil || !strings.Contains(err.Error(), "rate") {
+		t.Fatalf("unknown key drops.sampling.rate: got %v, want an error naming it", err)
+	}
+}
+
+func TestBadDurationRejected(t *testing.T) {
+	cfg := createDefaultConfig()
+	err := confmap.NewFromStringMap(map[string]any{"collection_interval": "ten seconds"}).Unmarshal(cfg)
+	if err == nil || !strings.Contains(err.Error(), "collection_interval") {
+		t.Fatalf("bad duration: got %v, want an error naming collection_interval", err)
+	}
+}

@@ -1,0 +1,80 @@
+package tcpackreceiver
+
+import (
+	"context"
+	"sync"
+
+	"go.opentelemetry.io/collector/component"
+	"go.opentelemetry.io/collector/consumer"
+	"go.opentelemetry.io/collector/receiver"
+
+	"github.com/tcpack/tcpack/receiver/tcpackreceiver/internal/metadata"
+)
+
+// NewFactory returns the factory of the tcpack receiver.
+func NewFactory() receiver.Factory {
+	f := &factory{shared: map[*Config]*tcpackReceiver{}}
+	return receiver.NewFactory(
+		metadata.Type,
+		func() component.Config { return createDefaultConfig() },
+		receiver.WithMetrics(f.createMetrics, metadata.MetricsStability),
+		receiver.WithLogs(f.createLogs, metadata.LogsStability),
+	)
+}
+
+// factory hands the metrics and logs pipelines of one receiver config the same instance: the
+// kernel programs must be loaded once, whichever pipelines consume them.
+type factory struct {
+	mu     sync.Mutex
+	shared map[*Config]*tcpackReceiver
+}
+
+func (f *factory) instance(set receiver.Settings, cfg *Config) *tcpackReceiver {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r, ok := f.shared[cfg]
+	if !ok {
+		r = newReceiver(set, cfg, func() {
+			f.mu.Lock()
+			delete(f.shared, cfg)
+			f.mu.Unlock()
+		})
+		f.shared[cfg] = r
+	}
+	return r
+}
+
+func (f *factory) createMetrics(_ context.Context, set receiver.Settings, cfg component.Config, next consumer.Metrics) (receiver.Metrics, error) {
+	r := f.instance(set, cfg.(*Config))
+	r.setMetricsConsumer(next)
+	return &pipelineHandle{r: r}, nil
+}
+
+func (f *factory) createLogs(_ context.Context, set receiver.Settings, cfg component.Config, next consumer.Logs) (receiver.Logs, error) {
+	r := f.instance(set, cfg.(*Config))
+	r.setLogsConsumer(next)
+	return &pipelineHandle{r: r}, nil
+}
+
+// pipelineHandle is one pipeline's view of the shared receiver: the kernel side starts with
+// the first pipeline and stops when the last one shuts down.
+type pipelineHandle struct {
+	r       *tcpackReceiver
+	started bool
+}
+
+func (h *pipelineHandle) Start(ctx context.Context, host component.Host) error {
+	if err := h.r.acquire(ctx, host); err != nil {
+		return err
+	}
+	h.started = true
+	return nil
+}
+
+func (h *pipelineHandle) Shutdown(ctx context.Context) error {
+	if !h.started {
+		return nil
+	}
+	h.started = false
+	return h.r.release(ctx)
+}

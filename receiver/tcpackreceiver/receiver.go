@@ -1,0 +1,176 @@
+package tcpackreceiver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/collector/component"
+	"go.opentelemetry.io/collector/consumer"
+	"go.opentelemetry.io/collector/pdata/pcommon"
+	"go.opentelemetry.io/collector/receiver"
+	"go.uber.org/zap"
+
+	"github.com/tcpack/tcpack/internal/drops"
+	"github.com/tcpack/tcpack/internal/kernel"
+	"github.com/tcpack/tcpack/internal/loader"
+	"github.com/tcpack/tcpack/receiver/tcpackreceiver/internal/metadata"
+)
+
+// tcpackReceiver runs the probe families of one receiver config and feeds both pipelines.
+type tcpackReceiver struct {
+	set      receiver.Settings
+	cfg      *Config
+	forget   func()
+	metrics  consumer.Metrics
+	logs     consumer.Logs
+	resource pcommon.Resource
+
+	mu    sync.Mutex
+	users int
+	drops *drops.Probe
+	// reports of every family, attached or not, for tcpack.probe.attached.
+	reports []loader.Report
+	mb      *metadata.MetricsBuilder
+
+	logsMu sync.Mutex
+	lb     *metadata.LogsBuilder
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+func newReceiver(set receiver.Settings, cfg *Config, forget func()) *tcpackReceiver {
+	return &tcpackReceiver{set: set, cfg: cfg, forget: forget}
+}
+
+func (r *tcpackReceiver) setMetricsConsumer(c consumer.Metrics) { r.metrics = c }
+func (r *tcpackReceiver) setLogsConsumer(c consumer.Logs)       { r.logs = c }
+
+// acquire starts the kernel side for the first pipeline; later pipelines share it.
+func (r *tcpackReceiver) acquire(_ context.Context, _ component.Host) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.users > 0 {
+		r.users++
+		return nil
+	}
+	if err := r.start(); err != nil {
+		return err
+	}
+	r.users = 1
+	return nil
+}
+
+// release stops the kernel side when the last pipeline shuts down.
+func (r *tcpackReceiver) release(_ context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.users == 0 {
+		return nil
+	}
+	r.users--
+	if r.users > 0 {
+		return nil
+	}
+	r.forget()
+	return r.shutdown()
+}
+
+func (r *tcpackReceiver) start() error {
+	log := r.set.Logger
+	env, err := kernel.Open()
+	if err != nil {
+		return fmt.Errorf("tcpack: %w", err)
+	}
+	rb := r.newResourceBuilder()
+	r.resource = rb.Emit()
+	now := pcommon.NewTimestampFromTime(time.Now())
+	r.mb = metadata.NewMetricsBuilder(r.cfg.MetricsBuilderConfig, r.set, metadata.WithStartTime(now))
+	r.lb = metadata.NewLogsBuilder(r.cfg.logsBuilderConfig(), r.set)
+	r.reports = nil
+
+	var failed []error
+	if r.cfg.Drops.Enabled {
+		var sink func([]drops.Event)
+		if r.logs != nil {
+			sink = r.consumeDropEvents
+		}
+		p, err := drops.Start(env, r.cfg.dropsConfig(), sink)
+		if err != nil {
+			log.Error("drops family not started", zap.Error(err))
+			failed = append(failed, err)
+			r.reports = append(r.reports, notAttached(drops.Family, drops.HookNames()))
+		} else {
+			r.drops = p
+			r.reports = append(r.reports, p.Report())
+		}
+	}
+	for _, rep := range r.reports {
+		for _, line := range rep.Lines() {
+			log.Info(line)
+		}
+	}
+	if r.drops == nil {
+		if len(failed) == 0 {
+			return errors.New("tcpack: every probe family is disabled; enable at least one (e.g. drops.enabled: true)")
+		}
+		return fmt.Errorf("tcpack: no probe family could start: %w", errors.Join(failed...))
+	}
+
+	r.stop = make(chan struct{})
+	if r.metrics != nil {
+		r.wg.Add(1)
+		go r.collectLoop()
+	}
+	return nil
+}
+
+func (r *tcpackReceiver) newResourceBuilder() *metadata.ResourceBuilder {
+	rb := metadata.NewResourceBuilder(r.cfg.ResourceAttributes)
+	if host, err := os.Hostname(); err == nil {
+		rb.SetHostName(host)
+	}
+	return rb
+}
+
+func notAttached(family string, hooks []string) loader.Report {
+	rep := loader.Report{Family: family}
+	for _, h := range hooks {
+		rep.Hooks = append(rep.Hooks, loader.HookResult{Hook: h})
+	}
+	return rep
+}
+
+func (r *tcpackReceiver) shutdown() error {
+	if r.stop != nil {
+		close(r.stop)
+		r.wg.Wait()
+		r.stop = nil
+	}
+	var err error
+	if r.drops != nil {
+		err = r.drops.Close()
+		r.drops = nil
+	}
+	return err
+}
+
+func (r *tcpackReceiver) collectLoop() {
+	defer r.wg.Done()
+	ticker := time.NewTicker(r.cfg.CollectionInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-ticker.C:
+			if err := r.collect(context.Background()); err != nil {
+				r.set.Logger.Warn("collect", zap.Error(err))
+			}
+		}
+	}
+}

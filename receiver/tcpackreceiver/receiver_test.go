@@ -1,0 +1,277 @@
+package tcpackreceiver
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/link"
+	"go.opentelemetry.io/collector/component/componenttest"
+	"go.opentelemetry.io/collector/consumer/consumertest"
+	"go.opentelemetry.io/collector/pdata/pcommon"
+	"go.opentelemetry.io/collector/pdata/plog"
+	"go.opentelemetry.io/collector/pdata/pmetric"
+	"go.opentelemetry.io/collector/receiver"
+	"go.opentelemetry.io/collector/receiver/receivertest"
+
+	"github.com/tcpack/tcpack/internal/netnstest"
+	"github.com/tcpack/tcpack/receiver/tcpackreceiver/internal/metadata"
+)
+
+type running struct {
+	metrics *consumertest.MetricsSink
+	logs    *consumertest.LogsSink
+	stop    func()
+}
+
+// startReceiver starts metrics and logs pipelines of one config, as the collector does.
+func startReceiver(t *testing.T, f receiver.Factory, cfg *Config) *running {
+	t.Helper()
+	ctx := context.Background()
+	set := receivertest.NewNopSettings(metadata.Type)
+	r := &running{metrics: new(consumertest.MetricsSink), logs: new(consumertest.LogsSink)}
+	mr, err := f.CreateMetrics(ctx, set, cfg, r.metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lr, err := f.CreateLogs(ctx, set, cfg, r.logs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := componenttest.NewNopHost()
+	if err := mr.Start(ctx, host); err != nil {
+		t.Fatal(err)
+	}
+	if err := lr.Start(ctx, host); err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	r.stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		if err := lr.Shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+		if err := mr.Shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+	}
+	t.Cleanup(r.stop)
+	return r
+}
+
+func fastConfig() *Config {
+	cfg := createDefaultConfig()
+	cfg.CollectionInterval = 200 * time.Millisecond
+	cfg.RingBuffer.FlushInterval = 50 * time.Millisecond
+	return cfg
+}
+
+// dropCount returns the latest tcpack.drop.count value matching the attributes.
+func dropCount(sink *consumertest.MetricsSink, netns uint32, reason, symbol, transport string) (int64, bool) {
+	all := sink.AllMetrics()
+	for i := len(all) - 1; i >= 0; i-- {
+		var total int64
+		found := false
+		forEachPoint(all[i], "tcpack.drop.count", func(dp pmetric.NumberDataPoint) {
+			a := dp.Attributes()
+			if intAttr(a, "tcpack.netns.inode") == int64(netns) && strAttr(a, "tcpack.drop.reason") == reason &&
+				strAttr(a, "tcpack.drop.symbol") == symbol && strAttr(a, "network.transport") == transport {
+				total += dp.IntValue()
+				found = true
+			}
+		})
+		if found {
+			return total, true
+		}
+	}
+	return 0, false
+}
+
+func forEachPoint(md pmetric.Metrics, name string, f func(pmetric.NumberDataPoint)) {
+	rms := md.ResourceMetrics()
+	for i := 0; i < rms.Len(); i++ {
+		sms := rms.At(i).ScopeMetrics()
+		for j := 0; j < sms.Len(); j++ {
+			ms := sms.At(j).Metrics()
+			for k := 0; k < ms.Len(); k++ {
+				m := ms.At(k)
+				if m.Name() != name {
+					continue
+				}
+				var dps pmetric.NumberDataPointSlice
+				switch m.Type() {
+				case pmetric.MetricTypeSum:
+					dps = m.Sum().DataPoints()
+				case pmetric.MetricTypeGauge:
+					dps = m.Gauge().DataPoints()
+				default:
+					continue
+				}
+				for l := 0; l < dps.Len(); l++ {
+					f(dps.At(l))
+				}
+			}
+		}
+	}
+}
+
+func forEachRecord(sink *consumertest.LogsSink, f func(plog.LogRecord)) {
+	for _, ld := range sink.AllLogs() {
+		rls := ld.ResourceLogs()
+		for i := 0; i < rls.Len(); i++ {
+			sls := rls.At(i).ScopeLogs()
+			for j := 0; j < sls.Len(); j++ {
+				recs := sls.At(j).LogRecords()
+				for k := 0; k < recs.Len(); k++ {
+					f(recs.At(k))
+				}
+			}
+		}
+	}
+}
+
+func strAttr(m pcommon.Map, k string) string {
+	if v, ok := m.Get(k); ok {
+		return v.AsString()
+	}
+	return ""
+}
+
+func intAttr(m pcommon.Map, k string) int64 {
+	if v, ok := m.Get(k); ok && v.Type() == pcommon.ValueTypeInt {
+		return v.Int()
+	}
+	return -1
+}
+
+func waitFor(t *testing.T, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s", what, state)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestReceiverReportsDropsAsMetricsAndEvents(t *testing.T) {
+	netnstest.RequireRoot(t)
+	r := startReceiver(t, NewFactory(), fastConfig())
+	pair := netnstest.NewPair(t)
+	const n, firstPort = 4, 42000
+	pair.A.SendSYNs(t, fmt.Sprintf("%s:5010", pair.B.Addr), n, firstPort)
+
+	waitFor(t, "tcpack.drop.count NO_SOCKET at tcp_v4_rcv in B", func() (bool, string) {
+		got, _ := dropCount(r.metrics, pair.B.Inode, "NO_SOCKET", "tcp_v4_rcv", "tcp")
+		return got == n, fmt.Sprintf("got %d, want %d", got, n)
+	})
+
+	seen := map[int64]bool{}
+	waitFor(t, "tcpack.drop events", func() (bool, string) {
+		forEachRecord(r.logs, func(rec plog.LogRecord) {
+			a := rec.Attributes()
+			if rec.EventName() != "tcpack.drop" || intAttr(a, "tcpack.netns.inode") != int64(pair.B.Inode) ||
+				strAttr(a, "tcpack.drop.reason") != "NO_SOCKET" {
+				return // a new netns also drops its own IPv6 multicast (MLD, DAD) packets
+			}
+			if strAttr(a, "network.local.address") != pair.B.Addr || intAttr(a, "network.local.port") != 5010 ||
+				strAttr(a, "network.peer.address") != pair.A.Addr || strAttr(a, "tcpack.drop.symbol") != "tcp_v4_rcv" ||
+				strAttr(a, "tcpack.netns.name") != pair.B.Name || strAttr(a, "network.io.direction") != "receive" {
+				t.Errorf("drop record attributes: %v", a.AsRaw())
+				return
+			}
+			if _, ok := a.Get("network.connection.state"); ok {
+				t.Errorf("empty attributes must be left out: %v", a.AsRaw())
+			}
+			seen[intAttr(a, "network.peer.port")] = true
+		})
+		return len(seen) == n, fmt.Sprintf("records for %d of %d source ports", len(seen), n)
+	})
+	for p := int64(firstPort); p < firstPort+n; p++ {
+		if !seen[p] {
+			t.Errorf("no tcpack.drop record from peer port %d", p)
+		}
+	}
+
+	var attached []string
+	forEachPoint(r.metrics.AllMetrics()[len(r.metrics.AllMetrics())-1], "tcpack.probe.attached", func(dp pmetric.NumberDataPoint) {
+		if dp.IntValue() == 1 {
+			attached = append(attached, strAttr(dp.Attributes(), "tcpack.hook")+"="+strAttr(dp.Attributes(), "tcpack.strategy"))
+		}
+	})
+	if len(attached) != 4 {
+		t.Errorf("tcpack.probe.attached: %v, want all 4 drops hooks attached", attached)
+	}
+}
+
+func TestReceiverRestartLeavesNothingBehind(t *testing.T) {
+	netnstest.RequireRoot(t)
+	links, fds := countLinks(t), countFDs(t)
+	f := NewFactory()
+	for i := 0; i < 2; i++ {
+		r := startReceiver(t, f, fastConfig())
+		if countLinks(t) <= links {
+			t.Fatalf("run %d: no links attached", i)
+		}
+		waitFor(t, "first collection", func() (bool, string) {
+			return r.metrics.DataPointCount() > 0, "no metrics yet"
+		})
+		r.stop()
+		if got := countLinks(t); got != links {
+			t.Fatalf("run %d: %d links after shutdown, %d before", i, got, links)
+		}
+	}
+	if got := countFDs(t); got != fds {
+		t.Errorf("fds after two runs: %d, before: %d", got, fds)
+	}
+}
+
+func TestAllFamiliesDisabledIsAnError(t *testing.T) {
+	netnstest.RequireRoot(t)
+	cfg := fastConfig()
+	cfg.Drops.Enabled = false
+	f := NewFactory()
+	mr, err := f.CreateMetrics(context.Background(), receivertest.NewNopSettings(metadata.Type), cfg, consumertest.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mr.Start(context.Background(), componenttest.NewNopHost()); err == nil {
+		mr.Shutdown(context.Background())
+		t.Fatal("start with every family disabled succeeded")
+	}
+	if err := mr.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func countLinks(t *testing.T) int {
+	t.Helper()
+	var it link.Iterator
+	n := 0
+	for it.Next() {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func countFDs(t *testing.T) int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(entries)
+}
