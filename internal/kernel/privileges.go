@@ -10,7 +10,6 @@ import (
 
 // Capability bits (include/uapi/linux/capability.h).
 const (
-	capNetAdmin = 12
 	capSysAdmin = 21
 	capPerfmon  = 38
 	capBPF      = 39
@@ -38,14 +37,11 @@ func missingCaps(eff uint64) error {
 	if !has(capPerfmon) {
 		missing = append(missing, "CAP_PERFMON")
 	}
-	if !has(capNetAdmin) {
-		missing = append(missing, "CAP_NET_ADMIN")
-	}
 	if len(missing) == 0 {
 		return nil
 	}
 	return fmt.Errorf("tcpack needs %s (or CAP_SYS_ADMIN, or root) to load eBPF programs: run the collector as root, "+
-		"or grant them, e.g. `setcap cap_bpf,cap_perfmon,cap_net_admin,cap_syslog+ep otelcol-tcpack`, "+
+		"or grant them with CAP_SYSLOG for kernel symbols, e.g. `setcap cap_bpf,cap_perfmon,cap_syslog+ep otelcol-tcpack`, "+
 		"or in Kubernetes securityContext.capabilities.add", strings.Join(missing, ", "))
 }
 

@@ -213,6 +213,10 @@ func attach(env *kernel.Env, spec *ebpf.CollectionSpec, maps map[string]*ebpf.Ma
 	one.Programs = map[string]*ebpf.ProgramSpec{s.Program: progSpec.Copy()}
 	coll, err := ebpf.NewCollectionWithOptions(one, ebpf.CollectionOptions{MapReplacements: maps, Cache: cache})
 	if err != nil {
+		if errors.Is(err, os.ErrPermission) && (s.Kind == FEntry || s.Kind == FExit) {
+			// Seen with kernel lockdown: BPF trampolines are refused even to root.
+			return nil, nil, errors.New("load: kernel refuses fentry/fexit programs (EPERM; lockdown or no BPF trampoline support)")
+		}
 		return nil, nil, fmt.Errorf("load: %s", summarize(err))
 	}
 	prog := coll.DetachProgram(s.Program)
@@ -240,6 +244,9 @@ func precheck(env *kernel.Env, s Strategy) error {
 			return errors.New("function not in kernel BTF")
 		}
 	case Kprobe, Kretprobe:
+		if _, err := os.Stat("/sys/bus/event_source/devices/kprobe"); err != nil {
+			return errors.New("kernel has no kprobe support (CONFIG_KPROBES)")
+		}
 		if _, ok := env.Kallsyms.Address(s.Target); !ok {
 			return errors.New("function not in kallsyms (inlined or absent)")
 		}

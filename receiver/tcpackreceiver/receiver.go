@@ -84,7 +84,7 @@ func (r *tcpackReceiver) start() error {
 	log := r.set.Logger
 	env, err := kernel.Open()
 	if err != nil {
-		return fmt.Errorf("tcpack: %w", err)
+		return err
 	}
 	rb := r.newResourceBuilder()
 	r.resource = rb.Emit()

@@ -1,0 +1,54 @@
+# tcpack: two commands for users (make run, make test); the rest is for developers.
+SHELL      := /bin/bash
+GO         ?= go
+TOOLS      := $(GO) tool -modfile=internal/tools/go.mod
+COLLECTOR  := build/otelcol-tcpack/otelcol-tcpack
+CONFIG     ?= testdata/config.yaml
+SOURCES    := $(shell find bpf internal receiver -type f \( -name '*.go' -o -name '*.c' -o -name '*.h' -o -name '*.o' -o -name '*.yaml' \) -not -path '*/testdata/*') go.mod go.sum builder-config.yaml
+
+.PHONY: all build run test unit-test kernel-test e2e-test generate check-generated deps vmlinux bench vet clean
+
+all: build
+
+## build: the otelcol-tcpack distribution, with ocb, into build/otelcol-tcpack/
+build: $(COLLECTOR)
+
+$(COLLECTOR): $(SOURCES)
+	@mkdir -p build
+	$(TOOLS) builder --config builder-config.yaml
+	@touch $@
+
+## run: build what is missing and run the collector with testdata/config.yaml (needs root)
+run: $(COLLECTOR)
+	$(COLLECTOR) --config $(CONFIG)
+
+## test: every test, kernel and end-to-end included (needs root); installs what they need
+test: deps check-generated vet build
+	$(GO) test -count=1 -p 1 -timeout 20m ./...
+
+## generate: eBPF objects (bpf2go, clang) and telemetry code (mdatagen); commit the result
+generate:
+	$(GO) generate ./...
+
+## check-generated: fail if generated files differ from what make generate produces
+check-generated:
+	@internal/tools/check-generated.sh
+
+## vmlinux: regenerate bpf/headers/vmlinux.h from this machine's kernel BTF (rarely needed)
+vmlinux:
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > bpf/headers/vmlinux.h
+
+## deps: install clang, libbpf headers, bpftool, iproute2, nftables, iperf3 from Debian if missing
+deps:
+	@internal/tools/install-deps.sh
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l bpf internal receiver)" || { gofmt -l bpf internal receiver; echo "gofmt needed"; exit 1; }
+
+## bench: throughput with/without the collector and per-program cost (needs root)
+bench: deps build
+	$(GO) run ./internal/bench -collector $(COLLECTOR)
+
+clean:
+	rm -rf build

@@ -1,0 +1,361 @@
+// Package e2e runs the otelcol-tcpack distribution built by `make build` with a real config,
+// drives drops through network namespaces, and checks the JSON its file exporter wrote.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/link"
+	"go.opentelemetry.io/collector/pdata/pcommon"
+	"go.opentelemetry.io/collector/pdata/plog"
+	"go.opentelemetry.io/collector/pdata/pmetric"
+
+	"github.com/tcpack/tcpack/internal/netnstest"
+)
+
+func collectorBinary(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv("TCPACK_COLLECTOR"); p != "" {
+		return p
+	}
+	p, err := filepath.Abs("../../build/otelcol-tcpack/otelcol-tcpack")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("collector not built (%v): run `make build` first, or `make test` which does", err)
+	}
+	return p
+}
+
+const configTemplate = `
+receivers:
+  tcpack:
+    collection_interval: 500ms
+    drops:
+      sampling: {rate_per_cpu: 1000, burst: 1000}
+    ring_buffer: {flush_interval: 50ms}
+processors:
+  batch: {timeout: 100ms}
+exporters:
+  file:
+    path: %s
+    format: json
+    flush_interval: 100ms
+service:
+  telemetry:
+    metrics: {level: none}
+  pipelines:
+    metrics: {receivers: [tcpack], processors: [batch], exporters: [file]}
+    logs: {receivers: [tcpack], processors: [batch], exporters: [file]}
+`
+
+// collector is a running otelcol-tcpack process.
+type collector struct {
+	cmd    *exec.Cmd
+	output string
+	mu     sync.Mutex
+	stderr bytes.Buffer
+	ready  chan struct{}
+}
+
+func startCollector(t *testing.T) *collector {
+	t.Helper()
+	dir := t.TempDir()
+	c := &collector{output: filepath.Join(dir, "out.json"), ready: make(chan struct{})}
+	cfg := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(configTemplate, c.output)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.cmd = exec.Command(collectorBinary(t), "--config", cfg)
+	stderr, err := c.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if c.cmd.ProcessState == nil {
+			_ = c.cmd.Process.Kill()
+			_ = c.cmd.Wait()
+		}
+	})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		readyOnce := sync.Once{}
+		for sc.Scan() {
+			c.mu.Lock()
+			c.stderr.WriteString(sc.Text() + "\n")
+			c.mu.Unlock()
+			if strings.Contains(sc.Text(), "Everything is ready") {
+				readyOnce.Do(func() { close(c.ready) })
+			}
+		}
+	}()
+	select {
+	case <-c.ready:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("collector not ready after 30s:\n%s", c.log())
+	}
+	return c
+}
+
+func (c *collector) log() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stderr.String()
+}
+
+// stop sends SIGINT, as Ctrl-C does, and requires a clean exit.
+func (c *collector) stop(t *testing.T) {
+	t.Helper()
+	if err := c.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- c.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("collector exit: %v\n%s", err, c.log())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("collector did not stop within 15s of SIGINT:\n%s", c.log())
+	}
+}
+
+// read parses every line the file exporter wrote: one JSON batch of metrics or logs per line.
+func (c *collector) read(t *testing.T) ([]pmetric.Metrics, []plog.Logs) {
+	t.Helper()
+	data, err := os.ReadFile(c.output)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var metrics []pmetric.Metrics
+	var logs []plog.Logs
+	for _, line := range bytes.Split(data, []byte("\n")) {
+		switch {
+		case bytes.HasPrefix(line, []byte(`{"resourceMetrics"`)):
+			m, err := (&pmetric.JSONUnmarshaler{}).UnmarshalMetrics(line)
+			if err != nil {
+				t.Fatalf("metrics line: %v", err)
+			}
+			metrics = append(metrics, m)
+		case bytes.HasPrefix(line, []byte(`{"resourceLogs"`)):
+			l, err := (&plog.JSONUnmarshaler{}).UnmarshalLogs(line)
+			if err != nil {
+				t.Fatalf("logs line: %v", err)
+			}
+			logs = append(logs, l)
+		}
+	}
+	return metrics, logs
+}
+
+// latestDropCount is the newest cumulative tcpack.drop.count summed over points matching.
+func latestDropCount(metrics []pmetric.Metrics, match func(pcommon.Map) bool) int64 {
+	for i := len(metrics) - 1; i >= 0; i-- {
+		var total int64
+		found := false
+		rms := metrics[i].ResourceMetrics()
+		for r := 0; r < rms.Len(); r++ {
+			sms := rms.At(r).ScopeMetrics()
+			for s := 0; s < sms.Len(); s++ {
+				ms := sms.At(s).Metrics()
+				for m := 0; m < ms.Len(); m++ {
+					if ms.At(m).Name() != "tcpack.drop.count" {
+						continue
+					}
+					dps := ms.At(m).Sum().DataPoints()
+					for d := 0; d < dps.Len(); d++ {
+						if match(dps.At(d).Attributes()) {
+							total += dps.At(d).IntValue()
+							found = true
+						}
+					}
+				}
+			}
+		}
+		if found {
+			return total
+		}
+	}
+	return 0
+}
+
+func records(logs []plog.Logs, eventName string, match func(pcommon.Map) bool) []pcommon.Map {
+	var out []pcommon.Map
+	for _, l := range logs {
+		rls := l.ResourceLogs()
+		for r := 0; r < rls.Len(); r++ {
+			sls := rls.At(r).ScopeLogs()
+			for s := 0; s < sls.Len(); s++ {
+				recs := sls.At(s).LogRecords()
+				for i := 0; i < recs.Len(); i++ {
+					if recs.At(i).EventName() == eventName && match(recs.At(i).Attributes()) {
+						out = append(out, recs.At(i).Attributes())
+					}
+				}
+			}
+		}
+	}
+	return out
+}
+
+func str(m pcommon.Map, k string) string {
+	if v, ok := m.Get(k); ok {
+		return v.AsString()
+	}
+	return ""
+}
+
+func num(m pcommon.Map, k string) int64 {
+	if v, ok := m.Get(k); ok && v.Type() == pcommon.ValueTypeInt {
+		return v.Int()
+	}
+	return -1
+}
+
+func TestCollectorExportsDrops(t *testing.T) {
+	netnstest.RequireRoot(t)
+	linksBefore := countLinks(t)
+	c := startCollector(t)
+	for _, line := range []string{"drops: kfree_skb attached", "drops: tcp_send_reset attached"} {
+		if !strings.Contains(c.log(), line) {
+			t.Errorf("collector log lacks %q:\n%s", line, c.log())
+		}
+	}
+
+	pair := netnstest.NewPair(t)
+	const synN, udpN, nftN = 5, 7, 3
+	pair.A.SendSYNs(t, fmt.Sprintf("%s:6001", pair.B.Addr), synN, 43000)
+	udpPort := pair.A.SendUDP(t, fmt.Sprintf("%s:6002", pair.B.Addr), udpN)
+	pair.B.Exec(t, "nft", "add table inet tcpack_e2e; "+
+		"add chain inet tcpack_e2e input { type filter hook input priority 0; policy accept; }; "+
+		"add rule inet tcpack_e2e input udp dport 6003 drop")
+	pair.A.SendUDP(t, fmt.Sprintf("%s:6003", pair.B.Addr), nftN)
+
+	inB := func(reason, symbol, transport string) func(pcommon.Map) bool {
+		return func(a pcommon.Map) bool {
+			return num(a, "tcpack.netns.inode") == int64(pair.B.Inode) && str(a, "tcpack.drop.reason") == reason &&
+				(symbol == "" || str(a, "tcpack.drop.symbol") == symbol) && str(a, "network.transport") == transport &&
+				str(a, "network.interface.name") == pair.B.Veth && str(a, "network.type") == "ipv4"
+		}
+	}
+	want := []struct {
+		what  string
+		n     int64
+		match func(pcommon.Map) bool
+	}{
+		{"TCP SYN to a closed port", synN, inB("NO_SOCKET", "tcp_v4_rcv", "tcp")},
+		{"UDP to a closed port", udpN, inB("NO_SOCKET", "__udp4_lib_rcv", "udp")},
+		{"nftables drop rule", nftN, inB("NETFILTER_DROP", "", "udp")},
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for _, w := range want {
+		for {
+			metrics, _ := c.read(t)
+			got := latestDropCount(metrics, w.match)
+			if got == w.n {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: tcpack.drop.count %d in the exported JSON, want %d", w.what, got, w.n)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+
+	_, logs := c.read(t)
+	syn := records(logs, "tcpack.drop", inB("NO_SOCKET", "tcp_v4_rcv", "tcp"))
+	if len(syn) != synN {
+		t.Fatalf("tcpack.drop records for the SYNs: %d, want %d", len(syn), synN)
+	}
+	for _, a := range syn {
+		if str(a, "network.local.address") != pair.B.Addr || num(a, "network.local.port") != 6001 ||
+			str(a, "network.peer.address") != pair.A.Addr || num(a, "network.peer.port") < 43000 ||
+			num(a, "network.peer.port") >= 43000+synN || str(a, "tcpack.netns.name") != pair.B.Name ||
+			!strings.HasPrefix(str(a, "tcpack.drop.location"), "tcp_v4_rcv+0x") {
+			t.Errorf("SYN drop record: %v", a.AsRaw())
+		}
+	}
+	udp := records(logs, "tcpack.drop", inB("NO_SOCKET", "__udp4_lib_rcv", "udp"))
+	if len(udp) != udpN {
+		t.Fatalf("tcpack.drop records for UDP: %d, want %d", len(udp), udpN)
+	}
+	for _, a := range udp {
+		if num(a, "network.local.port") != 6002 || num(a, "network.peer.port") != int64(udpPort) {
+			t.Errorf("UDP drop record: %v", a.AsRaw())
+		}
+	}
+	resets := records(logs, "tcpack.tcp.reset", func(a pcommon.Map) bool {
+		return num(a, "tcpack.netns.inode") == int64(pair.B.Inode) && str(a, "network.io.direction") == "transmit"
+	})
+	if len(resets) != synN {
+		t.Errorf("tcpack.tcp.reset records sent by B: %d, want %d", len(resets), synN)
+	}
+	// Never a raw kernel address anywhere in the output.
+	data, _ := os.ReadFile(c.output)
+	if bytes.Contains(data, []byte("ffffffff")) {
+		t.Errorf("output contains what looks like a kernel address")
+	}
+
+	c.stop(t)
+	if got := countLinks(t); got != linksBefore {
+		t.Errorf("BPF links after the collector exited: %d, before it started: %d", got, linksBefore)
+	}
+}
+
+func TestValidateRejectsBadConfig(t *testing.T) {
+	bin := collectorBinary(t)
+	for _, tc := range []struct {
+		name, receiver string
+		want           []string
+	}{
+		{"rate", "drops: {sampling: {rate_per_cpu: 5000000}}", []string{"drops.sampling.rate_per_cpu", "0..100000"}},
+		{"duration", "collection_interval: soon", []string{"collection_interval"}},
+		{"unknown key", "drops: {sampling_rate: 5}", []string{"sampling_rate"}},
+		{"strategy", "drops: {strategies: [kprobe]}", []string{"drops.strategies[0]", "tp_btf or raw_tp"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := filepath.Join(t.TempDir(), "bad.yaml")
+			body := fmt.Sprintf("receivers:\n  tcpack:\n    %s\nexporters:\n  debug: {}\nservice:\n  pipelines:\n    metrics: {receivers: [tcpack], exporters: [debug]}\n", tc.receiver)
+			if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			out, err := exec.Command(bin, "validate", "--config", cfg).CombinedOutput()
+			if err == nil {
+				t.Fatalf("validate accepted %q:\n%s", tc.receiver, out)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(string(out), w) {
+					t.Errorf("validate output does not mention %q:\n%s", w, out)
+				}
+			}
+		})
+	}
+}
+
+func countLinks(t *testing.T) int {
+	t.Helper()
+	var it link.Iterator
+	n := 0
+	for it.Next() {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

@@ -1,0 +1,140 @@
+package loader_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/tcpack/tcpack/internal/kernel"
+	"github.com/tcpack/tcpack/internal/loader"
+	"github.com/tcpack/tcpack/internal/netnstest"
+)
+
+func ret0() asm.Instructions {
+	return asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}
+}
+
+// testSpec has one program per attach kind, all doing nothing, all on TCP connect/reset paths.
+func testSpec() *ebpf.CollectionSpec {
+	return &ebpf.CollectionSpec{
+		Maps: map[string]*ebpf.MapSpec{
+			"unused": {Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1},
+		},
+		Programs: map[string]*ebpf.ProgramSpec{
+			"fentry_connect": {Type: ebpf.Tracing, AttachType: ebpf.AttachTraceFEntry, AttachTo: "tcp_v4_connect", License: "GPL", Instructions: ret0()},
+			"kprobe_connect": {Type: ebpf.Kprobe, AttachTo: "tcp_v4_connect", License: "GPL", Instructions: ret0()},
+			"tp_reset":       {Type: ebpf.Tracing, AttachType: ebpf.AttachTraceRawTp, AttachTo: "tcp_receive_reset", License: "GPL", Instructions: ret0()},
+			"raw_reset":      {Type: ebpf.RawTracepoint, AttachTo: "tcp_receive_reset", License: "GPL", Instructions: ret0()},
+		},
+	}
+}
+
+func open(t *testing.T) *kernel.Env {
+	t.Helper()
+	netnstest.RequireRoot(t)
+	env, err := kernel.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env
+}
+
+func countLinks(t *testing.T) int {
+	t.Helper()
+	var it link.Iterator
+	n := 0
+	for it.Next() {
+		n++
+	}
+	return n
+}
+
+func TestFallsBackInOrderAndSaysWhy(t *testing.T) {
+	env := open(t)
+	hooks := []loader.Hook{{Name: "connect_or_reset", Strategies: []loader.Strategy{
+		{Kind: loader.FEntry, Program: "fentry_connect", Target: "tcp_v4_connect"},
+		{Kind: loader.Kprobe, Program: "kprobe_connect", Target: "tcp_v4_connect"},
+		{Kind: loader.TPBTF, Program: "tp_reset", Target: "tcp_receive_reset", Args: 9},
+		{Kind: loader.TPBTF, Program: "tp_reset", Target: "tcp_receive_reset", Args: 1},
+		{Kind: loader.RawTP, Program: "raw_reset", Target: "tcp_receive_reset", Args: 1},
+	}}}
+	before := countLinks(t)
+	set, report, err := loader.Load("test", env, testSpec(), hooks, loader.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range report.Lines() {
+		t.Log(l)
+	}
+	h := report.Hooks[0]
+	if h.Attached == nil {
+		t.Fatal("nothing attached")
+	}
+	// Every strategy before the attached one must be skipped with a reason.
+	if len(h.Skipped) == 0 && h.Attached.Kind != loader.FEntry {
+		t.Fatalf("attached %s without recording why the earlier strategies failed", h.Attached)
+	}
+	for _, s := range h.Skipped {
+		if s.Reason == "" {
+			t.Errorf("%s skipped without a reason", s.Strategy)
+		}
+		if s.Strategy.Args == 9 && !strings.Contains(s.Reason, "passes 1 args") {
+			t.Errorf("arity check: %q", s.Reason)
+		}
+	}
+	if h.Attached.Kind == loader.TPBTF && h.Attached.Args != 1 {
+		t.Errorf("attached the 9-arg variant on a 1-arg tracepoint")
+	}
+	if countLinks(t) != before+1 {
+		t.Errorf("links: %d, want %d", countLinks(t), before+1)
+	}
+	if err := set.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if countLinks(t) != before {
+		t.Errorf("links after Close: %d, want %d", countLinks(t), before)
+	}
+}
+
+func TestOnlyRestrictsKinds(t *testing.T) {
+	env := open(t)
+	hooks := []loader.Hook{{Name: "reset", Strategies: []loader.Strategy{
+		{Kind: loader.TPBTF, Program: "tp_reset", Target: "tcp_receive_reset", Args: 1},
+		{Kind: loader.RawTP, Program: "raw_reset", Target: "tcp_receive_reset", Args: 1},
+	}}}
+	set, report, err := loader.Load("test", env, testSpec(), hooks, loader.Options{Only: []loader.Kind{loader.RawTP}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer set.Close()
+	if a := report.Hooks[0].Attached; a == nil || a.Kind != loader.RawTP {
+		t.Fatalf("attached %v, want raw_tp", a)
+	}
+}
+
+func TestRequiredHookFailureUnloadsEverything(t *testing.T) {
+	env := open(t)
+	before := countLinks(t)
+	hooks := []loader.Hook{
+		{Name: "reset", Strategies: []loader.Strategy{{Kind: loader.TPBTF, Program: "tp_reset", Target: "tcp_receive_reset", Args: 1}}},
+		{Name: "optional_missing", Optional: true, Strategies: []loader.Strategy{{Kind: loader.TPBTF, Program: "tp_reset", Target: "no_such_tracepoint"}}},
+		{Name: "required_missing", Strategies: []loader.Strategy{{Kind: loader.Kprobe, Program: "kprobe_connect", Target: "no_such_function_tcpack"}}},
+	}
+	_, report, err := loader.Load("test", env, testSpec(), hooks, loader.Options{})
+	if !errors.Is(err, loader.ErrRequiredHook) {
+		t.Fatalf("error %v, want ErrRequiredHook", err)
+	}
+	if !strings.Contains(err.Error(), "required_missing") || !strings.Contains(err.Error(), "not in kallsyms") {
+		t.Errorf("error does not say which hook and why: %v", err)
+	}
+	if report.Hooks[1].Attached != nil || !strings.Contains(strings.Join(report.Lines(), "\n"), "family degraded") {
+		t.Errorf("optional hook report: %v", report.Lines())
+	}
+	if got := countLinks(t); got != before {
+		t.Errorf("links left after a failed load: %d, want %d", got, before)
+	}
+}
