@@ -48,7 +48,7 @@ vet:
 
 ## bench: throughput with/without the collector and per-program cost (needs root)
 bench: deps build
-	$(GO) run ./internal/bench -collector $(COLLECTOR)
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./internal/bench -args -collector $(CURDIR)/$(COLLECTOR)
 
 clean:
 	rm -rf build

@@ -142,28 +142,29 @@ static __always_inline void count_drop(const struct drop_key *key, const struct 
 	v->bytes += len;
 }
 
-static __always_inline int handle_kfree_skb(struct sk_buff *skb, void *location, __u32 reason,
-					    struct sock *rx_sk)
+static __always_inline int handle_kfree_skb(bool typed, struct sk_buff *skb, void *location,
+					    __u32 reason, struct sock *rx_sk)
 {
-	struct net_device *dev = BPF_CORE_READ(skb, dev);
-	/* On RX drops skb->sk is NULL; rx_sk (6.8+) is the socket the packet was meant for. */
-	struct sock *sk = BPF_CORE_READ(skb, sk);
+	struct net_device *dev = KREAD(typed, skb, dev);
+	/* On RX drops skb->sk is NULL; rx_sk (6.8+) is the socket the packet was meant for.
+	 * Loaded once: the verifier rejects re-reading skb->sk as an rcu pointer. */
+	struct sock *sk = KREAD(typed, skb, sk);
 	struct flow f = {};
-	__u32 len = BPF_CORE_READ(skb, len);
+	__u32 len = KREAD(typed, skb, len);
 
 	if (!sk)
 		sk = rx_sk;
-	if (!flow_from_skb(&f, skb) && sk) {
+	if (!flow_from_skb(typed, &f, skb) && sk) {
 		/* No parsable headers yet (early TX path): the socket says what flow it is. */
-		flow_from_sock(&f, sk);
-		f.l4proto = tcp_state_of(sk) ? IPPROTO_TCP : BPF_CORE_READ(sk, sk_protocol);
+		flow_from_sock(typed, &f, sk);
+		f.l4proto = tcp_state_of(typed, sk) ? IPPROTO_TCP : KREAD(typed, sk, sk_protocol);
 		f.direction = DIRECTION_TRANSMIT;
 	}
 
 	struct drop_key key = {
 		.location = (__u64)location,
-		.netns = dev ? netns_of_dev(dev) : netns_of_sock(sk),
-		.ifindex = dev ? BPF_CORE_READ(dev, ifindex) : 0,
+		.netns = dev ? netns_of_dev(typed, dev) : netns_of_sock(typed, sk),
+		.ifindex = dev ? KREAD(typed, dev, ifindex) : 0,
 		.reason = reason,
 		.l3proto = f.l3proto,
 		.l4proto = f.l4proto,
@@ -178,7 +179,7 @@ static __always_inline int handle_kfree_skb(struct sk_buff *skb, void *location,
 	e->netns = key.netns;
 	e->ifindex = key.ifindex;
 	e->len = len;
-	e->state = tcp_state_of(sk);
+	e->state = tcp_state_of(typed, sk);
 	e->flow = f;
 	if (dev)
 		BPF_CORE_READ_STR_INTO(&e->ifname, dev, name);
@@ -214,21 +215,21 @@ static __always_inline void count_tcp(__u32 kind, __u32 reason, __u32 netns, __u
 
 /* Retransmits and resets: sk is the connection's socket; for a reset sent in reply to a
  * packet that matched no socket, sk is NULL and the offending packet gives the flow. */
-static __always_inline int handle_tcp(__u32 kind, const struct sock *sk, const struct sk_buff *skb,
-				      __u32 reason)
+static __always_inline int handle_tcp(bool typed, __u32 kind, const struct sock *sk,
+				      const struct sk_buff *skb, __u32 reason)
 {
 	struct flow f = {};
 	__u32 netns = 0;
 	__u8 state = 0;
 
 	if (sk) {
-		flow_from_sock(&f, sk);
+		flow_from_sock(typed, &f, sk);
 		f.l4proto = IPPROTO_TCP;
-		netns = netns_of_sock(sk);
-		state = BPF_CORE_READ(sk, __sk_common.skc_state);
+		netns = netns_of_sock(typed, sk);
+		state = KREAD(typed, sk, __sk_common.skc_state);
 	} else if (skb) {
-		flow_from_skb(&f, skb);
-		netns = netns_of_dev(BPF_CORE_READ(skb, dev));
+		flow_from_skb(typed, &f, skb);
+		netns = netns_of_dev(typed, KREAD(typed, skb, dev));
 	}
 	count_tcp(kind, reason, netns, f.l3proto, state);
 
@@ -240,11 +241,11 @@ static __always_inline int handle_tcp(__u32 kind, const struct sock *sk, const s
 	e->state = state;
 	e->flow = f;
 	if (skb) {
-		struct net_device *dev = BPF_CORE_READ(skb, dev);
+		struct net_device *dev = KREAD(typed, skb, dev);
 
-		e->len = BPF_CORE_READ(skb, len);
+		e->len = KREAD(typed, skb, len);
 		if (dev) {
-			e->ifindex = BPF_CORE_READ(dev, ifindex);
+			e->ifindex = KREAD(typed, dev, ifindex);
 			BPF_CORE_READ_STR_INTO(&e->ifname, dev, name);
 		}
 	}
@@ -253,40 +254,41 @@ static __always_inline int handle_tcp(__u32 kind, const struct sock *sk, const s
 }
 
 /* Each tracepoint gets a tp_btf entry (preferred: typed, cheapest) and a raw_tp entry (for
- * kernels or setups where BTF-typed attach is refused); both read arguments the same way.
+ * kernels or setups where BTF-typed attach is refused); `typed` tells the shared body which
+ * way to read kernel memory (see KREAD).
  * Variants differ in how many arguments they touch, because a program that reads an argument
  * the running kernel's tracepoint lacks is rejected at load ("doesn't have 4-th argument"):
  * the loader picks the variant from the tracepoint's arity in kernel BTF. */
-#define TCPACK_TRACEPOINT(tp, name, args, body)           \
-	SEC("tp_btf/" tp) int BPF_PROG(name##_btf, args) body \
-	SEC("raw_tp/" tp) int BPF_PROG(name##_raw, args) body
+#define TCPACK_TRACEPOINT(tp, name, args, body)                                           \
+	SEC("tp_btf/" tp) int BPF_PROG(name##_btf, args) { const bool typed = true; body }  \
+	SEC("raw_tp/" tp) int BPF_PROG(name##_raw, args) { const bool typed = false; body }
 #define ARGS(...) __VA_ARGS__
 
 /* kfree_skb(skb, location, reason, rx_sk): 6.8+ */
 TCPACK_TRACEPOINT("kfree_skb", kfree_skb_rx_sk,
 		  ARGS(struct sk_buff *skb, void *location, enum skb_drop_reason reason,
 		       struct sock *rx_sk),
-		  { return handle_kfree_skb(skb, location, reason, rx_sk); })
+		  return handle_kfree_skb(typed, skb, location, reason, rx_sk);)
 
 /* kfree_skb(skb, location, reason): 5.17 - 6.7 */
 TCPACK_TRACEPOINT("kfree_skb", kfree_skb,
 		  ARGS(struct sk_buff *skb, void *location, enum skb_drop_reason reason),
-		  { return handle_kfree_skb(skb, location, reason, NULL); })
+		  return handle_kfree_skb(typed, skb, location, reason, NULL);)
 
 /* tcp_retransmit_skb(sk, skb[, err]): err is not needed, so one variant fits all. */
 TCPACK_TRACEPOINT("tcp_retransmit_skb", tcp_retransmit_skb,
 		  ARGS(const struct sock *sk, const struct sk_buff *skb),
-		  { return handle_tcp(EVENT_RETRANSMIT, sk, skb, 0); })
+		  return handle_tcp(typed, EVENT_RETRANSMIT, sk, skb, 0);)
 
 /* tcp_send_reset(sk, skb, reason): 6.10+ */
 TCPACK_TRACEPOINT("tcp_send_reset", tcp_send_reset_reason,
 		  ARGS(const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason reason),
-		  { return handle_tcp(EVENT_RESET_SENT, sk, skb, reason); })
+		  return handle_tcp(typed, EVENT_RESET_SENT, sk, skb, reason);)
 
 /* tcp_send_reset(sk, skb): before 6.10 the kernel gives no reason. */
 TCPACK_TRACEPOINT("tcp_send_reset", tcp_send_reset,
 		  ARGS(const struct sock *sk, const struct sk_buff *skb),
-		  { return handle_tcp(EVENT_RESET_SENT, sk, skb, 0); })
+		  return handle_tcp(typed, EVENT_RESET_SENT, sk, skb, 0);)
 
 TCPACK_TRACEPOINT("tcp_receive_reset", tcp_receive_reset, ARGS(struct sock *sk),
-		  { return handle_tcp(EVENT_RESET_RECEIVED, sk, NULL, 0); })
+		  return handle_tcp(typed, EVENT_RESET_RECEIVED, sk, NULL, 0);)

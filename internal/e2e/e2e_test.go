@@ -48,22 +48,20 @@ receivers:
 processors:
   batch: {timeout: 100ms}
 exporters:
-  file:
-    path: %s
-    format: json
-    flush_interval: 100ms
+  file/metrics: {path: %[1]s/metrics.json, format: json, flush_interval: 100ms}
+  file/logs: {path: %[1]s/logs.json, format: json, flush_interval: 100ms}
 service:
   telemetry:
     metrics: {level: none}
   pipelines:
-    metrics: {receivers: [tcpack], processors: [batch], exporters: [file]}
-    logs: {receivers: [tcpack], processors: [batch], exporters: [file]}
+    metrics: {receivers: [tcpack], processors: [batch], exporters: [file/metrics]}
+    logs: {receivers: [tcpack], processors: [batch], exporters: [file/logs]}
 `
 
 // collector is a running otelcol-tcpack process.
 type collector struct {
 	cmd    *exec.Cmd
-	output string
+	outDir string
 	mu     sync.Mutex
 	stderr bytes.Buffer
 	ready  chan struct{}
@@ -72,9 +70,9 @@ type collector struct {
 func startCollector(t *testing.T) *collector {
 	t.Helper()
 	dir := t.TempDir()
-	c := &collector{output: filepath.Join(dir, "out.json"), ready: make(chan struct{})}
+	c := &collector{outDir: dir, ready: make(chan struct{})}
 	cfg := filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(configTemplate, c.output)), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(configTemplate, c.outDir)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	c.cmd = exec.Command(collectorBinary(t), "--config", cfg)
@@ -111,6 +109,20 @@ func startCollector(t *testing.T) *collector {
 	return c
 }
 
+// output is everything both file exporters wrote so far.
+func (c *collector) output(t *testing.T) []byte {
+	t.Helper()
+	var all []byte
+	for _, name := range []string{"metrics.json", "logs.json"} {
+		data, err := os.ReadFile(filepath.Join(c.outDir, name))
+		if err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		all = append(append(all, data...), '\n')
+	}
+	return all
+}
+
 func (c *collector) log() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -135,13 +147,10 @@ func (c *collector) stop(t *testing.T) {
 	}
 }
 
-// read parses every line the file exporter wrote: one JSON batch of metrics or logs per line.
+// read parses every line the file exporters wrote: one JSON batch of metrics or logs per line.
 func (c *collector) read(t *testing.T) ([]pmetric.Metrics, []plog.Logs) {
 	t.Helper()
-	data, err := os.ReadFile(c.output)
-	if err != nil && !os.IsNotExist(err) {
-		t.Fatal(err)
-	}
+	data := c.output(t)
 	var metrics []pmetric.Metrics
 	var logs []plog.Logs
 	for _, line := range bytes.Split(data, []byte("\n")) {
@@ -306,11 +315,13 @@ func TestCollectorExportsDrops(t *testing.T) {
 		t.Errorf("tcpack.tcp.reset records sent by B: %d, want %d", len(resets), synN)
 	}
 	// Never a raw kernel address anywhere in the output.
-	data, _ := os.ReadFile(c.output)
+	data := c.output(t)
 	if bytes.Contains(data, []byte("ffffffff")) {
 		t.Errorf("output contains what looks like a kernel address")
 	}
 
+	// Shut down while events are still in flight: the exit must stay clean.
+	pair.A.SendUDP(t, fmt.Sprintf("%s:6004", pair.B.Addr), 3000)
 	c.stop(t)
 	if got := countLinks(t); got != linksBefore {
 		t.Errorf("BPF links after the collector exited: %d, before it started: %d", got, linksBefore)

@@ -1,0 +1,365 @@
+// Package bench measures what running otelcol-tcpack costs the traffic it watches: the
+// throughput of three workloads through a veth pair with and without the collector, the
+// per-program cost from the kernel's BPF statistics, and the collector's memory. It runs with
+// `make bench` (go test -bench), never as part of `make test`.
+package bench
+
+import (
+	"bufio"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/tcpack/tcpack/internal/netnstest"
+)
+
+var (
+	collectorPath = flag.String("collector", "../../build/otelcol-tcpack/otelcol-tcpack", "otelcol-tcpack binary")
+	runFor        = flag.Duration("run", 4*time.Second, "duration of one workload run")
+	reps          = flag.Int("reps", 5, "repetitions of each workload and mode; medians are reported")
+)
+
+// benchConfig is the collector as a user would run it: default sampling, 10s collection.
+const benchConfig = `
+receivers:
+  tcpack: {}
+processors:
+  batch: {}
+exporters:
+  file/metrics: {path: %[1]s/metrics.json, format: json}
+  file/logs: {path: %[1]s/logs.json, format: json}
+service:
+  telemetry:
+    metrics: {level: none}
+  pipelines:
+    metrics: {receivers: [tcpack], processors: [batch], exporters: [file/metrics]}
+    logs: {receivers: [tcpack], processors: [batch], exporters: [file/logs]}
+`
+
+type workload struct {
+	name, unit string
+	run        func(b *testing.B, d time.Duration) float64
+}
+
+func BenchmarkCollectorOverhead(b *testing.B) {
+	netnstest.RequireRoot(b)
+	bin, err := filepath.Abs(*collectorPath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := os.Stat(bin); err != nil {
+		b.Fatalf("collector not built: %v (run make build)", err)
+	}
+	pair := netnstest.NewPair(b)
+	workloads := []workload{
+		{"udp_closed_port", "kpkt/s", udpFlood(pair)},
+		{"tcp_rr_64B_x4", "ktrans/s", tcpRR(b, pair)},
+		{"tcp_bulk", "Gbit/s", tcpBulk(b, pair)},
+	}
+	results := map[string]map[bool][]float64{}
+	for _, w := range workloads {
+		results[w.name] = map[bool][]float64{}
+	}
+	var rssKiB []int
+	for rep := 0; rep < *reps; rep++ {
+		for _, withCollector := range []bool{false, true} {
+			var c *collector
+			if withCollector {
+				c = startCollector(b, bin)
+			}
+			for _, w := range workloads {
+				v := w.run(b, *runFor)
+				results[w.name][withCollector] = append(results[w.name][withCollector], v)
+				fmt.Printf("rep %d %-16s collector=%-5v %8.2f %s\n", rep, w.name, withCollector, v, w.unit)
+			}
+			if c != nil {
+				rssKiB = append(rssKiB, c.peakRSSKiB(b))
+				c.stop(b)
+			}
+		}
+	}
+
+	fmt.Printf("\n%-16s %12s %12s %8s\n", "workload", "baseline", "tcpack", "ratio")
+	for _, w := range workloads {
+		base, with := median(results[w.name][false]), median(results[w.name][true])
+		ratio := with / base
+		fmt.Printf("%-16s %9.2f %s %9.2f %s %7.1f%%\n", w.name, base, w.unit, with, w.unit, 100*ratio)
+		b.ReportMetric(100*ratio, w.name+"_%_of_baseline")
+	}
+	peak := slices.Max(rssKiB)
+	fmt.Printf("collector peak RSS: %.1f MiB (max over %d runs)\n", float64(peak)/1024, len(rssKiB))
+	b.ReportMetric(float64(peak)/1024, "collector_peak_RSS_MiB")
+
+	programCosts(b, bin, workloads)
+}
+
+// programCosts runs each workload once more with kernel BPF statistics on (they cost time
+// themselves, so throughput is measured without them) and prints ns per program run.
+func programCosts(b *testing.B, bin string, workloads []workload) {
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		b.Fatalf("enable BPF stats: %v", err)
+	}
+	// Closing the handle restores kernel.bpf_stats_enabled, also if the benchmark dies.
+	defer stats.Close()
+	c := startCollector(b, bin)
+	defer c.stop(b)
+	fmt.Printf("\n%-16s %-24s %12s %10s\n", "workload", "program", "runs/s", "ns/run")
+	for _, w := range workloads {
+		before := tcpackProgramStats(b)
+		w.run(b, *runFor)
+		after := tcpackProgramStats(b)
+		names := make([]string, 0, len(after))
+		for n := range after {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		for _, n := range names {
+			runs := after[n].RunCount - before[n].RunCount
+			if runs == 0 {
+				continue
+			}
+			ns := float64(after[n].Runtime-before[n].Runtime) / float64(runs)
+			fmt.Printf("%-16s %-24s %12.0f %10.1f\n", w.name, n, float64(runs)/runFor.Seconds(), ns)
+			if strings.HasPrefix(n, "kfree_skb") {
+				b.ReportMetric(ns, w.name+"_kfree_skb_ns/run")
+			}
+		}
+	}
+}
+
+// tcpackProgramStats reads the statistics of the drops family's programs by name.
+func tcpackProgramStats(b *testing.B) map[string]ebpf.ProgramStats {
+	out := map[string]ebpf.ProgramStats{}
+	var id ebpf.ProgramID
+	for {
+		next, err := ebpf.ProgramGetNextID(id)
+		if err != nil {
+			return out
+		}
+		id = next
+		p, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			continue
+		}
+		info, err := p.Info()
+		if err == nil && isDropsProgram(info.Name) {
+			if s, err := p.Stats(); err == nil {
+				out[info.Name] = *s
+			}
+		}
+		p.Close()
+	}
+}
+
+func isDropsProgram(name string) bool {
+	for _, prefix := range []string{"kfree_skb", "tcp_retransmit", "tcp_send_reset", "tcp_receive_res"} {
+		if strings.HasPrefix(name, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// udpFlood sends small datagrams from A to a closed port in B: every packet is a drop
+// (NO_SOCKET), the worst case for the drops family. Returns kpackets/s sent.
+func udpFlood(pair *netnstest.Pair) func(*testing.B, time.Duration) float64 {
+	return func(b *testing.B, d time.Duration) float64 {
+		var sent int
+		pair.A.Run(b, func() {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			defer unix.Close(fd)
+			dst := &unix.SockaddrInet4{Port: 9}
+			copy(dst.Addr[:], net.ParseIP(pair.B.Addr).To4())
+			payload := make([]byte, 64)
+			end := time.Now().Add(d)
+			for time.Now().Before(end) {
+				for i := 0; i < 64; i++ {
+					if unix.Sendto(fd, payload, 0, dst) == nil {
+						sent++
+					}
+				}
+			}
+		})
+		return float64(sent) / d.Seconds() / 1000
+	}
+}
+
+// tcpRR is request/response over 4 connections: 64 bytes each way. Returns ktransactions/s.
+func tcpRR(b *testing.B, pair *netnstest.Pair) func(*testing.B, time.Duration) float64 {
+	ln := pair.B.Listen(b, "tcp4", pair.B.Addr+":7001")
+	go serve(ln, func(c net.Conn) {
+		buf := make([]byte, 64)
+		for {
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return
+			}
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	})
+	return func(b *testing.B, d time.Duration) float64 {
+		var total atomic.Int64
+		var wg sync.WaitGroup
+		for i := 0; i < 4; i++ {
+			c, err := pair.A.Dial("tcp4", pair.B.Addr+":7001", time.Second)
+			if err != nil {
+				b.Fatal(err)
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				buf := make([]byte, 64)
+				end := time.Now().Add(d)
+				n := int64(0)
+				for time.Now().Before(end) {
+					if _, err := c.Write(buf); err != nil {
+						return
+					}
+					if _, err := io.ReadFull(c, buf); err != nil {
+						return
+					}
+					n++
+				}
+				total.Add(n)
+			}()
+		}
+		wg.Wait()
+		return float64(total.Load()) / d.Seconds() / 1000
+	}
+}
+
+// tcpBulk streams 128 KiB writes over one connection. Returns Gbit/s.
+func tcpBulk(b *testing.B, pair *netnstest.Pair) func(*testing.B, time.Duration) float64 {
+	ln := pair.B.Listen(b, "tcp4", pair.B.Addr+":7002")
+	go serve(ln, func(c net.Conn) { io.Copy(io.Discard, c) })
+	return func(b *testing.B, d time.Duration) float64 {
+		c, err := pair.A.Dial("tcp4", pair.B.Addr+":7002", time.Second)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		buf := make([]byte, 128<<10)
+		var sent int64
+		end := time.Now().Add(d)
+		for time.Now().Before(end) {
+			n, err := c.Write(buf)
+			sent += int64(n)
+			if err != nil {
+				break
+			}
+		}
+		return float64(sent) * 8 / d.Seconds() / 1e9
+	}
+}
+
+func serve(ln net.Listener, handle func(net.Conn)) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			handle(c)
+		}()
+	}
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+type collector struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	tail []string // last lines of the collector's log, shown if it fails
+}
+
+func startCollector(b *testing.B, bin string) *collector {
+	dir := b.TempDir()
+	cfg := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(benchConfig, dir)), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	cmd := exec.Command(bin, "--config", cfg)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	c := &collector{cmd: cmd}
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		once := sync.Once{}
+		for sc.Scan() {
+			c.mu.Lock()
+			c.tail = append(c.tail, sc.Text())
+			if len(c.tail) > 40 {
+				c.tail = c.tail[1:]
+			}
+			c.mu.Unlock()
+			if strings.Contains(sc.Text(), "Everything is ready") {
+				once.Do(func() { close(ready) })
+			}
+		}
+	}()
+	select {
+	case <-ready:
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		b.Fatal("collector not ready after 30s")
+	}
+	return c
+}
+
+// peakRSSKiB is VmHWM, the collector's peak resident memory so far.
+func (c *collector) peakRSSKiB(b *testing.B) int {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.cmd.Process.Pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kib int
+			fmt.Sscan(strings.TrimSuffix(strings.TrimSpace(v), " kB"), &kib)
+			return kib
+		}
+	}
+	b.Fatal("VmHWM not found")
+	return 0
+}
+
+func (c *collector) stop(b *testing.B) {
+	c.cmd.Process.Signal(syscall.SIGINT)
+	if err := c.cmd.Wait(); err != nil {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		b.Errorf("collector exit: %v\n%s", err, strings.Join(c.tail, "\n"))
+	}
+}
