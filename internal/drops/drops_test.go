@@ -2,6 +2,7 @@ package drops_test
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -370,4 +371,58 @@ func countFDs(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return len(entries)
+}
+
+func TestRetransmitsAreCounted(t *testing.T) {
+	p, events := start(t, drops.DefaultConfig())
+	pair := netnstest.NewPair(t)
+	ln := pair.B.Listen(t, "tcp4", pair.B.Addr+":5020")
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			defer c.Close()
+			time.Sleep(5 * time.Second)
+		}
+	}()
+	c, err := pair.A.Dial("tcp4", pair.B.Addr+":5020", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// From now on B drops everything A sends: A must retransmit (RTO 200 ms, then doubling).
+	pair.B.Exec(t, "nft", "add table inet tcpack_rtx; "+
+		"add chain inet tcpack_rtx input { type filter hook input priority 0; policy accept; }; "+
+		"add rule inet tcpack_rtx input tcp dport 5020 drop")
+	if _, err := c.Write([]byte("lost")); err != nil {
+		t.Fatal(err)
+	}
+	retransmits := func() uint64 {
+		return tcpWhere(t, p, func(c drops.TCPCount) bool {
+			return c.Netns == pair.A.Inode && c.Kind == drops.KindRetransmit && c.State == "established"
+		})
+	}
+	eventually(t, "retransmits by A", func() (bool, string) {
+		n := retransmits()
+		return n >= 2, fmt.Sprintf("%d retransmits", n)
+	})
+	// Every copy A sent, the first and each retransmit, was dropped by B's rule.
+	n := retransmits()
+	dropped := dropsWhere(t, p, func(d drops.DropCount) bool {
+		return d.Netns == pair.B.Inode && d.Reason == "NETFILTER_DROP" && d.Transport == "tcp"
+	})
+	if dropped < n {
+		t.Errorf("B dropped %d segments, A retransmitted %d: each retransmit must have been dropped", dropped, n)
+	}
+	local := c.LocalAddr().(*net.TCPAddr)
+	eventually(t, "retransmit events", func() (bool, string) {
+		got := events.matching(func(e drops.Event) bool {
+			return e.Kind == drops.KindRetransmit && e.Netns == pair.A.Inode
+		})
+		for _, e := range got {
+			if e.LocalPort != uint16(local.Port) || e.PeerPort != 5020 || e.PeerAddr != netip.MustParseAddr(pair.B.Addr) ||
+				e.State != "established" || e.Transport != "tcp" {
+				return false, fmt.Sprintf("event %+v: want %s:%d -> %s:5020, established", e, pair.A.Addr, local.Port, pair.B.Addr)
+			}
+		}
+		return len(got) >= 2, fmt.Sprintf("%d events", len(got))
+	})
 }
