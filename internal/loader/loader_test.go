@@ -122,13 +122,13 @@ func TestRequiredHookFailureUnloadsEverything(t *testing.T) {
 	hooks := []loader.Hook{
 		{Name: "reset", Strategies: []loader.Strategy{{Kind: loader.TPBTF, Program: "tp_reset", Target: "tcp_receive_reset", Args: 1}}},
 		{Name: "optional_missing", Optional: true, Strategies: []loader.Strategy{{Kind: loader.TPBTF, Program: "tp_reset", Target: "no_such_tracepoint"}}},
-		{Name: "required_missing", Strategies: []loader.Strategy{{Kind: loader.Kprobe, Program: "kprobe_connect", Target: "no_such_function_tcpack"}}},
+		{Name: "required_missing", Strategies: []loader.Strategy{{Kind: loader.RawTP, Program: "raw_reset", Target: "no_such_tracepoint_tcpack"}}},
 	}
 	_, report, err := loader.Load("test", env, testSpec(), hooks, loader.Options{})
 	if !errors.Is(err, loader.ErrRequiredHook) {
 		t.Fatalf("error %v, want ErrRequiredHook", err)
 	}
-	if !strings.Contains(err.Error(), "required_missing") || !strings.Contains(err.Error(), "not in kallsyms") {
+	if !strings.Contains(err.Error(), "required_missing") || !strings.Contains(err.Error(), "tracepoint not in this kernel") {
 		t.Errorf("error does not say which hook and why: %v", err)
 	}
 	if report.Hooks[1].Attached != nil || !strings.Contains(strings.Join(report.Lines(), "\n"), "family degraded") {
