@@ -6,7 +6,7 @@ COLLECTOR  := build/otelcol-tcpack/otelcol-tcpack
 CONFIG     ?= testdata/config.yaml
 SOURCES    := $(shell find bpf internal receiver -type f \( -name '*.go' -o -name '*.c' -o -name '*.h' -o -name '*.o' -o -name '*.yaml' \) -not -path '*/testdata/*') go.mod go.sum builder-config.yaml
 
-.PHONY: all build run test unit-test kernel-test e2e-test generate check-generated deps vmlinux bench vet clean
+.PHONY: all build run test generate check-generated deps vmlinux bench vet clean
 
 all: build
 
@@ -48,7 +48,7 @@ vet:
 
 ## bench: throughput with/without the collector and per-program cost (needs root)
 bench: deps build
-	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./internal/bench -args -collector $(CURDIR)/$(COLLECTOR)
+	TCPACK_COLLECTOR=$(CURDIR)/$(COLLECTOR) $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./internal/bench
 
 clean:
 	rm -rf build

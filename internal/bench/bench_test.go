@@ -5,32 +5,27 @@
 package bench
 
 import (
-	"bufio"
 	"flag"
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/tcpack/tcpack/internal/collectortest"
 	"github.com/tcpack/tcpack/internal/netnstest"
 )
 
 var (
-	collectorPath = flag.String("collector", "../../build/otelcol-tcpack/otelcol-tcpack", "otelcol-tcpack binary")
-	runFor        = flag.Duration("run", 4*time.Second, "duration of one workload run")
-	reps          = flag.Int("reps", 5, "repetitions of each workload and mode; medians are reported")
+	runFor = flag.Duration("run", 4*time.Second, "duration of one workload run")
+	reps   = flag.Int("reps", 5, "repetitions of each workload and mode; medians are reported")
 )
 
 // benchConfig is the collector as a user would run it: default sampling, 10s collection.
@@ -57,13 +52,7 @@ type workload struct {
 
 func BenchmarkCollectorOverhead(b *testing.B) {
 	netnstest.RequireRoot(b)
-	bin, err := filepath.Abs(*collectorPath)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := os.Stat(bin); err != nil {
-		b.Fatalf("collector not built: %v (run make build)", err)
-	}
+	bin := collectortest.Binary(b)
 	pair := netnstest.NewPair(b)
 	workloads := []workload{
 		{"udp_closed_port", "kpkt/s", udpFlood(pair)},
@@ -77,9 +66,10 @@ func BenchmarkCollectorOverhead(b *testing.B) {
 	var rssKiB []int
 	for rep := 0; rep < *reps; rep++ {
 		for _, withCollector := range []bool{false, true} {
-			var c *collector
+			var c *collectortest.Process
 			if withCollector {
 				c = startCollector(b, bin)
+				time.Sleep(time.Second) // let its start-up work settle before measuring
 			}
 			for _, w := range workloads {
 				v := w.run(b, *runFor)
@@ -87,8 +77,8 @@ func BenchmarkCollectorOverhead(b *testing.B) {
 				fmt.Printf("rep %d %-16s collector=%-5v %8.2f %s\n", rep, w.name, withCollector, v, w.unit)
 			}
 			if c != nil {
-				rssKiB = append(rssKiB, c.peakRSSKiB(b))
-				c.stop(b)
+				rssKiB = append(rssKiB, c.PeakRSSKiB(b))
+				c.Stop(b)
 			}
 		}
 	}
@@ -117,7 +107,7 @@ func programCosts(b *testing.B, bin string, workloads []workload) {
 	// Closing the handle restores kernel.bpf_stats_enabled, also if the benchmark dies.
 	defer stats.Close()
 	c := startCollector(b, bin)
-	defer c.stop(b)
+	defer c.Stop(b)
 	fmt.Printf("\n%-16s %-24s %12s %10s\n", "workload", "program", "runs/s", "ns/run")
 	for _, w := range workloads {
 		before := tcpackProgramStats(b)
@@ -292,74 +282,6 @@ func median(v []float64) float64 {
 	return s[len(s)/2]
 }
 
-type collector struct {
-	cmd  *exec.Cmd
-	mu   sync.Mutex
-	tail []string // last lines of the collector's log, shown if it fails
-}
-
-func startCollector(b *testing.B, bin string) *collector {
-	dir := b.TempDir()
-	cfg := filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(benchConfig, dir)), 0o600); err != nil {
-		b.Fatal(err)
-	}
-	cmd := exec.Command(bin, "--config", cfg)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	c := &collector{cmd: cmd}
-	ready := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		once := sync.Once{}
-		for sc.Scan() {
-			c.mu.Lock()
-			c.tail = append(c.tail, sc.Text())
-			if len(c.tail) > 40 {
-				c.tail = c.tail[1:]
-			}
-			c.mu.Unlock()
-			if strings.Contains(sc.Text(), "Everything is ready") {
-				once.Do(func() { close(ready) })
-			}
-		}
-	}()
-	select {
-	case <-ready:
-	case <-time.After(30 * time.Second):
-		cmd.Process.Kill()
-		b.Fatal("collector not ready after 30s")
-	}
-	return c
-}
-
-// peakRSSKiB is VmHWM, the collector's peak resident memory so far.
-func (c *collector) peakRSSKiB(b *testing.B) int {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.cmd.Process.Pid))
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			var kib int
-			fmt.Sscan(strings.TrimSuffix(strings.TrimSpace(v), " kB"), &kib)
-			return kib
-		}
-	}
-	b.Fatal("VmHWM not found")
-	return 0
-}
-
-func (c *collector) stop(b *testing.B) {
-	c.cmd.Process.Signal(syscall.SIGINT)
-	if err := c.cmd.Wait(); err != nil {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		b.Errorf("collector exit: %v\n%s", err, strings.Join(c.tail, "\n"))
-	}
+func startCollector(b *testing.B, bin string) *collectortest.Process {
+	return collectortest.Start(b, bin, fmt.Sprintf(benchConfig, b.TempDir()))
 }

@@ -4,14 +4,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/cilium/ebpf/link"
 
 	"github.com/tcpack/tcpack/internal/drops"
 	"github.com/tcpack/tcpack/internal/kernel"
@@ -299,13 +296,13 @@ func TestQdiscDrop(t *testing.T) {
 
 func TestRestartLeavesNothingBehind(t *testing.T) {
 	e := openEnv(t)
-	linksBefore, fdsBefore := countLinks(t), countFDs(t)
+	linksBefore, fdsBefore := netnstest.CountLinks(t), netnstest.CountFDs(t)
 	for i := 0; i < 3; i++ {
 		p, err := drops.Start(e, drops.DefaultConfig(), nil)
 		if err != nil {
 			t.Fatalf("start %d: %v", i, err)
 		}
-		if got := countLinks(t); got <= linksBefore {
+		if got := netnstest.CountLinks(t); got <= linksBefore {
 			t.Fatalf("start %d: %d links attached, want more than %d", i, got, linksBefore)
 		}
 		if err := p.Close(); err != nil {
@@ -315,10 +312,10 @@ func TestRestartLeavesNothingBehind(t *testing.T) {
 			t.Fatalf("second close %d: %v", i, err)
 		}
 	}
-	if got := countLinks(t); got != linksBefore {
+	if got := netnstest.CountLinks(t); got != linksBefore {
 		t.Errorf("links after shutdown: %d, before: %d", got, linksBefore)
 	}
-	if got := countFDs(t); got != fdsBefore {
+	if got := netnstest.CountFDs(t); got != fdsBefore {
 		t.Errorf("fds after shutdown: %d, before: %d", got, fdsBefore)
 	}
 }
@@ -349,28 +346,6 @@ func TestEventRateLimit(t *testing.T) {
 	if out := snap.Stats.SampledOut[drops.KindDrop]; out < uint64(n-got) {
 		t.Fatalf("sampled out %d, want at least %d (%d drops, %d events)", out, n-got, n, got)
 	}
-}
-
-func countLinks(t *testing.T) int {
-	t.Helper()
-	var it link.Iterator
-	n := 0
-	for it.Next() {
-		n++
-	}
-	if err := it.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
-func countFDs(t *testing.T) int {
-	t.Helper()
-	entries, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(entries)
 }
 
 func TestRetransmitsAreCounted(t *testing.T) {

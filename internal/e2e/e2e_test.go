@@ -3,40 +3,22 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf/link"
 	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/plog"
 	"go.opentelemetry.io/collector/pdata/pmetric"
 
+	"github.com/tcpack/tcpack/internal/collectortest"
 	"github.com/tcpack/tcpack/internal/netnstest"
 )
-
-func collectorBinary(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("TCPACK_COLLECTOR"); p != "" {
-		return p
-	}
-	p, err := filepath.Abs("../../build/otelcol-tcpack/otelcol-tcpack")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("collector not built (%v): run `make build` first, or `make test` which does", err)
-	}
-	return p
-}
 
 const configTemplate = `
 receivers:
@@ -58,55 +40,16 @@ service:
     logs: {receivers: [tcpack], processors: [batch], exporters: [file/logs]}
 `
 
-// collector is a running otelcol-tcpack process.
+// collector is a running otelcol-tcpack writing metrics and logs to JSON files in outDir.
 type collector struct {
-	cmd    *exec.Cmd
+	*collectortest.Process
 	outDir string
-	mu     sync.Mutex
-	stderr bytes.Buffer
-	ready  chan struct{}
 }
 
 func startCollector(t *testing.T) *collector {
 	t.Helper()
 	dir := t.TempDir()
-	c := &collector{outDir: dir, ready: make(chan struct{})}
-	cfg := filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(configTemplate, c.outDir)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c.cmd = exec.Command(collectorBinary(t), "--config", cfg)
-	stderr, err := c.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if c.cmd.ProcessState == nil {
-			_ = c.cmd.Process.Kill()
-			_ = c.cmd.Wait()
-		}
-	})
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		readyOnce := sync.Once{}
-		for sc.Scan() {
-			c.mu.Lock()
-			c.stderr.WriteString(sc.Text() + "\n")
-			c.mu.Unlock()
-			if strings.Contains(sc.Text(), "Everything is ready") {
-				readyOnce.Do(func() { close(c.ready) })
-			}
-		}
-	}()
-	select {
-	case <-c.ready:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("collector not ready after 30s:\n%s", c.log())
-	}
-	return c
+	return &collector{collectortest.Start(t, collectortest.Binary(t), fmt.Sprintf(configTemplate, dir)), dir}
 }
 
 // output is everything both file exporters wrote so far.
@@ -121,30 +64,6 @@ func (c *collector) output(t *testing.T) []byte {
 		all = append(append(all, data...), '\n')
 	}
 	return all
-}
-
-func (c *collector) log() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.stderr.String()
-}
-
-// stop sends SIGINT, as Ctrl-C does, and requires a clean exit.
-func (c *collector) stop(t *testing.T) {
-	t.Helper()
-	if err := c.cmd.Process.Signal(syscall.SIGINT); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- c.cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("collector exit: %v\n%s", err, c.log())
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatalf("collector did not stop within 15s of SIGINT:\n%s", c.log())
-	}
 }
 
 // read parses every line the file exporters wrote: one JSON batch of metrics or logs per line.
@@ -238,11 +157,11 @@ func num(m pcommon.Map, k string) int64 {
 
 func TestCollectorExportsDrops(t *testing.T) {
 	netnstest.RequireRoot(t)
-	linksBefore := countLinks(t)
+	linksBefore := netnstest.CountLinks(t)
 	c := startCollector(t)
 	for _, line := range []string{"drops: kfree_skb attached", "drops: tcp_send_reset attached"} {
-		if !strings.Contains(c.log(), line) {
-			t.Errorf("collector log lacks %q:\n%s", line, c.log())
+		if !strings.Contains(c.Log(), line) {
+			t.Errorf("collector log lacks %q:\n%s", line, c.Log())
 		}
 	}
 
@@ -322,14 +241,14 @@ func TestCollectorExportsDrops(t *testing.T) {
 
 	// Shut down while events are still in flight: the exit must stay clean.
 	pair.A.SendUDP(t, fmt.Sprintf("%s:6004", pair.B.Addr), 3000)
-	c.stop(t)
-	if got := countLinks(t); got != linksBefore {
+	c.Stop(t)
+	if got := netnstest.CountLinks(t); got != linksBefore {
 		t.Errorf("BPF links after the collector exited: %d, before it started: %d", got, linksBefore)
 	}
 }
 
 func TestValidateRejectsBadConfig(t *testing.T) {
-	bin := collectorBinary(t)
+	bin := collectortest.Binary(t)
 	for _, tc := range []struct {
 		name, receiver string
 		want           []string
@@ -356,17 +275,4 @@ func TestValidateRejectsBadConfig(t *testing.T) {
 			}
 		})
 	}
-}
-
-func countLinks(t *testing.T) int {
-	t.Helper()
-	var it link.Iterator
-	n := 0
-	for it.Next() {
-		n++
-	}
-	if err := it.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return n
 }

@@ -7,7 +7,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/link"
 
 	"github.com/tcpack/tcpack/internal/kernel"
 	"github.com/tcpack/tcpack/internal/loader"
@@ -43,16 +42,6 @@ func open(t *testing.T) *kernel.Env {
 	return env
 }
 
-func countLinks(t *testing.T) int {
-	t.Helper()
-	var it link.Iterator
-	n := 0
-	for it.Next() {
-		n++
-	}
-	return n
-}
-
 func TestFallsBackInOrderAndSaysWhy(t *testing.T) {
 	env := open(t)
 	hooks := []loader.Hook{{Name: "connect_or_reset", Strategies: []loader.Strategy{
@@ -62,7 +51,7 @@ func TestFallsBackInOrderAndSaysWhy(t *testing.T) {
 		{Kind: loader.TPBTF, Program: "tp_reset", Target: "tcp_receive_reset", Args: 1},
 		{Kind: loader.RawTP, Program: "raw_reset", Target: "tcp_receive_reset", Args: 1},
 	}}}
-	before := countLinks(t)
+	before := netnstest.CountLinks(t)
 	set, report, err := loader.Load("test", env, testSpec(), hooks, loader.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -89,14 +78,14 @@ func TestFallsBackInOrderAndSaysWhy(t *testing.T) {
 	if h.Attached.Kind == loader.TPBTF && h.Attached.Args != 1 {
 		t.Errorf("attached the 9-arg variant on a 1-arg tracepoint")
 	}
-	if countLinks(t) != before+1 {
-		t.Errorf("links: %d, want %d", countLinks(t), before+1)
+	if netnstest.CountLinks(t) != before+1 {
+		t.Errorf("links: %d, want %d", netnstest.CountLinks(t), before+1)
 	}
 	if err := set.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if countLinks(t) != before {
-		t.Errorf("links after Close: %d, want %d", countLinks(t), before)
+	if netnstest.CountLinks(t) != before {
+		t.Errorf("links after Close: %d, want %d", netnstest.CountLinks(t), before)
 	}
 }
 
@@ -118,7 +107,7 @@ func TestOnlyRestrictsKinds(t *testing.T) {
 
 func TestRequiredHookFailureUnloadsEverything(t *testing.T) {
 	env := open(t)
-	before := countLinks(t)
+	before := netnstest.CountLinks(t)
 	hooks := []loader.Hook{
 		{Name: "reset", Strategies: []loader.Strategy{{Kind: loader.TPBTF, Program: "tp_reset", Target: "tcp_receive_reset", Args: 1}}},
 		{Name: "optional_missing", Optional: true, Strategies: []loader.Strategy{{Kind: loader.TPBTF, Program: "tp_reset", Target: "no_such_tracepoint"}}},
@@ -134,7 +123,7 @@ func TestRequiredHookFailureUnloadsEverything(t *testing.T) {
 	if report.Hooks[1].Attached != nil || !strings.Contains(strings.Join(report.Lines(), "\n"), "family degraded") {
 		t.Errorf("optional hook report: %v", report.Lines())
 	}
-	if got := countLinks(t); got != before {
+	if got := netnstest.CountLinks(t); got != before {
 		t.Errorf("links left after a failed load: %d, want %d", got, before)
 	}
 }

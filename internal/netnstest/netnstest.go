@@ -1,5 +1,5 @@
-// Package netnstest gives kernel tests two network namespaces joined by a veth pair, and the
-// traffic to drive through them. Everything it creates is removed in t.Cleanup, also when the
+// Package netnstest gives kernel tests two network namespaces joined by a veth pair, the
+// traffic to drive through them, and checks that nothing stays attached afterwards. Everything it creates is removed in t.Cleanup, also when the
 // test fails; names carry the test process's pid so parallel test binaries never collide.
 //
 //	p := netnstest.NewPair(t)            // tcpk<pid>-<n>a (198.18.0.1) <-> tcpk<pid>-<n>b (198.18.0.2)
@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -249,4 +250,30 @@ func inode(path string) (uint32, error) {
 		return 0, err
 	}
 	return uint32(st.Ino), nil
+}
+
+// CountLinks counts the BPF links attached in the whole kernel, to check that what a test
+// started left nothing attached. The count is global, so kernel test packages must not run
+// in parallel with each other: `make test` runs them with -p 1.
+func CountLinks(t testing.TB) int {
+	t.Helper()
+	var it link.Iterator
+	n := 0
+	for it.Next() {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// CountFDs counts this process's open file descriptors, to check for leaked maps and programs.
+func CountFDs(t testing.TB) int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(entries)
 }

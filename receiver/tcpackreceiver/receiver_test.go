@@ -3,11 +3,9 @@ package tcpackreceiver
 import (
 	"context"
 	"fmt"
-	"os"
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf/link"
 	"go.opentelemetry.io/collector/component/componenttest"
 	"go.opentelemetry.io/collector/consumer/consumertest"
 	"go.opentelemetry.io/collector/pdata/pcommon"
@@ -216,22 +214,22 @@ func TestReceiverReportsDropsAsMetricsAndEvents(t *testing.T) {
 
 func TestReceiverRestartLeavesNothingBehind(t *testing.T) {
 	netnstest.RequireRoot(t)
-	links, fds := countLinks(t), countFDs(t)
+	links, fds := netnstest.CountLinks(t), netnstest.CountFDs(t)
 	f := NewFactory()
 	for i := 0; i < 2; i++ {
 		r := startReceiver(t, f, fastConfig())
-		if countLinks(t) <= links {
+		if netnstest.CountLinks(t) <= links {
 			t.Fatalf("run %d: no links attached", i)
 		}
 		waitFor(t, "first collection", func() (bool, string) {
 			return r.metrics.DataPointCount() > 0, "no metrics yet"
 		})
 		r.stop()
-		if got := countLinks(t); got != links {
+		if got := netnstest.CountLinks(t); got != links {
 			t.Fatalf("run %d: %d links after shutdown, %d before", i, got, links)
 		}
 	}
-	if got := countFDs(t); got != fds {
+	if got := netnstest.CountFDs(t); got != fds {
 		t.Errorf("fds after two runs: %d, before: %d", got, fds)
 	}
 }
@@ -252,26 +250,4 @@ func TestAllFamiliesDisabledIsAnError(t *testing.T) {
 	if err := mr.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func countLinks(t *testing.T) int {
-	t.Helper()
-	var it link.Iterator
-	n := 0
-	for it.Next() {
-		n++
-	}
-	if err := it.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
-func countFDs(t *testing.T) int {
-	t.Helper()
-	entries, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(entries)
 }

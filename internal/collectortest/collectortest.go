@@ -1,0 +1,134 @@
+// Package collectortest runs the otelcol-tcpack binary built by `make build` with a given
+// config, for the end-to-end tests and the benchmarks.
+package collectortest
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Binary returns the built collector: $TCPACK_COLLECTOR, else build/otelcol-tcpack/ at the
+// repository root.
+func Binary(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("TCPACK_COLLECTOR"); p != "" {
+		return p
+	}
+	_, here, _, _ := runtime.Caller(0)
+	p := filepath.Join(filepath.Dir(here), "..", "..", "build", "otelcol-tcpack", "otelcol-tcpack")
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("collector not built (%v): run `make build` first, or `make test`, which does", err)
+	}
+	return p
+}
+
+// Process is a running collector.
+type Process struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	log  strings.Builder
+	done chan error
+}
+
+// Start writes config to a temporary file, starts the collector with it and waits until it
+// says it is ready. The process is killed at cleanup if the test did not stop it.
+func Start(t testing.TB, bin, config string) *Process {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := &Process{cmd: exec.Command(bin, "--config", path)}
+	stderr, err := p.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan struct{})
+	scanned := make(chan struct{})
+	go func() {
+		defer close(scanned)
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64*1024), 1024*1024)
+		var once sync.Once
+		for sc.Scan() {
+			p.mu.Lock()
+			p.log.WriteString(sc.Text() + "\n")
+			p.mu.Unlock()
+			if strings.Contains(sc.Text(), "Everything is ready") {
+				once.Do(func() { close(ready) })
+			}
+		}
+	}()
+	p.done = make(chan error, 1)
+	go func() {
+		<-scanned // Wait closes the pipe: read all of it first
+		p.done <- p.cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			_ = p.cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	select {
+	case <-ready:
+	case err := <-p.done:
+		t.Fatalf("collector exited before it was ready (%v):\n%s", err, p.Log())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("collector not ready after 30s:\n%s", p.Log())
+	}
+	return p
+}
+
+// Log is what the collector has written to stderr so far.
+func (p *Process) Log() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.log.String()
+}
+
+// Stop sends SIGINT, as Ctrl-C does, and requires a clean exit within 15 s.
+func (p *Process) Stop(t testing.TB) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-p.done:
+		if err != nil {
+			t.Fatalf("collector exit: %v\n%s", err, p.Log())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("collector did not stop within 15s of SIGINT:\n%s", p.Log())
+	}
+}
+
+// PeakRSSKiB is the collector's peak resident memory so far (VmHWM).
+func (p *Process) PeakRSSKiB(t testing.TB) int {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kib int
+			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &kib)
+			return kib
+		}
+	}
+	t.Fatal("VmHWM not in /proc/<pid>/status")
+	return 0
+}
