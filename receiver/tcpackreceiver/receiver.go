@@ -95,11 +95,14 @@ func (r *tcpackReceiver) start() error {
 
 	var failed []error
 	if r.cfg.Drops.Enabled {
+		cfg := r.cfg.dropsConfig()
 		var sink func([]drops.Event)
 		if r.logs != nil {
 			sink = r.consumeDropEvents
+		} else {
+			cfg.EventsPerSecond = 0 // no logs pipeline: do not sample events in the kernel at all
 		}
-		p, err := drops.Start(env, r.cfg.dropsConfig(), sink)
+		p, err := drops.Start(env, cfg, sink)
 		if err != nil {
 			log.Error("drops family not started", zap.Error(err))
 			failed = append(failed, err)
