@@ -6,7 +6,7 @@ COLLECTOR  := build/otelcol-tcpack/otelcol-tcpack
 CONFIG     ?= testdata/config.yaml
 SOURCES    := $(shell find bpf internal receiver -type f \( -name '*.go' -o -name '*.c' -o -name '*.h' -o -name '*.o' -o -name '*.yaml' \) -not -path '*/testdata/*') go.mod go.sum builder-config.yaml
 
-.PHONY: all build run test generate check-generated deps vmlinux bench vet clean
+.PHONY: all build run test vmtest kernel-table generate check-generated deps vmlinux bench vet clean
 
 all: build
 
@@ -22,9 +22,20 @@ $(COLLECTOR): $(SOURCES)
 run: $(COLLECTOR)
 	$(COLLECTOR) --config $(CONFIG)
 
-## test: every test, kernel and end-to-end included (needs root); installs what they need
+## test: every test, kernel and end-to-end included, then the kernel matrix (needs root);
+## installs what they need
 test: deps check-generated vet build
 	$(GO) test -count=1 -p 1 -timeout 20m ./...
+	$(MAKE) vmtest
+
+## vmtest: the kernel-facing tests on Debian's 6.1 and 6.12 kernels (qemu) and on this kernel;
+## fails if a test fails or the README's kernel table differs from what the run saw
+vmtest:
+	internal/vmtest/vmtest.sh
+
+## kernel-table: run the kernel matrix and rewrite the README's kernel table from it
+kernel-table:
+	VMTEST_UPDATE_README=1 internal/vmtest/vmtest.sh
 
 ## generate: eBPF objects (bpf2go, clang) and telemetry code (mdatagen); commit the result
 generate:

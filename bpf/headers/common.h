@@ -120,6 +120,13 @@ static __always_inline void flow_from_sock(bool typed, struct flow *f, const str
 
 	f->local_port = KREAD(typed, sk, __sk_common.skc_num);
 	f->peer_port = bpf_ntohs(KREAD(typed, sk, __sk_common.skc_dport));
+	if (!f->local_port) {
+		/* A socket moved to TCP_CLOSE has given its port back (inet_put_port zeroes
+		 * skc_num) by the time tcp_disconnect sends its reset; inet_sport still holds it.
+		 * Only full sockets reach here: request and timewait sockets keep skc_num. It lies
+		 * beyond struct sock, so it is always a probe read. */
+		f->local_port = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+	}
 	if (family == AF_INET) {
 		__u32 local = KREAD(typed, sk, __sk_common.skc_rcv_saddr);
 		__u32 peer = KREAD(typed, sk, __sk_common.skc_daddr);

@@ -1,0 +1,257 @@
+#!/usr/bin/env bash
+# make vmtest: run the kernel-facing test packages inside Debian's own 6.1 and 6.12 kernels under
+# qemu (TCG: KVM is not usable on our machines) and on the host kernel, report pass/fail per
+# kernel, and check the README's kernel table against what the run saw.
+#
+#   internal/vmtest/vmtest.sh            run the matrix; fail if a test fails or the table is stale
+#   VMTEST_UPDATE_README=1 ...vmtest.sh  run it and rewrite the README's kernel table
+#
+# Everything comes from Debian packages: qemu-system-x86, busybox-static, cpio, and the kernel
+# images (downloaded and unpacked under build/vm, never installed on the host). The guest boots
+# a small initramfs: busybox, the host's ip/tc/nft with their libraries, the modules the tests
+# need, and statically linked Go test binaries. Output is on the serial console.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+OUT=${VMTEST_OUT:-$ROOT/build/vm}
+# Debian metapackages of the guest kernels: bookworm's 6.1 and the 6.12 backport.
+KERNELS=(linux-image-amd64 linux-image-6.12-amd64)
+# Both Debian kernels have kprobes and BPF trampolines; a failure to use them is a bug.
+GUEST_EXPECT=fentry,fexit,kprobe,kretprobe
+PACKAGES=(./internal/kernel ./internal/loader ./internal/drops)
+MODULES=(veth nf_tables sch_tbf)
+TIMEOUT=${VMTEST_TIMEOUT:-480}
+
+log() { printf 'vmtest: %s\n' "$*" >&2; }
+
+install_deps() {
+	local need=()
+	command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+	[ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || need+=(busybox-static)
+	command -v cpio >/dev/null || need+=(cpio)
+	command -v xz >/dev/null || need+=(xz-utils)
+	command -v file >/dev/null || need+=(file)
+	if [ ${#need[@]} -gt 0 ]; then
+		log "installing ${need[*]}"
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get update -qq
+		apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+	fi
+}
+
+# fetch_kernel META: prints the directory of the unpacked kernel package META depends on.
+fetch_kernel() {
+	local meta=$1 pkg
+	pkg=$(apt-cache depends "$meta" 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+	if [ -z "$pkg" ]; then
+		apt-get update -qq
+		pkg=$(apt-cache depends "$meta" | awk '/Depends: linux-image-/ {print $2; exit}')
+	fi
+	[ -n "$pkg" ] || { log "cannot resolve $meta"; exit 1; }
+	local dir=$OUT/kernels/$pkg
+	if [ ! -d "$dir/boot" ]; then
+		mkdir -p "$OUT/debs" "$dir"
+		(cd "$OUT/debs" && apt-get download -q "$pkg" >&2)
+		dpkg-deb -x "$OUT"/debs/"$pkg"_*.deb "$dir"
+	fi
+	echo "$dir"
+}
+
+# copy_with_libs BIN...: copies host binaries and the shared libraries they load into $1's tree.
+copy_with_libs() {
+	local dest=$1
+	shift
+	for bin in "$@"; do
+		local path
+		path=$(command -v "$bin")
+		# /usr/local/sbin comes first in the guest's PATH: busybox has an ip applet too.
+		install -D "$path" "$dest/usr/local/sbin/$bin"
+		ldd "$path" | awk '/=>/ {print $3} /ld-linux/ {print $1}' | while read -r lib; do
+			[ -f "$lib" ] && install -D "$lib" "$dest$lib"
+		done
+	done
+	install -D /lib64/ld-linux-x86-64.so.2 "$dest/lib64/ld-linux-x86-64.so.2"
+}
+
+# add_module KDIR ROOTFS NAME: copies module NAME and, first, what it depends on.
+add_module() {
+	local kdir=$1 rootfs=$2 name=$3 file deps
+	grep -qx "$name.ko" "$rootfs/modules/order" 2>/dev/null && return
+	file=$(find "$kdir"/lib/modules/*/kernel -name "$name.ko" -o -name "$name.ko.xz" | head -n 1)
+	if [ -z "$file" ]; then
+		grep -q "/$name.ko" "$kdir"/lib/modules/*/modules.builtin && return # built in
+		log "module $name not found in $kdir"
+		exit 1
+	fi
+	local tmp
+	tmp=$(mktemp)
+	case $file in
+	*.xz) xz -dc "$file" >"$tmp" ;; # busybox insmod cannot decompress
+	*) cp "$file" "$tmp" ;;
+	esac
+	deps=$(tr '\0' '\n' <"$tmp" | sed -n 's/^depends=//p' | head -n 1 | tr ',' ' ')
+	for d in $deps; do
+		add_module "$kdir" "$rootfs" "$d"
+	done
+	# Soft dependencies name a service, not a file: libcrc32c's "pre: crc32c" is met by
+	# crc32c_generic, and without it libcrc32c's init fails (busybox says "unknown symbol").
+	for d in $(tr '\0' '\n' <"$tmp" | sed -n 's/^softdep=pre: *//p' | sed 's/ post:.*//'); do
+		for candidate in "$d" "${d}_generic"; do
+			if find "$kdir"/lib/modules/*/kernel -name "$candidate.ko*" | grep -q .; then
+				add_module "$kdir" "$rootfs" "$candidate"
+				break
+			fi
+		done
+	done
+	mv "$tmp" "$rootfs/modules/$name.ko"
+	echo "$name.ko" >>"$rootfs/modules/order"
+}
+
+build_common_rootfs() {
+	local rootfs=$OUT/rootfs
+	rm -rf "$rootfs"
+	mkdir -p "$rootfs"/{bin,tests,modules}
+	cp /bin/busybox "$rootfs/bin/busybox"
+	install -m 0755 internal/vmtest/init "$rootfs/init"
+	copy_with_libs "$rootfs" ip tc nft
+	for pkg in "${PACKAGES[@]}"; do
+		CGO_ENABLED=0 go test -c -o "$rootfs/tests/$(basename "$pkg").test" "$pkg"
+	done
+}
+
+# boot KDIR: boots the kernel with the test initramfs; prints the serial log path.
+boot() {
+	local kdir=$1 rootfs name
+	name=$(basename "$kdir")
+	rootfs=$OUT/rootfs-$name
+	rm -rf "$rootfs"
+	cp -a "$OUT/rootfs" "$rootfs"
+	: >"$rootfs/modules/order"
+	for m in "${MODULES[@]}"; do
+		add_module "$kdir" "$rootfs" "$m"
+	done
+	(cd "$rootfs" && find . | cpio -o -H newc --quiet | gzip -1) >"$OUT/initrd-$name.gz"
+	local logf=$OUT/$name.log
+	log "booting $name (TCG; log: $logf)"
+	timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m 2048 -smp 2 \
+		-nodefaults -no-user-config -display none -no-reboot -serial stdio \
+		-kernel "$kdir"/boot/vmlinuz-* -initrd "$OUT/initrd-$name.gz" \
+		-append "console=ttyS0 quiet panic=-1 rdinit=/init tcpack.expect=$GUEST_EXPECT" \
+		</dev/null >"$logf" 2>&1 || true
+	echo "$logf"
+}
+
+PASSED=0
+FAILED=0
+
+# verdict LOG: 0 if every test binary passed and the guest finished.
+verdict() {
+	local logf=$1 ok=0 t name
+	for t in "$OUT"/rootfs/tests/*.test; do
+		name=$(basename "$t" .test)
+		if grep -q "^TCPACK-RESULT $name PASS" "$logf"; then
+			printf '  %-8s PASS\n' "$name"
+			PASSED=$((PASSED + 1))
+		else
+			printf '  %-8s FAIL\n' "$name"
+			FAILED=$((FAILED + 1))
+			ok=1
+		fi
+	done
+	grep -q '^TCPACK-DONE' "$logf" || { echo "  guest did not finish (timeout ${TIMEOUT}s or crash)"; ok=1; }
+	grep '^TCPACK-ERROR' "$logf" && ok=1
+	return $ok
+}
+
+# series KERNEL_RELEASE: 6.1.0-56-amd64 -> 6.1
+series() { echo "$1" | sed -E 's/^([0-9]+\.[0-9]+).*/\1/'; }
+
+# table LOG...: the README's kernel table from MATRIX lines, one column per log.
+table() {
+	local cols=() f
+	for f in "$@"; do cols+=("$(series "$(sed -n 's/^TCPACK-KERNEL \([^ ]*\).*/\1/p' "$f" | head -n 1)")"); done
+	printf '| hook or mechanism |'
+	printf ' %s |' "${cols[@]}"
+	printf '\n|---|'
+	printf -- '---|%.0s' "${cols[@]}"
+	printf '\n'
+	local hook
+	for hook in kfree_skb tcp_retransmit_skb tcp_send_reset tcp_receive_reset; do
+		printf '| drops: `%s` |' "$hook"
+		for f in "$@"; do
+			sed -n "s/^MATRIX hook=$hook attached=\([^ ]*\) program=\([^ ]*\) args=\([0-9]*\).*/ \1 (\3 args): \`\2\` |/p" "$f" | head -n 1 | tr -d '\n'
+		done
+		printf '\n'
+	done
+	local mech
+	for mech in fentry fexit kprobe kretprobe; do
+		printf '| loader: %s |' "$mech"
+		for f in "$@"; do
+			if grep -q "^MATRIX mechanism=$mech available=yes" "$f"; then
+				printf ' yes |'
+			else
+				printf ' no: %s |' "$(sed -n "s/^MATRIX mechanism=$mech available=no reason=\"\(.*\)\"/\1/p" "$f" | head -n 1)"
+			fi
+		done
+		printf '\n'
+	done
+}
+
+update_readme() {
+	local table_file=$1 readme=$ROOT/README.md
+	awk -v tf="$table_file" '
+		/<!-- kernel-table:start -->/ { print; while ((getline line < tf) > 0) print line; skip = 1; next }
+		/<!-- kernel-table:end -->/ { skip = 0 }
+		!skip { print }' "$readme" >"$readme.new"
+	mv "$readme.new" "$readme"
+}
+
+main() {
+	install_deps
+	mkdir -p "$OUT"
+	build_common_rootfs
+	local logs=() failed=0 kdir logf
+	for meta in "${KERNELS[@]}"; do
+		kdir=$(fetch_kernel "$meta")
+		logf=$(boot "$kdir")
+		logs+=("$logf")
+	done
+
+	# The host kernel is the third column: the same binaries, run here.
+	local host=$OUT/host.log
+	{
+		echo "TCPACK-KERNEL $(uname -r)"
+		"$OUT/rootfs/tests/drops.test" -test.run 'TestAttachReport' -test.v -test.count=1 2>&1 || echo "TCPACK-ERROR host drops"
+		"$OUT/rootfs/tests/loader.test" -test.run 'TestMechanisms' -test.v -test.count=1 2>&1 || echo "TCPACK-ERROR host loader"
+	} >"$host"
+
+	echo "kernel matrix:"
+	for logf in "${logs[@]}"; do
+		echo "$(sed -n 's/^TCPACK-KERNEL //p' "$logf" | head -n 1) ($(basename "$logf"))"
+		if ! verdict "$logf"; then
+			failed=1
+			echo "---- guest output (tests that failed) ----"
+			grep -E -- '^(--- FAIL|FAIL|TCPACK-|panic:)|_test.go:[0-9]+:' "$logf" | head -n 200
+			echo "----"
+		fi
+	done
+	if grep -q '^TCPACK-ERROR' "$host"; then
+		echo "host: FAIL"
+		cat "$host"
+		failed=1
+	fi
+
+	table "${logs[@]}" "$host" >"$OUT/kernel-table.md"
+	if [ "${VMTEST_UPDATE_README:-}" = 1 ]; then
+		update_readme "$OUT/kernel-table.md"
+		echo "README kernel table updated"
+	elif ! awk '/<!-- kernel-table:start -->/{f=1; next} /<!-- kernel-table:end -->/{f=0} f' README.md | diff -u - "$OUT/kernel-table.md"; then
+		echo "README's kernel table differs from what this run saw (above); run 'make kernel-table' and commit README.md"
+		failed=1
+	fi
+	# One line per (kernel, test package), in the form CI reads.
+	echo "vmtest: $PASSED passed, $FAILED failed"
+	return $failed
+}
+
+main "$@"
