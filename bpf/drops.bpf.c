@@ -17,8 +17,8 @@ enum event_kind {
 enum counter {
 	COUNTER_SAMPLED_OUT = 0,     /* + event kind: events the token bucket refused */
 	COUNTER_RINGBUF_FULL = 4,    /* + event kind: events the ring buffer had no room for */
-	COUNTER_DROP_KEYS_FULL = 8,  /* drops not counted: drop_counts is full */
-	COUNTER_TCP_KEYS_FULL = 9,   /* TCP events not counted: tcp_counts is full */
+	COUNTER_DROP_KEYS_FULL = 8,  /* drops not counted: no room in drop_counts */
+	COUNTER_TCP_KEYS_FULL = 9,   /* TCP events not counted: no room in tcp_counts */
 	COUNTER_MAX = 10,
 };
 
@@ -104,6 +104,9 @@ static __always_inline struct event *reserve_event(__u32 kind)
 {
 	__u32 k = kind;
 
+	/* Events switched off (or no logs pipeline) are not "suppressed": nothing asked for them. */
+	if (!(event_kinds_enabled & (1U << kind)) || !event_rate_per_sec)
+		return NULL;
 	if (!take_event_token(bpf_map_lookup_elem(&event_buckets, &k))) {
 		count_in(&counters, COUNTER_SAMPLED_OUT + kind);
 		return NULL;
@@ -127,7 +130,11 @@ static __always_inline void count_drop(const struct drop_key *key, const struct 
 	if (!v) {
 		struct drop_value zero = {};
 
-		if (bpf_map_update_elem(&drop_counts, key, &zero, BPF_NOEXIST) == -E2BIG) {
+		long err = bpf_map_update_elem(&drop_counts, key, &zero, BPF_NOEXIST);
+
+		/* EEXIST: another CPU inserted the key first, and the lookup below finds it. Any
+		 * other error (E2BIG when full, ENOMEM) loses this count: say so. */
+		if (err && err != -EEXIST) {
 			count_in(&counters, COUNTER_DROP_KEYS_FULL);
 			return;
 		}
@@ -202,7 +209,9 @@ static __always_inline void count_tcp(__u32 kind, __u32 reason, __u32 netns, __u
 	if (!v) {
 		__u64 zero = 0;
 
-		if (bpf_map_update_elem(&tcp_counts, &key, &zero, BPF_NOEXIST) == -E2BIG) {
+		long err = bpf_map_update_elem(&tcp_counts, &key, &zero, BPF_NOEXIST);
+
+		if (err && err != -EEXIST) {
 			count_in(&counters, COUNTER_TCP_KEYS_FULL);
 			return;
 		}

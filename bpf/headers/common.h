@@ -15,7 +15,7 @@
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 #define NSEC_PER_SEC 1000000000ULL
-#define E2BIG 7
+#define EEXIST 17
 
 /* KREAD reads a kernel field. Where the verifier knows the pointer's BTF type (tp_btf, fentry)
  * it is a plain CO-RE load; elsewhere (raw_tp, kprobe) a probe read, ~20 ns each, which made
@@ -50,7 +50,8 @@ struct flow {
 };
 
 /* Knobs the loader rewrites before load (libbpf-tools style), shared by every family. */
-const volatile __u64 event_rate_per_sec = 100;     /* per CPU and event kind; 0 turns events off */
+const volatile __u64 event_rate_per_sec = 100;     /* per CPU and event kind */
+const volatile __u32 event_kinds_enabled = ~0U;    /* bit per event kind; 0 bits cost nothing */
 const volatile __u64 event_burst = 100;            /* tokens a quiet CPU may save up */
 const volatile __u64 event_refill_cap_ns = NSEC_PER_SEC; /* burst * 1e9 / rate: a full refill */
 const volatile __u64 ringbuf_wakeup_bytes = 65536; /* wake the reader only above this backlog */
@@ -63,7 +64,7 @@ struct event_bucket {
 
 static __always_inline bool take_event_token(struct event_bucket *b)
 {
-	if (!event_rate_per_sec || !b)
+	if (!b)
 		return false;
 	__u64 now = bpf_ktime_get_ns();
 	__u64 elapsed = now - b->last_ns;

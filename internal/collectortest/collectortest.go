@@ -33,10 +33,11 @@ func Binary(t testing.TB) string {
 
 // Process is a running collector.
 type Process struct {
-	cmd  *exec.Cmd
-	mu   sync.Mutex
-	log  strings.Builder
-	done chan error
+	cmd     *exec.Cmd
+	mu      sync.Mutex
+	log     strings.Builder
+	exited  chan struct{} // closed once the process has been waited for
+	waitErr error
 }
 
 // Start writes config to a temporary file, starts the collector with it and waits until it
@@ -71,21 +72,24 @@ func Start(t testing.TB, bin, config string) *Process {
 			}
 		}
 	}()
-	p.done = make(chan error, 1)
+	p.exited = make(chan struct{})
 	go func() {
 		<-scanned // Wait closes the pipe: read all of it first
-		p.done <- p.cmd.Wait()
+		p.waitErr = p.cmd.Wait()
+		close(p.exited)
 	}()
 	t.Cleanup(func() {
-		if p.cmd.ProcessState == nil {
+		select {
+		case <-p.exited:
+		default:
 			_ = p.cmd.Process.Kill()
-			<-p.done
+			<-p.exited
 		}
 	})
 	select {
 	case <-ready:
-	case err := <-p.done:
-		t.Fatalf("collector exited before it was ready (%v):\n%s", err, p.Log())
+	case <-p.exited:
+		t.Fatalf("collector exited before it was ready (%v):\n%s", p.waitErr, p.Log())
 	case <-time.After(30 * time.Second):
 		t.Fatalf("collector not ready after 30s:\n%s", p.Log())
 	}
@@ -106,9 +110,9 @@ func (p *Process) Stop(t testing.TB) {
 		t.Fatal(err)
 	}
 	select {
-	case err := <-p.done:
-		if err != nil {
-			t.Fatalf("collector exit: %v\n%s", err, p.Log())
+	case <-p.exited:
+		if p.waitErr != nil {
+			t.Fatalf("collector exit: %v\n%s", p.waitErr, p.Log())
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatalf("collector did not stop within 15s of SIGINT:\n%s", p.Log())

@@ -26,6 +26,8 @@ const Family = "drops"
 type Config struct {
 	// EventsPerSecond is the sampled-event budget per CPU and event kind; 0 disables events.
 	EventsPerSecond uint32
+	// DisabledEvents are event kinds not to sample at all; they cost nothing in the kernel.
+	DisabledEvents []Kind
 	// EventBurst is how many events a quiet CPU may emit at once.
 	EventBurst uint32
 	// MaxDropKeys bounds the drop counting map (netns, interface, reason, location, protocol).
@@ -85,6 +87,7 @@ var hooks = []loader.Hook{
 // Probe is the loaded drops family.
 type Probe struct {
 	env    *kernel.Env
+	cfg    Config
 	set    *loader.Set
 	report loader.Report
 	names  names
@@ -110,7 +113,7 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Probe{env: env, set: set, report: report, names: n, done: make(chan struct{})}
+	p := &Probe{env: env, cfg: cfg, set: set, report: report, names: n, done: make(chan struct{})}
 	p.reader, err = ringbuf.NewReader(set.Maps[dropsMapEvents])
 	if err != nil {
 		set.Close()
@@ -129,10 +132,15 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 		}
 		refill = burst * uint64(time.Second) / rate
 	}
-	vars := map[string]uint64{
+	enabled := uint32(1<<kindCount - 1)
+	for _, k := range cfg.DisabledEvents {
+		enabled &^= 1 << k
+	}
+	vars := map[string]any{
 		dropsVarEventRatePerSec:    rate,
 		dropsVarEventBurst:         burst,
 		dropsVarEventRefillCapNs:   refill,
+		dropsVarEventKindsEnabled:  enabled,
 		dropsVarRingbufWakeupBytes: uint64(cfg.WakeupBytes),
 	}
 	for name, v := range vars {

@@ -96,6 +96,7 @@ const (
 	dropsProgTcpSendResetReasonBtf = "tcp_send_reset_reason_btf"
 	dropsProgTcpSendResetReasonRaw = "tcp_send_reset_reason_raw"
 	dropsVarEventBurst             = "event_burst"
+	dropsVarEventKindsEnabled      = "event_kinds_enabled"
 	dropsVarEventRatePerSec        = "event_rate_per_sec"
 	dropsVarEventRefillCapNs       = "event_refill_cap_ns"
 	dropsVarRingbufWakeupBytes     = "ringbuf_wakeup_bytes"
@@ -177,6 +178,7 @@ type dropsMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type dropsVariableSpecs struct {
 	EventBurst         *ebpf.VariableSpec `ebpf:"event_burst"`
+	EventKindsEnabled  *ebpf.VariableSpec `ebpf:"event_kinds_enabled"`
 	EventRatePerSec    *ebpf.VariableSpec `ebpf:"event_rate_per_sec"`
 	EventRefillCapNs   *ebpf.VariableSpec `ebpf:"event_refill_cap_ns"`
 	RingbufWakeupBytes *ebpf.VariableSpec `ebpf:"ringbuf_wakeup_bytes"`
@@ -228,6 +230,7 @@ func (m *dropsMaps) Close() error {
 // It can be passed to loadDropsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dropsVariables struct {
 	EventBurst         *ebpf.Variable `ebpf:"event_burst"`
+	EventKindsEnabled  *ebpf.Variable `ebpf:"event_kinds_enabled"`
 	EventRatePerSec    *ebpf.Variable `ebpf:"event_rate_per_sec"`
 	EventRefillCapNs   *ebpf.Variable `ebpf:"event_refill_cap_ns"`
 	RingbufWakeupBytes *ebpf.Variable `ebpf:"ringbuf_wakeup_bytes"`

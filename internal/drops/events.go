@@ -66,6 +66,8 @@ func (p *Probe) readEvents(flush time.Duration, sink func([]Event)) {
 			deliver()
 			return
 		case err != nil:
+			// Not expected from an open reader; do not spin on it.
+			time.Sleep(flush)
 			continue
 		}
 		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &raw); err != nil {

@@ -3,6 +3,8 @@ package drops
 import (
 	"fmt"
 
+	"github.com/tcpack/tcpack/internal/kernel"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -73,30 +75,43 @@ type Snapshot struct {
 	Stats Stats
 }
 
+// pruneAt is how full a counting map may get before counters of network namespaces that no
+// longer exist are forgotten: containers come and go, their keys would fill the map for good.
+const pruneAt = 0.9
+
 // Snapshot reads and sums the per-CPU counting maps. Counts are cumulative since Start.
 func (p *Probe) Snapshot() (Snapshot, error) {
 	var snap Snapshot
 	var err error
-	if snap.Drops, err = p.readDrops(); err != nil {
+	var dropKeys int
+	if snap.Drops, dropKeys, err = p.readDrops(); err != nil {
 		return snap, err
 	}
 	if snap.TCP, err = p.readTCP(); err != nil {
 		return snap, err
 	}
-	snap.Stats, err = p.readStats()
+	if snap.Stats, err = p.readStats(); err != nil {
+		return snap, err
+	}
+	if float64(dropKeys) >= pruneAt*float64(p.cfg.MaxDropKeys) || float64(len(snap.TCP)) >= pruneAt*float64(p.cfg.MaxTCPKeys) {
+		_, err = p.PruneDeadNetns()
+	}
 	return snap, err
 }
 
-func (p *Probe) readDrops() ([]DropCount, error) {
+// readDrops returns the drop counts folded by symbol, and how many kernel keys it read.
+func (p *Probe) readDrops() ([]DropCount, int, error) {
 	type aggKey struct {
 		netns                               uint32
 		ifname, reason, symbol, net, transp string
 	}
 	agg := map[aggKey]*DropCount{}
+	keys := 0
 	var key dropsDropKey
 	var perCPU []dropsDropValue
 	it := p.set.Maps[dropsMapDropCounts].Iterate()
 	for it.Next(&key, &perCPU) {
+		keys++
 		var packets, bytes uint64
 		ifname := ""
 		for _, v := range perCPU {
@@ -126,13 +141,13 @@ func (p *Probe) readDrops() ([]DropCount, error) {
 		d.Bytes += bytes
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("%s: read drop counts: %w", Family, err)
+		return nil, keys, fmt.Errorf("%s: read drop counts: %w", Family, err)
 	}
 	out := make([]DropCount, 0, len(agg))
 	for _, d := range agg {
 		out = append(out, *d)
 	}
-	return out, nil
+	return out, keys, nil
 }
 
 func (p *Probe) readTCP() ([]TCPCount, error) {
@@ -202,4 +217,46 @@ func int8sToBytes(s []int8) []byte {
 		b[i] = byte(c)
 	}
 	return b
+}
+
+// PruneDeadNetns deletes the counters of network namespaces that no longer exist and returns
+// how many it deleted. Their series stop being reported; nothing can add to them any more.
+func (p *Probe) PruneDeadNetns() (int, error) {
+	live := kernel.LiveNetns()
+	deleted := 0
+	var dk dropsDropKey
+	var dv []dropsDropValue
+	var dead []dropsDropKey
+	it := p.set.Maps[dropsMapDropCounts].Iterate()
+	for it.Next(&dk, &dv) {
+		if dk.Netns != 0 && !live[dk.Netns] {
+			dead = append(dead, dk)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("%s: prune drop counts: %w", Family, err)
+	}
+	for i := range dead {
+		if p.set.Maps[dropsMapDropCounts].Delete(&dead[i]) == nil {
+			deleted++
+		}
+	}
+	var tk dropsTcpEventKey
+	var tv []uint64
+	var deadTCP []dropsTcpEventKey
+	it = p.set.Maps[dropsMapTcpCounts].Iterate()
+	for it.Next(&tk, &tv) {
+		if tk.Netns != 0 && !live[tk.Netns] {
+			deadTCP = append(deadTCP, tk)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return deleted, fmt.Errorf("%s: prune tcp counts: %w", Family, err)
+	}
+	for i := range deadTCP {
+		if p.set.Maps[dropsMapTcpCounts].Delete(&deadTCP[i]) == nil {
+			deleted++
+		}
+	}
+	return deleted, nil
 }

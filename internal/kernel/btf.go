@@ -83,9 +83,12 @@ func TCPStateNames(spec *btf.Spec) (map[uint8]string, error) {
 }
 
 // semconvState spells kernel state names the way network.connection.state does
-// (syn_recv -> syn_received, fin_wait1 -> fin_wait_1); others stay as the kernel says.
+// (close -> closed, syn_recv -> syn_received, fin_wait1 -> fin_wait_1); the others are the
+// same in both, except new_syn_recv (a request socket), which stays as the kernel says.
 func semconvState(kernel string) string {
 	switch {
+	case kernel == "close":
+		return "closed"
 	case kernel == "syn_recv":
 		return "syn_received"
 	case strings.HasPrefix(kernel, "fin_wait") && len(kernel) == len("fin_wait")+1:

@@ -1,7 +1,7 @@
 package kernel
 
 import (
-	"fmt"
+	"errors"
 	"time"
 
 	"github.com/cilium/ebpf/btf"
@@ -13,31 +13,21 @@ type Env struct {
 	BTF      *btf.Spec
 	Kallsyms *Kallsyms
 	Netns    *NetnsNames
-	// HostNetns is the inode of the collector's own network namespace.
-	HostNetns uint32
 	// bootOffset converts bpf_ktime_get_ns (CLOCK_MONOTONIC) to wall-clock time.
 	bootOffset time.Duration
 }
 
-// Open checks privileges and reads BTF and kallsyms. Its errors say what is missing and how
-// to provide it; nothing is loaded into the kernel.
+// Open checks privileges and reads BTF and kallsyms. Its one error names everything that is
+// missing (capabilities, kernel symbols, BTF) and how to provide it; nothing is loaded into
+// the kernel.
 func Open() (*Env, error) {
-	if err := CheckPrivileges(); err != nil {
+	privileges := CheckPrivileges()
+	syms, symbols := LoadKallsyms()
+	spec, types := LoadBTF()
+	if err := errors.Join(privileges, symbols, types); err != nil {
 		return nil, err
 	}
-	spec, err := LoadBTF()
-	if err != nil {
-		return nil, err
-	}
-	syms, err := LoadKallsyms()
-	if err != nil {
-		return nil, err
-	}
-	host, err := NetnsInode("/proc/self/ns/net")
-	if err != nil {
-		return nil, fmt.Errorf("own network namespace: %w", err)
-	}
-	return &Env{BTF: spec, Kallsyms: syms, Netns: &NetnsNames{}, HostNetns: host, bootOffset: monotonicOffset()}, nil
+	return &Env{BTF: spec, Kallsyms: syms, Netns: &NetnsNames{}, bootOffset: monotonicOffset()}, nil
 }
 
 // monotonicOffset is wall-clock time minus CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns.

@@ -28,14 +28,17 @@ func TestMissingCaps(t *testing.T) {
 }
 
 func TestKallsymsResolve(t *testing.T) {
-	k, err := parseKallsyms(strings.NewReader(`ffffffff81000000 T _stext
+	table, err := parseKallsyms(strings.NewReader(`ffffffff81000000 T _stext
 ffffffff81001000 t tcp_v4_rcv
 ffffffff81002000 D some_data
 ffffffff81003000 T __udp4_lib_rcv	[udp]
+ffffffff81003000 t __udp4_lib_rcv_alias
+ffffffff81004000 T _etext
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
+	k := &Kallsyms{table: table}
 	for _, tc := range []struct {
 		addr uint64
 		sym  string
@@ -43,9 +46,10 @@ ffffffff81003000 T __udp4_lib_rcv	[udp]
 		ok   bool
 	}{
 		{0xffffffff81001091, "tcp_v4_rcv", 0x91, true},
-		{0xffffffff81002500, "tcp_v4_rcv", 0x1500, true}, // data symbols are not functions
-		{0xffffffff81003000, "__udp4_lib_rcv", 0, true},
+		{0xffffffff81002500, "", 0, false}, // in data: not inside tcp_v4_rcv
+		{0xffffffff81003010, "__udp4_lib_rcv", 0x10, true},
 		{0xffffffff80000000, "", 0, false},
+		{0xffffffff81004010, "", 0, false}, // past the last symbol: unbounded, unknown
 		{0, "", 0, false},
 	} {
 		sym, off, ok := k.Resolve(tc.addr)
@@ -60,7 +64,7 @@ ffffffff81003000 T __udp4_lib_rcv	[udp]
 
 func TestSemconvState(t *testing.T) {
 	for kernel, want := range map[string]string{
-		"established": "established", "syn_recv": "syn_received", "fin_wait1": "fin_wait_1",
+		"established": "established", "close": "closed", "syn_recv": "syn_received", "fin_wait1": "fin_wait_1",
 		"fin_wait2": "fin_wait_2", "time_wait": "time_wait", "new_syn_recv": "new_syn_recv",
 	} {
 		if got := semconvState(kernel); got != want {

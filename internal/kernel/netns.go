@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // netnsDirs are where iproute2 (and most CNIs, via bind mounts) name network namespaces.
@@ -26,6 +27,10 @@ func NetnsInode(path string) (uint32, error) {
 type NetnsNames struct {
 	mu    sync.Mutex
 	paths map[uint32]string
+	// dirsChanged is when the netns directories last changed, as of the last scan: most
+	// events come from unnamed namespaces (the host's, containers'), and each is a miss
+	// that must not cost a directory scan unless a namespace was added since.
+	dirsChanged time.Time
 }
 
 // Name returns the name of the netns with that inode, if it has one.
@@ -37,9 +42,28 @@ func (n *NetnsNames) Name(inode uint32) (string, bool) {
 			return filepath.Base(path), true
 		}
 	}
-	n.paths = scanNetnsNames()
+	changed := netnsDirsChanged()
+	if n.paths != nil && !changed.After(n.dirsChanged) {
+		return "", false
+	}
+	n.paths, n.dirsChanged = scanNetnsNames(), changed
 	path, ok := n.paths[inode]
-	return filepath.Base(path), ok
+	if !ok {
+		return "", false
+	}
+	return filepath.Base(path), true
+}
+
+// netnsDirsChanged is the latest modification time of the netns directories: adding or
+// removing a name changes it.
+func netnsDirsChanged() time.Time {
+	var latest time.Time
+	for _, dir := range netnsDirs {
+		if st, err := os.Stat(dir); err == nil && st.ModTime().After(latest) {
+			latest = st.ModTime()
+		}
+	}
+	return latest
 }
 
 func scanNetnsNames() map[uint32]string {
@@ -56,4 +80,26 @@ func scanNetnsNames() map[uint32]string {
 		}
 	}
 	return names
+}
+
+// LiveNetns returns the inodes of every network namespace something still holds: a process
+// (/proc/<pid>/ns/net, tasks included via their thread group) or a bind mount under
+// /run/netns. A namespace held only by an open fd of a process in another one is missed;
+// callers use this to forget counters, never to drop data they still report.
+func LiveNetns() map[uint32]bool {
+	live := map[uint32]bool{}
+	if entries, err := os.ReadDir("/proc"); err == nil {
+		for _, e := range entries {
+			if e.Name()[0] < '0' || e.Name()[0] > '9' {
+				continue
+			}
+			if ino, err := NetnsInode("/proc/" + e.Name() + "/ns/net"); err == nil {
+				live[ino] = true
+			}
+		}
+	}
+	for path := range scanNetnsNames() {
+		live[path] = true
+	}
+	return live
 }

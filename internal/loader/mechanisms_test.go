@@ -11,6 +11,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
 
 	"github.com/tcpack/tcpack/internal/loader"
 )
@@ -39,19 +40,24 @@ func countingProgram(m *ebpf.Map) asm.Instructions {
 	}
 }
 
-// TestMechanisms attaches a counting program to tcp_v4_connect with each function-entry
-// mechanism, connects to a closed loopback port, and checks the program ran. It prints one
-// MATRIX line per mechanism for the README's kernel table.
+// TestMechanisms attaches a counting program to the TCP connect path with each mechanism the
+// loader supports besides tp_btf/raw_tp (which every family test uses), connects to a closed
+// loopback port, and checks the program ran. It prints one MATRIX line per mechanism for the
+// README's kernel table.
 func TestMechanisms(t *testing.T) {
 	env := open(t)
+	mountTracefs(t)
 	for _, tc := range []struct {
-		kind loader.Kind
-		prog *ebpf.ProgramSpec
+		kind   loader.Kind
+		target string
+		prog   *ebpf.ProgramSpec
+		always bool // every kernel tcpack supports has it
 	}{
-		{loader.FEntry, &ebpf.ProgramSpec{Type: ebpf.Tracing, AttachType: ebpf.AttachTraceFEntry, AttachTo: "tcp_v4_connect"}},
-		{loader.FExit, &ebpf.ProgramSpec{Type: ebpf.Tracing, AttachType: ebpf.AttachTraceFExit, AttachTo: "tcp_v4_connect"}},
-		{loader.Kprobe, &ebpf.ProgramSpec{Type: ebpf.Kprobe, AttachTo: "tcp_v4_connect"}},
-		{loader.Kretprobe, &ebpf.ProgramSpec{Type: ebpf.Kprobe, AttachTo: "tcp_v4_connect"}},
+		{loader.FEntry, "tcp_v4_connect", &ebpf.ProgramSpec{Type: ebpf.Tracing, AttachType: ebpf.AttachTraceFEntry, AttachTo: "tcp_v4_connect"}, false},
+		{loader.FExit, "tcp_v4_connect", &ebpf.ProgramSpec{Type: ebpf.Tracing, AttachType: ebpf.AttachTraceFExit, AttachTo: "tcp_v4_connect"}, false},
+		{loader.Kprobe, "tcp_v4_connect", &ebpf.ProgramSpec{Type: ebpf.Kprobe, AttachTo: "tcp_v4_connect"}, false},
+		{loader.Kretprobe, "tcp_v4_connect", &ebpf.ProgramSpec{Type: ebpf.Kprobe, AttachTo: "tcp_v4_connect"}, false},
+		{loader.Tracepoint, "sock/inet_sock_set_state", &ebpf.ProgramSpec{Type: ebpf.TracePoint}, true},
 	} {
 		t.Run(string(tc.kind), func(t *testing.T) {
 			counter, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
@@ -62,14 +68,17 @@ func TestMechanisms(t *testing.T) {
 			tc.prog.License = "GPL"
 			tc.prog.Instructions = countingProgram(counter)
 			spec := &ebpf.CollectionSpec{Programs: map[string]*ebpf.ProgramSpec{"count": tc.prog}}
-			hooks := []loader.Hook{{Name: "tcp_v4_connect", Strategies: []loader.Strategy{
-				{Kind: tc.kind, Program: "count", Target: "tcp_v4_connect"},
+			hooks := []loader.Hook{{Name: "connect", Strategies: []loader.Strategy{
+				{Kind: tc.kind, Program: "count", Target: tc.target},
 			}}}
 			set, report, err := loader.Load("mechanisms", env, spec, hooks, loader.Options{})
 			if err != nil {
+				if len(report.Hooks) == 0 || len(report.Hooks[0].Skipped) == 0 {
+					t.Fatal(err)
+				}
 				reason := report.Hooks[0].Skipped[0].Reason
 				fmt.Printf("MATRIX mechanism=%s available=no reason=%q\n", tc.kind, reason)
-				if expected(tc.kind) {
+				if tc.always || expected(tc.kind) {
 					t.Fatalf("%s is expected on this kernel: %s", tc.kind, reason)
 				}
 				t.Skipf("this kernel does not support %s: %s", tc.kind, reason)
@@ -86,9 +95,22 @@ func TestMechanisms(t *testing.T) {
 				t.Fatal(err)
 			}
 			if hits < n {
-				t.Fatalf("%s on tcp_v4_connect ran %d times for %d connects", tc.kind, hits, n)
+				t.Fatalf("%s on %s ran %d times for %d connects", tc.kind, tc.target, hits, n)
 			}
 			fmt.Printf("MATRIX mechanism=%s available=yes\n", tc.kind)
 		})
 	}
+}
+
+// mountTracefs mounts tracefs for perf tracepoints where the system has not, and unmounts it
+// afterwards.
+func mountTracefs(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat("/sys/kernel/tracing/events"); err == nil {
+		return
+	}
+	if err := unix.Mount("tracefs", "/sys/kernel/tracing", "tracefs", 0, ""); err != nil {
+		t.Fatalf("mount tracefs: %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount("/sys/kernel/tracing", 0) })
 }

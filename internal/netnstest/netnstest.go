@@ -97,6 +97,15 @@ func NewPairWith(t testing.TB, opts PairOptions) *Pair {
 	return p
 }
 
+// Close deletes both namespaces now, with the veth pair; cleanup would otherwise do it at the
+// end of the test.
+func (p *Pair) Close(t testing.TB) {
+	t.Helper()
+	for _, ns := range []*NS{p.A, p.B} {
+		run(t, "ip", "netns", "del", ns.Name)
+	}
+}
+
 // RequireRoot skips tests that need to create namespaces and load eBPF when not root; CI runs
 // as root, so there they always run.
 func RequireRoot(t testing.TB) {
@@ -174,9 +183,20 @@ func (ns *NS) SendUDP(t testing.TB, addr string, n int) int {
 	return ns.SendUDPSized(t, addr, n, 6)
 }
 
+// SendUDPFromCPU is SendUDP from a thread pinned to one CPU.
+func (ns *NS) SendUDPFromCPU(t testing.TB, addr string, n, cpu int) int {
+	t.Helper()
+	return ns.sendUDP(t, addr, n, 6, cpu)
+}
+
 // SendUDPSized is SendUDP with a payload size. The socket stays unconnected: a connected one
 // would fail the next send with the ICMP error a closed port returns, and not send it.
 func (ns *NS) SendUDPSized(t testing.TB, addr string, n, size int) int {
+	t.Helper()
+	return ns.sendUDP(t, addr, n, size, -1)
+}
+
+func (ns *NS) sendUDP(t testing.TB, addr string, n, size, cpu int) int {
 	t.Helper()
 	dst, err := net.ResolveUDPAddr("udp4", addr)
 	if err != nil {
@@ -185,6 +205,15 @@ func (ns *NS) SendUDPSized(t testing.TB, addr string, n, size int) int {
 	var port int
 	payload := make([]byte, size)
 	ns.Run(t, func() {
+		if cpu >= 0 {
+			// Run's thread is never reused, so the affinity dies with it.
+			var set unix.CPUSet
+			set.Set(cpu)
+			if err := unix.SchedSetaffinity(0, &set); err != nil {
+				t.Errorf("pin to CPU %d: %v", cpu, err)
+				return
+			}
+		}
 		c, err := net.ListenUDP("udp4", nil)
 		if err != nil {
 			t.Errorf("udp socket: %v", err)

@@ -117,7 +117,9 @@ func validStrategy(s string) bool {
 	return false
 }
 
-func (c *Config) dropsConfig() drops.Config {
+// dropsConfig is the drops family's part of the config. Events nobody consumes, because they
+// are disabled or no logs pipeline uses the receiver, are not sampled in the kernel at all.
+func (c *Config) dropsConfig(withLogs bool) drops.Config {
 	cfg := drops.Config{
 		EventsPerSecond: c.Drops.Sampling.RatePerCPU,
 		EventBurst:      c.Drops.Sampling.Burst,
@@ -129,6 +131,16 @@ func (c *Config) dropsConfig() drops.Config {
 	}
 	for _, s := range c.Drops.Strategies {
 		cfg.Strategies = append(cfg.Strategies, loader.Kind(s))
+	}
+	for kind, enabled := range map[drops.Kind]bool{
+		drops.KindDrop:          c.Events.TcpackDrop.Enabled,
+		drops.KindRetransmit:    c.Events.TcpackTCPRetransmit.Enabled,
+		drops.KindResetSent:     c.Events.TcpackTCPReset.Enabled,
+		drops.KindResetReceived: c.Events.TcpackTCPReset.Enabled,
+	} {
+		if !enabled || !withLogs {
+			cfg.DisabledEvents = append(cfg.DisabledEvents, kind)
+		}
 	}
 	return cfg
 }

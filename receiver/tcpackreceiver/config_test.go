@@ -10,6 +10,7 @@ import (
 	"go.opentelemetry.io/collector/confmap"
 	"go.opentelemetry.io/collector/confmap/confmaptest"
 
+	"github.com/tcpack/tcpack/internal/drops"
 	"github.com/tcpack/tcpack/receiver/tcpackreceiver/internal/metadata"
 )
 
@@ -62,9 +63,15 @@ func TestLoadConfig(t *testing.T) {
 	if !custom.Metrics.TcpackDropBytes.Enabled || custom.Events.TcpackTCPRetransmit.Enabled {
 		t.Errorf("metrics/events toggles not applied: %+v %+v", custom.Metrics.TcpackDropBytes, custom.Events.TcpackTCPRetransmit)
 	}
-	dc := custom.dropsConfig()
+	dc := custom.dropsConfig(true)
 	if dc.EventsPerSecond != 10 || dc.EventBurst != 20 || dc.RingBufferBytes != 262144 || len(dc.Strategies) != 1 {
 		t.Errorf("drops.Config: %+v", dc)
+	}
+	if len(dc.DisabledEvents) != 1 || dc.DisabledEvents[0] != drops.KindRetransmit {
+		t.Errorf("events.tcpack.tcp.retransmit.enabled: false must disable retransmit events only, got %v", dc.DisabledEvents)
+	}
+	if got := custom.dropsConfig(false).DisabledEvents; len(got) != 4 {
+		t.Errorf("without a logs pipeline every event kind must be off, got %v", got)
 	}
 }
 

@@ -73,6 +73,7 @@ func (h *pipelineHandle) Start(ctx context.Context, host component.Host) error {
 
 func (h *pipelineHandle) Shutdown(ctx context.Context) error {
 	if !h.started {
+		h.r.forgetIfIdle()
 		return nil
 	}
 	h.started = false

@@ -41,6 +41,9 @@ func (r *tcpackReceiver) consumeDropEvents(events []drops.Event) {
 	}
 	logs := r.lb.Emit(metadata.WithLogsResource(r.resource))
 	r.logsMu.Unlock()
+	if logs.LogRecordCount() == 0 {
+		return
+	}
 	tidyRecords(logs)
 	if err := r.logs.ConsumeLogs(ctx, logs); err != nil {
 		r.set.Logger.Warn("consume drop events", zap.Error(err))

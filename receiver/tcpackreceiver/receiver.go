@@ -80,6 +80,16 @@ func (r *tcpackReceiver) release(_ context.Context) error {
 	return r.shutdown()
 }
 
+// forgetIfIdle drops a never-started instance from the factory, so a config that is created
+// and shut down without starting (validation, failed pipelines) does not stay referenced.
+func (r *tcpackReceiver) forgetIfIdle() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.users == 0 {
+		r.forget()
+	}
+}
+
 func (r *tcpackReceiver) start() error {
 	log := r.set.Logger
 	env, err := kernel.Open()
@@ -95,12 +105,10 @@ func (r *tcpackReceiver) start() error {
 
 	var failed []error
 	if r.cfg.Drops.Enabled {
-		cfg := r.cfg.dropsConfig()
+		cfg := r.cfg.dropsConfig(r.logs != nil)
 		var sink func([]drops.Event)
 		if r.logs != nil {
 			sink = r.consumeDropEvents
-		} else {
-			cfg.EventsPerSecond = 0 // no logs pipeline: do not sample events in the kernel at all
 		}
 		p, err := drops.Start(env, cfg, sink)
 		if err != nil {

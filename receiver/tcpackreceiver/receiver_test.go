@@ -251,3 +251,32 @@ func TestAllFamiliesDisabledIsAnError(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestMetricsOnlySamplesNoEvents: without a logs pipeline the kernel samples no events, so
+// none are reported as suppressed either, while every drop is still counted.
+func TestMetricsOnlySamplesNoEvents(t *testing.T) {
+	netnstest.RequireRoot(t)
+	ctx := context.Background()
+	sink := new(consumertest.MetricsSink)
+	mr, err := NewFactory().CreateMetrics(ctx, receivertest.NewNopSettings(metadata.Type), fastConfig(), sink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mr.Start(ctx, componenttest.NewNopHost()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mr.Shutdown(ctx) })
+	pair := netnstest.NewPair(t)
+	const n = 5
+	pair.A.SendSYNs(t, fmt.Sprintf("%s:5011", pair.B.Addr), n, 44000)
+	waitFor(t, "drops counted", func() (bool, string) {
+		got, _ := dropCount(sink, pair.B.Inode, "NO_SOCKET", "tcp_v4_rcv", "tcp")
+		return got == n, fmt.Sprintf("got %d, want %d", got, n)
+	})
+	all := sink.AllMetrics()
+	forEachPoint(all[len(all)-1], "tcpack.events.suppressed", func(dp pmetric.NumberDataPoint) {
+		if dp.IntValue() != 0 {
+			t.Errorf("tcpack.events.suppressed %v = %d with no logs pipeline, want 0", dp.Attributes().AsRaw(), dp.IntValue())
+		}
+	})
+}
