@@ -4,7 +4,10 @@
 set -euo pipefail
 
 need=()
-command -v clang >/dev/null || need+=(clang llvm)
+# bpf2go runs clang-14 and llvm-strip-14: committed objects are byte-compared by
+# check-generated, so the compiler version is pinned.
+command -v clang-14 >/dev/null || need+=(clang-14)
+command -v llvm-strip-14 >/dev/null || need+=(llvm-14)
 [ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
 command -v bpftool >/dev/null || need+=(bpftool)
 command -v ip >/dev/null && command -v tc >/dev/null || need+=(iproute2)
