@@ -3,14 +3,13 @@ package drops
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"time"
 
-	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
+
+	"github.com/tcpack/tcpack/internal/eventreader"
 )
 
 // Event is one sampled drop, retransmit or reset.
@@ -40,44 +39,15 @@ type Event struct {
 	Length    uint32 // skb->len
 }
 
-// maxBatch bounds how many events are handed to the sink at once.
-const maxBatch = 256
-
 func (p *Probe) readEvents(flush time.Duration, sink func([]Event)) {
 	defer close(p.done)
-	var batch []Event
-	deliver := func() {
-		if len(batch) > 0 && sink != nil {
-			sink(batch)
-		}
-		batch = nil
-	}
 	var raw dropsEvent
-	var rec ringbuf.Record
-	for {
-		// The kernel wakes us only above WakeupBytes; the deadline picks up the rest.
-		p.reader.SetDeadline(time.Now().Add(flush))
-		err := p.reader.ReadInto(&rec)
-		switch {
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			deliver()
-			continue
-		case errors.Is(err, ringbuf.ErrClosed):
-			deliver()
-			return
-		case err != nil:
-			// Not expected from an open reader; do not spin on it.
-			time.Sleep(flush)
-			continue
+	eventreader.Run(p.reader, flush, func(b []byte) (Event, bool) {
+		if err := binary.Read(bytes.NewReader(b), binary.NativeEndian, &raw); err != nil {
+			return Event{}, false
 		}
-		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &raw); err != nil {
-			continue
-		}
-		batch = append(batch, p.decode(&raw))
-		if len(batch) >= maxBatch || rec.Remaining == 0 {
-			deliver()
-		}
-	}
+		return p.decode(&raw), true
+	}, sink)
 }
 
 func (p *Probe) decode(r *dropsEvent) Event {

@@ -1,7 +1,7 @@
 // Package loader loads a probe family's eBPF objects and attaches each of its hooks with the
 // first strategy the running kernel accepts, in the family's order of preference.
 //
-// A hook lists strategies such as fentry -> kprobe -> tp_btf -> raw_tp. Each is first checked
+// A hook lists strategies such as fentry -> kprobe -> tp_btf -> raw_tp -> sock_ops. Each is first checked
 // against kernel BTF and kallsyms (does the function or tracepoint exist, does the tracepoint
 // pass as many arguments as the program reads), then loaded and attached for real; the first
 // that works wins, and the report says what attached and why each other one was skipped:
@@ -37,6 +37,8 @@ const (
 	TPBTF      Kind = "tp_btf"
 	RawTP      Kind = "raw_tp"
 	Tracepoint Kind = "tracepoint"
+	// SockOps attaches to a cgroup (Target is its path) and sees that cgroup's TCP sockets.
+	SockOps Kind = "sock_ops"
 )
 
 // Strategy is one way to attach a hook: which program of the object, how, and to what.
@@ -250,6 +252,10 @@ func precheck(env *kernel.Env, s Strategy) error {
 		if _, ok := env.Kallsyms.Address(s.Target); !ok {
 			return errors.New("function not in kallsyms (inlined or absent)")
 		}
+	case SockOps:
+		if _, err := os.Stat(s.Target); err != nil {
+			return fmt.Errorf("cgroup %s: %w", s.Target, err)
+		}
 	case Tracepoint:
 		group, name, ok := strings.Cut(s.Target, "/")
 		if !ok {
@@ -275,6 +281,8 @@ func attachProgram(prog *ebpf.Program, s Strategy) (link.Link, error) {
 	case Tracepoint:
 		group, name, _ := strings.Cut(s.Target, "/")
 		return link.Tracepoint(group, name, prog, nil)
+	case SockOps:
+		return link.AttachCgroup(link.CgroupOptions{Path: s.Target, Attach: ebpf.AttachCGroupSockOps, Program: prog})
 	}
 	return nil, fmt.Errorf("unknown attach kind %q", s.Kind)
 }

@@ -306,3 +306,92 @@ func CountFDs(t testing.TB) int {
 	}
 	return len(entries)
 }
+
+// Paced is a TCP connection from A to B carrying small messages at a fixed pace, with a
+// server that reads at its own pace: the workload that shows delayed ACKs (seed 000).
+type Paced struct {
+	Client, Server *net.TCPConn
+}
+
+// PacedTraffic connects A to B:port, sends count 64-byte messages every `every`, and has B
+// read them with readEvery between reads (0: read continuously). It returns when the server
+// has read everything; both connections stay open until the test ends.
+func (p *Pair) PacedTraffic(t testing.TB, port, count int, every, readEvery time.Duration) *Paced {
+	t.Helper()
+	ln := p.B.Listen(t, "tcp4", fmt.Sprintf("%s:%d", p.B.Addr, port))
+	accepted := make(chan *net.TCPConn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c.(*net.TCPConn)
+	}()
+	c, err := p.A.Dial("tcp4", fmt.Sprintf("%s:%d", p.B.Addr, port), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := c.(*net.TCPConn)
+	t.Cleanup(func() { client.Close() })
+	server, ok := <-accepted
+	if !ok {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { server.Close() })
+
+	const size = 64
+	read := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 64*1024)
+		total := 0
+		for total < count*size {
+			n, err := server.Read(buf)
+			if err != nil {
+				read <- err
+				return
+			}
+			total += n
+			if readEvery > 0 {
+				time.Sleep(readEvery)
+			}
+		}
+		read <- nil
+	}()
+	msg := make([]byte, size)
+	next := time.Now()
+	for i := 0; i < count; i++ {
+		if _, err := client.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		next = next.Add(every)
+		time.Sleep(time.Until(next))
+	}
+	select {
+	case err := <-read:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("server did not read everything within 30 s")
+	}
+	return &Paced{Client: client, Server: server}
+}
+
+// TCPInfo returns the kernel's TCP_INFO for a connection.
+func TCPInfo(t testing.TB, c *net.TCPConn) *unix.TCPInfo {
+	t.Helper()
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info *unix.TCPInfo
+	var serr error
+	if err := raw.Control(func(fd uintptr) { info, serr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) }); err != nil {
+		t.Fatal(err)
+	}
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	return info
+}

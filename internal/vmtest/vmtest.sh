@@ -20,7 +20,7 @@ OUT=${VMTEST_OUT:-$ROOT/build/vm}
 KERNELS=(6.1:linux-image-amd64 6.12:linux-image-6.12-amd64)
 # Both Debian kernels have kprobes and BPF trampolines; a failure to use them is a bug.
 GUEST_EXPECT=fentry,fexit,kprobe,kretprobe
-PACKAGES=(./internal/kernel ./internal/loader ./internal/drops)
+PACKAGES=(./internal/kernel ./internal/loader ./internal/drops ./internal/acks)
 MODULES=(veth nf_tables sch_tbf)
 # Per guest; a guest takes ~35 s here, and the whole matrix must stay under 10 minutes.
 TIMEOUT=${VMTEST_TIMEOUT:-240}

@@ -1,0 +1,335 @@
+// SPDX-License-Identifier: GPL-2.0
+/* ACK family: for the sockets in scope, every ACK this host sends, how long the oldest
+ * unacknowledged data waited for it, and why it was sent when it was (seed 000: the kernel
+ * delays ACKs once the per-socket quick-ACK quota, icsk_ack.quick, is spent).
+ *
+ * Without kprobes the decision points (__tcp_ack_snd_check, tcp_send_delayed_ack, ...) are out
+ * of reach, so the family observes their outcome (notes/kernel.md, "Observing ACKs"):
+ *   - sock_ops at establishment puts in-scope sockets in scope (sk_storage) and asks for the
+ *     header-option callback, which then runs for every segment they transmit;
+ *   - tp_btf/tcp_probe (start of tcp_rcv_established) timestamps data arrivals;
+ *   - tp_btf/tcp_rcv_space_adjust (inside tcp_recvmsg) marks the application's reads;
+ *   - at each ACK the socket's icsk_ack state says which rule sent it. */
+#include "common.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define SOL_SOCKET 1
+#define TCP_FLAG_ACK 0x10
+#define ICSK_ACK_TIMER 2
+#define NSEC_PER_USEC 1000ULL
+
+/* Why an ACK that acknowledged new data was sent when it was. */
+enum ack_cause {
+	CAUSE_PIGGYBACK = 0,  /* carried on a data segment */
+	CAUSE_ROUTE = 1,      /* the route says quickack (icsk_ack.dst_quick_ack) */
+	CAUSE_QUICK = 2,      /* quick-ACK mode: quota left and not pingpong */
+	CAUSE_APP_READ = 3,   /* the application's read (tcp_cleanup_rbuf) */
+	CAUSE_TIMER = 4,      /* the delayed-ACK timer fired */
+	CAUSE_ARRIVAL = 5,    /* on data arrival: two full segments, out of order, ACK_NOW */
+	CAUSE_MAX = 6,
+};
+
+#define HIST_BUCKETS 24 /* log2 microseconds: [0] < 1 us, [i] < 2^i us, [23] >= 4.2 s */
+
+struct ack_key {
+	__u32 netns;
+	__u16 local_port;
+	__u16 _pad;
+};
+
+struct ack_stats {
+	__u64 by_cause[CAUSE_MAX]; /* ACKs that acknowledged new data */
+	__u64 other_acks;          /* pure ACKs with nothing new: window updates, duplicates */
+	__u64 segs_acked;          /* data segments those ACKs covered */
+	__u64 delay_sum_ns;
+	__u64 delay_hist[HIST_BUCKETS];
+	__u64 quota_spent; /* ACKs that used the last quick-ACK of the quota */
+};
+
+/* Per-socket state, only on sockets in scope. */
+struct ack_sock {
+	__u64 first_unacked_ns; /* arrival of the oldest data not yet acknowledged */
+	__u64 last_rx_ns;
+	__u64 read_ns;          /* last application read (tcp_rcv_space_adjust) */
+	__u64 read_task;        /* the task that read */
+	__u32 unacked;          /* data segments received since the last ACK */
+	__u32 netns;
+};
+
+struct ack_event {
+	__u64 ts_ns;
+	__u64 delay_ns;
+	__u32 netns;
+	__u32 segs;
+	__u8 cause;
+	__u8 pending;
+	__u8 quick;
+	__u8 pingpong;
+	__u8 dst_quick_ack;
+	__u8 pure; /* 1: pure ACK, 0: carried on data */
+	__u16 _pad;
+	__u32 ato_jiffies;
+	struct flow flow;
+};
+
+const struct ack_key *unused_ack_key __attribute__((unused));
+const struct ack_stats *unused_ack_stats __attribute__((unused));
+const struct ack_event *unused_ack_event __attribute__((unused));
+
+/* Scope: with scope_all, every TCP socket; else those whose local or peer port is marked. */
+const volatile __u8 scope_all = 1;
+/* Delayed-ACK events are sampled only above this delay. */
+const volatile __u64 event_min_delay_ns = 10000000;
+
+#define SCOPE_LOCAL 1
+#define SCOPE_PEER 2
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u8);
+} scope_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct ack_sock);
+} ack_socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct ack_key);
+	__type(value, struct ack_stats);
+} ack_counts SEC(".maps");
+
+enum counter {
+	COUNTER_SAMPLED_OUT = 0,
+	COUNTER_RINGBUF_FULL = 1,
+	COUNTER_KEYS_FULL = 2,
+	COUNTER_MAX = 3,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, COUNTER_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct event_bucket);
+} event_buckets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} events SEC(".maps");
+
+static __always_inline bool in_scope(__u16 local_port, __u16 peer_port)
+{
+	if (scope_all)
+		return true;
+	__u32 l = local_port, p = peer_port;
+	__u8 *fl = bpf_map_lookup_elem(&scope_ports, &l);
+	__u8 *fp = bpf_map_lookup_elem(&scope_ports, &p);
+	return (fl && (*fl & SCOPE_LOCAL)) || (fp && (*fp & SCOPE_PEER));
+}
+
+static __always_inline struct ack_stats *stats_for(__u32 netns, __u16 local_port)
+{
+	struct ack_key key = {.netns = netns, .local_port = local_port};
+	struct ack_stats *s = bpf_map_lookup_elem(&ack_counts, &key);
+
+	if (s)
+		return s;
+	struct ack_stats zero = {};
+	long err = bpf_map_update_elem(&ack_counts, &key, &zero, BPF_NOEXIST);
+	if (err && err != -EEXIST) {
+		count_in(&counters, COUNTER_KEYS_FULL);
+		return NULL;
+	}
+	return bpf_map_lookup_elem(&ack_counts, &key);
+}
+
+static __always_inline __u32 hist_bucket(__u64 delay_ns)
+{
+	__u64 us = delay_ns / NSEC_PER_USEC;
+	__u32 b = 0;
+
+	/* Bounded loop: the verifier needs a constant trip count. */
+	for (int i = 0; i < HIST_BUCKETS - 1; i++) {
+		if (us >= (1ULL << i))
+			b = i + 1;
+	}
+	return b;
+}
+
+SEC("sockops")
+int ack_sockops(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *bsk = skops->sk;
+
+	if (!bsk)
+		return 1;
+	switch (skops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: {
+		__u16 peer_port = bpf_ntohl(skops->remote_port);
+
+		if (!in_scope(skops->local_port, peer_port))
+			return 1;
+		struct ack_sock *as = bpf_sk_storage_get(&ack_socks, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!as)
+			return 1;
+		struct tcp_sock *tp = bpf_skc_to_tcp_sock(bsk);
+		if (tp)
+			as->netns = netns_of_sock(true, (struct sock *)tp);
+		/* HDR_OPT_LEN_CB then runs for every segment this socket transmits. */
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+		return 1;
+	}
+	case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
+		break;
+	default:
+		return 1;
+	}
+
+	/* Also called from tcp_current_mss() with no packet: not a transmission. */
+	if (skops->args[0] == BPF_WRITE_HDR_TCP_CURRENT_MSS)
+		return 1;
+	struct ack_sock *as = bpf_sk_storage_get(&ack_socks, bsk, 0, 0);
+	if (!as)
+		return 1;
+	__u32 flags = skops->skb_tcp_flags;
+	if (!(flags & TCP_FLAG_ACK))
+		return 1;
+	bool pure = skops->skb_len == 0 && flags == TCP_FLAG_ACK;
+	if (skops->skb_len == 0 && !pure)
+		return 1; /* FIN, RST: not what this family is about */
+
+	struct ack_stats *s = stats_for(as->netns, skops->local_port);
+	if (!s)
+		return 1;
+	if (!as->unacked) {
+		if (pure)
+			s->other_acks++;
+		return 1;
+	}
+
+	__u64 now = bpf_ktime_get_ns();
+	__u64 delay = now - as->first_unacked_ns;
+	__u8 pending = 0, quick = 0, pingpong = 0, dst_quick_ack = 0;
+	__u32 ato = 0;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(bsk);
+	if (tp) {
+		pending = tp->inet_conn.icsk_ack.pending;
+		quick = tp->inet_conn.icsk_ack.quick;
+		pingpong = tp->inet_conn.icsk_ack.pingpong;
+		/* The 32-bit word after `retry` holds ato (a u32 before 6.x, then an 8-bit field of
+		 * ato:8 | lrcv_flowlabel:20 | dst_quick_ack:1). BPF_CORE_READ_BITFIELD returned
+		 * garbage for these under clang 14 + cilium/ebpf (ato 103 jiffies, dst_quick_ack
+		 * always 1), so the word is read by hand from the CO-RE offset of `retry`; the kernel
+		 * matrix checks the layout on every kernel. Delayed-ACK timeouts fit in 8 bits. */
+		__u32 word = 0;
+		bpf_probe_read_kernel(&word, sizeof(word), (void *)&tp->inet_conn.icsk_ack.retry + 1);
+		ato = word & 0xff;
+		/* Kernels that cache the route's quickack metric in the socket; older ones report
+		 * route-forced ACKs as quick mode or arrival. */
+		if (bpf_core_field_exists(tp->inet_conn.icsk_ack.dst_quick_ack))
+			dst_quick_ack = (word >> 28) & 1;
+	}
+
+	__u8 cause;
+	if (!pure)
+		cause = CAUSE_PIGGYBACK;
+	else if (dst_quick_ack)
+		cause = CAUSE_ROUTE;
+	else if (quick && !pingpong) /* quick is decremented after this ACK leaves */
+		cause = CAUSE_QUICK;
+	else if (as->read_task == bpf_get_current_task() && now - as->read_ns < 100 * NSEC_PER_USEC)
+		cause = CAUSE_APP_READ;
+	else if (!(pending & ICSK_ACK_TIMER) && now - as->last_rx_ns >= 1000 * NSEC_PER_USEC)
+		cause = CAUSE_TIMER; /* tcp_delack_timer_handler clears ICSK_ACK_TIMER, then ACKs */
+	else
+		cause = CAUSE_ARRIVAL;
+
+	s->by_cause[cause]++;
+	s->segs_acked += as->unacked;
+	s->delay_sum_ns += delay;
+	s->delay_hist[hist_bucket(delay)]++;
+	if (pure && quick == 1 && !pingpong && !dst_quick_ack)
+		s->quota_spent++;
+
+	if (pure && delay >= event_min_delay_ns) {
+		__u32 k = 0;
+		if (!take_event_token(bpf_map_lookup_elem(&event_buckets, &k))) {
+			count_in(&counters, COUNTER_SAMPLED_OUT);
+		} else {
+			struct ack_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+			if (!e) {
+				count_in(&counters, COUNTER_RINGBUF_FULL);
+			} else {
+				__builtin_memset(e, 0, sizeof(*e));
+				e->ts_ns = now;
+				e->delay_ns = delay;
+				e->netns = as->netns;
+				e->segs = as->unacked;
+				e->cause = cause;
+				e->pending = pending;
+				e->quick = quick;
+				e->pingpong = pingpong;
+				e->dst_quick_ack = dst_quick_ack;
+				e->pure = pure;
+				e->ato_jiffies = ato;
+				if (tp)
+					flow_from_sock(true, &e->flow, (struct sock *)tp);
+				e->flow.l4proto = IPPROTO_TCP;
+				submit_batched(&events, e);
+			}
+		}
+	}
+	as->unacked = 0;
+	return 1;
+}
+
+/* tcp_probe fires at the start of tcp_rcv_established, fast path and slow path alike. */
+SEC("tp_btf/tcp_probe")
+int BPF_PROG(ack_data_arrival, struct sock *sk, const struct sk_buff *skb)
+{
+	struct ack_sock *as = bpf_sk_storage_get(&ack_socks, sk, 0, 0);
+
+	if (!as)
+		return 0;
+	/* tcp_skb_cb (skb->cb) starts with seq and end_seq: no payload, no data to ACK. */
+	__u32 seq[2] = {};
+	bpf_probe_read_kernel(seq, sizeof(seq), (void *)skb->cb);
+	if (seq[1] == seq[0])
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	if (!as->unacked)
+		as->first_unacked_ns = now;
+	as->unacked++;
+	as->last_rx_ns = now;
+	return 0;
+}
+
+/* tcp_rcv_space_adjust runs in tcp_recvmsg just before tcp_cleanup_rbuf, which sends the
+ * ACK an application read makes due: remember who read and when. */
+SEC("tp_btf/tcp_rcv_space_adjust")
+int BPF_PROG(ack_app_read, struct sock *sk)
+{
+	struct ack_sock *as = bpf_sk_storage_get(&ack_socks, sk, 0, 0);
+
+	if (!as)
+		return 0;
+	as->read_ns = bpf_ktime_get_ns();
+	as->read_task = bpf_get_current_task();
+	return 0;
+}

@@ -1,0 +1,326 @@
+// Package acks observes the ACKs this host sends on the TCP sockets in scope: how long the
+// oldest unacknowledged data waited (a delay histogram), which rule sent each ACK, and how
+// often the quick-ACK quota ran out. A snapshot of a slow reader looks like:
+//
+//	netns=4026532289 port=5001 acks: app_read=3 timer=94 quick=16 ... delay p50 ~ 16-32 ms
+//	event delayed ack 198.18.0.2:5001 <- 198.18.0.1:40112 waited 38 ms (timer), quick=0 pingpong=1
+package acks
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/tcpack/tcpack/internal/eventreader"
+	"github.com/tcpack/tcpack/internal/kernel"
+	"github.com/tcpack/tcpack/internal/loader"
+)
+
+// Family is the name the loader and the telemetry use for this probe family.
+const Family = "acks"
+
+// Config scopes and sizes the family.
+type Config struct {
+	// LocalPorts and PeerPorts select the sockets observed: a socket is in scope if its local
+	// port is in LocalPorts or its peer port in PeerPorts. Both empty means every TCP socket,
+	// which adds a callback to every segment every socket sends.
+	LocalPorts []uint16
+	PeerPorts  []uint16
+	// EventMinDelay: pure ACKs that waited at least this long are sampled as events.
+	EventMinDelay time.Duration
+	// EventsPerSecond and EventBurst rate-limit events per CPU; 0 turns events off.
+	EventsPerSecond uint32
+	EventBurst      uint32
+	// MaxKeys bounds the (netns, local port) statistics map.
+	MaxKeys         uint32
+	RingBufferBytes uint32
+	WakeupBytes     uint32
+	FlushInterval   time.Duration
+}
+
+// DefaultConfig observes every socket and samples ACKs delayed by 10 ms or more.
+func DefaultConfig() Config {
+	return Config{
+		EventMinDelay:   10 * time.Millisecond,
+		EventsPerSecond: 100,
+		EventBurst:      200,
+		MaxKeys:         4096,
+		RingBufferBytes: 1 << 20,
+		WakeupBytes:     64 << 10,
+		FlushInterval:   200 * time.Millisecond,
+	}
+}
+
+func hooks(cgroup string) []loader.Hook {
+	return []loader.Hook{
+		// sock_ops is the only way to see every transmitted segment without kprobes; it
+		// must sit at the cgroup root, above every listener (notes/kernel.md).
+		{Name: "sock_ops", Strategies: []loader.Strategy{
+			{Kind: loader.SockOps, Program: acksProgAckSockops, Target: cgroup},
+		}},
+		{Name: "tcp_probe", Strategies: []loader.Strategy{
+			{Kind: loader.TPBTF, Program: acksProgAckDataArrival, Target: "tcp_probe", Args: 2},
+		}},
+		// Without it, ACKs due to the application's reads are reported as timer or arrival.
+		{Name: "tcp_rcv_space_adjust", Optional: true, Strategies: []loader.Strategy{
+			{Kind: loader.TPBTF, Program: acksProgAckAppRead, Target: "tcp_rcv_space_adjust", Args: 1},
+		}},
+	}
+}
+
+// Probe is the loaded ACK family.
+type Probe struct {
+	env    *kernel.Env
+	set    *loader.Set
+	report loader.Report
+	reader *ringbuf.Reader
+	done   chan struct{}
+}
+
+// Start loads and attaches the family; sampled delayed-ACK events go to sink in batches.
+func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
+	cgroup, err := kernel.CgroupV2Root()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", Family, err)
+	}
+	spec, err := loadAcks()
+	if err != nil {
+		return nil, err
+	}
+	if err := configure(spec, cfg); err != nil {
+		return nil, err
+	}
+	set, report, err := loader.Load(Family, env, spec, hooks(cgroup), loader.Options{})
+	if err != nil {
+		return nil, err
+	}
+	if err := fillScope(set.Maps[acksMapScopePorts], cfg); err != nil {
+		set.Close()
+		return nil, err
+	}
+	p := &Probe{env: env, set: set, report: report, done: make(chan struct{})}
+	if p.reader, err = ringbuf.NewReader(set.Maps[acksMapEvents]); err != nil {
+		set.Close()
+		return nil, fmt.Errorf("%s: ring buffer reader: %w", Family, err)
+	}
+	go func() {
+		defer close(p.done)
+		var raw acksAckEvent
+		eventreader.Run(p.reader, cfg.FlushInterval, func(b []byte) (Event, bool) {
+			if err := binary.Read(bytes.NewReader(b), binary.NativeEndian, &raw); err != nil {
+				return Event{}, false
+			}
+			return p.decode(&raw), true
+		}, sink)
+	}()
+	return p, nil
+}
+
+func configure(spec *ebpf.CollectionSpec, cfg Config) error {
+	rate, burst := uint64(cfg.EventsPerSecond), max(uint64(cfg.EventBurst), 1)
+	refill := uint64(0)
+	if rate > 0 {
+		refill = burst * uint64(time.Second) / rate
+	}
+	all := uint8(0)
+	if len(cfg.LocalPorts) == 0 && len(cfg.PeerPorts) == 0 {
+		all = 1
+	}
+	vars := map[string]any{
+		acksVarScopeAll:           all,
+		acksVarEventMinDelayNs:    uint64(cfg.EventMinDelay),
+		acksVarEventRatePerSec:    rate,
+		acksVarEventBurst:         burst,
+		acksVarEventRefillCapNs:   refill,
+		acksVarRingbufWakeupBytes: uint64(cfg.WakeupBytes),
+		acksVarEventKindsEnabled:  uint32(1),
+	}
+	if rate == 0 {
+		vars[acksVarEventMinDelayNs] = ^uint64(0) // never
+	}
+	for name, v := range vars {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("%s: set %s: %w", Family, name, err)
+		}
+	}
+	spec.Maps[acksMapAckCounts].MaxEntries = cfg.MaxKeys
+	spec.Maps[acksMapEvents].MaxEntries = cfg.RingBufferBytes
+	return nil
+}
+
+const (
+	scopeLocal = 1
+	scopePeer  = 2
+)
+
+func fillScope(m *ebpf.Map, cfg Config) error {
+	flags := map[uint32]uint8{}
+	for _, p := range cfg.LocalPorts {
+		flags[uint32(p)] |= scopeLocal
+	}
+	for _, p := range cfg.PeerPorts {
+		flags[uint32(p)] |= scopePeer
+	}
+	for port, f := range flags {
+		if err := m.Put(port, f); err != nil {
+			return fmt.Errorf("%s: scope port %d: %w", Family, port, err)
+		}
+	}
+	return nil
+}
+
+// Report says which hooks attached and how.
+func (p *Probe) Report() loader.Report { return p.report }
+
+// Close detaches everything and stops the event reader.
+func (p *Probe) Close() error {
+	if p.reader == nil {
+		return nil
+	}
+	err := p.reader.Close()
+	<-p.done
+	p.reader = nil
+	return errors.Join(err, p.set.Close())
+}
+
+// Cause is why an ACK that acknowledged new data was sent when it was.
+type Cause int
+
+// Causes, as in bpf/acks.bpf.c enum ack_cause.
+const (
+	CausePiggyback Cause = iota // carried on a data segment
+	CauseRoute                  // the route has quickack 1 (dst_quick_ack)
+	CauseQuick                  // quick-ACK mode: quota left, not pingpong
+	CauseAppRead                // the application's read
+	CauseTimer                  // the delayed-ACK timer
+	CauseArrival                // on data arrival: two full segments, out of order, ACK_NOW
+	causeCount
+)
+
+var causeNames = [causeCount]string{"piggyback", "route", "quick", "app_read", "delack_timer", "data_arrival"}
+
+func (c Cause) String() string {
+	if c >= 0 && c < causeCount {
+		return causeNames[c]
+	}
+	return fmt.Sprintf("cause_%d", int(c))
+}
+
+// Stats are the cumulative ACK statistics of one local port in one netns.
+type Stats struct {
+	Netns     uint32
+	LocalPort uint16
+	// ByCause counts ACKs that acknowledged new data.
+	ByCause [causeCount]uint64
+	// OtherAcks are pure ACKs that acknowledged nothing new (window updates, duplicates).
+	OtherAcks uint64
+	// SegmentsAcked is how many received data segments those ACKs covered.
+	SegmentsAcked uint64
+	// QuotaSpent counts ACKs that used the last quick ACK of the quota.
+	QuotaSpent uint64
+	// Delay is the histogram of the wait of the oldest unacknowledged data.
+	Delay Histogram
+}
+
+// Acks is the number of ACKs that acknowledged new data.
+func (s Stats) Acks() uint64 {
+	var n uint64
+	for _, c := range s.ByCause {
+		n += c
+	}
+	return n
+}
+
+// Histogram has explicit upper bounds in seconds; Counts has one more entry than Bounds.
+type Histogram struct {
+	Bounds []float64
+	Counts []uint64
+	Sum    float64 // seconds
+	Count  uint64
+}
+
+// histBounds are the kernel's log2-microsecond bucket bounds, in seconds: bucket i holds
+// delays below 2^i us.
+var histBounds = func() []float64 {
+	b := make([]float64, len(acksAckStats{}.DelayHist)-1)
+	for i := range b {
+		b[i] = float64(uint64(1)<<i) / 1e6
+	}
+	return b
+}()
+
+// Snapshot reads the per-CPU statistics, summed per (netns, local port).
+func (p *Probe) Snapshot() ([]Stats, error) {
+	var out []Stats
+	var key acksAckKey
+	var perCPU []acksAckStats
+	it := p.set.Maps[acksMapAckCounts].Iterate()
+	for it.Next(&key, &perCPU) {
+		s := Stats{Netns: key.Netns, LocalPort: key.LocalPort,
+			Delay: Histogram{Bounds: histBounds, Counts: make([]uint64, len(histBounds)+1)}}
+		var sumNs uint64
+		for _, v := range perCPU {
+			for i, c := range v.ByCause {
+				s.ByCause[i] += c
+			}
+			s.OtherAcks += v.OtherAcks
+			s.SegmentsAcked += v.SegsAcked
+			s.QuotaSpent += v.QuotaSpent
+			sumNs += v.DelaySumNs
+			for i, c := range v.DelayHist {
+				s.Delay.Counts[i] += c
+				s.Delay.Count += c
+			}
+		}
+		s.Delay.Sum = float64(sumNs) / 1e9
+		out = append(out, s)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("%s: read statistics: %w", Family, err)
+	}
+	return out, nil
+}
+
+// Event is a sampled pure ACK that waited at least the configured delay.
+type Event struct {
+	Time      time.Time
+	Delay     time.Duration
+	Cause     Cause
+	Netns     uint32
+	Segments  uint32 // data segments it acknowledged
+	LocalAddr netip.Addr
+	LocalPort uint16
+	PeerAddr  netip.Addr
+	PeerPort  uint16
+	// The socket's quick-ACK state when the ACK left: the quota left, pingpong (interactive
+	// mode), whether the route forces quick ACKs, the delayed-ACK timeout, pending flags.
+	Quick       uint8
+	Pingpong    uint8
+	DstQuickAck bool
+	ATOJiffies  uint32
+	Pending     uint8
+}
+
+func (p *Probe) decode(r *acksAckEvent) Event {
+	e := Event{
+		Time: p.env.KtimeToTime(r.TsNs), Delay: time.Duration(r.DelayNs), Cause: Cause(r.Cause),
+		Netns: r.Netns, Segments: r.Segs, LocalPort: r.Flow.LocalPort, PeerPort: r.Flow.PeerPort,
+		Quick: r.Quick, Pingpong: r.Pingpong, DstQuickAck: r.DstQuickAck != 0, ATOJiffies: r.AtoJiffies,
+		Pending: r.Pending,
+	}
+	switch r.Flow.L3proto {
+	case 0x0800:
+		e.LocalAddr = netip.AddrFrom4([4]byte(r.Flow.LocalAddr[:4]))
+		e.PeerAddr = netip.AddrFrom4([4]byte(r.Flow.PeerAddr[:4]))
+	case 0x86DD:
+		e.LocalAddr = netip.AddrFrom16(r.Flow.LocalAddr).Unmap()
+		e.PeerAddr = netip.AddrFrom16(r.Flow.PeerAddr).Unmap()
+	}
+	return e
+}
