@@ -74,6 +74,15 @@ func hooks(cgroup string) []loader.Hook {
 	}
 }
 
+// HookNames lists the family's hooks, for reporting a family that could not start.
+func HookNames() []string {
+	var names []string
+	for _, h := range hooks("") {
+		names = append(names, h.Name)
+	}
+	return names
+}
+
 // Probe is the loaded ACK family.
 type Probe struct {
 	env    *kernel.Env
@@ -323,4 +332,26 @@ func (p *Probe) decode(r *acksAckEvent) Event {
 		e.PeerAddr = netip.AddrFrom16(r.Flow.PeerAddr).Unmap()
 	}
 	return e
+}
+
+// Losses count what the kernel side could not report.
+type Losses struct {
+	SampledOut     uint64 // delayed-ACK events the rate limit suppressed
+	RingBufferFull uint64 // events lost to a full ring buffer
+	KeysFull       uint64 // ACKs not counted: no room in the statistics map
+}
+
+// Losses reads the family's loss counters.
+func (p *Probe) Losses() (Losses, error) {
+	var l Losses
+	for slot, dst := range []*uint64{&l.SampledOut, &l.RingBufferFull, &l.KeysFull} {
+		var perCPU []uint64
+		if err := p.set.Maps[acksMapCounters].Lookup(uint32(slot), &perCPU); err != nil {
+			return l, fmt.Errorf("%s: read counter %d: %w", Family, slot, err)
+		}
+		for _, v := range perCPU {
+			*dst += v
+		}
+	}
+	return l, nil
 }

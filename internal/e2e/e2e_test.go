@@ -28,6 +28,9 @@ receivers:
     collection_interval: 500ms
     drops:
       sampling: {rate_per_cpu: 1000, burst: 1000}
+    acks:
+      enabled: true
+      local_ports: [6010]
     ring_buffer: {flush_interval: 50ms}
 processors:
   batch: {timeout: 100ms}
@@ -122,6 +125,32 @@ func latestDropCount(metrics []pmetric.Metrics, match func(pcommon.Map) bool) in
 		}
 	}
 	return 0
+}
+
+// ackDelay is the newest tcpack.ack.delay point for a port and netns: its count and sum.
+func ackDelay(metrics []pmetric.Metrics, port int64, netns uint32) (uint64, float64) {
+	for i := len(metrics) - 1; i >= 0; i-- {
+		rms := metrics[i].ResourceMetrics()
+		for r := 0; r < rms.Len(); r++ {
+			sms := rms.At(r).ScopeMetrics()
+			for s := 0; s < sms.Len(); s++ {
+				ms := sms.At(s).Metrics()
+				for m := 0; m < ms.Len(); m++ {
+					if ms.At(m).Name() != "tcpack.ack.delay" {
+						continue
+					}
+					dps := ms.At(m).Histogram().DataPoints()
+					for d := 0; d < dps.Len(); d++ {
+						a := dps.At(d).Attributes()
+						if num(a, "network.local.port") == port && num(a, "tcpack.netns.inode") == int64(netns) {
+							return dps.At(d).Count(), dps.At(d).Sum()
+						}
+					}
+				}
+			}
+		}
+	}
+	return 0, 0
 }
 
 func records(logs []plog.Logs, eventName string, match func(pcommon.Map) bool) []pcommon.Map {
@@ -240,6 +269,21 @@ func TestCollectorExportsDrops(t *testing.T) {
 	data := c.output(t)
 	if bytes.Contains(data, []byte("ffffffff")) {
 		t.Errorf("output contains what looks like a kernel address")
+	}
+
+	// ACK telemetry: a slow reader on the port in scope.
+	pair.PacedTraffic(t, 6010, 200, 2*time.Millisecond, 50*time.Millisecond)
+	for {
+		metrics, _ := c.read(t)
+		count, sum := ackDelay(metrics, 6010, pair.B.Inode)
+		if count > 0 && sum/float64(count) > 0.004 {
+			t.Logf("tcpack.ack.delay for port 6010: %d ACKs, mean %.1f ms", count, 1000*sum/float64(count))
+			break
+		}
+		if time.Now().After(deadline.Add(10 * time.Second)) {
+			t.Fatalf("tcpack.ack.delay for port 6010 in the exported JSON: %d ACKs, sum %.3f s; want a slow reader's delays", count, sum)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 
 	// Shut down while events are still in flight: the exit must stay clean.

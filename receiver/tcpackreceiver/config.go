@@ -4,8 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
+	"github.com/tcpack/tcpack/internal/acks"
 	"github.com/tcpack/tcpack/internal/drops"
 	"github.com/tcpack/tcpack/internal/loader"
 	"github.com/tcpack/tcpack/receiver/tcpackreceiver/internal/metadata"
@@ -17,6 +20,8 @@ type Config struct {
 	CollectionInterval time.Duration `mapstructure:"collection_interval"`
 	// Drops configures the drops family (skb:kfree_skb, TCP retransmits and resets).
 	Drops DropsConfig `mapstructure:"drops"`
+	// Acks configures the ACK family (delayed vs quick ACKs per socket).
+	Acks AcksConfig `mapstructure:"acks"`
 	// RingBuffer tunes how sampled events travel from the kernel.
 	RingBuffer RingBufferConfig `mapstructure:"ring_buffer"`
 
@@ -42,6 +47,26 @@ type DropsConfig struct {
 	// MaxTCPKeys bounds the kernel map of retransmit/reset counters.
 	MaxTCPKeys uint32         `mapstructure:"max_tcp_keys"`
 	Sampling   SamplingConfig `mapstructure:"sampling"`
+}
+
+// AcksConfig configures the ACK family.
+type AcksConfig struct {
+	Enabled bool `mapstructure:"enabled"`
+	// LocalPorts and PeerPorts select the sockets observed; both empty means every TCP
+	// socket, which adds a BPF callback to every segment every socket sends.
+	LocalPorts []int `mapstructure:"local_ports"`
+	PeerPorts  []int `mapstructure:"peer_ports"`
+	// EventMinDelay: pure ACKs that waited at least this long are sampled as events.
+	EventMinDelay time.Duration  `mapstructure:"event_min_delay"`
+	Sampling      SamplingConfig `mapstructure:"sampling"`
+	// MaxKeys bounds the kernel map of (netns, local port) statistics.
+	MaxKeys uint32 `mapstructure:"max_keys"`
+	// MaxSeries caps the (netns, local port) series the ACK metrics report; later ones are
+	// folded into one overflow series (port 0, netns 0).
+	MaxSeries int `mapstructure:"max_series"`
+	// DelayAttributes are the attributes of the tcpack.ack.delay histogram; the others are
+	// aggregated away (the other ACK metrics choose theirs under metrics:).
+	DelayAttributes []string `mapstructure:"delay_attributes"`
 }
 
 // SamplingConfig rate-limits sampled events in the kernel, per CPU and event kind.
@@ -95,6 +120,7 @@ func (c *Config) Validate() error {
 	if d.Sampling.Burst > maxRatePerCPU {
 		errs = append(errs, fmt.Errorf("drops.sampling.burst: %d is too large, use 1..%d", d.Sampling.Burst, maxRatePerCPU))
 	}
+	errs = append(errs, c.Acks.validate()...)
 	rb := c.RingBuffer
 	page := uint32(os.Getpagesize())
 	if rb.SizeBytes < page || rb.SizeBytes&(rb.SizeBytes-1) != 0 || rb.SizeBytes > 1<<30 {
@@ -107,6 +133,60 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("ring_buffer.flush_interval: %v must be between 1ms and 10s (e.g. 200ms)", rb.FlushInterval))
 	}
 	return errors.Join(errs...)
+}
+
+// delayAttributes are the attributes tcpack.ack.delay can carry.
+var delayAttributes = []string{"network.local.port", "tcpack.netns.inode"}
+
+func (a AcksConfig) validate() []error {
+	var errs []error
+	for field, ports := range map[string][]int{"acks.local_ports": a.LocalPorts, "acks.peer_ports": a.PeerPorts} {
+		for i, p := range ports {
+			if p < 1 || p > 65535 {
+				errs = append(errs, fmt.Errorf("%s[%d]: port %d is out of range, use 1..65535", field, i, p))
+			}
+		}
+	}
+	if a.EventMinDelay < 0 || a.EventMinDelay > 10*time.Second {
+		errs = append(errs, fmt.Errorf("acks.event_min_delay: %v must be between 0 and 10s (e.g. 10ms)", a.EventMinDelay))
+	}
+	if a.Sampling.RatePerCPU > maxRatePerCPU {
+		errs = append(errs, fmt.Errorf("acks.sampling.rate_per_cpu: %d is too high, use 0..%d (0 turns events off)", a.Sampling.RatePerCPU, maxRatePerCPU))
+	}
+	if a.Sampling.RatePerCPU > 0 && a.Sampling.Burst == 0 {
+		errs = append(errs, errors.New("acks.sampling.burst: must be at least 1 when rate_per_cpu is set (e.g. 2x rate_per_cpu)"))
+	}
+	if a.MaxKeys == 0 || a.MaxKeys > maxKeys {
+		errs = append(errs, fmt.Errorf("acks.max_keys: %d is out of range, use 1..%d (default 4096)", a.MaxKeys, maxKeys))
+	}
+	if a.MaxSeries < 1 {
+		errs = append(errs, fmt.Errorf("acks.max_series: %d must be at least 1 (default 1000)", a.MaxSeries))
+	}
+	for i, attr := range a.DelayAttributes {
+		if !slices.Contains(delayAttributes, attr) {
+			errs = append(errs, fmt.Errorf("acks.delay_attributes[%d]: unknown attribute %q, use %s", i, attr, strings.Join(delayAttributes, " or ")))
+		}
+	}
+	return errs
+}
+
+// acksConfig is the ACK family's part of the config.
+func (c *Config) acksConfig(withLogs bool) acks.Config {
+	cfg := acks.DefaultConfig()
+	for _, p := range c.Acks.LocalPorts {
+		cfg.LocalPorts = append(cfg.LocalPorts, uint16(p))
+	}
+	for _, p := range c.Acks.PeerPorts {
+		cfg.PeerPorts = append(cfg.PeerPorts, uint16(p))
+	}
+	cfg.EventMinDelay = c.Acks.EventMinDelay
+	cfg.EventsPerSecond, cfg.EventBurst = c.Acks.Sampling.RatePerCPU, c.Acks.Sampling.Burst
+	if !withLogs || !c.Events.TcpackAckDelayed.Enabled {
+		cfg.EventsPerSecond = 0
+	}
+	cfg.MaxKeys = c.Acks.MaxKeys
+	cfg.RingBufferBytes, cfg.WakeupBytes, cfg.FlushInterval = c.RingBuffer.SizeBytes, c.RingBuffer.WakeupBytes, c.RingBuffer.FlushInterval
+	return cfg
 }
 
 func validStrategy(s string) bool {
@@ -146,7 +226,7 @@ func (c *Config) dropsConfig(withLogs bool) drops.Config {
 }
 
 func createDefaultConfig() *Config {
-	d := drops.DefaultConfig()
+	d, a := drops.DefaultConfig(), acks.DefaultConfig()
 	return &Config{
 		CollectionInterval: 10 * time.Second,
 		Drops: DropsConfig{
@@ -154,6 +234,13 @@ func createDefaultConfig() *Config {
 			MaxKeys:    d.MaxDropKeys,
 			MaxTCPKeys: d.MaxTCPKeys,
 			Sampling:   SamplingConfig{RatePerCPU: d.EventsPerSecond, Burst: d.EventBurst},
+		},
+		Acks: AcksConfig{
+			EventMinDelay:   a.EventMinDelay,
+			Sampling:        SamplingConfig{RatePerCPU: a.EventsPerSecond, Burst: a.EventBurst},
+			MaxKeys:         a.MaxKeys,
+			MaxSeries:       1000,
+			DelayAttributes: slices.Clone(delayAttributes),
 		},
 		RingBuffer: RingBufferConfig{
 			SizeBytes:     d.RingBufferBytes,

@@ -90,6 +90,11 @@ func TestValidateNamesFieldAndFix(t *testing.T) {
 		{"ring size", func(c *Config) { c.RingBuffer.SizeBytes = 3000 }, []string{"ring_buffer.size_bytes", "power of two"}},
 		{"wakeup", func(c *Config) { c.RingBuffer.WakeupBytes = c.RingBuffer.SizeBytes }, []string{"ring_buffer.wakeup_bytes", "below size_bytes"}},
 		{"flush", func(c *Config) { c.RingBuffer.FlushInterval = time.Minute }, []string{"ring_buffer.flush_interval", "between 1ms and 10s"}},
+		{"ack port", func(c *Config) { c.Acks.LocalPorts = []int{80, 70000} }, []string{"acks.local_ports[1]", "1..65535"}},
+		{"ack peer port", func(c *Config) { c.Acks.PeerPorts = []int{0} }, []string{"acks.peer_ports[0]"}},
+		{"ack delay", func(c *Config) { c.Acks.EventMinDelay = -time.Second }, []string{"acks.event_min_delay"}},
+		{"ack series", func(c *Config) { c.Acks.MaxSeries = 0 }, []string{"acks.max_series", "at least 1"}},
+		{"ack attributes", func(c *Config) { c.Acks.DelayAttributes = []string{"network.peer.port"} }, []string{"acks.delay_attributes[0]", "network.local.port or tcpack.netns.inode"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := createDefaultConfig()

@@ -76,6 +76,8 @@ func tidyRecords(logs plog.Logs) {
 						return v.Str() == ""
 					case pcommon.ValueTypeInt:
 						return v.Int() == 0 && (k == "network.local.port" || k == "network.peer.port")
+					case pcommon.ValueTypeDouble:
+						return v.Double() < 0 // a measure the kernel could not give
 					}
 					return false
 				})

@@ -6,6 +6,7 @@ import (
 
 	"go.opentelemetry.io/collector/pdata/pcommon"
 
+	"github.com/tcpack/tcpack/internal/acks"
 	"github.com/tcpack/tcpack/internal/drops"
 	"github.com/tcpack/tcpack/receiver/tcpackreceiver/internal/metadata"
 )
@@ -21,7 +22,25 @@ func (r *tcpackReceiver) collect(ctx context.Context) error {
 		}
 		r.recordDrops(now, snap)
 	}
-	return r.metrics.ConsumeMetrics(ctx, r.mb.Emit(metadata.WithResource(r.resource)))
+	var ackStats []acks.Stats
+	if r.acks != nil {
+		stats, err := r.acks.Snapshot()
+		if err != nil {
+			return err
+		}
+		ackStats = r.capSeries(stats)
+		r.recordAcks(now, ackStats)
+		losses, err := r.acks.Losses()
+		if err != nil {
+			return err
+		}
+		r.mb.RecordTcpackEventsSuppressedDataPoint(now, int64(losses.SampledOut), metadata.AttributeTcpackEventKindAckDelayed, metadata.AttributeTcpackSuppressionCauseRateLimit)
+		r.mb.RecordTcpackEventsSuppressedDataPoint(now, int64(losses.RingBufferFull), metadata.AttributeTcpackEventKindAckDelayed, metadata.AttributeTcpackSuppressionCauseRingBufferFull)
+		r.mb.RecordTcpackKernelMapOverflowDataPoint(now, int64(losses.KeysFull), metadata.AttributeTcpackMapAckCounts)
+	}
+	md := r.mb.Emit(metadata.WithResource(r.resource))
+	r.appendDelayHistogram(md, now, ackStats)
+	return r.metrics.ConsumeMetrics(ctx, md)
 }
 
 func (r *tcpackReceiver) recordProbeReports(now pcommon.Timestamp) {

@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/collector/receiver"
 	"go.uber.org/zap"
 
+	"github.com/tcpack/tcpack/internal/acks"
 	"github.com/tcpack/tcpack/internal/drops"
 	"github.com/tcpack/tcpack/internal/kernel"
 	"github.com/tcpack/tcpack/internal/loader"
@@ -28,10 +29,17 @@ type tcpackReceiver struct {
 	metrics  consumer.Metrics
 	logs     consumer.Logs
 	resource pcommon.Resource
+	env      *kernel.Env
+	// startTime starts every cumulative series; hz converts jiffies (0 if unknown).
+	startTime pcommon.Timestamp
+	hz        int
 
 	mu    sync.Mutex
 	users int
 	drops *drops.Probe
+	acks  *acks.Probe
+	// ackSeries are the (netns, port) series admitted under acks.max_series, for good.
+	ackSeries map[ackSeries]bool
 	// reports of every family, attached or not, for tcpack.probe.attached.
 	reports []loader.Report
 	mb      *metadata.MetricsBuilder
@@ -96,10 +104,11 @@ func (r *tcpackReceiver) start() error {
 	if err != nil {
 		return err
 	}
+	r.env = env
 	rb := r.newResourceBuilder()
 	r.resource = rb.Emit()
-	now := pcommon.NewTimestampFromTime(time.Now())
-	r.mb = metadata.NewMetricsBuilder(r.cfg.MetricsBuilderConfig, r.set, metadata.WithStartTime(now))
+	r.startTime = pcommon.NewTimestampFromTime(time.Now())
+	r.mb = metadata.NewMetricsBuilder(r.cfg.MetricsBuilderConfig, r.set, metadata.WithStartTime(r.startTime))
 	r.lb = metadata.NewLogsBuilder(r.cfg.logsBuilderConfig(), r.set)
 	r.reports = nil
 
@@ -120,12 +129,31 @@ func (r *tcpackReceiver) start() error {
 			r.reports = append(r.reports, p.Report())
 		}
 	}
+	if r.cfg.Acks.Enabled {
+		if r.hz, err = kernel.HZ(); err != nil {
+			log.Warn("kernel tick rate unknown: tcpack.ack.ato left out of events", zap.Error(err))
+		}
+		var sink func([]acks.Event)
+		if r.logs != nil {
+			sink = r.consumeAckEvents
+		}
+		p, err := acks.Start(env, r.cfg.acksConfig(r.logs != nil), sink)
+		if err != nil {
+			log.Error("acks family not started", zap.Error(err))
+			failed = append(failed, err)
+			r.reports = append(r.reports, notAttached(acks.Family, acks.HookNames()))
+		} else {
+			r.acks = p
+			r.ackSeries = map[ackSeries]bool{}
+			r.reports = append(r.reports, p.Report())
+		}
+	}
 	for _, rep := range r.reports {
 		for _, line := range rep.Lines() {
 			log.Info(line)
 		}
 	}
-	if r.drops == nil {
+	if r.drops == nil && r.acks == nil {
 		if len(failed) == 0 {
 			return errors.New("tcpack: every probe family is disabled; enable at least one (e.g. drops.enabled: true)")
 		}
@@ -162,12 +190,16 @@ func (r *tcpackReceiver) shutdown() error {
 		r.wg.Wait()
 		r.stop = nil
 	}
-	var err error
+	var errs []error
 	if r.drops != nil {
-		err = r.drops.Close()
+		errs = append(errs, r.drops.Close())
 		r.drops = nil
 	}
-	return err
+	if r.acks != nil {
+		errs = append(errs, r.acks.Close())
+		r.acks = nil
+	}
+	return errors.Join(errs...)
 }
 
 func (r *tcpackReceiver) collectLoop() {

@@ -280,3 +280,118 @@ func TestMetricsOnlySamplesNoEvents(t *testing.T) {
 		}
 	})
 }
+
+// histogramPoint returns the newest tcpack.ack.delay point with that port and netns.
+func histogramPoint(sink *consumertest.MetricsSink, port int64, netns uint32) (pmetric.HistogramDataPoint, bool) {
+	all := sink.AllMetrics()
+	for i := len(all) - 1; i >= 0; i-- {
+		rms := all[i].ResourceMetrics()
+		for r := 0; r < rms.Len(); r++ {
+			sms := rms.At(r).ScopeMetrics()
+			for s := 0; s < sms.Len(); s++ {
+				ms := sms.At(s).Metrics()
+				for m := 0; m < ms.Len(); m++ {
+					if ms.At(m).Name() != "tcpack.ack.delay" {
+						continue
+					}
+					dps := ms.At(m).Histogram().DataPoints()
+					for d := 0; d < dps.Len(); d++ {
+						a := dps.At(d).Attributes()
+						if intAttr(a, "network.local.port") == port && intAttr(a, "tcpack.netns.inode") == int64(netns) {
+							return dps.At(d), true
+						}
+					}
+				}
+			}
+		}
+	}
+	return pmetric.HistogramDataPoint{}, false
+}
+
+func ackCounts(sink *consumertest.MetricsSink, port int64, netns uint32) map[string]int64 {
+	all := sink.AllMetrics()
+	counts := map[string]int64{}
+	if len(all) == 0 {
+		return counts
+	}
+	forEachPoint(all[len(all)-1], "tcpack.ack.count", func(dp pmetric.NumberDataPoint) {
+		a := dp.Attributes()
+		if intAttr(a, "network.local.port") == port && intAttr(a, "tcpack.netns.inode") == int64(netns) {
+			counts[strAttr(a, "tcpack.ack.cause")] += dp.IntValue()
+		}
+	})
+	return counts
+}
+
+func TestReceiverReportsACKDelays(t *testing.T) {
+	netnstest.RequireRoot(t)
+	cfg := fastConfig()
+	cfg.Drops.Enabled = false
+	cfg.Acks.Enabled = true
+	cfg.Acks.LocalPorts = []int{5120}
+	r := startReceiver(t, NewFactory(), cfg)
+	pair := netnstest.NewPair(t)
+	w := pair.PacedTraffic(t, 5120, 300, 2*time.Millisecond, 50*time.Millisecond)
+	segs := int64(netnstest.TCPInfo(t, w.Server).Data_segs_in)
+
+	var dp pmetric.HistogramDataPoint
+	waitFor(t, "tcpack.ack.delay for port 5120", func() (bool, string) {
+		var ok bool
+		dp, ok = histogramPoint(r.metrics, 5120, pair.B.Inode)
+		if !ok {
+			return false, "no histogram point"
+		}
+		var total int64
+		for _, n := range ackCounts(r.metrics, 5120, pair.B.Inode) {
+			total += n
+		}
+		return ok && int64(dp.Count()) == total && total > 0, fmt.Sprintf("histogram count %d, tcpack.ack.count %d", dp.Count(), total)
+	})
+	counts := ackCounts(r.metrics, 5120, pair.B.Inode)
+	t.Logf("ACKs by cause: %v; histogram count %d, mean %.1f ms, %d segments received", counts, dp.Count(), 1000*dp.Sum()/float64(dp.Count()), segs)
+	if mean := dp.Sum() / float64(dp.Count()); mean < 0.004 {
+		t.Errorf("mean ACK delay %.2f ms for a slow reader, want tens of ms", mean*1000)
+	}
+	if dp.ExplicitBounds().Len()+1 != dp.BucketCounts().Len() || dp.ExplicitBounds().At(0) != 1e-6 {
+		t.Errorf("histogram bounds: %v, buckets %d", dp.ExplicitBounds().AsRaw(), dp.BucketCounts().Len())
+	}
+	if counts["quick"] == 0 || counts["quick"] > 16 {
+		t.Errorf("quick-mode ACKs %d, want the initial quota", counts["quick"])
+	}
+
+	var delayed int
+	waitFor(t, "tcpack.ack.delayed events", func() (bool, string) {
+		delayed = 0
+		forEachRecord(r.logs, func(rec plog.LogRecord) {
+			a := rec.Attributes()
+			if rec.EventName() != "tcpack.ack.delayed" || intAttr(a, "tcpack.netns.inode") != int64(pair.B.Inode) {
+				return
+			}
+			delay, _ := a.Get("tcpack.ack.delay")
+			if intAttr(a, "network.local.port") != 5120 || strAttr(a, "network.peer.address") != pair.A.Addr || delay.Double() < 0.01 {
+				t.Errorf("delayed ACK record: %v", a.AsRaw())
+			}
+			delayed++
+		})
+		return delayed > 0, "none yet"
+	})
+}
+
+func TestACKSeriesCap(t *testing.T) {
+	netnstest.RequireRoot(t)
+	cfg := fastConfig()
+	cfg.Drops.Enabled = false
+	cfg.Acks.Enabled = true
+	cfg.Acks.LocalPorts = []int{5121, 5122}
+	cfg.Acks.MaxSeries = 1
+	r := startReceiver(t, NewFactory(), cfg)
+	pair := netnstest.NewPair(t)
+	pair.PacedTraffic(t, 5121, 20, time.Millisecond, 0)
+	pair.PacedTraffic(t, 5122, 20, time.Millisecond, 0)
+	waitFor(t, "one admitted series and the overflow series", func() (bool, string) {
+		_, first := histogramPoint(r.metrics, 5121, pair.B.Inode)
+		_, overflow := histogramPoint(r.metrics, 0, 0)
+		_, second := histogramPoint(r.metrics, 5122, pair.B.Inode)
+		return first && overflow && !second, fmt.Sprintf("5121: %v, overflow: %v, 5122: %v", first, overflow, second)
+	})
+}

@@ -9,6 +9,203 @@ import (
 	"go.opentelemetry.io/collector/filter"
 )
 
+// TcpackAckCountMetricAttributeKey specifies the key of an attribute for the tcpack.ack.count metric.
+type TcpackAckCountMetricAttributeKey string
+
+const (
+	TcpackAckCountMetricAttributeKeyTcpackAckCause   TcpackAckCountMetricAttributeKey = "tcpack.ack.cause"
+	TcpackAckCountMetricAttributeKeyNetworkLocalPort TcpackAckCountMetricAttributeKey = "network.local.port"
+	TcpackAckCountMetricAttributeKeyTcpackNetnsInode TcpackAckCountMetricAttributeKey = "tcpack.netns.inode"
+)
+
+// TcpackAckCountMetricConfig provides config for the tcpack.ack.count metric.
+type TcpackAckCountMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                             `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackAckCountMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackAckCountMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackAckCountMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackAckCountMetricAttributeKeyTcpackAckCause, TcpackAckCountMetricAttributeKeyNetworkLocalPort, TcpackAckCountMetricAttributeKeyTcpackNetnsInode:
+		default:
+			return fmt.Errorf("metric tcpack.ack.count doesn't have an attribute %v, valid attributes: [tcpack.ack.cause, network.local.port, tcpack.netns.inode]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
+// TcpackAckOtherCountMetricAttributeKey specifies the key of an attribute for the tcpack.ack.other.count metric.
+type TcpackAckOtherCountMetricAttributeKey string
+
+const (
+	TcpackAckOtherCountMetricAttributeKeyNetworkLocalPort TcpackAckOtherCountMetricAttributeKey = "network.local.port"
+	TcpackAckOtherCountMetricAttributeKeyTcpackNetnsInode TcpackAckOtherCountMetricAttributeKey = "tcpack.netns.inode"
+)
+
+// TcpackAckOtherCountMetricConfig provides config for the tcpack.ack.other.count metric.
+type TcpackAckOtherCountMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                  `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackAckOtherCountMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackAckOtherCountMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackAckOtherCountMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackAckOtherCountMetricAttributeKeyNetworkLocalPort, TcpackAckOtherCountMetricAttributeKeyTcpackNetnsInode:
+		default:
+			return fmt.Errorf("metric tcpack.ack.other.count doesn't have an attribute %v, valid attributes: [network.local.port, tcpack.netns.inode]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
+// TcpackAckQuotaExhaustedCountMetricAttributeKey specifies the key of an attribute for the tcpack.ack.quota_exhausted.count metric.
+type TcpackAckQuotaExhaustedCountMetricAttributeKey string
+
+const (
+	TcpackAckQuotaExhaustedCountMetricAttributeKeyNetworkLocalPort TcpackAckQuotaExhaustedCountMetricAttributeKey = "network.local.port"
+	TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackNetnsInode TcpackAckQuotaExhaustedCountMetricAttributeKey = "tcpack.netns.inode"
+)
+
+// TcpackAckQuotaExhaustedCountMetricConfig provides config for the tcpack.ack.quota_exhausted.count metric.
+type TcpackAckQuotaExhaustedCountMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                           `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackAckQuotaExhaustedCountMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackAckQuotaExhaustedCountMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackAckQuotaExhaustedCountMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackAckQuotaExhaustedCountMetricAttributeKeyNetworkLocalPort, TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackNetnsInode:
+		default:
+			return fmt.Errorf("metric tcpack.ack.quota_exhausted.count doesn't have an attribute %v, valid attributes: [network.local.port, tcpack.netns.inode]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
+// TcpackAckSegmentsMetricAttributeKey specifies the key of an attribute for the tcpack.ack.segments metric.
+type TcpackAckSegmentsMetricAttributeKey string
+
+const (
+	TcpackAckSegmentsMetricAttributeKeyNetworkLocalPort TcpackAckSegmentsMetricAttributeKey = "network.local.port"
+	TcpackAckSegmentsMetricAttributeKeyTcpackNetnsInode TcpackAckSegmentsMetricAttributeKey = "tcpack.netns.inode"
+)
+
+// TcpackAckSegmentsMetricConfig provides config for the tcpack.ack.segments metric.
+type TcpackAckSegmentsMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackAckSegmentsMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackAckSegmentsMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackAckSegmentsMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackAckSegmentsMetricAttributeKeyNetworkLocalPort, TcpackAckSegmentsMetricAttributeKeyTcpackNetnsInode:
+		default:
+			return fmt.Errorf("metric tcpack.ack.segments doesn't have an attribute %v, valid attributes: [network.local.port, tcpack.netns.inode]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
 // TcpackDropBytesMetricAttributeKey specifies the key of an attribute for the tcpack.drop.bytes metric.
 type TcpackDropBytesMetricAttributeKey string
 
@@ -366,17 +563,41 @@ func (ms *TcpackTCPRetransmitCountMetricConfig) Validate() error {
 
 // MetricsConfig provides config for tcpack metrics.
 type MetricsConfig struct {
-	TcpackDropBytes          TcpackDropBytesMetricConfig          `mapstructure:"tcpack.drop.bytes"`
-	TcpackDropCount          TcpackDropCountMetricConfig          `mapstructure:"tcpack.drop.count"`
-	TcpackEventsSuppressed   TcpackEventsSuppressedMetricConfig   `mapstructure:"tcpack.events.suppressed"`
-	TcpackKernelMapOverflow  TcpackKernelMapOverflowMetricConfig  `mapstructure:"tcpack.kernel_map.overflow"`
-	TcpackProbeAttached      TcpackProbeAttachedMetricConfig      `mapstructure:"tcpack.probe.attached"`
-	TcpackTCPResetCount      TcpackTCPResetCountMetricConfig      `mapstructure:"tcpack.tcp.reset.count"`
-	TcpackTCPRetransmitCount TcpackTCPRetransmitCountMetricConfig `mapstructure:"tcpack.tcp.retransmit.count"`
+	TcpackAckCount               TcpackAckCountMetricConfig               `mapstructure:"tcpack.ack.count"`
+	TcpackAckOtherCount          TcpackAckOtherCountMetricConfig          `mapstructure:"tcpack.ack.other.count"`
+	TcpackAckQuotaExhaustedCount TcpackAckQuotaExhaustedCountMetricConfig `mapstructure:"tcpack.ack.quota_exhausted.count"`
+	TcpackAckSegments            TcpackAckSegmentsMetricConfig            `mapstructure:"tcpack.ack.segments"`
+	TcpackDropBytes              TcpackDropBytesMetricConfig              `mapstructure:"tcpack.drop.bytes"`
+	TcpackDropCount              TcpackDropCountMetricConfig              `mapstructure:"tcpack.drop.count"`
+	TcpackEventsSuppressed       TcpackEventsSuppressedMetricConfig       `mapstructure:"tcpack.events.suppressed"`
+	TcpackKernelMapOverflow      TcpackKernelMapOverflowMetricConfig      `mapstructure:"tcpack.kernel_map.overflow"`
+	TcpackProbeAttached          TcpackProbeAttachedMetricConfig          `mapstructure:"tcpack.probe.attached"`
+	TcpackTCPResetCount          TcpackTCPResetCountMetricConfig          `mapstructure:"tcpack.tcp.reset.count"`
+	TcpackTCPRetransmitCount     TcpackTCPRetransmitCountMetricConfig     `mapstructure:"tcpack.tcp.retransmit.count"`
 }
 
 func DefaultMetricsConfig() MetricsConfig {
 	return MetricsConfig{
+		TcpackAckCount: TcpackAckCountMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []TcpackAckCountMetricAttributeKey{TcpackAckCountMetricAttributeKeyTcpackAckCause, TcpackAckCountMetricAttributeKeyNetworkLocalPort, TcpackAckCountMetricAttributeKeyTcpackNetnsInode},
+		},
+		TcpackAckOtherCount: TcpackAckOtherCountMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []TcpackAckOtherCountMetricAttributeKey{TcpackAckOtherCountMetricAttributeKeyNetworkLocalPort, TcpackAckOtherCountMetricAttributeKeyTcpackNetnsInode},
+		},
+		TcpackAckQuotaExhaustedCount: TcpackAckQuotaExhaustedCountMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []TcpackAckQuotaExhaustedCountMetricAttributeKey{TcpackAckQuotaExhaustedCountMetricAttributeKeyNetworkLocalPort, TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackNetnsInode},
+		},
+		TcpackAckSegments: TcpackAckSegmentsMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []TcpackAckSegmentsMetricAttributeKey{TcpackAckSegmentsMetricAttributeKeyNetworkLocalPort, TcpackAckSegmentsMetricAttributeKeyTcpackNetnsInode},
+		},
 		TcpackDropBytes: TcpackDropBytesMetricConfig{
 			Enabled:             false,
 			AggregationStrategy: AggregationStrategySum,
@@ -436,6 +657,7 @@ func (ec *EventConfig) Unmarshal(parser *confmap.Conf) error {
 
 // EventsConfig provides config for tcpack events.
 type EventsConfig struct {
+	TcpackAckDelayed    EventConfig `mapstructure:"tcpack.ack.delayed"`
 	TcpackDrop          EventConfig `mapstructure:"tcpack.drop"`
 	TcpackTCPReset      EventConfig `mapstructure:"tcpack.tcp.reset"`
 	TcpackTCPRetransmit EventConfig `mapstructure:"tcpack.tcp.retransmit"`
@@ -443,6 +665,9 @@ type EventsConfig struct {
 
 func DefaultEventsConfig() EventsConfig {
 	return EventsConfig{
+		TcpackAckDelayed: EventConfig{
+			Enabled: true,
+		},
 		TcpackDrop: EventConfig{
 			Enabled: true,
 		},

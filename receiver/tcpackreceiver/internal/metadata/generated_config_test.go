@@ -26,6 +26,26 @@ func TestMetricsBuilderConfig(t *testing.T) {
 			name: "all_set",
 			want: MetricsBuilderConfig{
 				Metrics: MetricsConfig{
+					TcpackAckCount: TcpackAckCountMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackAckCountMetricAttributeKey{TcpackAckCountMetricAttributeKeyTcpackAckCause, TcpackAckCountMetricAttributeKeyNetworkLocalPort, TcpackAckCountMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackAckOtherCount: TcpackAckOtherCountMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackAckOtherCountMetricAttributeKey{TcpackAckOtherCountMetricAttributeKeyNetworkLocalPort, TcpackAckOtherCountMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackAckQuotaExhaustedCount: TcpackAckQuotaExhaustedCountMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackAckQuotaExhaustedCountMetricAttributeKey{TcpackAckQuotaExhaustedCountMetricAttributeKeyNetworkLocalPort, TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackAckSegments: TcpackAckSegmentsMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackAckSegmentsMetricAttributeKey{TcpackAckSegmentsMetricAttributeKeyNetworkLocalPort, TcpackAckSegmentsMetricAttributeKeyTcpackNetnsInode},
+					},
 					TcpackDropBytes: TcpackDropBytesMetricConfig{
 						Enabled:             true,
 						AggregationStrategy: AggregationStrategySum,
@@ -71,6 +91,26 @@ func TestMetricsBuilderConfig(t *testing.T) {
 			name: "none_set",
 			want: MetricsBuilderConfig{
 				Metrics: MetricsConfig{
+					TcpackAckCount: TcpackAckCountMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackAckCountMetricAttributeKey{TcpackAckCountMetricAttributeKeyTcpackAckCause, TcpackAckCountMetricAttributeKeyNetworkLocalPort, TcpackAckCountMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackAckOtherCount: TcpackAckOtherCountMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackAckOtherCountMetricAttributeKey{TcpackAckOtherCountMetricAttributeKeyNetworkLocalPort, TcpackAckOtherCountMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackAckQuotaExhaustedCount: TcpackAckQuotaExhaustedCountMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackAckQuotaExhaustedCountMetricAttributeKey{TcpackAckQuotaExhaustedCountMetricAttributeKeyNetworkLocalPort, TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackAckSegments: TcpackAckSegmentsMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackAckSegmentsMetricAttributeKey{TcpackAckSegmentsMetricAttributeKeyNetworkLocalPort, TcpackAckSegmentsMetricAttributeKeyTcpackNetnsInode},
+					},
 					TcpackDropBytes: TcpackDropBytesMetricConfig{
 						Enabled:             false,
 						AggregationStrategy: AggregationStrategySum,
@@ -116,11 +156,59 @@ func TestMetricsBuilderConfig(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := loadMetricsBuilderConfig(t, tt.name)
-			diff := cmp.Diff(tt.want, cfg, cmpopts.IgnoreUnexported(TcpackDropBytesMetricConfig{}, TcpackDropCountMetricConfig{}, TcpackEventsSuppressedMetricConfig{}, TcpackKernelMapOverflowMetricConfig{}, TcpackProbeAttachedMetricConfig{}, TcpackTCPResetCountMetricConfig{}, TcpackTCPRetransmitCountMetricConfig{}, ResourceAttributeConfig{}))
+			diff := cmp.Diff(tt.want, cfg, cmpopts.IgnoreUnexported(TcpackAckCountMetricConfig{}, TcpackAckOtherCountMetricConfig{}, TcpackAckQuotaExhaustedCountMetricConfig{}, TcpackAckSegmentsMetricConfig{}, TcpackDropBytesMetricConfig{}, TcpackDropCountMetricConfig{}, TcpackEventsSuppressedMetricConfig{}, TcpackKernelMapOverflowMetricConfig{}, TcpackProbeAttachedMetricConfig{}, TcpackTCPResetCountMetricConfig{}, TcpackTCPRetransmitCountMetricConfig{}, ResourceAttributeConfig{}))
 			require.Emptyf(t, diff, "Config mismatch (-expected +actual):\n%s", diff)
 		})
 	}
 }
+func TestTcpackAckCountMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackAckCount
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackAckCountMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.count doesn't have an attribute invalid, valid attributes: [tcpack.ack.cause, network.local.port, tcpack.netns.inode]")
+
+	cfg = DefaultMetricsConfig().TcpackAckCount
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestTcpackAckOtherCountMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackAckOtherCount
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackAckOtherCountMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.other.count doesn't have an attribute invalid, valid attributes: [network.local.port, tcpack.netns.inode]")
+
+	cfg = DefaultMetricsConfig().TcpackAckOtherCount
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestTcpackAckQuotaExhaustedCountMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackAckQuotaExhaustedCount
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackAckQuotaExhaustedCountMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.quota_exhausted.count doesn't have an attribute invalid, valid attributes: [network.local.port, tcpack.netns.inode]")
+
+	cfg = DefaultMetricsConfig().TcpackAckQuotaExhaustedCount
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestTcpackAckSegmentsMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackAckSegments
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackAckSegmentsMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.segments doesn't have an attribute invalid, valid attributes: [network.local.port, tcpack.netns.inode]")
+
+	cfg = DefaultMetricsConfig().TcpackAckSegments
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
 func TestTcpackDropBytesMetricsConfig_Validate(t *testing.T) {
 	cfg := DefaultMetricsConfig().TcpackDropBytes
 	require.NoError(t, cfg.Validate())

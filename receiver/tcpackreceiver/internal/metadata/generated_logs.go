@@ -12,6 +12,54 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
+type eventTcpackAckDelayed struct {
+	data   plog.LogRecordSlice // data buffer for generated log records.
+	config EventConfig         // event config provided by user.
+}
+
+func (e *eventTcpackAckDelayed) recordEvent(ctx context.Context, timestamp pcommon.Timestamp, tcpackAckDelayAttributeValue float64, tcpackAckCauseAttributeValue string, tcpackAckSegmentsAttributeValue int64, tcpackAckQuickAttributeValue int64, tcpackAckPingpongAttributeValue int64, tcpackAckRouteQuickackAttributeValue bool, tcpackAckAtoAttributeValue float64, networkLocalAddressAttributeValue string, networkLocalPortAttributeValue int64, networkPeerAddressAttributeValue string, networkPeerPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64, tcpackNetnsNameAttributeValue string) {
+	if !e.config.Enabled {
+		return
+	}
+	dp := e.data.AppendEmpty()
+	dp.SetEventName("tcpack.ack.delayed")
+	dp.SetTimestamp(timestamp)
+
+	if span := trace.SpanContextFromContext(ctx); span.IsValid() {
+		dp.SetTraceID(pcommon.TraceID(span.TraceID()))
+		dp.SetSpanID(pcommon.SpanID(span.SpanID()))
+	}
+	dp.Attributes().PutDouble("tcpack.ack.delay", tcpackAckDelayAttributeValue)
+	dp.Attributes().PutStr("tcpack.ack.cause", tcpackAckCauseAttributeValue)
+	dp.Attributes().PutInt("tcpack.ack.segments", tcpackAckSegmentsAttributeValue)
+	dp.Attributes().PutInt("tcpack.ack.quick", tcpackAckQuickAttributeValue)
+	dp.Attributes().PutInt("tcpack.ack.pingpong", tcpackAckPingpongAttributeValue)
+	dp.Attributes().PutBool("tcpack.ack.route_quickack", tcpackAckRouteQuickackAttributeValue)
+	dp.Attributes().PutDouble("tcpack.ack.ato", tcpackAckAtoAttributeValue)
+	dp.Attributes().PutStr("network.local.address", networkLocalAddressAttributeValue)
+	dp.Attributes().PutInt("network.local.port", networkLocalPortAttributeValue)
+	dp.Attributes().PutStr("network.peer.address", networkPeerAddressAttributeValue)
+	dp.Attributes().PutInt("network.peer.port", networkPeerPortAttributeValue)
+	dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	dp.Attributes().PutStr("tcpack.netns.name", tcpackNetnsNameAttributeValue)
+
+}
+
+// emit appends recorded event data to a events slice and prepares it for recording another set of log records.
+func (e *eventTcpackAckDelayed) emit(lrs plog.LogRecordSlice) {
+	if e.config.Enabled && e.data.Len() > 0 {
+		e.data.MoveAndAppendTo(lrs)
+	}
+}
+
+func newEventTcpackAckDelayed(cfg EventConfig) eventTcpackAckDelayed {
+	e := eventTcpackAckDelayed{config: cfg}
+	if cfg.Enabled {
+		e.data = plog.NewLogRecordSlice()
+	}
+	return e
+}
+
 type eventTcpackDrop struct {
 	data   plog.LogRecordSlice // data buffer for generated log records.
 	config EventConfig         // event config provided by user.
@@ -162,6 +210,7 @@ type LogsBuilder struct {
 	buildInfo                      component.BuildInfo // contains version information.
 	resourceAttributeIncludeFilter map[string]filter.Filter
 	resourceAttributeExcludeFilter map[string]filter.Filter
+	eventTcpackAckDelayed          eventTcpackAckDelayed
 	eventTcpackDrop                eventTcpackDrop
 	eventTcpackTCPReset            eventTcpackTCPReset
 	eventTcpackTCPRetransmit       eventTcpackTCPRetransmit
@@ -178,6 +227,7 @@ func NewLogsBuilder(lbc LogsBuilderConfig, settings receiver.Settings) *LogsBuil
 		logsBuffer:                     plog.NewLogs(),
 		logRecordsBuffer:               plog.NewLogRecordSlice(),
 		buildInfo:                      settings.BuildInfo,
+		eventTcpackAckDelayed:          newEventTcpackAckDelayed(lbc.Events.TcpackAckDelayed),
 		eventTcpackDrop:                newEventTcpackDrop(lbc.Events.TcpackDrop),
 		eventTcpackTCPReset:            newEventTcpackTCPReset(lbc.Events.TcpackTCPReset),
 		eventTcpackTCPRetransmit:       newEventTcpackTCPRetransmit(lbc.Events.TcpackTCPRetransmit),
@@ -233,6 +283,7 @@ func (lb *LogsBuilder) EmitForResource(options ...ResourceLogsOption) {
 	ils := rl.ScopeLogs().AppendEmpty()
 	ils.Scope().SetName(ScopeName)
 	ils.Scope().SetVersion(lb.buildInfo.Version)
+	lb.eventTcpackAckDelayed.emit(ils.LogRecords())
 	lb.eventTcpackDrop.emit(ils.LogRecords())
 	lb.eventTcpackTCPReset.emit(ils.LogRecords())
 	lb.eventTcpackTCPRetransmit.emit(ils.LogRecords())
@@ -270,6 +321,11 @@ func (lb *LogsBuilder) Emit(options ...ResourceLogsOption) plog.Logs {
 	logs := lb.logsBuffer
 	lb.logsBuffer = plog.NewLogs()
 	return logs
+}
+
+// RecordTcpackAckDelayedEvent adds a log record of tcpack.ack.delayed event.
+func (lb *LogsBuilder) RecordTcpackAckDelayedEvent(ctx context.Context, timestamp pcommon.Timestamp, tcpackAckDelayAttributeValue float64, tcpackAckCauseAttributeValue AttributeTcpackAckCause, tcpackAckSegmentsAttributeValue int64, tcpackAckQuickAttributeValue int64, tcpackAckPingpongAttributeValue int64, tcpackAckRouteQuickackAttributeValue bool, tcpackAckAtoAttributeValue float64, networkLocalAddressAttributeValue string, networkLocalPortAttributeValue int64, networkPeerAddressAttributeValue string, networkPeerPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64, tcpackNetnsNameAttributeValue string) {
+	lb.eventTcpackAckDelayed.recordEvent(ctx, timestamp, tcpackAckDelayAttributeValue, tcpackAckCauseAttributeValue.String(), tcpackAckSegmentsAttributeValue, tcpackAckQuickAttributeValue, tcpackAckPingpongAttributeValue, tcpackAckRouteQuickackAttributeValue, tcpackAckAtoAttributeValue, networkLocalAddressAttributeValue, networkLocalPortAttributeValue, networkPeerAddressAttributeValue, networkPeerPortAttributeValue, tcpackNetnsInodeAttributeValue, tcpackNetnsNameAttributeValue)
 }
 
 // RecordTcpackDropEvent adds a log record of tcpack.drop event.

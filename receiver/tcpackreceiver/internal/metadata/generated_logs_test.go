@@ -128,6 +128,9 @@ func TestLogsBuilder(t *testing.T) {
 			allEventsCount := 0
 			defaultEventsCount++
 			allEventsCount++
+			lb.RecordTcpackAckDelayedEvent(ctx, timestamp, 16.100000, AttributeTcpackAckCausePiggyback, 19, 16, 19, false, 14.100000, "network.local.address-val", 18, "network.peer.address-val", 17, 18, "tcpack.netns.name-val")
+			defaultEventsCount++
+			allEventsCount++
 			lb.RecordTcpackDropEvent(ctx, timestamp, "tcpack.drop.reason-val", "tcpack.drop.symbol-val", "tcpack.drop.location-val", "network.transport-val", "network.type-val", AttributeNetworkIoDirectionReceive, "network.local.address-val", 18, "network.peer.address-val", 17, "network.interface.name-val", 18, "tcpack.netns.name-val", "network.connection.state-val", AttributeTcpackTupleSourcePacket, 14)
 			defaultEventsCount++
 			allEventsCount++
@@ -160,6 +163,52 @@ func TestLogsBuilder(t *testing.T) {
 			validatedEvents := make(map[string]bool)
 			for i := 0; i < lrs.Len(); i++ {
 				switch lrs.At(i).EventName() {
+				case "tcpack.ack.delayed":
+					assert.False(t, validatedEvents["tcpack.ack.delayed"], "Found a duplicate in the events slice: tcpack.ack.delayed")
+					validatedEvents["tcpack.ack.delayed"] = true
+					lr := lrs.At(i)
+					assert.Equal(t, timestamp, lr.Timestamp())
+					assert.Equal(t, pcommon.TraceID(traceID), lr.TraceID())
+					assert.Equal(t, pcommon.SpanID(spanID), lr.SpanID())
+					attrVal, ok := lr.Attributes().Get("tcpack.ack.delay")
+					assert.True(t, ok)
+					assert.Equal(t, 16.100000, attrVal.Double())
+					attrVal, ok = lr.Attributes().Get("tcpack.ack.cause")
+					assert.True(t, ok)
+					assert.Equal(t, "piggyback", attrVal.Str())
+					attrVal, ok = lr.Attributes().Get("tcpack.ack.segments")
+					assert.True(t, ok)
+					assert.EqualValues(t, 19, attrVal.Int())
+					attrVal, ok = lr.Attributes().Get("tcpack.ack.quick")
+					assert.True(t, ok)
+					assert.EqualValues(t, 16, attrVal.Int())
+					attrVal, ok = lr.Attributes().Get("tcpack.ack.pingpong")
+					assert.True(t, ok)
+					assert.EqualValues(t, 19, attrVal.Int())
+					attrVal, ok = lr.Attributes().Get("tcpack.ack.route_quickack")
+					assert.True(t, ok)
+					assert.False(t, attrVal.Bool())
+					attrVal, ok = lr.Attributes().Get("tcpack.ack.ato")
+					assert.True(t, ok)
+					assert.Equal(t, 14.100000, attrVal.Double())
+					attrVal, ok = lr.Attributes().Get("network.local.address")
+					assert.True(t, ok)
+					assert.Equal(t, "network.local.address-val", attrVal.Str())
+					attrVal, ok = lr.Attributes().Get("network.local.port")
+					assert.True(t, ok)
+					assert.EqualValues(t, 18, attrVal.Int())
+					attrVal, ok = lr.Attributes().Get("network.peer.address")
+					assert.True(t, ok)
+					assert.Equal(t, "network.peer.address-val", attrVal.Str())
+					attrVal, ok = lr.Attributes().Get("network.peer.port")
+					assert.True(t, ok)
+					assert.EqualValues(t, 17, attrVal.Int())
+					attrVal, ok = lr.Attributes().Get("tcpack.netns.inode")
+					assert.True(t, ok)
+					assert.EqualValues(t, 18, attrVal.Int())
+					attrVal, ok = lr.Attributes().Get("tcpack.netns.name")
+					assert.True(t, ok)
+					assert.Equal(t, "tcpack.netns.name-val", attrVal.Str())
 				case "tcpack.drop":
 					assert.False(t, validatedEvents["tcpack.drop"], "Found a duplicate in the events slice: tcpack.drop")
 					validatedEvents["tcpack.drop"] = true

@@ -45,6 +45,48 @@ var MapAttributeNetworkIoDirection = map[string]AttributeNetworkIoDirection{
 	"transmit": AttributeNetworkIoDirectionTransmit,
 }
 
+// AttributeTcpackAckCause specifies the value tcpack.ack.cause attribute.
+type AttributeTcpackAckCause int
+
+const (
+	_ AttributeTcpackAckCause = iota
+	AttributeTcpackAckCausePiggyback
+	AttributeTcpackAckCauseRoute
+	AttributeTcpackAckCauseQuick
+	AttributeTcpackAckCauseAppRead
+	AttributeTcpackAckCauseDelackTimer
+	AttributeTcpackAckCauseDataArrival
+)
+
+// String returns the string representation of the AttributeTcpackAckCause.
+func (av AttributeTcpackAckCause) String() string {
+	switch av {
+	case AttributeTcpackAckCausePiggyback:
+		return "piggyback"
+	case AttributeTcpackAckCauseRoute:
+		return "route"
+	case AttributeTcpackAckCauseQuick:
+		return "quick"
+	case AttributeTcpackAckCauseAppRead:
+		return "app_read"
+	case AttributeTcpackAckCauseDelackTimer:
+		return "delack_timer"
+	case AttributeTcpackAckCauseDataArrival:
+		return "data_arrival"
+	}
+	return ""
+}
+
+// MapAttributeTcpackAckCause is a helper map of string to AttributeTcpackAckCause attribute value.
+var MapAttributeTcpackAckCause = map[string]AttributeTcpackAckCause{
+	"piggyback":    AttributeTcpackAckCausePiggyback,
+	"route":        AttributeTcpackAckCauseRoute,
+	"quick":        AttributeTcpackAckCauseQuick,
+	"app_read":     AttributeTcpackAckCauseAppRead,
+	"delack_timer": AttributeTcpackAckCauseDelackTimer,
+	"data_arrival": AttributeTcpackAckCauseDataArrival,
+}
+
 // AttributeTcpackEventKind specifies the value tcpack.event.kind attribute.
 type AttributeTcpackEventKind int
 
@@ -54,6 +96,7 @@ const (
 	AttributeTcpackEventKindRetransmit
 	AttributeTcpackEventKindResetSent
 	AttributeTcpackEventKindResetReceived
+	AttributeTcpackEventKindAckDelayed
 )
 
 // String returns the string representation of the AttributeTcpackEventKind.
@@ -67,6 +110,8 @@ func (av AttributeTcpackEventKind) String() string {
 		return "reset_sent"
 	case AttributeTcpackEventKindResetReceived:
 		return "reset_received"
+	case AttributeTcpackEventKindAckDelayed:
+		return "ack_delayed"
 	}
 	return ""
 }
@@ -77,6 +122,7 @@ var MapAttributeTcpackEventKind = map[string]AttributeTcpackEventKind{
 	"retransmit":     AttributeTcpackEventKindRetransmit,
 	"reset_sent":     AttributeTcpackEventKindResetSent,
 	"reset_received": AttributeTcpackEventKindResetReceived,
+	"ack_delayed":    AttributeTcpackEventKindAckDelayed,
 }
 
 // AttributeTcpackMap specifies the value tcpack.map attribute.
@@ -86,6 +132,7 @@ const (
 	_ AttributeTcpackMap = iota
 	AttributeTcpackMapDropCounts
 	AttributeTcpackMapTCPCounts
+	AttributeTcpackMapAckCounts
 )
 
 // String returns the string representation of the AttributeTcpackMap.
@@ -95,6 +142,8 @@ func (av AttributeTcpackMap) String() string {
 		return "drop_counts"
 	case AttributeTcpackMapTCPCounts:
 		return "tcp_counts"
+	case AttributeTcpackMapAckCounts:
+		return "ack_counts"
 	}
 	return ""
 }
@@ -103,6 +152,7 @@ func (av AttributeTcpackMap) String() string {
 var MapAttributeTcpackMap = map[string]AttributeTcpackMap{
 	"drop_counts": AttributeTcpackMapDropCounts,
 	"tcp_counts":  AttributeTcpackMapTCPCounts,
+	"ack_counts":  AttributeTcpackMapAckCounts,
 }
 
 // AttributeTcpackSuppressionCause specifies the value tcpack.suppression.cause attribute.
@@ -158,6 +208,22 @@ var MapAttributeTcpackTupleSource = map[string]AttributeTcpackTupleSource{
 }
 
 var MetricsInfo = metricsInfo{
+	TcpackAckCount: metricInfo{
+		Name:       "tcpack.ack.count",
+		Attributes: []string{"tcpack.ack.cause", "network.local.port", "tcpack.netns.inode"},
+	},
+	TcpackAckOtherCount: metricInfo{
+		Name:       "tcpack.ack.other.count",
+		Attributes: []string{"network.local.port", "tcpack.netns.inode"},
+	},
+	TcpackAckQuotaExhaustedCount: metricInfo{
+		Name:       "tcpack.ack.quota_exhausted.count",
+		Attributes: []string{"network.local.port", "tcpack.netns.inode"},
+	},
+	TcpackAckSegments: metricInfo{
+		Name:       "tcpack.ack.segments",
+		Attributes: []string{"network.local.port", "tcpack.netns.inode"},
+	},
 	TcpackDropBytes: metricInfo{
 		Name:       "tcpack.drop.bytes",
 		Attributes: []string{"tcpack.drop.reason", "tcpack.drop.symbol", "network.transport", "network.type", "network.interface.name", "tcpack.netns.inode"},
@@ -189,18 +255,401 @@ var MetricsInfo = metricsInfo{
 }
 
 type metricsInfo struct {
-	TcpackDropBytes          metricInfo
-	TcpackDropCount          metricInfo
-	TcpackEventsSuppressed   metricInfo
-	TcpackKernelMapOverflow  metricInfo
-	TcpackProbeAttached      metricInfo
-	TcpackTCPResetCount      metricInfo
-	TcpackTCPRetransmitCount metricInfo
+	TcpackAckCount               metricInfo
+	TcpackAckOtherCount          metricInfo
+	TcpackAckQuotaExhaustedCount metricInfo
+	TcpackAckSegments            metricInfo
+	TcpackDropBytes              metricInfo
+	TcpackDropCount              metricInfo
+	TcpackEventsSuppressed       metricInfo
+	TcpackKernelMapOverflow      metricInfo
+	TcpackProbeAttached          metricInfo
+	TcpackTCPResetCount          metricInfo
+	TcpackTCPRetransmitCount     metricInfo
 }
 
 type metricInfo struct {
 	Name       string
 	Attributes []string
+}
+
+type metricTcpackAckCount struct {
+	data          pmetric.Metric             // data buffer for generated metric.
+	config        TcpackAckCountMetricConfig // metric config provided by user.
+	capacity      int                        // max observed number of data points added to the metric.
+	aggDataPoints []int64                    // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.ack.count metric with initial data.
+func (m *metricTcpackAckCount) init() {
+	m.data.SetName("tcpack.ack.count")
+	m.data.SetDescription("ACKs sent that acknowledged new data, by cause, on the sockets in the acks family's scope.")
+	m.data.SetUnit("{ack}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackAckCount) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, tcpackAckCauseAttributeValue string, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckCountMetricAttributeKeyTcpackAckCause) {
+		dp.Attributes().PutStr("tcpack.ack.cause", tcpackAckCauseAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckCountMetricAttributeKeyNetworkLocalPort) {
+		dp.Attributes().PutInt("network.local.port", networkLocalPortAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckCountMetricAttributeKeyTcpackNetnsInode) {
+		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackAckCount) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackAckCount) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackAckCount(cfg TcpackAckCountMetricConfig) metricTcpackAckCount {
+	m := metricTcpackAckCount{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricTcpackAckOtherCount struct {
+	data          pmetric.Metric                  // data buffer for generated metric.
+	config        TcpackAckOtherCountMetricConfig // metric config provided by user.
+	capacity      int                             // max observed number of data points added to the metric.
+	aggDataPoints []int64                         // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.ack.other.count metric with initial data.
+func (m *metricTcpackAckOtherCount) init() {
+	m.data.SetName("tcpack.ack.other.count")
+	m.data.SetDescription("Pure ACKs sent that acknowledged nothing new (window updates, duplicate ACKs).")
+	m.data.SetUnit("{ack}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackAckOtherCount) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckOtherCountMetricAttributeKeyNetworkLocalPort) {
+		dp.Attributes().PutInt("network.local.port", networkLocalPortAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckOtherCountMetricAttributeKeyTcpackNetnsInode) {
+		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackAckOtherCount) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackAckOtherCount) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackAckOtherCount(cfg TcpackAckOtherCountMetricConfig) metricTcpackAckOtherCount {
+	m := metricTcpackAckOtherCount{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricTcpackAckQuotaExhaustedCount struct {
+	data          pmetric.Metric                           // data buffer for generated metric.
+	config        TcpackAckQuotaExhaustedCountMetricConfig // metric config provided by user.
+	capacity      int                                      // max observed number of data points added to the metric.
+	aggDataPoints []int64                                  // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.ack.quota_exhausted.count metric with initial data.
+func (m *metricTcpackAckQuotaExhaustedCount) init() {
+	m.data.SetName("tcpack.ack.quota_exhausted.count")
+	m.data.SetDescription("Times a socket spent the last quick ACK of its quota (icsk_ack.quick 1 -> 0); later ACKs wait for the delayed-ACK rules.")
+	m.data.SetUnit("{event}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackAckQuotaExhaustedCount) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckQuotaExhaustedCountMetricAttributeKeyNetworkLocalPort) {
+		dp.Attributes().PutInt("network.local.port", networkLocalPortAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackNetnsInode) {
+		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackAckQuotaExhaustedCount) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackAckQuotaExhaustedCount) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackAckQuotaExhaustedCount(cfg TcpackAckQuotaExhaustedCountMetricConfig) metricTcpackAckQuotaExhaustedCount {
+	m := metricTcpackAckQuotaExhaustedCount{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricTcpackAckSegments struct {
+	data          pmetric.Metric                // data buffer for generated metric.
+	config        TcpackAckSegmentsMetricConfig // metric config provided by user.
+	capacity      int                           // max observed number of data points added to the metric.
+	aggDataPoints []int64                       // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.ack.segments metric with initial data.
+func (m *metricTcpackAckSegments) init() {
+	m.data.SetName("tcpack.ack.segments")
+	m.data.SetDescription("Data segments received and acknowledged; with tcpack.ack.count, how many segments an ACK covers.")
+	m.data.SetUnit("{segment}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackAckSegments) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckSegmentsMetricAttributeKeyNetworkLocalPort) {
+		dp.Attributes().PutInt("network.local.port", networkLocalPortAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckSegmentsMetricAttributeKeyTcpackNetnsInode) {
+		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackAckSegments) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackAckSegments) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackAckSegments(cfg TcpackAckSegmentsMetricConfig) metricTcpackAckSegments {
+	m := metricTcpackAckSegments{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
 }
 
 type metricTcpackDropBytes struct {
@@ -898,20 +1347,24 @@ func newMetricTcpackTCPRetransmitCount(cfg TcpackTCPRetransmitCountMetricConfig)
 // MetricsBuilder provides an interface for scrapers to report metrics while taking care of all the transformations
 // required to produce metric representation defined in metadata and user config.
 type MetricsBuilder struct {
-	config                         MetricsBuilderConfig // config of the metrics builder.
-	startTime                      pcommon.Timestamp    // start time that will be applied to all recorded data points.
-	metricsCapacity                int                  // maximum observed number of metrics per resource.
-	metricsBuffer                  pmetric.Metrics      // accumulates metrics data before emitting.
-	buildInfo                      component.BuildInfo  // contains version information.
-	resourceAttributeIncludeFilter map[string]filter.Filter
-	resourceAttributeExcludeFilter map[string]filter.Filter
-	metricTcpackDropBytes          metricTcpackDropBytes
-	metricTcpackDropCount          metricTcpackDropCount
-	metricTcpackEventsSuppressed   metricTcpackEventsSuppressed
-	metricTcpackKernelMapOverflow  metricTcpackKernelMapOverflow
-	metricTcpackProbeAttached      metricTcpackProbeAttached
-	metricTcpackTCPResetCount      metricTcpackTCPResetCount
-	metricTcpackTCPRetransmitCount metricTcpackTCPRetransmitCount
+	config                             MetricsBuilderConfig // config of the metrics builder.
+	startTime                          pcommon.Timestamp    // start time that will be applied to all recorded data points.
+	metricsCapacity                    int                  // maximum observed number of metrics per resource.
+	metricsBuffer                      pmetric.Metrics      // accumulates metrics data before emitting.
+	buildInfo                          component.BuildInfo  // contains version information.
+	resourceAttributeIncludeFilter     map[string]filter.Filter
+	resourceAttributeExcludeFilter     map[string]filter.Filter
+	metricTcpackAckCount               metricTcpackAckCount
+	metricTcpackAckOtherCount          metricTcpackAckOtherCount
+	metricTcpackAckQuotaExhaustedCount metricTcpackAckQuotaExhaustedCount
+	metricTcpackAckSegments            metricTcpackAckSegments
+	metricTcpackDropBytes              metricTcpackDropBytes
+	metricTcpackDropCount              metricTcpackDropCount
+	metricTcpackEventsSuppressed       metricTcpackEventsSuppressed
+	metricTcpackKernelMapOverflow      metricTcpackKernelMapOverflow
+	metricTcpackProbeAttached          metricTcpackProbeAttached
+	metricTcpackTCPResetCount          metricTcpackTCPResetCount
+	metricTcpackTCPRetransmitCount     metricTcpackTCPRetransmitCount
 }
 
 // MetricBuilderOption applies changes to default metrics builder.
@@ -933,19 +1386,23 @@ func WithStartTime(startTime pcommon.Timestamp) MetricBuilderOption {
 }
 func NewMetricsBuilder(mbc MetricsBuilderConfig, settings receiver.Settings, options ...MetricBuilderOption) *MetricsBuilder {
 	mb := &MetricsBuilder{
-		config:                         mbc,
-		startTime:                      pcommon.NewTimestampFromTime(time.Now()),
-		metricsBuffer:                  pmetric.NewMetrics(),
-		buildInfo:                      settings.BuildInfo,
-		metricTcpackDropBytes:          newMetricTcpackDropBytes(mbc.Metrics.TcpackDropBytes),
-		metricTcpackDropCount:          newMetricTcpackDropCount(mbc.Metrics.TcpackDropCount),
-		metricTcpackEventsSuppressed:   newMetricTcpackEventsSuppressed(mbc.Metrics.TcpackEventsSuppressed),
-		metricTcpackKernelMapOverflow:  newMetricTcpackKernelMapOverflow(mbc.Metrics.TcpackKernelMapOverflow),
-		metricTcpackProbeAttached:      newMetricTcpackProbeAttached(mbc.Metrics.TcpackProbeAttached),
-		metricTcpackTCPResetCount:      newMetricTcpackTCPResetCount(mbc.Metrics.TcpackTCPResetCount),
-		metricTcpackTCPRetransmitCount: newMetricTcpackTCPRetransmitCount(mbc.Metrics.TcpackTCPRetransmitCount),
-		resourceAttributeIncludeFilter: make(map[string]filter.Filter),
-		resourceAttributeExcludeFilter: make(map[string]filter.Filter),
+		config:                             mbc,
+		startTime:                          pcommon.NewTimestampFromTime(time.Now()),
+		metricsBuffer:                      pmetric.NewMetrics(),
+		buildInfo:                          settings.BuildInfo,
+		metricTcpackAckCount:               newMetricTcpackAckCount(mbc.Metrics.TcpackAckCount),
+		metricTcpackAckOtherCount:          newMetricTcpackAckOtherCount(mbc.Metrics.TcpackAckOtherCount),
+		metricTcpackAckQuotaExhaustedCount: newMetricTcpackAckQuotaExhaustedCount(mbc.Metrics.TcpackAckQuotaExhaustedCount),
+		metricTcpackAckSegments:            newMetricTcpackAckSegments(mbc.Metrics.TcpackAckSegments),
+		metricTcpackDropBytes:              newMetricTcpackDropBytes(mbc.Metrics.TcpackDropBytes),
+		metricTcpackDropCount:              newMetricTcpackDropCount(mbc.Metrics.TcpackDropCount),
+		metricTcpackEventsSuppressed:       newMetricTcpackEventsSuppressed(mbc.Metrics.TcpackEventsSuppressed),
+		metricTcpackKernelMapOverflow:      newMetricTcpackKernelMapOverflow(mbc.Metrics.TcpackKernelMapOverflow),
+		metricTcpackProbeAttached:          newMetricTcpackProbeAttached(mbc.Metrics.TcpackProbeAttached),
+		metricTcpackTCPResetCount:          newMetricTcpackTCPResetCount(mbc.Metrics.TcpackTCPResetCount),
+		metricTcpackTCPRetransmitCount:     newMetricTcpackTCPRetransmitCount(mbc.Metrics.TcpackTCPRetransmitCount),
+		resourceAttributeIncludeFilter:     make(map[string]filter.Filter),
+		resourceAttributeExcludeFilter:     make(map[string]filter.Filter),
 	}
 	if mbc.ResourceAttributes.HostName.MetricsInclude != nil {
 		mb.resourceAttributeIncludeFilter["host.name"] = filter.CreateFilter(mbc.ResourceAttributes.HostName.MetricsInclude)
@@ -1022,6 +1479,10 @@ func (mb *MetricsBuilder) EmitForResource(options ...ResourceMetricsOption) {
 	ils.Scope().SetName(ScopeName)
 	ils.Scope().SetVersion(mb.buildInfo.Version)
 	ils.Metrics().EnsureCapacity(mb.metricsCapacity)
+	mb.metricTcpackAckCount.emit(ils.Metrics())
+	mb.metricTcpackAckOtherCount.emit(ils.Metrics())
+	mb.metricTcpackAckQuotaExhaustedCount.emit(ils.Metrics())
+	mb.metricTcpackAckSegments.emit(ils.Metrics())
 	mb.metricTcpackDropBytes.emit(ils.Metrics())
 	mb.metricTcpackDropCount.emit(ils.Metrics())
 	mb.metricTcpackEventsSuppressed.emit(ils.Metrics())
@@ -1058,6 +1519,26 @@ func (mb *MetricsBuilder) Emit(options ...ResourceMetricsOption) pmetric.Metrics
 	metrics := mb.metricsBuffer
 	mb.metricsBuffer = pmetric.NewMetrics()
 	return metrics
+}
+
+// RecordTcpackAckCountDataPoint adds a data point to tcpack.ack.count metric.
+func (mb *MetricsBuilder) RecordTcpackAckCountDataPoint(ts pcommon.Timestamp, val int64, tcpackAckCauseAttributeValue AttributeTcpackAckCause, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackAckCount.recordDataPoint(mb.startTime, ts, val, tcpackAckCauseAttributeValue.String(), networkLocalPortAttributeValue, tcpackNetnsInodeAttributeValue)
+}
+
+// RecordTcpackAckOtherCountDataPoint adds a data point to tcpack.ack.other.count metric.
+func (mb *MetricsBuilder) RecordTcpackAckOtherCountDataPoint(ts pcommon.Timestamp, val int64, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackAckOtherCount.recordDataPoint(mb.startTime, ts, val, networkLocalPortAttributeValue, tcpackNetnsInodeAttributeValue)
+}
+
+// RecordTcpackAckQuotaExhaustedCountDataPoint adds a data point to tcpack.ack.quota_exhausted.count metric.
+func (mb *MetricsBuilder) RecordTcpackAckQuotaExhaustedCountDataPoint(ts pcommon.Timestamp, val int64, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackAckQuotaExhaustedCount.recordDataPoint(mb.startTime, ts, val, networkLocalPortAttributeValue, tcpackNetnsInodeAttributeValue)
+}
+
+// RecordTcpackAckSegmentsDataPoint adds a data point to tcpack.ack.segments metric.
+func (mb *MetricsBuilder) RecordTcpackAckSegmentsDataPoint(ts pcommon.Timestamp, val int64, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackAckSegments.recordDataPoint(mb.startTime, ts, val, networkLocalPortAttributeValue, tcpackNetnsInodeAttributeValue)
 }
 
 // RecordTcpackDropBytesDataPoint adds a data point to tcpack.drop.bytes metric.

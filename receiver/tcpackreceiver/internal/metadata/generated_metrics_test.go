@@ -67,6 +67,10 @@ func TestMetricsBuilder(t *testing.T) {
 			settings.Logger = zap.New(observedZapCore)
 			mb := NewMetricsBuilder(loadMetricsBuilderConfig(t, tt.name), settings, WithStartTime(start))
 			aggMap := make(map[string]string) // contains the aggregation strategies for each metric name
+			aggMap["tcpack.ack.count"] = mb.metricTcpackAckCount.config.AggregationStrategy
+			aggMap["tcpack.ack.other.count"] = mb.metricTcpackAckOtherCount.config.AggregationStrategy
+			aggMap["tcpack.ack.quota_exhausted.count"] = mb.metricTcpackAckQuotaExhaustedCount.config.AggregationStrategy
+			aggMap["tcpack.ack.segments"] = mb.metricTcpackAckSegments.config.AggregationStrategy
 			aggMap["tcpack.drop.bytes"] = mb.metricTcpackDropBytes.config.AggregationStrategy
 			aggMap["tcpack.drop.count"] = mb.metricTcpackDropCount.config.AggregationStrategy
 			aggMap["tcpack.events.suppressed"] = mb.metricTcpackEventsSuppressed.config.AggregationStrategy
@@ -82,6 +86,30 @@ func TestMetricsBuilder(t *testing.T) {
 
 			defaultMetricsCount := 0
 			allMetricsCount := 0
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackAckCountDataPoint(ts, 1, AttributeTcpackAckCausePiggyback, 18, 18)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackAckCountDataPoint(ts, 3, AttributeTcpackAckCauseRoute, 19, 19)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackAckOtherCountDataPoint(ts, 1, 18, 18)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackAckOtherCountDataPoint(ts, 3, 19, 19)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackAckQuotaExhaustedCountDataPoint(ts, 1, 18, 18)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackAckQuotaExhaustedCountDataPoint(ts, 3, 19, 19)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackAckSegmentsDataPoint(ts, 1, 18, 18)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackAckSegmentsDataPoint(ts, 3, 19, 19)
+			}
 
 			allMetricsCount++
 			mb.RecordTcpackDropBytesDataPoint(ts, 1, "tcpack.drop.reason-val", "tcpack.drop.symbol-val", "network.transport-val", "network.type-val", "network.interface.name-val", 18)
@@ -130,6 +158,10 @@ func TestMetricsBuilder(t *testing.T) {
 			res := rb.Emit()
 			metrics := mb.Emit(WithResource(res))
 			if tt.name == "reaggregate_set" {
+				assert.Empty(t, mb.metricTcpackAckCount.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackAckOtherCount.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackAckQuotaExhaustedCount.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackAckSegments.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackDropBytes.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackDropCount.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackEventsSuppressed.aggDataPoints)
@@ -164,6 +196,207 @@ func TestMetricsBuilder(t *testing.T) {
 			validatedMetrics := make(map[string]bool)
 			for _, mi := range allMetricsList {
 				switch mi.Name() {
+				case "tcpack.ack.count":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.ack.count"], "Found a duplicate in the metrics slice: tcpack.ack.count")
+						validatedMetrics["tcpack.ack.count"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "ACKs sent that acknowledged new data, by cause, on the sockets in the acks family's scope.", mi.Description())
+						assert.Equal(t, "{ack}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						tcpackAckCauseAttrVal, ok := dp.Attributes().Get("tcpack.ack.cause")
+						assert.True(t, ok)
+						assert.Equal(t, "piggyback", tcpackAckCauseAttrVal.Str())
+						networkLocalPortAttrVal, ok := dp.Attributes().Get("network.local.port")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, networkLocalPortAttrVal.Int())
+						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.ack.count"], "Found a duplicate in the metrics slice: tcpack.ack.count")
+						validatedMetrics["tcpack.ack.count"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "ACKs sent that acknowledged new data, by cause, on the sockets in the acks family's scope.", mi.Description())
+						assert.Equal(t, "{ack}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.ack.count"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("tcpack.ack.cause")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("network.local.port")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.netns.inode")
+						assert.False(t, ok)
+					}
+				case "tcpack.ack.other.count":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.ack.other.count"], "Found a duplicate in the metrics slice: tcpack.ack.other.count")
+						validatedMetrics["tcpack.ack.other.count"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Pure ACKs sent that acknowledged nothing new (window updates, duplicate ACKs).", mi.Description())
+						assert.Equal(t, "{ack}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						networkLocalPortAttrVal, ok := dp.Attributes().Get("network.local.port")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, networkLocalPortAttrVal.Int())
+						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.ack.other.count"], "Found a duplicate in the metrics slice: tcpack.ack.other.count")
+						validatedMetrics["tcpack.ack.other.count"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Pure ACKs sent that acknowledged nothing new (window updates, duplicate ACKs).", mi.Description())
+						assert.Equal(t, "{ack}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.ack.other.count"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("network.local.port")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.netns.inode")
+						assert.False(t, ok)
+					}
+				case "tcpack.ack.quota_exhausted.count":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.ack.quota_exhausted.count"], "Found a duplicate in the metrics slice: tcpack.ack.quota_exhausted.count")
+						validatedMetrics["tcpack.ack.quota_exhausted.count"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Times a socket spent the last quick ACK of its quota (icsk_ack.quick 1 -> 0); later ACKs wait for the delayed-ACK rules.", mi.Description())
+						assert.Equal(t, "{event}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						networkLocalPortAttrVal, ok := dp.Attributes().Get("network.local.port")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, networkLocalPortAttrVal.Int())
+						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.ack.quota_exhausted.count"], "Found a duplicate in the metrics slice: tcpack.ack.quota_exhausted.count")
+						validatedMetrics["tcpack.ack.quota_exhausted.count"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Times a socket spent the last quick ACK of its quota (icsk_ack.quick 1 -> 0); later ACKs wait for the delayed-ACK rules.", mi.Description())
+						assert.Equal(t, "{event}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.ack.quota_exhausted.count"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("network.local.port")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.netns.inode")
+						assert.False(t, ok)
+					}
+				case "tcpack.ack.segments":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.ack.segments"], "Found a duplicate in the metrics slice: tcpack.ack.segments")
+						validatedMetrics["tcpack.ack.segments"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Data segments received and acknowledged; with tcpack.ack.count, how many segments an ACK covers.", mi.Description())
+						assert.Equal(t, "{segment}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						networkLocalPortAttrVal, ok := dp.Attributes().Get("network.local.port")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, networkLocalPortAttrVal.Int())
+						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.ack.segments"], "Found a duplicate in the metrics slice: tcpack.ack.segments")
+						validatedMetrics["tcpack.ack.segments"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Data segments received and acknowledged; with tcpack.ack.count, how many segments an ACK covers.", mi.Description())
+						assert.Equal(t, "{segment}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.ack.segments"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("network.local.port")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.netns.inode")
+						assert.False(t, ok)
+					}
 				case "tcpack.drop.bytes":
 					if tt.name != "reaggregate_set" {
 						assert.False(t, validatedMetrics["tcpack.drop.bytes"], "Found a duplicate in the metrics slice: tcpack.drop.bytes")
