@@ -158,17 +158,22 @@ static __always_inline struct ack_stats *stats_for(__u32 netns, __u16 local_port
 	return bpf_map_lookup_elem(&ack_counts, &key);
 }
 
+/* Bucket i holds delays below 2^i us: floor(log2(us)) + 1, by binary search because BPF has
+ * no count-leading-zeros instruction (a 23-step loop cost ~40 ns per ACK). */
 static __always_inline __u32 hist_bucket(__u64 delay_ns)
 {
 	__u64 us = delay_ns / NSEC_PER_USEC;
-	__u32 b = 0;
+	__u32 log = 0;
 
-	/* Bounded loop: the verifier needs a constant trip count. */
-	for (int i = 0; i < HIST_BUCKETS - 1; i++) {
-		if (us >= (1ULL << i))
-			b = i + 1;
-	}
-	return b;
+	if (!us)
+		return 0;
+	if (us >> 32) { us >>= 32; log += 32; }
+	if (us >> 16) { us >>= 16; log += 16; }
+	if (us >> 8) { us >>= 8; log += 8; }
+	if (us >> 4) { us >>= 4; log += 4; }
+	if (us >> 2) { us >>= 2; log += 2; }
+	if (us >> 1) log += 1;
+	return log + 1 < HIST_BUCKETS ? log + 1 : HIST_BUCKETS - 1;
 }
 
 SEC("sockops")
@@ -214,14 +219,19 @@ int ack_sockops(struct bpf_sock_ops *skops)
 	if (skops->skb_len == 0 && !pure)
 		return 1; /* FIN, RST: not what this family is about */
 
+	if (!as->unacked) {
+		/* A data segment with nothing to acknowledge (a request, a bulk write) costs only
+		 * the storage lookup above. */
+		if (pure) {
+			struct ack_stats *s = stats_for(as->netns, skops->local_port);
+			if (s)
+				s->other_acks++;
+		}
+		return 1;
+	}
 	struct ack_stats *s = stats_for(as->netns, skops->local_port);
 	if (!s)
 		return 1;
-	if (!as->unacked) {
-		if (pure)
-			s->other_acks++;
-		return 1;
-	}
 
 	__u64 now = bpf_ktime_get_ns();
 	__u64 delay = now - as->first_unacked_ns;
@@ -327,7 +337,8 @@ int BPF_PROG(ack_app_read, struct sock *sk)
 {
 	struct ack_sock *as = bpf_sk_storage_get(&ack_socks, sk, 0, 0);
 
-	if (!as)
+	/* Only a read with data still unacknowledged can be the cause of the next ACK. */
+	if (!as || !as->unacked)
 		return 0;
 	as->read_ns = bpf_ktime_get_ns();
 	as->read_task = bpf_get_current_task();
