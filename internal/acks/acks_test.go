@@ -2,7 +2,6 @@ package acks_test
 
 import (
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,43 +12,14 @@ import (
 	"github.com/tcpack/tcpack/internal/netnstest"
 )
 
-var (
-	envOnce sync.Once
-	env     *kernel.Env
-	envErr  error
-)
+func openEnv(t *testing.T) *kernel.Env { return netnstest.KernelEnv(t) }
 
-func openEnv(t *testing.T) *kernel.Env {
-	t.Helper()
-	netnstest.RequireRoot(t)
-	envOnce.Do(func() { env, envErr = kernel.Open() })
-	if envErr != nil {
-		t.Fatal(envErr)
-	}
-	return env
-}
-
-type eventLog struct {
-	mu     sync.Mutex
-	events []acks.Event
-}
-
-func (l *eventLog) add(b []acks.Event) {
-	l.mu.Lock()
-	l.events = append(l.events, b...)
-	l.mu.Unlock()
-}
-
-func (l *eventLog) all() []acks.Event {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]acks.Event(nil), l.events...)
-}
+type eventLog = netnstest.Events[acks.Event]
 
 func start(t *testing.T, cfg acks.Config) (*acks.Probe, *eventLog) {
 	t.Helper()
 	log := &eventLog{}
-	p, err := acks.Start(openEnv(t), cfg, log.add)
+	p, err := acks.Start(openEnv(t), cfg, log.Add)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +101,7 @@ func TestSlowReaderDelaysACKs(t *testing.T) {
 	}
 	// The pure ACKs are what the client waits for.
 	var delayed []acks.Event
-	for _, e := range events.all() {
+	for _, e := range events.Matching(func(acks.Event) bool { return true }) {
 		if e.Netns == pair.B.Inode && e.LocalPort == 5101 {
 			delayed = append(delayed, e)
 		}

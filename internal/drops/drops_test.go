@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,50 +15,14 @@ import (
 	"github.com/tcpack/tcpack/internal/netnstest"
 )
 
-var (
-	envOnce sync.Once
-	env     *kernel.Env
-	envErr  error
-)
+func openEnv(t *testing.T) *kernel.Env { return netnstest.KernelEnv(t) }
 
-func openEnv(t *testing.T) *kernel.Env {
-	t.Helper()
-	netnstest.RequireRoot(t)
-	envOnce.Do(func() { env, envErr = kernel.Open() })
-	if envErr != nil {
-		t.Fatal(envErr)
-	}
-	return env
-}
-
-// eventLog collects sampled events delivered by the probe.
-type eventLog struct {
-	mu     sync.Mutex
-	events []drops.Event
-}
-
-func (l *eventLog) add(b []drops.Event) {
-	l.mu.Lock()
-	l.events = append(l.events, b...)
-	l.mu.Unlock()
-}
-
-func (l *eventLog) matching(f func(drops.Event) bool) []drops.Event {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []drops.Event
-	for _, e := range l.events {
-		if f(e) {
-			out = append(out, e)
-		}
-	}
-	return out
-}
+type eventLog = netnstest.Events[drops.Event]
 
 func start(t *testing.T, cfg drops.Config) (*drops.Probe, *eventLog) {
 	t.Helper()
 	log := &eventLog{}
-	p, err := drops.Start(openEnv(t), cfg, log.add)
+	p, err := drops.Start(openEnv(t), cfg, log.Add)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +139,7 @@ func TestTCPSynToClosedPort(t *testing.T) {
 
 			var got []drops.Event
 			eventually(t, "drop events", func() (bool, string) {
-				got = events.matching(func(e drops.Event) bool {
+				got = events.Matching(func(e drops.Event) bool {
 					return e.Kind == drops.KindDrop && e.Netns == pair.B.Inode && e.Reason == "NO_SOCKET"
 				})
 				return len(got) == n, fmt.Sprintf("got %d events, want %d", len(got), n)
@@ -197,7 +160,7 @@ func TestTCPSynToClosedPort(t *testing.T) {
 				t.Errorf("peer ports %v, want %v", ports, want)
 			}
 
-			resets := events.matching(func(e drops.Event) bool {
+			resets := events.Matching(func(e drops.Event) bool {
 				return e.Kind == drops.KindResetSent && e.Netns == pair.B.Inode
 			})
 			if !socketless {
@@ -232,7 +195,7 @@ func TestUDPToClosedPort(t *testing.T) {
 		})
 	})
 	eventually(t, "udp drop events", func() (bool, string) {
-		got := events.matching(func(e drops.Event) bool {
+		got := events.Matching(func(e drops.Event) bool {
 			return e.Kind == drops.KindDrop && e.Netns == pair.B.Inode && e.Transport == "udp" &&
 				e.LocalPort == dport && e.PeerPort == uint16(sport) &&
 				e.PeerAddr == netip.MustParseAddr(pair.A.Addr) && strings.HasPrefix(e.Location, "__udp4_lib_rcv+")
@@ -257,7 +220,7 @@ func TestNftablesDrop(t *testing.T) {
 	})
 	var got []drops.Event
 	eventually(t, "NETFILTER_DROP events", func() (bool, string) {
-		got = events.matching(func(e drops.Event) bool {
+		got = events.Matching(func(e drops.Event) bool {
 			return e.Netns == pair.B.Inode && e.Reason == "NETFILTER_DROP"
 		})
 		return len(got) == n, fmt.Sprintf("got %d, want %d", len(got), n)
@@ -305,7 +268,7 @@ func TestQdiscDrop(t *testing.T) {
 	// Sent by this host: the local side is the sender, and the default budget (burst 200)
 	// samples every one of them.
 	eventually(t, "qdisc drop events", func() (bool, string) {
-		got := events.matching(func(e drops.Event) bool {
+		got := events.Matching(func(e drops.Event) bool {
 			return e.Netns == pair.A.Inode && strings.HasPrefix(e.Reason, "QDISC")
 		})
 		for _, e := range got {
@@ -362,7 +325,7 @@ func TestEventRateLimit(t *testing.T) {
 		})
 	})
 	time.Sleep(300 * time.Millisecond) // one flush interval and more
-	got := len(events.matching(func(e drops.Event) bool {
+	got := len(events.Matching(func(e drops.Event) bool {
 		return e.Netns == pair.B.Inode && e.Reason == "NO_SOCKET" && e.LocalPort == 5006
 	}))
 	// The burst, plus one token per second the probe has run (slow under qemu).
@@ -421,7 +384,7 @@ func TestRetransmitsAreCounted(t *testing.T) {
 	})
 	local := c.LocalAddr().(*net.TCPAddr)
 	eventually(t, "retransmit events", func() (bool, string) {
-		got := events.matching(func(e drops.Event) bool {
+		got := events.Matching(func(e drops.Event) bool {
 			return e.Kind == drops.KindRetransmit && e.Netns == pair.A.Inode
 		})
 		for _, e := range got {
@@ -509,11 +472,11 @@ func TestResetFromSocket(t *testing.T) {
 	})
 	local := c.LocalAddr().(*net.TCPAddr)
 	eventually(t, "reset-sent event", func() (bool, string) {
-		got := events.matching(func(e drops.Event) bool {
+		got := events.Matching(func(e drops.Event) bool {
 			return e.Kind == drops.KindResetSent && e.Netns == pair.B.Inode && e.LocalPort == 5030 &&
 				e.PeerPort == uint16(local.Port) && e.PeerAddr == netip.MustParseAddr(pair.A.Addr) && e.TupleFrom == "socket"
 		})
-		all := events.matching(func(e drops.Event) bool { return e.Kind == drops.KindResetSent })
+		all := events.Matching(func(e drops.Event) bool { return e.Kind == drops.KindResetSent })
 		return len(got) == 1, fmt.Sprintf("%d matching events, all resets sent: %+v", len(got), all)
 	})
 }

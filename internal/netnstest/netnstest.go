@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -21,6 +22,8 @@ import (
 
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/tcpack/tcpack/internal/kernel"
 )
 
 // Addresses of the pair: inside the benchmarking range (RFC 2544), reachable only inside the
@@ -394,4 +397,48 @@ func TCPInfo(t testing.TB, c *net.TCPConn) *unix.TCPInfo {
 		t.Fatal(serr)
 	}
 	return info
+}
+
+var (
+	envOnce sync.Once
+	env     *kernel.Env
+	envErr  error
+)
+
+// KernelEnv opens the kernel environment (BTF, kallsyms) once per test binary: reading them
+// takes ~100 ms. Not root: the test is skipped.
+func KernelEnv(t testing.TB) *kernel.Env {
+	t.Helper()
+	RequireRoot(t)
+	envOnce.Do(func() { env, envErr = kernel.Open() })
+	if envErr != nil {
+		t.Fatal(envErr)
+	}
+	return env
+}
+
+// Events collects the batches a family's event sink receives, for tests.
+type Events[T any] struct {
+	mu     sync.Mutex
+	events []T
+}
+
+// Add is the sink to hand to a family's Start.
+func (e *Events[T]) Add(batch []T) {
+	e.mu.Lock()
+	e.events = append(e.events, batch...)
+	e.mu.Unlock()
+}
+
+// Matching returns the events collected so far for which f is true.
+func (e *Events[T]) Matching(f func(T) bool) []T {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []T
+	for _, ev := range e.events {
+		if f(ev) {
+			out = append(out, ev)
+		}
+	}
+	return out
 }
