@@ -159,7 +159,7 @@ static __always_inline struct ack_stats *stats_for(__u32 netns, __u16 local_port
 }
 
 /* Bucket i holds delays below 2^i us: floor(log2(us)) + 1, by binary search because BPF has
- * no count-leading-zeros instruction (a 23-step loop cost ~40 ns per ACK). */
+ * no count-leading-zeros instruction (6 steps instead of a 23-step loop). */
 static __always_inline __u32 hist_bucket(__u64 delay_ns)
 {
 	__u64 us = delay_ns / NSEC_PER_USEC;
@@ -277,7 +277,7 @@ int ack_sockops(struct bpf_sock_ops *skops)
 	if (pure && quick == 1 && !pingpong && !dst_quick_ack)
 		s->quota_spent++;
 
-	if (pure && delay >= event_min_delay_ns) {
+	if (pure && event_rate_per_sec && delay >= event_min_delay_ns) {
 		__u32 k = 0;
 		if (!take_event_token(bpf_map_lookup_elem(&event_buckets, &k))) {
 			count_in(&counters, COUNTER_SAMPLED_OUT);

@@ -64,7 +64,7 @@ struct event_bucket {
 
 static __always_inline bool take_event_token(struct event_bucket *b)
 {
-	if (!b)
+	if (!b || !event_rate_per_sec)
 		return false;
 	__u64 now = bpf_ktime_get_ns();
 	__u64 elapsed = now - b->last_ns;

@@ -1,9 +1,10 @@
 // Package acks observes the ACKs this host sends on the TCP sockets in scope: how long the
 // oldest unacknowledged data waited (a delay histogram), which rule sent each ACK, and how
-// often the quick-ACK quota ran out. A snapshot of a slow reader looks like:
+// often the quick-ACK quota ran out. The slow-reader test (client every 2 ms, server reading
+// every 50 ms) logs:
 //
-//	netns=4026532289 port=5001 acks: app_read=3 timer=94 quick=16 ... delay p50 ~ 16-32 ms
-//	event delayed ack 198.18.0.2:5001 <- 198.18.0.1:40112 waited 38 ms (timer), quick=0 pingpong=1
+//	port 5101: 39 ACKs for 300 segments, piggyback=0 route=0 quick=16 app_read=12
+//	  delack_timer=0 data_arrival=11; other=0 quota_spent=1 mean delay 13.76 ms
 package acks
 
 import (
@@ -148,10 +149,6 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 		acksVarEventBurst:         burst,
 		acksVarEventRefillCapNs:   refill,
 		acksVarRingbufWakeupBytes: uint64(cfg.WakeupBytes),
-		acksVarEventKindsEnabled:  uint32(1),
-	}
-	if rate == 0 {
-		vars[acksVarEventMinDelayNs] = ^uint64(0) // never
 	}
 	for name, v := range vars {
 		if err := spec.Variables[name].Set(v); err != nil {

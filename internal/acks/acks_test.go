@@ -9,6 +9,7 @@ import (
 
 	"github.com/tcpack/tcpack/internal/acks"
 	"github.com/tcpack/tcpack/internal/kernel"
+	"github.com/tcpack/tcpack/internal/loader"
 	"github.com/tcpack/tcpack/internal/netnstest"
 )
 
@@ -212,5 +213,21 @@ func TestRestartLeavesNothingBehind(t *testing.T) {
 	}
 	if got := netnstest.CountFDs(t); got != fds {
 		t.Errorf("fds after shutdown: %d, before: %d", got, fds)
+	}
+}
+
+// TestAttachReport prints one MATRIX line per hook for the README's kernel table.
+func TestAttachReport(t *testing.T) {
+	p, _ := start(t, acks.DefaultConfig())
+	for _, h := range p.Report().Hooks {
+		if h.Attached == nil {
+			t.Errorf("hook %s not attached: %+v", h.Hook, h.Skipped)
+			continue
+		}
+		attached := h.Attached.String()
+		if h.Attached.Kind == loader.SockOps {
+			attached = "sock_ops at the cgroup v2 root" // the path differs between hosts
+		}
+		fmt.Printf("MATRIX family=acks hook=%s attached=%s: %s\n", h.Hook, attached, h.Attached.Program)
 	}
 }

@@ -421,7 +421,7 @@ func TestAttachReport(t *testing.T) {
 				break
 			}
 		}
-		fmt.Printf("MATRIX hook=%s attached=%s program=%s args=%d\n", h.Hook, h.Attached, h.Attached.Program, arity)
+		fmt.Printf("MATRIX family=drops hook=%s attached=%s (%d args): %s\n", h.Hook, h.Attached, arity, h.Attached.Program)
 	}
 }
 

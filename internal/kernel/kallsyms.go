@@ -31,7 +31,7 @@ type symbolTable struct {
 	text  []bool
 }
 
-// reloadInterval bounds how often a miss rereads /proc/kallsyms (~100 ms of work).
+// reloadInterval bounds how often a miss rereads /proc/kallsyms (~130 ms of work here).
 const reloadInterval = 10 * time.Second
 
 // LoadKallsyms reads /proc/kallsyms. Without CAP_SYSLOG (or with kptr_restrict=2) the file

@@ -83,8 +83,8 @@ func scanNetnsNames() map[uint32]string {
 }
 
 // LiveNetns returns the inodes of every network namespace something still holds: a process
-// (/proc/<pid>/ns/net, tasks included via their thread group) or a bind mount under
-// /run/netns. A namespace held only by an open fd of a process in another one is missed;
+// (/proc/<pid>/ns/net of each thread group leader) or a bind mount under /run/netns. A
+// namespace held only by a non-leader thread, or by an open fd, is missed;
 // callers use this to forget counters, never to drop data they still report.
 func LiveNetns() map[uint32]bool {
 	live := map[uint32]bool{}

@@ -406,7 +406,7 @@ var (
 )
 
 // KernelEnv opens the kernel environment (BTF, kallsyms) once per test binary: reading them
-// takes ~100 ms. Not root: the test is skipped.
+// takes ~120 ms here. Not root: the test is skipped.
 func KernelEnv(t testing.TB) *kernel.Env {
 	t.Helper()
 	RequireRoot(t)

@@ -192,11 +192,13 @@ table() {
 	printf '\n|---|'
 	printf -- '---|%.0s' "${cols[@]}"
 	printf '\n'
-	local hook
-	for hook in kfree_skb tcp_retransmit_skb tcp_send_reset tcp_receive_reset; do
-		printf '| drops: `%s` |' "$hook"
+	local fh
+	for fh in drops:kfree_skb drops:tcp_retransmit_skb drops:tcp_send_reset drops:tcp_receive_reset \
+		acks:sock_ops acks:tcp_probe acks:tcp_rcv_space_adjust; do
+		printf '| %s: `%s` |' "${fh%%:*}" "${fh#*:}"
 		for f in "$@"; do
-			sed -n "s/^MATRIX hook=$hook attached=\([^ ]*\) program=\([^ ]*\) args=\([0-9]*\).*/ \1 (\3 args): \`\2\` |/p" "$f" | head -n 1 | tr -d '\n'
+			# "MATRIX family=F hook=H attached=STRATEGY[ (N args)]: PROGRAM"
+			sed -n "s/^MATRIX family=${fh%%:*} hook=${fh#*:} attached=\(.*\): \([^ ]*\)$/ \1: \`\2\` |/p" "$f" | head -n 1 | tr -d '\n'
 		done
 		printf '\n'
 	done
@@ -239,6 +241,7 @@ main() {
 	{
 		echo "TCPACK-KERNEL $(uname -r)"
 		"$OUT/rootfs/tests/drops.test" -test.run 'TestAttachReport' -test.v -test.count=1 2>&1 || echo "TCPACK-ERROR host drops"
+		"$OUT/rootfs/tests/acks.test" -test.run 'TestAttachReport' -test.v -test.count=1 2>&1 || echo "TCPACK-ERROR host acks"
 		"$OUT/rootfs/tests/loader.test" -test.run 'TestMechanisms' -test.v -test.count=1 2>&1 || echo "TCPACK-ERROR host loader"
 	} >"$host"
 
