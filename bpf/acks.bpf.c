@@ -45,6 +45,7 @@ struct ack_stats {
 	__u64 delay_sum_ns;
 	__u64 delay_hist[HIST_BUCKETS];
 	__u64 quota_spent; /* ACKs that used the last quick-ACK of the quota */
+	__u64 forced;      /* ACKs sent by sockets the quickack family forces */
 };
 
 /* Per-socket state, only on sockets in scope. */
@@ -68,7 +69,8 @@ struct ack_event {
 	__u8 pingpong;
 	__u8 dst_quick_ack;
 	__u8 pure; /* 1: pure ACK, 0: carried on data */
-	__u16 _pad;
+	__u8 forced;
+	__u8 _pad;
 	__u32 ato_jiffies;
 	struct flow flow;
 };
@@ -79,6 +81,10 @@ const struct ack_event *unused_ack_event __attribute__((unused));
 
 /* Scope: with scope_all, every TCP socket; else those whose local or peer port is marked. */
 const volatile __u8 scope_all = 1;
+/* How the quickack family marks the sockets it forces: SO_MARK in route mode (0 when it
+ * is off), a TCP_BPF_DELACK_MAX below the kernel's default (HZ/5 jiffies) in bounded mode. */
+const volatile __u32 forced_mark = 0;
+const volatile __u32 delack_max_default_jiffies = 0;
 /* Delayed-ACK events are sampled only above this delay. */
 const volatile __u64 event_min_delay_ns = 10000000;
 
@@ -256,6 +262,15 @@ int ack_sockops(struct bpf_sock_ops *skops)
 			dst_quick_ack = (word >> 28) & 1;
 	}
 
+	bool forced = false;
+	if (tp) {
+		if (forced_mark && tp->inet_conn.icsk_inet.sk.sk_mark == forced_mark)
+			forced = true;
+		if (bpf_core_field_exists(tp->inet_conn.icsk_delack_max) && delack_max_default_jiffies &&
+		    tp->inet_conn.icsk_delack_max < delack_max_default_jiffies)
+			forced = true;
+	}
+
 	__u8 cause;
 	if (!pure)
 		cause = CAUSE_PIGGYBACK;
@@ -276,6 +291,8 @@ int ack_sockops(struct bpf_sock_ops *skops)
 	s->delay_hist[hist_bucket(delay)]++;
 	if (pure && quick == 1 && !pingpong && !dst_quick_ack)
 		s->quota_spent++;
+	if (forced)
+		s->forced++;
 
 	if (pure && event_rate_per_sec && delay >= event_min_delay_ns) {
 		__u32 k = 0;
@@ -297,6 +314,7 @@ int ack_sockops(struct bpf_sock_ops *skops)
 				e->pingpong = pingpong;
 				e->dst_quick_ack = dst_quick_ack;
 				e->pure = pure;
+				e->forced = forced;
 				e->ato_jiffies = ato;
 				if (tp)
 					flow_from_sock(true, &e->flow, (struct sock *)tp);

@@ -33,6 +33,10 @@ type Config struct {
 	// which adds a callback to every segment every socket sends.
 	LocalPorts []uint16
 	PeerPorts  []uint16
+	// ForcedMark is the SO_MARK the quickack family stamps on sockets it forces (0: none),
+	// and HZ the kernel tick rate, which tells a bounded delayed-ACK timeout from the default.
+	ForcedMark uint32
+	HZ         int
 	// EventMinDelay: pure ACKs that waited at least this long are sampled as events.
 	EventMinDelay time.Duration
 	// EventsPerSecond and EventBurst rate-limit events per CPU; 0 turns events off.
@@ -143,12 +147,14 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 		all = 1
 	}
 	vars := map[string]any{
-		acksVarScopeAll:           all,
-		acksVarEventMinDelayNs:    uint64(cfg.EventMinDelay),
-		acksVarEventRatePerSec:    rate,
-		acksVarEventBurst:         burst,
-		acksVarEventRefillCapNs:   refill,
-		acksVarRingbufWakeupBytes: uint64(cfg.WakeupBytes),
+		acksVarScopeAll:                all,
+		acksVarForcedMark:              cfg.ForcedMark,
+		acksVarDelackMaxDefaultJiffies: uint32(cfg.HZ / 5), // TCP_DELACK_MAX
+		acksVarEventMinDelayNs:         uint64(cfg.EventMinDelay),
+		acksVarEventRatePerSec:         rate,
+		acksVarEventBurst:              burst,
+		acksVarEventRefillCapNs:        refill,
+		acksVarRingbufWakeupBytes:      uint64(cfg.WakeupBytes),
 	}
 	for name, v := range vars {
 		if err := spec.Variables[name].Set(v); err != nil {
@@ -230,6 +236,8 @@ type Stats struct {
 	SegmentsAcked uint64
 	// QuotaSpent counts ACKs that used the last quick ACK of the quota.
 	QuotaSpent uint64
+	// Forced counts ACKs sent by sockets the quickack family forces.
+	Forced uint64
 	// Delay is the histogram of the wait of the oldest unacknowledged data.
 	Delay Histogram
 }
@@ -278,6 +286,7 @@ func (p *Probe) Snapshot() ([]Stats, error) {
 			s.OtherAcks += v.OtherAcks
 			s.SegmentsAcked += v.SegsAcked
 			s.QuotaSpent += v.QuotaSpent
+			s.Forced += v.Forced
 			sumNs += v.DelaySumNs
 			for i, c := range v.DelayHist {
 				s.Delay.Counts[i] += c
@@ -310,7 +319,9 @@ type Event struct {
 	Pingpong    uint8
 	DstQuickAck bool
 	ATOJiffies  uint32
-	Pending     uint8
+	// Forced: the socket is forced by the quickack family, yet this ACK was delayed.
+	Forced  bool
+	Pending uint8
 }
 
 func (p *Probe) decode(r *acksAckEvent) Event {
@@ -318,7 +329,7 @@ func (p *Probe) decode(r *acksAckEvent) Event {
 		Time: p.env.KtimeToTime(r.TsNs), Delay: time.Duration(r.DelayNs), Cause: Cause(r.Cause),
 		Netns: r.Netns, Segments: r.Segs, LocalPort: r.Flow.LocalPort, PeerPort: r.Flow.PeerPort,
 		Quick: r.Quick, Pingpong: r.Pingpong, DstQuickAck: r.DstQuickAck != 0, ATOJiffies: r.AtoJiffies,
-		Pending: r.Pending,
+		Pending: r.Pending, Forced: r.Forced != 0,
 	}
 	switch r.Flow.L3proto {
 	case 0x0800:

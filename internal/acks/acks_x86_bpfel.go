@@ -25,7 +25,8 @@ type acksAckEvent struct {
 	Pingpong    uint8
 	DstQuickAck uint8
 	Pure        uint8
-	Pad         uint16
+	Forced      uint8
+	Pad         uint8
 	AtoJiffies  uint32
 	Flow        struct {
 		_         structs.HostLayout
@@ -66,6 +67,7 @@ type acksAckStats struct {
 	DelaySumNs uint64
 	DelayHist  [24]uint64
 	QuotaSpent uint64
+	Forced     uint64
 }
 
 type acksEventBucket struct {
@@ -78,25 +80,27 @@ type acksEventBucket struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	acksMapAckCounts          = "ack_counts"
-	acksMapAckSocks           = "ack_socks"
-	acksMapCounters           = "counters"
-	acksMapEventBuckets       = "event_buckets"
-	acksMapEvents             = "events"
-	acksMapScopePorts         = "scope_ports"
-	acksProgAckAppRead        = "ack_app_read"
-	acksProgAckDataArrival    = "ack_data_arrival"
-	acksProgAckSockops        = "ack_sockops"
-	acksVarEventBurst         = "event_burst"
-	acksVarEventKindsEnabled  = "event_kinds_enabled"
-	acksVarEventMinDelayNs    = "event_min_delay_ns"
-	acksVarEventRatePerSec    = "event_rate_per_sec"
-	acksVarEventRefillCapNs   = "event_refill_cap_ns"
-	acksVarRingbufWakeupBytes = "ringbuf_wakeup_bytes"
-	acksVarScopeAll           = "scope_all"
-	acksVarUnusedAckEvent     = "unused_ack_event"
-	acksVarUnusedAckKey       = "unused_ack_key"
-	acksVarUnusedAckStats     = "unused_ack_stats"
+	acksMapAckCounts               = "ack_counts"
+	acksMapAckSocks                = "ack_socks"
+	acksMapCounters                = "counters"
+	acksMapEventBuckets            = "event_buckets"
+	acksMapEvents                  = "events"
+	acksMapScopePorts              = "scope_ports"
+	acksProgAckAppRead             = "ack_app_read"
+	acksProgAckDataArrival         = "ack_data_arrival"
+	acksProgAckSockops             = "ack_sockops"
+	acksVarDelackMaxDefaultJiffies = "delack_max_default_jiffies"
+	acksVarEventBurst              = "event_burst"
+	acksVarEventKindsEnabled       = "event_kinds_enabled"
+	acksVarEventMinDelayNs         = "event_min_delay_ns"
+	acksVarEventRatePerSec         = "event_rate_per_sec"
+	acksVarEventRefillCapNs        = "event_refill_cap_ns"
+	acksVarForcedMark              = "forced_mark"
+	acksVarRingbufWakeupBytes      = "ringbuf_wakeup_bytes"
+	acksVarScopeAll                = "scope_all"
+	acksVarUnusedAckEvent          = "unused_ack_event"
+	acksVarUnusedAckKey            = "unused_ack_key"
+	acksVarUnusedAckStats          = "unused_ack_stats"
 )
 
 // loadAcks returns the embedded CollectionSpec for acks.
@@ -162,16 +166,18 @@ type acksMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type acksVariableSpecs struct {
-	EventBurst         *ebpf.VariableSpec `ebpf:"event_burst"`
-	EventKindsEnabled  *ebpf.VariableSpec `ebpf:"event_kinds_enabled"`
-	EventMinDelayNs    *ebpf.VariableSpec `ebpf:"event_min_delay_ns"`
-	EventRatePerSec    *ebpf.VariableSpec `ebpf:"event_rate_per_sec"`
-	EventRefillCapNs   *ebpf.VariableSpec `ebpf:"event_refill_cap_ns"`
-	RingbufWakeupBytes *ebpf.VariableSpec `ebpf:"ringbuf_wakeup_bytes"`
-	ScopeAll           *ebpf.VariableSpec `ebpf:"scope_all"`
-	UnusedAckEvent     *ebpf.VariableSpec `ebpf:"unused_ack_event"`
-	UnusedAckKey       *ebpf.VariableSpec `ebpf:"unused_ack_key"`
-	UnusedAckStats     *ebpf.VariableSpec `ebpf:"unused_ack_stats"`
+	DelackMaxDefaultJiffies *ebpf.VariableSpec `ebpf:"delack_max_default_jiffies"`
+	EventBurst              *ebpf.VariableSpec `ebpf:"event_burst"`
+	EventKindsEnabled       *ebpf.VariableSpec `ebpf:"event_kinds_enabled"`
+	EventMinDelayNs         *ebpf.VariableSpec `ebpf:"event_min_delay_ns"`
+	EventRatePerSec         *ebpf.VariableSpec `ebpf:"event_rate_per_sec"`
+	EventRefillCapNs        *ebpf.VariableSpec `ebpf:"event_refill_cap_ns"`
+	ForcedMark              *ebpf.VariableSpec `ebpf:"forced_mark"`
+	RingbufWakeupBytes      *ebpf.VariableSpec `ebpf:"ringbuf_wakeup_bytes"`
+	ScopeAll                *ebpf.VariableSpec `ebpf:"scope_all"`
+	UnusedAckEvent          *ebpf.VariableSpec `ebpf:"unused_ack_event"`
+	UnusedAckKey            *ebpf.VariableSpec `ebpf:"unused_ack_key"`
+	UnusedAckStats          *ebpf.VariableSpec `ebpf:"unused_ack_stats"`
 }
 
 // acksObjects contains all objects after they have been loaded into the kernel.
@@ -217,16 +223,18 @@ func (m *acksMaps) Close() error {
 //
 // It can be passed to loadAcksObjects or ebpf.CollectionSpec.LoadAndAssign.
 type acksVariables struct {
-	EventBurst         *ebpf.Variable `ebpf:"event_burst"`
-	EventKindsEnabled  *ebpf.Variable `ebpf:"event_kinds_enabled"`
-	EventMinDelayNs    *ebpf.Variable `ebpf:"event_min_delay_ns"`
-	EventRatePerSec    *ebpf.Variable `ebpf:"event_rate_per_sec"`
-	EventRefillCapNs   *ebpf.Variable `ebpf:"event_refill_cap_ns"`
-	RingbufWakeupBytes *ebpf.Variable `ebpf:"ringbuf_wakeup_bytes"`
-	ScopeAll           *ebpf.Variable `ebpf:"scope_all"`
-	UnusedAckEvent     *ebpf.Variable `ebpf:"unused_ack_event"`
-	UnusedAckKey       *ebpf.Variable `ebpf:"unused_ack_key"`
-	UnusedAckStats     *ebpf.Variable `ebpf:"unused_ack_stats"`
+	DelackMaxDefaultJiffies *ebpf.Variable `ebpf:"delack_max_default_jiffies"`
+	EventBurst              *ebpf.Variable `ebpf:"event_burst"`
+	EventKindsEnabled       *ebpf.Variable `ebpf:"event_kinds_enabled"`
+	EventMinDelayNs         *ebpf.Variable `ebpf:"event_min_delay_ns"`
+	EventRatePerSec         *ebpf.Variable `ebpf:"event_rate_per_sec"`
+	EventRefillCapNs        *ebpf.Variable `ebpf:"event_refill_cap_ns"`
+	ForcedMark              *ebpf.Variable `ebpf:"forced_mark"`
+	RingbufWakeupBytes      *ebpf.Variable `ebpf:"ringbuf_wakeup_bytes"`
+	ScopeAll                *ebpf.Variable `ebpf:"scope_all"`
+	UnusedAckEvent          *ebpf.Variable `ebpf:"unused_ack_event"`
+	UnusedAckKey            *ebpf.Variable `ebpf:"unused_ack_key"`
+	UnusedAckStats          *ebpf.Variable `ebpf:"unused_ack_stats"`
 }
 
 // acksPrograms contains all programs after they have been loaded into the kernel.

@@ -39,6 +39,11 @@ const (
 	Tracepoint Kind = "tracepoint"
 	// SockOps attaches to a cgroup (Target is its path) and sees that cgroup's TCP sockets.
 	SockOps Kind = "sock_ops"
+	// CgroupSetsockopt attaches to a cgroup (Target is its path) and sees its setsockopt calls.
+	CgroupSetsockopt Kind = "cgroup_setsockopt"
+	// Iter is a BPF iterator (Target "tcp", ...): attaching creates the link, and each
+	// Set.Link(hook).(*link.Iter).Open() walks the objects of the opener's netns.
+	Iter Kind = "iter"
 )
 
 // Strategy is one way to attach a hook: which program of the object, how, and to what.
@@ -121,7 +126,11 @@ type Set struct {
 	Maps     map[string]*ebpf.Map
 	programs []*ebpf.Program
 	links    []link.Link
+	byHook   map[string]link.Link
 }
+
+// Link is the link of an attached hook, or nil.
+func (s *Set) Link(hook string) link.Link { return s.byHook[hook] }
 
 // Close detaches every link and closes every program and map. It is safe to call twice.
 func (s *Set) Close() error {
@@ -135,7 +144,7 @@ func (s *Set) Close() error {
 	for _, m := range s.Maps {
 		errs = append(errs, m.Close())
 	}
-	s.links, s.programs, s.Maps = nil, nil, nil
+	s.links, s.programs, s.Maps, s.byHook = nil, nil, nil, nil
 	return errors.Join(errs...)
 }
 
@@ -153,7 +162,7 @@ func Load(family string, env *kernel.Env, spec *ebpf.CollectionSpec, hooks []Hoo
 	if err != nil {
 		return nil, report, fmt.Errorf("%s: create maps: %w", family, err)
 	}
-	set := &Set{Maps: coll.Maps}
+	set := &Set{Maps: coll.Maps, byHook: map[string]link.Link{}}
 
 	for _, hook := range hooks {
 		result := HookResult{Hook: hook.Name, Optional: hook.Optional}
@@ -169,6 +178,7 @@ func Load(family string, env *kernel.Env, spec *ebpf.CollectionSpec, hooks []Hoo
 			}
 			set.programs = append(set.programs, prog)
 			set.links = append(set.links, l)
+			set.byHook[hook.Name] = l
 			attached := s
 			result.Attached = &attached
 			break
@@ -252,7 +262,7 @@ func precheck(env *kernel.Env, s Strategy) error {
 		if _, ok := env.Kallsyms.Address(s.Target); !ok {
 			return errors.New("function not in kallsyms (inlined or absent)")
 		}
-	case SockOps:
+	case SockOps, CgroupSetsockopt:
 		if _, err := os.Stat(s.Target); err != nil {
 			return fmt.Errorf("cgroup %s: %w", s.Target, err)
 		}
@@ -283,6 +293,10 @@ func attachProgram(prog *ebpf.Program, s Strategy) (link.Link, error) {
 		return link.Tracepoint(group, name, prog, nil)
 	case SockOps:
 		return link.AttachCgroup(link.CgroupOptions{Path: s.Target, Attach: ebpf.AttachCGroupSockOps, Program: prog})
+	case CgroupSetsockopt:
+		return link.AttachCgroup(link.CgroupOptions{Path: s.Target, Attach: ebpf.AttachCGroupSetsockopt, Program: prog})
+	case Iter:
+		return link.AttachIter(link.IterOptions{Program: prog})
 	}
 	return nil, fmt.Errorf("unknown attach kind %q", s.Kind)
 }

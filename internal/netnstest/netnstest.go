@@ -321,7 +321,22 @@ type Paced struct {
 // has read everything; both connections stay open until the test ends.
 func (p *Pair) PacedTraffic(t testing.TB, port, count int, every, readEvery time.Duration) *Paced {
 	t.Helper()
-	ln := p.B.Listen(t, "tcp4", fmt.Sprintf("%s:%d", p.B.Addr, port))
+	c := p.Connect(t, port)
+	c.Exchange(t, count, every, readEvery)
+	return c
+}
+
+// Connect opens a connection from A to B:port; it stays open until the test ends.
+func (p *Pair) Connect(t testing.TB, port int) *Paced {
+	t.Helper()
+	return Connect(t, p.A, p.B, p.B.Addr, port)
+}
+
+// Connect opens a TCP connection from a client namespace to addr:port, listening in the
+// server namespace (the two may be the same); it stays open until the test ends.
+func Connect(t testing.TB, client, server *NS, addr string, port int) *Paced {
+	t.Helper()
+	ln := server.Listen(t, "tcp4", fmt.Sprintf("%s:%d", addr, port))
 	accepted := make(chan *net.TCPConn, 1)
 	go func() {
 		c, err := ln.Accept()
@@ -331,25 +346,31 @@ func (p *Pair) PacedTraffic(t testing.TB, port, count int, every, readEvery time
 		}
 		accepted <- c.(*net.TCPConn)
 	}()
-	c, err := p.A.Dial("tcp4", fmt.Sprintf("%s:%d", p.B.Addr, port), time.Second)
+	c, err := client.Dial("tcp4", fmt.Sprintf("%s:%d", addr, port), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	client := c.(*net.TCPConn)
-	t.Cleanup(func() { client.Close() })
-	server, ok := <-accepted
+	cl := c.(*net.TCPConn)
+	t.Cleanup(func() { cl.Close() })
+	srv, ok := <-accepted
 	if !ok {
 		t.Fatal("accept failed")
 	}
-	t.Cleanup(func() { server.Close() })
+	t.Cleanup(func() { srv.Close() })
+	return &Paced{Client: cl, Server: srv}
+}
 
+// Exchange sends count 64-byte messages from client to server every `every`, the server
+// reading with readEvery between reads (0: continuously), and returns once all is read.
+func (c *Paced) Exchange(t testing.TB, count int, every, readEvery time.Duration) {
+	t.Helper()
 	const size = 64
 	read := make(chan error, 1)
 	go func() {
 		buf := make([]byte, 64*1024)
 		total := 0
 		for total < count*size {
-			n, err := server.Read(buf)
+			n, err := c.Server.Read(buf)
 			if err != nil {
 				read <- err
 				return
@@ -364,7 +385,7 @@ func (p *Pair) PacedTraffic(t testing.TB, port, count int, every, readEvery time
 	msg := make([]byte, size)
 	next := time.Now()
 	for i := 0; i < count; i++ {
-		if _, err := client.Write(msg); err != nil {
+		if _, err := c.Client.Write(msg); err != nil {
 			t.Fatal(err)
 		}
 		next = next.Add(every)
@@ -378,7 +399,6 @@ func (p *Pair) PacedTraffic(t testing.TB, port, count int, every, readEvery time
 	case <-time.After(30 * time.Second):
 		t.Fatal("server did not read everything within 30 s")
 	}
-	return &Paced{Client: client, Server: server}
 }
 
 // TCPInfo returns the kernel's TCP_INFO for a connection.

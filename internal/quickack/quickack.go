@@ -1,0 +1,634 @@
+// Package quickack forces TCP quick ACKs on the sockets a user names, the goal of seed 000,
+// without a kernel module and without touching the application. It is the only part of
+// tcpack that changes kernel state, and it owns all of it: the policy rules and table it
+// installs (tagged with RouteProtocol), the socket marks it stamps, and its BPF links. Close
+// gives every socket back and removes every rule and route; a restart after a crash removes
+// the leftovers first. The port-at-establishment test logs:
+//
+//	quickack: local_port:5301 applied 1 released 0 refused 0 (route mode, mark 0xac10000)
+//	port 5301: 301 ACKs for 301 segments, route=300 ... mean delay 0.02 ms
+package quickack
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"runtime"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/tcpack/tcpack/internal/eventreader"
+	"github.com/tcpack/tcpack/internal/kernel"
+	"github.com/tcpack/tcpack/internal/loader"
+)
+
+// Family is the name the loader and the telemetry use.
+const Family = "quickack"
+
+// Mode is how a socket is forced.
+type Mode string
+
+const (
+	// ModeRoute marks the socket (SO_MARK) and routes marked traffic through a policy table
+	// whose routes carry quickack 1: every ACK leaves at once.
+	ModeRoute Mode = "route"
+	// ModeBounded sets TCP_BPF_DELACK_MAX to its minimum, two jiffies: ACKs may still be
+	// delayed, but only that long. For hosts where policy routing is not allowed.
+	ModeBounded Mode = "bounded"
+)
+
+// Defaults for the route mode's kernel objects. The mark and table are unlikely to collide;
+// Start checks anyway and refuses to share them.
+const (
+	DefaultMark         = 0x0ac10000
+	DefaultTable        = 4401
+	DefaultRulePriority = 4401
+)
+
+// Config names the sockets to force and how.
+type Config struct {
+	Mode         Mode
+	Mark         uint32
+	Table        int
+	RulePriority int
+	// Cgroup is the cgroup v2 directory whose sockets are seen at establishment and whose
+	// setsockopt calls are watched; "" is the root. Accepted sockets inherit the listener's
+	// cgroup, so it must contain the listening process.
+	Cgroup string
+	// Netns are the network namespaces (paths such as /run/netns/x or /proc/PID/ns/net)
+	// where forcing applies; empty means the collector's own.
+	Netns []string
+	// LocalPorts and PeerPorts force sockets by port; Peers by peer address.
+	LocalPorts []uint16
+	PeerPorts  []uint16
+	Peers      []netip.Prefix
+	// OptIn honours setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, 3) for the socket's lifetime.
+	OptIn bool
+	// HZ is the kernel tick rate, which TCP_BPF_DELACK_MAX's minimum depends on.
+	HZ int
+
+	RingBufferBytes uint32
+	WakeupBytes     uint32
+	FlushInterval   time.Duration
+}
+
+// DefaultConfig forces nothing until targets are added.
+func DefaultConfig() Config {
+	return Config{
+		Mode: ModeRoute, Mark: DefaultMark, Table: DefaultTable, RulePriority: DefaultRulePriority,
+		HZ: 250, RingBufferBytes: 1 << 18, WakeupBytes: 4096, FlushInterval: 200 * time.Millisecond,
+	}
+}
+
+// Validate checks the config the way a user needs to hear about it: the field and the fix.
+func (c Config) Validate() error {
+	var errs []error
+	switch c.Mode {
+	case ModeRoute:
+		if c.Mark == 0 {
+			errs = append(errs, errors.New("quickack.mark: must not be 0 (0 means no mark); use e.g. 0x0ac10000"))
+		}
+		if c.Table <= 0 || c.Table == unix.RT_TABLE_MAIN || c.Table == unix.RT_TABLE_LOCAL || c.Table == unix.RT_TABLE_DEFAULT || c.Table > 0xffffffff {
+			errs = append(errs, fmt.Errorf("quickack.table: %d is reserved or out of range; use a free table id such as %d", c.Table, DefaultTable))
+		}
+		if c.RulePriority <= 0 || c.RulePriority >= 32766 {
+			errs = append(errs, fmt.Errorf("quickack.rule_priority: %d must be between 1 and 32765, after the local table's rule (0) and before main's (32766)", c.RulePriority))
+		}
+	case ModeBounded:
+	default:
+		errs = append(errs, fmt.Errorf("quickack.mode: %q is not a mode; use %q or %q", c.Mode, ModeRoute, ModeBounded))
+	}
+	for _, p := range append(append([]uint16{}, c.LocalPorts...), c.PeerPorts...) {
+		if p == 0 {
+			errs = append(errs, errors.New("quickack ports: port 0 is not a port; use 1-65535"))
+		}
+	}
+	for _, p := range c.Peers {
+		if !p.IsValid() {
+			errs = append(errs, errors.New("quickack.peers: invalid prefix"))
+		}
+	}
+	if len(c.LocalPorts)+len(c.PeerPorts)+len(c.Peers) == 0 && !c.OptIn {
+		errs = append(errs, errors.New("quickack: no target; name local_ports, peer_ports, peers or set opt_in"))
+	}
+	if len(c.targets()) >= maxTargets {
+		errs = append(errs, fmt.Errorf("quickack: %d targets, at most %d", len(c.targets()), maxTargets-1))
+	}
+	return errors.Join(errs...)
+}
+
+// maxTargets is MAX_TARGETS in bpf/quickack.bpf.c; id 0 means "no target".
+const maxTargets = 256
+
+// A target is one config entry, numbered from 1 for the kernel side.
+type target struct {
+	name      string
+	localPort uint16
+	peerPort  uint16
+	peer      netip.Prefix
+	optIn     bool
+}
+
+func (c Config) targets() []target {
+	var ts []target
+	for _, p := range c.LocalPorts {
+		ts = append(ts, target{name: fmt.Sprintf("local_port:%d", p), localPort: p})
+	}
+	for _, p := range c.PeerPorts {
+		ts = append(ts, target{name: fmt.Sprintf("peer_port:%d", p), peerPort: p})
+	}
+	for _, p := range c.Peers {
+		ts = append(ts, target{name: "peer:" + p.Masked().String(), peer: p.Masked()})
+	}
+	if c.OptIn {
+		ts = append(ts, target{name: "opt_in", optIn: true})
+	}
+	return ts
+}
+
+// namespace is one network namespace forcing applies in.
+type namespace struct {
+	path   string
+	inode  uint32
+	cookie uint64
+	handle netns.NsHandle
+	policy *policy
+}
+
+// Force is the running forcing: programs attached, policy installed, sockets marked.
+type Force struct {
+	cfg     Config
+	targets []target
+	set     *loader.Set
+	report  loader.Report
+	nss     []*namespace
+	reader  *ringbuf.Reader
+	done    chan struct{}
+	env     *kernel.Env
+}
+
+// Start installs the policy routing (route mode), attaches the programs, forces the
+// matching sockets that are already open, and from then on every new one.
+func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Force, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	f := &Force{cfg: cfg, targets: cfg.targets(), env: env, done: make(chan struct{})}
+	ok := false
+	defer func() {
+		if !ok {
+			f.teardown()
+		}
+	}()
+	if err := f.openNamespaces(); err != nil {
+		return nil, err
+	}
+	if cfg.Mode == ModeRoute {
+		for _, ns := range f.nss {
+			p, err := installPolicy(ns.path, ns.handle, cfg.Mark, cfg.Table, cfg.RulePriority)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", Family, err)
+			}
+			ns.policy = p
+		}
+	}
+	if err := f.load(); err != nil {
+		return nil, err
+	}
+	var err error
+	if f.reader, err = ringbuf.NewReader(f.set.Maps[quickackMapEvents]); err != nil {
+		return nil, fmt.Errorf("%s: ring buffer reader: %w", Family, err)
+	}
+	go func() {
+		defer close(f.done)
+		var raw quickackForceEvent
+		eventreader.Run(f.reader, cfg.FlushInterval, func(b []byte) (Event, bool) {
+			if err := binary.Read(bytes.NewReader(b), binary.NativeEndian, &raw); err != nil {
+				return Event{}, false
+			}
+			return f.decode(&raw), true
+		}, sink)
+	}()
+	if err := f.walkExisting(false); err != nil {
+		return nil, err
+	}
+	ok = true
+	return f, nil
+}
+
+func (f *Force) openNamespaces() error {
+	paths := f.cfg.Netns
+	if len(paths) == 0 {
+		paths = []string{"/proc/self/ns/net"}
+	}
+	seen := map[uint32]string{}
+	for _, path := range paths {
+		h, err := netns.GetFromPath(path)
+		if err != nil {
+			return fmt.Errorf("quickack.netns: %s: %w; name a netns file such as /run/netns/NAME or /proc/PID/ns/net", path, err)
+		}
+		ns := &namespace{path: path, handle: h}
+		f.nss = append(f.nss, ns)
+		if ns.inode, err = kernel.NetnsInode(path); err != nil {
+			return fmt.Errorf("quickack.netns: %s: %w", path, err)
+		}
+		if other, dup := seen[ns.inode]; dup {
+			return fmt.Errorf("quickack.netns: %s and %s are the same namespace; name it once", other, path)
+		}
+		seen[ns.inode] = path
+		if err := inNetns(h, func() error {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			ns.cookie, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+			return err
+		}); err != nil {
+			return fmt.Errorf("quickack.netns: %s: netns cookie: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// inNetns runs fn on a thread switched into the namespace. The thread is never handed back
+// to the Go scheduler (it exits with the goroutine), so no other code runs in the wrong netns.
+func inNetns(h netns.NsHandle, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := netns.Set(h); err != nil {
+			errc <- fmt.Errorf("setns: %w", err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+func hooks(cgroup string, optIn bool) []loader.Hook {
+	hs := []loader.Hook{
+		{Name: "sock_ops", Strategies: []loader.Strategy{
+			{Kind: loader.SockOps, Program: quickackProgQuickackSockops, Target: cgroup},
+		}},
+		{Name: "inet_sock_set_state", Strategies: []loader.Strategy{
+			{Kind: loader.TPBTF, Program: quickackProgQuickackClosed, Target: "inet_sock_set_state", Args: 3},
+		}},
+		// Without it sockets open before the start are not forced; the family says so.
+		{Name: "iter_tcp", Optional: true, Strategies: []loader.Strategy{
+			{Kind: loader.Iter, Program: quickackProgQuickackExisting, Target: "tcp"},
+		}},
+	}
+	if optIn {
+		hs = append(hs, loader.Hook{Name: "setsockopt", Strategies: []loader.Strategy{
+			{Kind: loader.CgroupSetsockopt, Program: quickackProgQuickackOptIn, Target: cgroup},
+		}})
+	}
+	return hs
+}
+
+// HookNames lists the family's hooks, for reporting a family that could not start.
+func HookNames() []string {
+	var names []string
+	for _, h := range hooks("", true) {
+		names = append(names, h.Name)
+	}
+	return names
+}
+
+// delackMaxUs is the smallest TCP_BPF_DELACK_MAX the kernel accepts: it rounds up to
+// jiffies and wants at least two (TCP_TIMEOUT_MIN), so one jiffy plus one microsecond.
+func delackMaxUs(hz int) int32 {
+	if hz <= 0 {
+		hz = 250
+	}
+	return int32(1_000_000/hz + 1)
+}
+
+func (f *Force) load() error {
+	cgroup := f.cfg.Cgroup
+	if cgroup == "" {
+		root, err := kernel.CgroupV2Root()
+		if err != nil {
+			return fmt.Errorf("%s: %w", Family, err)
+		}
+		cgroup = root
+	}
+	spec, err := loadQuickack()
+	if err != nil {
+		return err
+	}
+	mech := uint8(1)
+	if f.cfg.Mode == ModeBounded {
+		mech = 2
+	}
+	optIn := uint32(0)
+	for i, t := range f.targets {
+		if t.optIn {
+			optIn = uint32(i + 1)
+		}
+	}
+	vars := map[string]any{
+		quickackVarMechanism:          mech,
+		quickackVarForceMark:          f.cfg.Mark,
+		quickackVarDelackMaxForcedUs:  delackMaxUs(f.cfg.HZ),
+		quickackVarOptInTarget:        optIn,
+		quickackVarRingbufWakeupBytes: uint64(f.cfg.WakeupBytes),
+	}
+	for name, v := range vars {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("%s: set %s: %w", Family, name, err)
+		}
+	}
+	spec.Maps[quickackMapEvents].MaxEntries = f.cfg.RingBufferBytes
+	set, report, err := loader.Load(Family, f.env, spec, hooks(cgroup, f.cfg.OptIn), loader.Options{})
+	if err != nil {
+		return err
+	}
+	f.set, f.report = set, report
+	return f.fillTargets()
+}
+
+func (f *Force) fillTargets() error {
+	maps := f.set.Maps
+	for _, ns := range f.nss {
+		if err := maps[quickackMapForceNetns].Put(ns.inode, uint8(1)); err != nil {
+			return fmt.Errorf("%s: netns %s: %w", Family, ns.path, err)
+		}
+		if err := maps[quickackMapForceNetnsCookies].Put(ns.cookie, ns.inode); err != nil {
+			return fmt.Errorf("%s: netns %s: %w", Family, ns.path, err)
+		}
+		for i, t := range f.targets {
+			id := uint32(i + 1)
+			var err error
+			switch {
+			case t.localPort != 0:
+				err = maps[quickackMapForcePorts].Put(quickackPortKey{Netns: ns.inode, Port: t.localPort, Side: 1}, id)
+			case t.peerPort != 0:
+				err = maps[quickackMapForcePorts].Put(quickackPortKey{Netns: ns.inode, Port: t.peerPort, Side: 2}, id)
+			case t.peer.IsValid():
+				addr := t.peer.Addr()
+				bits := t.peer.Bits()
+				if addr.Is4() {
+					bits += 96
+				}
+				key := quickackPeerKey{Prefixlen: uint32(32 + bits), Netns: ns.inode, Addr: addr.As16()}
+				err = maps[quickackMapForcePeers].Put(key, id)
+			}
+			if err != nil {
+				return fmt.Errorf("%s: target %s: %w", Family, t.name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// walkExisting runs the iterator in every namespace: forcing the matching sockets already
+// open, or, with release, giving every forced socket back.
+func (f *Force) walkExisting(release bool) error {
+	l := f.set.Link("iter_tcp")
+	if l == nil {
+		return nil
+	}
+	flag := uint32(0)
+	if release {
+		flag = 1
+	}
+	if err := f.set.Maps[quickackMapIterRelease].Put(uint32(0), flag); err != nil {
+		return fmt.Errorf("%s: %w", Family, err)
+	}
+	var errs []error
+	for _, ns := range f.nss {
+		err := inNetns(ns.handle, func() error {
+			rd, err := l.(*link.Iter).Open()
+			if err != nil {
+				return err
+			}
+			defer rd.Close()
+			_, err = io.Copy(io.Discard, rd)
+			return err
+		})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: walk sockets of netns %s: %w", Family, ns.path, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Report says which hooks attached and how.
+func (f *Force) Report() loader.Report { return f.report }
+
+// Close gives every forced socket back, detaches the programs and removes the policy rules
+// and table from every namespace.
+func (f *Force) Close() error {
+	var errs []error
+	if f.set != nil {
+		errs = append(errs, f.walkExisting(true))
+		// Let the reader deliver the release events before it stops.
+		deadline := time.Now().Add(2 * f.cfg.FlushInterval)
+		for f.reader != nil && f.reader.AvailableBytes() > 0 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	errs = append(errs, f.teardown())
+	return errors.Join(errs...)
+}
+
+func (f *Force) teardown() error {
+	var errs []error
+	if f.reader != nil {
+		errs = append(errs, f.reader.Close())
+		<-f.done
+		f.reader = nil
+	}
+	if f.set != nil {
+		errs = append(errs, f.set.Close())
+		f.set = nil
+	}
+	for _, ns := range f.nss {
+		if ns.policy != nil {
+			errs = append(errs, ns.policy.close())
+			ns.policy = nil
+		}
+		ns.handle.Close()
+	}
+	f.nss = nil
+	return errors.Join(errs...)
+}
+
+// Refusal is why a socket that matched a target was not forced.
+type Refusal int
+
+// Refusals, as in bpf/quickack.bpf.c enum refusal.
+const (
+	RefusalNone Refusal = iota
+	// RefusalLocalPeer: a loopback or local peer is routed by the local table before any
+	// fwmark rule; route mode cannot force it (bounded mode can).
+	RefusalLocalPeer
+	// RefusalHasMark: the socket carries another mark, which tcpack will not overwrite.
+	RefusalHasMark
+	// RefusalSetsockopt: the kernel refused the socket option.
+	RefusalSetsockopt
+	refusalCount
+)
+
+var refusalNames = [refusalCount]string{"", "local_peer", "socket_has_mark", "setsockopt_failed"}
+
+func (r Refusal) String() string {
+	if r >= 0 && r < refusalCount {
+		return refusalNames[r]
+	}
+	return fmt.Sprintf("refusal_%d", int(r))
+}
+
+// Refusals lists the refusal reasons, for telemetry.
+func Refusals() []Refusal { return []Refusal{RefusalLocalPeer, RefusalHasMark, RefusalSetsockopt} }
+
+// Mechanism names how a socket was forced.
+func (f *Force) Mechanism() string {
+	if f.cfg.Mode == ModeBounded {
+		return "delack_max"
+	}
+	return "mark"
+}
+
+// TargetStats are the cumulative counts of one target.
+type TargetStats struct {
+	Target   string
+	Applied  uint64
+	Released uint64
+	Refused  [refusalCount]uint64
+}
+
+// Forced is how many sockets the target holds forced now.
+func (s TargetStats) Forced() uint64 {
+	if s.Released > s.Applied {
+		return 0
+	}
+	return s.Applied - s.Released
+}
+
+// Snapshot reads every target's counts.
+func (f *Force) Snapshot() ([]TargetStats, error) {
+	out := make([]TargetStats, 0, len(f.targets))
+	for i, t := range f.targets {
+		var perCPU []quickackTargetStats
+		if err := f.set.Maps[quickackMapTargetCounts].Lookup(uint32(i+1), &perCPU); err != nil {
+			return nil, fmt.Errorf("%s: read target %s: %w", Family, t.name, err)
+		}
+		s := TargetStats{Target: t.name}
+		for _, v := range perCPU {
+			s.Applied += v.Applied
+			s.Released += v.Released
+			for r, n := range v.Refused {
+				s.Refused[r] += n
+			}
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// PolicyErrors counts failed resyncs of the policy tables and returns the last failure.
+func (f *Force) PolicyErrors() (uint64, error) {
+	var n uint64
+	var last error
+	for _, ns := range f.nss {
+		if ns.policy == nil {
+			continue
+		}
+		c, err := ns.policy.syncErrors()
+		n += c
+		if err != nil {
+			last = err
+		}
+	}
+	return n, last
+}
+
+// LostEvents counts events lost to a full ring buffer.
+func (f *Force) LostEvents() (uint64, error) {
+	var perCPU []uint64
+	if err := f.set.Maps[quickackMapCounters].Lookup(uint32(0), &perCPU); err != nil {
+		return 0, fmt.Errorf("%s: read counter: %w", Family, err)
+	}
+	var n uint64
+	for _, v := range perCPU {
+		n += v
+	}
+	return n, nil
+}
+
+// EventKind says what happened to a socket.
+type EventKind int
+
+const (
+	EventApplied  EventKind = 1
+	EventReleased EventKind = 2
+	EventRefused  EventKind = 3
+)
+
+func (k EventKind) String() string {
+	switch k {
+	case EventApplied:
+		return "applied"
+	case EventReleased:
+		return "released"
+	case EventRefused:
+		return "refused"
+	}
+	return fmt.Sprintf("kind_%d", int(k))
+}
+
+var originNames = map[uint8]string{1: "established", 2: "existing", 3: "opt_in", 4: "shutdown"}
+
+// Event is one socket forced, released or refused.
+type Event struct {
+	Time      time.Time
+	Kind      EventKind
+	Target    string
+	Mechanism string
+	// Origin: established (sock_ops), existing (open at start), opt_in, shutdown.
+	Origin    string
+	Refusal   Refusal
+	Err       syscall.Errno
+	Netns     uint32
+	LocalAddr netip.Addr
+	LocalPort uint16
+	PeerAddr  netip.Addr
+	PeerPort  uint16
+}
+
+func (f *Force) decode(r *quickackForceEvent) Event {
+	e := Event{
+		Time: f.env.KtimeToTime(r.TsNs), Kind: EventKind(r.Kind), Refusal: Refusal(r.Refusal),
+		Origin: originNames[r.Origin], Netns: r.Netns, LocalPort: r.Flow.LocalPort, PeerPort: r.Flow.PeerPort,
+		Mechanism: "mark",
+	}
+	if r.Mechanism == 2 {
+		e.Mechanism = "delack_max"
+	}
+	if r.Err < 0 {
+		e.Err = syscall.Errno(-r.Err)
+	}
+	if r.Target >= 1 && int(r.Target) <= len(f.targets) {
+		e.Target = f.targets[r.Target-1].name
+	}
+	switch r.Flow.L3proto {
+	case 0x0800:
+		e.LocalAddr = netip.AddrFrom4([4]byte(r.Flow.LocalAddr[:4]))
+		e.PeerAddr = netip.AddrFrom4([4]byte(r.Flow.PeerAddr[:4]))
+	case 0x86DD:
+		e.LocalAddr = netip.AddrFrom16(r.Flow.LocalAddr).Unmap()
+		e.PeerAddr = netip.AddrFrom16(r.Flow.PeerAddr).Unmap()
+	}
+	return e
+}

@@ -1,0 +1,496 @@
+package quickack_test
+
+import (
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tcpack/tcpack/internal/acks"
+	"github.com/tcpack/tcpack/internal/kernel"
+	"github.com/tcpack/tcpack/internal/netnstest"
+	"github.com/tcpack/tcpack/internal/quickack"
+)
+
+// The seed's workload: the client sends a small message every 2 ms, the server reads every
+// 50 ms. Unforced, its ACKs wait ~14 ms on average (internal/acks tests).
+const (
+	messages  = 300
+	every     = 2 * time.Millisecond
+	readEvery = 50 * time.Millisecond
+)
+
+type eventLog = netnstest.Events[quickack.Event]
+
+func config(t *testing.T, ns *netnstest.NS) quickack.Config {
+	t.Helper()
+	hz, err := kernel.HZ()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := quickack.DefaultConfig()
+	cfg.Netns = []string{"/run/netns/" + ns.Name}
+	cfg.HZ = hz
+	return cfg
+}
+
+func start(t *testing.T, cfg quickack.Config) (*quickack.Force, *eventLog) {
+	t.Helper()
+	log := &eventLog{}
+	f, err := quickack.Start(netnstest.KernelEnv(t), cfg, log.Add)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := f.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	})
+	for _, l := range f.Report().Lines() {
+		t.Log(l)
+	}
+	return f, log
+}
+
+// observe starts the ACK family on the given ports: the judge of whether forcing worked.
+func observe(t *testing.T, ports ...uint16) *acks.Probe {
+	t.Helper()
+	cfg := acks.DefaultConfig()
+	cfg.LocalPorts = ports
+	cfg.ForcedMark = quickack.DefaultMark
+	hz, err := kernel.HZ()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.HZ = hz
+	p, err := acks.Start(netnstest.KernelEnv(t), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// ackStats waits until the port's ACK statistics cover every data segment its server
+// received, per TCP_INFO.
+func ackStats(t *testing.T, p *acks.Probe, netns uint32, port uint16, c *netnstest.Paced) acks.Stats {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		snap, err := p.Snapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		in := uint64(netnstest.TCPInfo(t, c.Server).Data_segs_in)
+		for _, s := range snap {
+			if s.Netns == netns && s.LocalPort == port && s.SegmentsAcked == in {
+				t.Logf("port %d: %d ACKs for %d segments, route=%d quick=%d, mean delay %.2f ms, forced %d",
+					port, s.Acks(), s.SegmentsAcked, s.ByCause[acks.CauseRoute], s.ByCause[acks.CauseQuick],
+					1000*s.Delay.Sum/float64(s.Delay.Count), s.Forced)
+				return s
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("port %d: statistics never covered the %d data segments received: %+v", port, in, snap)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func meanDelay(s acks.Stats) time.Duration {
+	return time.Duration(s.Delay.Sum / float64(s.Delay.Count) * float64(time.Second))
+}
+
+// requireForced: (almost) one pure ACK per segment, and a mean delay under 1 ms. The first
+// ACK after the mark may still be delayed: it is what triggers the new route lookup.
+func requireForced(t *testing.T, s acks.Stats) {
+	t.Helper()
+	if s.Acks() < s.SegmentsAcked*9/10 {
+		t.Errorf("forced: %d ACKs for %d segments, want about one per segment", s.Acks(), s.SegmentsAcked)
+	}
+	if d := meanDelay(s); d >= time.Millisecond {
+		t.Errorf("forced: mean ACK delay %v, want under 1 ms", d)
+	}
+	if s.Forced < s.Acks()*9/10 {
+		t.Errorf("forced: the ACK family counts %d of %d ACKs on forced sockets", s.Forced, s.Acks())
+	}
+}
+
+func requireDelayed(t *testing.T, s acks.Stats) {
+	t.Helper()
+	if s.Acks() > s.SegmentsAcked/3 {
+		t.Errorf("control: %d ACKs for %d segments, want delayed ACKs covering several each", s.Acks(), s.SegmentsAcked)
+	}
+	if d := meanDelay(s); d < 4*time.Millisecond {
+		t.Errorf("control: mean ACK delay %v, want delayed (several ms)", d)
+	}
+	if s.Forced != 0 {
+		t.Errorf("control: %d ACKs counted as forced", s.Forced)
+	}
+}
+
+func targetStats(t *testing.T, f *quickack.Force, name string) quickack.TargetStats {
+	t.Helper()
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range snap {
+		if s.Target == name {
+			return s
+		}
+	}
+	t.Fatalf("no target %s in %+v", name, snap)
+	return quickack.TargetStats{}
+}
+
+// waitEvents waits for n events matching f.
+func waitEvents(t *testing.T, log *eventLog, n int, f func(quickack.Event) bool) []quickack.Event {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		got := log.Matching(f)
+		if len(got) >= n || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// policyState is everything policy routing in the namespace consists of.
+func policyState(t *testing.T, ns *netnstest.NS) string {
+	t.Helper()
+	var b strings.Builder
+	for _, args := range [][]string{
+		{"ip", "-4", "rule"}, {"ip", "-6", "rule"},
+		{"ip", "-4", "route", "show", "table", "all"}, {"ip", "-6", "route", "show", "table", "all"},
+	} {
+		b.WriteString(ns.Exec(t, args[0], args[1:]...))
+	}
+	return b.String()
+}
+
+func TestPortForcedAtEstablishment(t *testing.T) {
+	pair := netnstest.NewPair(t)
+	obs := observe(t, 5301, 5302)
+	cfg := config(t, pair.B)
+	cfg.LocalPorts = []uint16{5301}
+	f, log := start(t, cfg)
+
+	target := pair.Connect(t, 5301)
+	control := pair.Connect(t, 5302)
+	target.Exchange(t, messages, every, readEvery)
+	control.Exchange(t, messages, every, readEvery)
+	requireForced(t, ackStats(t, obs, pair.B.Inode, 5301, target))
+	requireDelayed(t, ackStats(t, obs, pair.B.Inode, 5302, control))
+
+	s := targetStats(t, f, "local_port:5301")
+	if s.Applied != 1 || s.Forced() != 1 {
+		t.Errorf("target stats %+v, want one socket forced", s)
+	}
+	applied := waitEvents(t, log, 1, func(e quickack.Event) bool { return e.Kind == quickack.EventApplied })
+	if len(applied) != 1 {
+		t.Fatalf("applied events: %+v, want one", applied)
+	}
+	e := applied[0]
+	if e.Target != "local_port:5301" || e.Origin != "established" || e.Mechanism != "mark" || e.Netns != pair.B.Inode ||
+		e.LocalPort != 5301 || e.PeerAddr.String() != pair.A.Addr || e.LocalAddr.String() != pair.B.Addr {
+		t.Errorf("applied event %+v", e)
+	}
+
+	// Closing the socket releases it.
+	target.Server.Close()
+	released := waitEvents(t, log, 1, func(e quickack.Event) bool { return e.Kind == quickack.EventReleased })
+	if len(released) != 1 || released[0].LocalPort != 5301 {
+		t.Errorf("released events after close: %+v", released)
+	}
+	if s := targetStats(t, f, "local_port:5301"); s.Forced() != 0 {
+		t.Errorf("after close: %+v, want nothing forced", s)
+	}
+}
+
+func TestPortAlreadyOpenAtStart(t *testing.T) {
+	pair := netnstest.NewPair(t)
+	obs := observe(t, 5303)
+	target := pair.Connect(t, 5303)
+	cfg := config(t, pair.B)
+	cfg.LocalPorts = []uint16{5303}
+	f, log := start(t, cfg)
+
+	target.Exchange(t, messages, every, readEvery)
+	requireForced(t, ackStats(t, obs, pair.B.Inode, 5303, target))
+	applied := waitEvents(t, log, 1, func(e quickack.Event) bool { return e.Kind == quickack.EventApplied })
+	if len(applied) != 1 || applied[0].Origin != "existing" || applied[0].LocalPort != 5303 {
+		t.Errorf("applied events %+v, want one from the walk of existing sockets", applied)
+	}
+	if s := targetStats(t, f, "local_port:5303"); s.Forced() != 1 {
+		t.Errorf("target stats %+v", s)
+	}
+}
+
+func TestPeerPrefix(t *testing.T) {
+	pair := netnstest.NewPair(t)
+	obs := observe(t, 5304)
+	cfg := config(t, pair.B)
+	cfg.Peers = []netip.Prefix{netip.MustParsePrefix(pair.A.Addr + "/32")}
+	f, _ := start(t, cfg)
+
+	target := pair.Connect(t, 5304)
+	target.Exchange(t, messages, every, readEvery)
+	requireForced(t, ackStats(t, obs, pair.B.Inode, 5304, target))
+	if s := targetStats(t, f, "peer:"+pair.A.Addr+"/32"); s.Forced() != 1 {
+		t.Errorf("target stats %+v", s)
+	}
+}
+
+func TestPeerPrefixOtherPeerUntouched(t *testing.T) {
+	pair := netnstest.NewPair(t)
+	cfg := config(t, pair.B)
+	cfg.Peers = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}
+	f, _ := start(t, cfg)
+	pair.Connect(t, 5305)
+	if s := targetStats(t, f, "peer:203.0.113.0/24"); s.Applied != 0 {
+		t.Errorf("a peer outside the prefix was forced: %+v", s)
+	}
+}
+
+func TestOptInBySetsockopt(t *testing.T) {
+	pair := netnstest.NewPair(t)
+	obs := observe(t, 5306, 5307)
+	cfg := config(t, pair.B)
+	cfg.OptIn = true
+	f, log := start(t, cfg)
+
+	target := pair.Connect(t, 5306)
+	control := pair.Connect(t, 5307)
+	raw, err := target.Server.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	raw.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_QUICKACK, 3) })
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	target.Exchange(t, messages, every, readEvery)
+	control.Exchange(t, messages, every, readEvery)
+	requireForced(t, ackStats(t, obs, pair.B.Inode, 5306, target))
+	requireDelayed(t, ackStats(t, obs, pair.B.Inode, 5307, control))
+	if s := targetStats(t, f, "opt_in"); s.Applied != 1 {
+		t.Errorf("target stats %+v", s)
+	}
+	if got := waitEvents(t, log, 1, func(e quickack.Event) bool { return e.Origin == "opt_in" }); len(got) != 1 {
+		t.Errorf("opt-in events %+v", got)
+	}
+}
+
+func TestBoundedMode(t *testing.T) {
+	pair := netnstest.NewPair(t)
+	obs := observe(t, 5308, 5309)
+	cfg := config(t, pair.B)
+	cfg.Mode = quickack.ModeBounded
+	cfg.LocalPorts = []uint16{5308}
+	before := policyState(t, pair.B)
+	f, _ := start(t, cfg)
+	if got := policyState(t, pair.B); got != before {
+		t.Errorf("bounded mode changed policy routing:\n%s\nwas:\n%s", got, before)
+	}
+
+	target := pair.Connect(t, 5308)
+	control := pair.Connect(t, 5309)
+	target.Exchange(t, messages, every, readEvery)
+	control.Exchange(t, messages, every, readEvery)
+	s := ackStats(t, obs, pair.B.Inode, 5308, target)
+	c := ackStats(t, obs, pair.B.Inode, 5309, control)
+	// Two jiffies bound every delay (8 ms at HZ 250) but ACKs are still delayed.
+	limit := 2 * time.Second / time.Duration(config(t, pair.B).HZ)
+	var over uint64
+	for i, b := range s.Delay.Bounds {
+		if b > 2*limit.Seconds() {
+			over += s.Delay.Counts[i+1]
+		}
+	}
+	if over > s.Delay.Count/20 {
+		t.Errorf("bounded: %d of %d ACKs waited over twice the %v bound", over, s.Delay.Count, limit)
+	}
+	if meanDelay(s) >= meanDelay(c) {
+		t.Errorf("bounded mean delay %v not below the control's %v", meanDelay(s), meanDelay(c))
+	}
+	if st := targetStats(t, f, "local_port:5308"); st.Applied != 1 {
+		t.Errorf("target stats %+v", st)
+	}
+	requireDelayed(t, c)
+}
+
+func TestLocalPeerRefused(t *testing.T) {
+	pair := netnstest.NewPair(t)
+	cfg := config(t, pair.B)
+	cfg.LocalPorts = []uint16{5310}
+	f, log := start(t, cfg)
+	netnstest.Connect(t, pair.B, pair.B, "127.0.0.1", 5310)
+	got := waitEvents(t, log, 2, func(e quickack.Event) bool { return e.Kind == quickack.EventRefused })
+	// Both ends are local: the server's socket (local port 5310) matches.
+	if len(got) == 0 || got[0].Refusal != quickack.RefusalLocalPeer {
+		t.Fatalf("refused events %+v, want local_peer", got)
+	}
+	if s := targetStats(t, f, "local_port:5310"); s.Applied != 0 || s.Refused[quickack.RefusalLocalPeer] == 0 {
+		t.Errorf("target stats %+v", s)
+	}
+}
+
+func TestCleanShutdownRestoresPolicyRouting(t *testing.T) {
+	pair := netnstest.NewPair(t)
+	before := policyState(t, pair.B)
+	cfg := config(t, pair.B)
+	cfg.LocalPorts = []uint16{5311}
+	f, err := quickack.Start(netnstest.KernelEnv(t), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	during := policyState(t, pair.B)
+	rule := fmt.Sprintf("%d:\tfrom all fwmark %#x lookup %d proto 172", cfg.RulePriority, cfg.Mark, cfg.Table)
+	if strings.Count(during, rule) != 2 {
+		t.Errorf("want the rule for IPv4 and IPv6 (%q), have:\n%s", rule, during)
+	}
+	if !strings.Contains(during, fmt.Sprintf("198.18.0.0/24 dev %s table %d proto 172 scope link src %s quickack 1", pair.B.Veth, cfg.Table, pair.B.Addr)) {
+		t.Errorf("table %d does not mirror the connected route with quickack 1:\n%s", cfg.Table, during)
+	}
+	c := pair.Connect(t, 5311)
+	var mark int
+	raw, _ := c.Server.SyscallConn()
+	raw.Control(func(fd uintptr) { mark, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK) })
+	if err != nil || uint32(mark) != cfg.Mark {
+		t.Errorf("forced socket mark %#x (%v), want %#x", mark, err, cfg.Mark)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if after := policyState(t, pair.B); after != before {
+		t.Errorf("policy routing after shutdown:\n%s\nbefore:\n%s", after, before)
+	}
+	raw.Control(func(fd uintptr) { mark, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK) })
+	if err != nil || mark != 0 {
+		t.Errorf("socket mark after shutdown %#x (%v), want 0", mark, err)
+	}
+}
+
+func TestRestartAfterCrashRemovesLeftovers(t *testing.T) {
+	pair := netnstest.NewPair(t)
+	before := policyState(t, pair.B)
+	cfg := config(t, pair.B)
+	cfg.LocalPorts = []uint16{5312}
+	// A crashed run: its rules and table stay (its BPF links die with it). Simulate with the
+	// same commands a run issues, tagged as tcpack's.
+	pair.B.Exec(t, "ip", "rule", "add", "fwmark", fmt.Sprint(cfg.Mark), "lookup", fmt.Sprint(cfg.Table),
+		"pref", fmt.Sprint(cfg.RulePriority), "protocol", "172")
+	pair.B.Exec(t, "ip", "route", "add", "198.18.0.0/24", "dev", pair.B.Veth, "table", fmt.Sprint(cfg.Table),
+		"proto", "172", "quickack", "1")
+	pair.B.Exec(t, "ip", "route", "add", "192.0.2.0/24", "dev", pair.B.Veth, "table", fmt.Sprint(cfg.Table),
+		"proto", "172", "quickack", "1") // stale: main has no such route
+	f, err := quickack.Start(netnstest.KernelEnv(t), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	during := policyState(t, pair.B)
+	if n := strings.Count(during, "fwmark"); n != 2 {
+		t.Errorf("%d fwmark rules after restart, want one per family:\n%s", n, during)
+	}
+	if strings.Contains(during, "192.0.2.0/24") {
+		t.Errorf("stale route survived the restart:\n%s", during)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if after := policyState(t, pair.B); after != before {
+		t.Errorf("policy routing after shutdown:\n%s\nbefore:\n%s", after, before)
+	}
+}
+
+func TestCollisionsRefused(t *testing.T) {
+	pair := netnstest.NewPair(t)
+	cfg := config(t, pair.B)
+	cfg.LocalPorts = []uint16{5313}
+	for _, tc := range []struct {
+		setup []string
+		want  string
+	}{
+		{[]string{"ip", "rule", "add", "fwmark", fmt.Sprint(cfg.Mark), "lookup", "100", "pref", "30000"}, "quickack.mark"},
+		{[]string{"ip", "rule", "add", "from", "192.0.2.1", "lookup", "100", "pref", fmt.Sprint(cfg.RulePriority)}, "quickack.rule_priority"},
+		{[]string{"ip", "route", "add", "192.0.2.0/24", "dev", pair.B.Veth, "table", fmt.Sprint(cfg.Table)}, "quickack.table"},
+	} {
+		before := policyState(t, pair.B)
+		pair.B.Exec(t, tc.setup[0], tc.setup[1:]...)
+		_, err := quickack.Start(netnstest.KernelEnv(t), cfg, nil)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: error %v, want one naming %s", tc.setup, err, tc.want)
+		}
+		undo := append([]string{}, tc.setup...)
+		undo[2] = "del"
+		pair.B.Exec(t, undo[0], undo[1:]...)
+		if after := policyState(t, pair.B); after != before {
+			t.Errorf("%v: a refused start changed policy routing:\n%s", tc.setup, after)
+		}
+	}
+}
+
+func TestLinkDownUpKeepsForcing(t *testing.T) {
+	pair := netnstest.NewPair(t)
+	obs := observe(t, 5314)
+	cfg := config(t, pair.B)
+	cfg.LocalPorts = []uint16{5314}
+	start(t, cfg)
+	copyRoute := fmt.Sprintf("198.18.0.0/24 dev %s table %d proto 172", pair.B.Veth, cfg.Table)
+
+	pair.B.Exec(t, "ip", "link", "set", pair.B.Veth, "down")
+	if got := policyState(t, pair.B); strings.Contains(got, copyRoute) {
+		t.Fatalf("the kernel kept the copy on a down link; the test proves nothing:\n%s", got)
+	}
+	pair.B.Exec(t, "ip", "link", "set", pair.B.Veth, "up")
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(policyState(t, pair.B), copyRoute) {
+		if time.Now().After(deadline) {
+			t.Fatalf("table %d not restored after link up:\n%s", cfg.Table, policyState(t, pair.B))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// The veth needs a moment to carry traffic again after up.
+	var c *netnstest.Paced
+	for i := 0; ; i++ {
+		if err := exec.Command("ip", "netns", "exec", pair.A.Name, "ping", "-c1", "-W1", pair.B.Addr).Run(); err == nil || i == 20 {
+			break
+		}
+	}
+	c = pair.Connect(t, 5314)
+	c.Exchange(t, messages, every, readEvery)
+	requireForced(t, ackStats(t, obs, pair.B.Inode, 5314, c))
+}
+
+func TestConfigErrorsNameTheField(t *testing.T) {
+	for _, tc := range []struct {
+		mut  func(*quickack.Config)
+		want string
+	}{
+		{func(c *quickack.Config) {}, "no target"},
+		{func(c *quickack.Config) { c.LocalPorts = []uint16{0} }, "port 0"},
+		{func(c *quickack.Config) { c.LocalPorts = []uint16{1}; c.Mark = 0 }, "quickack.mark"},
+		{func(c *quickack.Config) { c.LocalPorts = []uint16{1}; c.Table = 254 }, "quickack.table"},
+		{func(c *quickack.Config) { c.LocalPorts = []uint16{1}; c.RulePriority = 0 }, "quickack.rule_priority"},
+		{func(c *quickack.Config) { c.LocalPorts = []uint16{1}; c.Mode = "fast" }, "quickack.mode"},
+	} {
+		cfg := quickack.DefaultConfig()
+		tc.mut(&cfg)
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("error %v, want one naming %q", err, tc.want)
+		}
+	}
+	cfg := quickack.DefaultConfig()
+	cfg.LocalPorts = []uint16{1}
+	cfg.Netns = []string{"/run/netns/does-not-exist"}
+	if _, err := quickack.Start(netnstest.KernelEnv(t), cfg, nil); err == nil || !strings.Contains(err.Error(), "quickack.netns") {
+		t.Errorf("missing netns: %v", err)
+	}
+}
