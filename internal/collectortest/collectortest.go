@@ -119,6 +119,19 @@ func (p *Process) Stop(t testing.TB) {
 	}
 }
 
+// Kill sends SIGKILL, as a crash or the OOM killer would, and waits for the process to go.
+func (p *Process) Kill(t testing.TB) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.exited:
+	case <-time.After(15 * time.Second):
+		t.Fatal("collector still running 15s after SIGKILL")
+	}
+}
+
 // PeakRSSKiB is the collector's peak resident memory so far (VmHWM).
 func (p *Process) PeakRSSKiB(t testing.TB) int {
 	t.Helper()

@@ -74,23 +74,34 @@ func (c *collector) output(t *testing.T) []byte {
 // read parses every line the file exporters wrote: one JSON batch of metrics or logs per line.
 func (c *collector) read(t *testing.T) ([]pmetric.Metrics, []plog.Logs) {
 	t.Helper()
-	data := c.output(t)
 	var metrics []pmetric.Metrics
 	var logs []plog.Logs
-	for _, line := range bytes.Split(data, []byte("\n")) {
-		switch {
-		case bytes.HasPrefix(line, []byte(`{"resourceMetrics"`)):
-			m, err := (&pmetric.JSONUnmarshaler{}).UnmarshalMetrics(line)
-			if err != nil {
-				t.Fatalf("metrics line: %v", err)
+	for _, name := range []string{"metrics.json", "logs.json"} {
+		data, err := os.ReadFile(filepath.Join(c.outDir, name))
+		if err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		// The exporter may be caught mid-write: only newline-terminated lines are complete.
+		if i := bytes.LastIndexByte(data, '\n'); i >= 0 {
+			data = data[:i]
+		} else {
+			data = nil
+		}
+		for _, line := range bytes.Split(data, []byte("\n")) {
+			switch {
+			case bytes.HasPrefix(line, []byte(`{"resourceMetrics"`)):
+				m, err := (&pmetric.JSONUnmarshaler{}).UnmarshalMetrics(line)
+				if err != nil {
+					t.Fatalf("metrics line: %v", err)
+				}
+				metrics = append(metrics, m)
+			case bytes.HasPrefix(line, []byte(`{"resourceLogs"`)):
+				l, err := (&plog.JSONUnmarshaler{}).UnmarshalLogs(line)
+				if err != nil {
+					t.Fatalf("logs line: %v", err)
+				}
+				logs = append(logs, l)
 			}
-			metrics = append(metrics, m)
-		case bytes.HasPrefix(line, []byte(`{"resourceLogs"`)):
-			l, err := (&plog.JSONUnmarshaler{}).UnmarshalLogs(line)
-			if err != nil {
-				t.Fatalf("logs line: %v", err)
-			}
-			logs = append(logs, l)
 		}
 	}
 	return metrics, logs

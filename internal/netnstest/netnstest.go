@@ -310,6 +310,23 @@ func CountFDs(t testing.TB) int {
 	return len(entries)
 }
 
+// PolicyRouting is every rule and route of the namespace, both families, apart from the
+// kernel's own local table (IPv6 link-local addresses join it whenever DAD finishes): what
+// tests compare before and after code that changes policy routing.
+func PolicyRouting(t testing.TB, ns *NS) string {
+	t.Helper()
+	var b strings.Builder
+	for _, f := range []string{"-4", "-6"} {
+		b.WriteString(ns.Exec(t, "ip", f, "rule"))
+		for _, line := range strings.Split(ns.Exec(t, "ip", f, "route", "show", "table", "all"), "\n") {
+			if line != "" && !strings.Contains(line, " table local ") {
+				b.WriteString(line + "\n")
+			}
+		}
+	}
+	return b.String()
+}
+
 // Paced is a TCP connection from A to B carrying small messages at a fixed pace, with a
 // server that reads at its own pace: the workload that shows delayed ACKs (seed 000).
 type Paced struct {

@@ -161,18 +161,7 @@ func waitEvents(t *testing.T, log *eventLog, n int, f func(quickack.Event) bool)
 	}
 }
 
-// policyState is everything policy routing in the namespace consists of.
-func policyState(t *testing.T, ns *netnstest.NS) string {
-	t.Helper()
-	var b strings.Builder
-	for _, args := range [][]string{
-		{"ip", "-4", "rule"}, {"ip", "-6", "rule"},
-		{"ip", "-4", "route", "show", "table", "all"}, {"ip", "-6", "route", "show", "table", "all"},
-	} {
-		b.WriteString(ns.Exec(t, args[0], args[1:]...))
-	}
-	return b.String()
-}
+func policyState(t *testing.T, ns *netnstest.NS) string { return netnstest.PolicyRouting(t, ns) }
 
 func TestPortForcedAtEstablishment(t *testing.T) {
 	pair := netnstest.NewPair(t)

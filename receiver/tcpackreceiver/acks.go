@@ -7,7 +7,6 @@ import (
 
 	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/pmetric"
-	"go.uber.org/zap"
 
 	"github.com/tcpack/tcpack/internal/acks"
 	"github.com/tcpack/tcpack/receiver/tcpackreceiver/internal/metadata"
@@ -66,6 +65,7 @@ func mergeStats(into *acks.Stats, s acks.Stats) {
 	into.OtherAcks += s.OtherAcks
 	into.SegmentsAcked += s.SegmentsAcked
 	into.QuotaSpent += s.QuotaSpent
+	into.Forced += s.Forced
 	for i := range into.Delay.Counts {
 		into.Delay.Counts[i] += s.Delay.Counts[i]
 	}
@@ -82,6 +82,7 @@ func (r *tcpackReceiver) recordAcks(now pcommon.Timestamp, stats []acks.Stats) {
 		r.mb.RecordTcpackAckOtherCountDataPoint(now, int64(s.OtherAcks), port, netns)
 		r.mb.RecordTcpackAckSegmentsDataPoint(now, int64(s.SegmentsAcked), port, netns)
 		r.mb.RecordTcpackAckQuotaExhaustedCountDataPoint(now, int64(s.QuotaSpent), port, netns)
+		r.mb.RecordTcpackAckForcedCountDataPoint(now, int64(s.Forced), port, netns)
 	}
 }
 
@@ -151,7 +152,7 @@ func (r *tcpackReceiver) consumeAckEvents(events []acks.Event) {
 			ato = float64(e.ATOJiffies) / float64(r.hz)
 		}
 		r.lb.RecordTcpackAckDelayedEvent(ctx, pcommon.NewTimestampFromTime(e.Time), e.Delay.Seconds(), ackCauses[e.Cause],
-			int64(e.Segments), int64(e.Quick), int64(e.Pingpong), e.DstQuickAck, ato,
+			int64(e.Segments), int64(e.Quick), int64(e.Pingpong), e.DstQuickAck, ato, e.Forced,
 			addrString(e.LocalAddr.IsValid(), e.LocalAddr.String()), int64(e.LocalPort),
 			addrString(e.PeerAddr.IsValid(), e.PeerAddr.String()), int64(e.PeerPort), int64(e.Netns), name)
 	}
@@ -161,7 +162,5 @@ func (r *tcpackReceiver) consumeAckEvents(events []acks.Event) {
 		return
 	}
 	tidyRecords(logs)
-	if err := r.logs.ConsumeLogs(ctx, logs); err != nil {
-		r.set.Logger.Warn("consume ack events", zap.Error(err))
-	}
+	r.sendLogs(ctx, logs, "ack events")
 }

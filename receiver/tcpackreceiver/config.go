@@ -11,6 +11,7 @@ import (
 	"github.com/tcpack/tcpack/internal/acks"
 	"github.com/tcpack/tcpack/internal/drops"
 	"github.com/tcpack/tcpack/internal/loader"
+	"github.com/tcpack/tcpack/internal/quickack"
 	"github.com/tcpack/tcpack/receiver/tcpackreceiver/internal/metadata"
 )
 
@@ -22,6 +23,9 @@ type Config struct {
 	Drops DropsConfig `mapstructure:"drops"`
 	// Acks configures the ACK family (delayed vs quick ACKs per socket).
 	Acks AcksConfig `mapstructure:"acks"`
+	// Quickack forces quick ACKs on the sockets it names (off by default: it changes
+	// kernel state).
+	Quickack QuickackConfig `mapstructure:"quickack"`
 	// RingBuffer tunes how sampled events travel from the kernel.
 	RingBuffer RingBufferConfig `mapstructure:"ring_buffer"`
 
@@ -121,6 +125,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("drops.sampling.burst: %d is too large, use 1..%d", d.Sampling.Burst, maxRatePerCPU))
 	}
 	errs = append(errs, c.Acks.validate()...)
+	errs = append(errs, c.Quickack.validate()...)
 	rb := c.RingBuffer
 	page := uint32(os.Getpagesize())
 	if rb.SizeBytes < page || rb.SizeBytes&(rb.SizeBytes-1) != 0 || rb.SizeBytes > 1<<30 {
@@ -171,8 +176,12 @@ func (a AcksConfig) validate() []error {
 }
 
 // acksConfig is the ACK family's part of the config.
-func (c *Config) acksConfig(withLogs bool) acks.Config {
+func (c *Config) acksConfig(withLogs bool, hz int) acks.Config {
 	cfg := acks.DefaultConfig()
+	cfg.HZ = hz
+	if c.Quickack.Enabled && c.Quickack.Mode == string(quickack.ModeRoute) {
+		cfg.ForcedMark = c.Quickack.Mark
+	}
 	for _, p := range c.Acks.LocalPorts {
 		cfg.LocalPorts = append(cfg.LocalPorts, uint16(p))
 	}
@@ -242,6 +251,7 @@ func createDefaultConfig() *Config {
 			MaxSeries:       1000,
 			DelayAttributes: slices.Clone(delayAttributes),
 		},
+		Quickack: defaultQuickackConfig(),
 		RingBuffer: RingBufferConfig{
 			SizeBytes:     d.RingBufferBytes,
 			WakeupBytes:   d.WakeupBytes,

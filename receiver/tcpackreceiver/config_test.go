@@ -1,6 +1,7 @@
 package tcpackreceiver
 
 import (
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -75,6 +76,32 @@ func TestLoadConfig(t *testing.T) {
 	}
 }
 
+func TestLoadQuickackConfig(t *testing.T) {
+	cfg, err := loadConfig(t, component.NewIDWithName(metadata.Type, "quickack"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	q, err := cfg.Quickack.quickackConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := fmt.Sprintf("%s %#x %d %d %v %v %v %v %v", q.Mode, q.Mark, q.Table, q.RulePriority, q.Netns, q.LocalPorts, q.PeerPorts, q.Peers, q.OptIn)
+	want := "route 0x5a5a0000 5000 5000 [/run/netns/app] [8080] [6379] [10.0.0.0/8 2001:db8::/32 192.0.2.7/32] true"
+	if got != want {
+		t.Errorf("quickack config:\n got %s\nwant %s", got, want)
+	}
+	if ac := cfg.acksConfig(true, 250); ac.ForcedMark != 0x5a5a0000 || ac.HZ != 250 {
+		t.Errorf("the ACK family must know the forcing mark: %+v", ac)
+	}
+	def := createDefaultConfig()
+	if def.Quickack.Enabled || def.Validate() != nil {
+		t.Errorf("quickack must be off and valid by default: %+v", def.Quickack)
+	}
+}
+
 func TestValidateNamesFieldAndFix(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -95,6 +122,20 @@ func TestValidateNamesFieldAndFix(t *testing.T) {
 		{"ack delay", func(c *Config) { c.Acks.EventMinDelay = -time.Second }, []string{"acks.event_min_delay"}},
 		{"ack series", func(c *Config) { c.Acks.MaxSeries = 0 }, []string{"acks.max_series", "at least 1"}},
 		{"ack attributes", func(c *Config) { c.Acks.DelayAttributes = []string{"network.peer.port"} }, []string{"acks.delay_attributes[0]", "network.local.port or tcpack.netns.inode"}},
+		{"quickack no target", func(c *Config) { c.Quickack.Enabled = true }, []string{"quickack: no target", "local_ports"}},
+		{"quickack port", func(c *Config) { c.Quickack.Enabled = true; c.Quickack.LocalPorts = []int{0} }, []string{"quickack.local_ports[0]", "1..65535"}},
+		{"quickack peer port", func(c *Config) { c.Quickack.Enabled = true; c.Quickack.PeerPorts = []int{65536} }, []string{"quickack.peer_ports[0]"}},
+		{"quickack peer", func(c *Config) { c.Quickack.Enabled = true; c.Quickack.Peers = []string{"10.0.0.0/33"} }, []string{"quickack.peers[0]", "CIDR"}},
+		{"quickack loopback", func(c *Config) { c.Quickack.Enabled = true; c.Quickack.Peers = []string{"127.0.0.0/8"} }, []string{"quickack.peers[0]", "local table", "bounded"}},
+		{"quickack mode", func(c *Config) { c.Quickack.Enabled = true; c.Quickack.OptIn = true; c.Quickack.Mode = "fast" }, []string{"quickack.mode", `"route" or "bounded"`}},
+		{"quickack mark", func(c *Config) { c.Quickack.Enabled = true; c.Quickack.OptIn = true; c.Quickack.Mark = 0 }, []string{"quickack.mark"}},
+		{"quickack table", func(c *Config) { c.Quickack.Enabled = true; c.Quickack.OptIn = true; c.Quickack.Table = 255 }, []string{"quickack.table"}},
+		{"quickack priority", func(c *Config) { c.Quickack.Enabled = true; c.Quickack.OptIn = true; c.Quickack.RulePriority = 40000 }, []string{"quickack.rule_priority"}},
+		{"quickack netns", func(c *Config) {
+			c.Quickack.Enabled = true
+			c.Quickack.OptIn = true
+			c.Quickack.Netns = []string{"app"}
+		}, []string{"quickack.netns[0]", "/run/netns/NAME"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := createDefaultConfig()

@@ -53,13 +53,14 @@ func (f *factory) createMetrics(_ context.Context, set receiver.Settings, cfg co
 func (f *factory) createLogs(_ context.Context, set receiver.Settings, cfg component.Config, next consumer.Logs) (receiver.Logs, error) {
 	r := f.instance(set, cfg.(*Config))
 	r.setLogsConsumer(next)
-	return &pipelineHandle{r: r}, nil
+	return &pipelineHandle{r: r, logs: true}, nil
 }
 
 // pipelineHandle is one pipeline's view of the shared receiver: the kernel side starts with
 // the first pipeline and stops when the last one shuts down.
 type pipelineHandle struct {
 	r       *tcpackReceiver
+	logs    bool
 	started bool
 }
 
@@ -77,5 +78,6 @@ func (h *pipelineHandle) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	h.started = false
+	h.r.detach(h.logs)
 	return h.r.release(ctx)
 }

@@ -5,7 +5,6 @@ import (
 
 	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/plog"
-	"go.uber.org/zap"
 
 	"github.com/tcpack/tcpack/internal/drops"
 	"github.com/tcpack/tcpack/receiver/tcpackreceiver/internal/metadata"
@@ -45,9 +44,7 @@ func (r *tcpackReceiver) consumeDropEvents(events []drops.Event) {
 		return
 	}
 	tidyRecords(logs)
-	if err := r.logs.ConsumeLogs(ctx, logs); err != nil {
-		r.set.Logger.Warn("consume drop events", zap.Error(err))
-	}
+	r.sendLogs(ctx, logs, "drop events")
 }
 
 func addrString(valid bool, s string) string {

@@ -38,9 +38,14 @@ func (r *tcpackReceiver) collect(ctx context.Context) error {
 		r.mb.RecordTcpackEventsSuppressedDataPoint(now, int64(losses.RingBufferFull), metadata.AttributeTcpackEventKindAckDelayed, metadata.AttributeTcpackSuppressionCauseRingBufferFull)
 		r.mb.RecordTcpackKernelMapOverflowDataPoint(now, int64(losses.KeysFull), metadata.AttributeTcpackMapAckCounts)
 	}
+	if r.quickack != nil {
+		if err := r.recordQuickack(now); err != nil {
+			return err
+		}
+	}
 	md := r.mb.Emit(metadata.WithResource(r.resource))
 	r.appendDelayHistogram(md, now, ackStats)
-	return r.metrics.ConsumeMetrics(ctx, md)
+	return r.sendMetrics(ctx, md)
 }
 
 func (r *tcpackReceiver) recordProbeReports(now pcommon.Timestamp) {

@@ -11,6 +11,8 @@ import (
 	"go.opentelemetry.io/collector/component"
 	"go.opentelemetry.io/collector/consumer"
 	"go.opentelemetry.io/collector/pdata/pcommon"
+	"go.opentelemetry.io/collector/pdata/plog"
+	"go.opentelemetry.io/collector/pdata/pmetric"
 	"go.opentelemetry.io/collector/receiver"
 	"go.uber.org/zap"
 
@@ -18,6 +20,7 @@ import (
 	"github.com/tcpack/tcpack/internal/drops"
 	"github.com/tcpack/tcpack/internal/kernel"
 	"github.com/tcpack/tcpack/internal/loader"
+	"github.com/tcpack/tcpack/internal/quickack"
 	"github.com/tcpack/tcpack/receiver/tcpackreceiver/internal/metadata"
 )
 
@@ -38,6 +41,9 @@ type tcpackReceiver struct {
 	users int
 	drops *drops.Probe
 	acks  *acks.Probe
+	// quickack is the forcing side; policyErrs the policy-table errors already logged.
+	quickack   *quickack.Force
+	policyErrs uint64
 	// ackSeries are the (netns, port) series admitted under acks.max_series, for good.
 	ackSeries map[ackSeries]bool
 	// reports of every family, attached or not, for tcpack.probe.attached.
@@ -46,6 +52,13 @@ type tcpackReceiver struct {
 
 	logsMu sync.Mutex
 	lb     *metadata.LogsBuilder
+
+	// consumersMu guards the detached flags: a pipeline's consumer must not be called once
+	// that pipeline's receiver has shut down, because the collector may shut its exporters
+	// down before the other pipeline's receiver (topological order spans pipelines).
+	consumersMu     sync.RWMutex
+	metricsDetached bool
+	logsDetached    bool
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -57,6 +70,60 @@ func newReceiver(set receiver.Settings, cfg *Config, forget func()) *tcpackRecei
 
 func (r *tcpackReceiver) setMetricsConsumer(c consumer.Metrics) { r.metrics = c }
 func (r *tcpackReceiver) setLogsConsumer(c consumer.Logs)       { r.logs = c }
+
+// sendLogs hands logs to the logs pipeline unless it has shut down.
+func (r *tcpackReceiver) sendLogs(ctx context.Context, logs plog.Logs, what string) {
+	r.consumersMu.RLock()
+	defer r.consumersMu.RUnlock()
+	if r.logs == nil || r.logsDetached {
+		return
+	}
+	if err := r.logs.ConsumeLogs(ctx, logs); err != nil {
+		r.set.Logger.Warn("consume "+what, zap.Error(err))
+	}
+}
+
+// sendMetrics hands metrics to the metrics pipeline unless it has shut down.
+func (r *tcpackReceiver) sendMetrics(ctx context.Context, md pmetric.Metrics) error {
+	r.consumersMu.RLock()
+	defer r.consumersMu.RUnlock()
+	if r.metrics == nil || r.metricsDetached {
+		return nil
+	}
+	return r.metrics.ConsumeMetrics(ctx, md)
+}
+
+// detach is called when one pipeline's receiver shuts down, before release: from then on
+// that pipeline is never called again. The forcing side is given back while the logs
+// pipeline still runs, so its release events are delivered.
+func (r *tcpackReceiver) detach(logsPipeline bool) {
+	if logsPipeline {
+		r.mu.Lock()
+		if r.quickack != nil {
+			r.stopCollecting()
+			if err := r.quickack.Close(); err != nil {
+				r.set.Logger.Warn("quickack shutdown", zap.Error(err))
+			}
+			r.quickack = nil
+		}
+		r.mu.Unlock()
+	}
+	r.consumersMu.Lock()
+	if logsPipeline {
+		r.logsDetached = true
+	} else {
+		r.metricsDetached = true
+	}
+	r.consumersMu.Unlock()
+}
+
+func (r *tcpackReceiver) stopCollecting() {
+	if r.stop != nil {
+		close(r.stop)
+		r.wg.Wait()
+		r.stop = nil
+	}
+}
 
 // acquire starts the kernel side for the first pipeline; later pipelines share it.
 func (r *tcpackReceiver) acquire(_ context.Context, _ component.Host) error {
@@ -129,15 +196,17 @@ func (r *tcpackReceiver) start() error {
 			r.reports = append(r.reports, p.Report())
 		}
 	}
-	if r.cfg.Acks.Enabled {
+	if r.cfg.Acks.Enabled || r.cfg.Quickack.Enabled {
 		if r.hz, err = kernel.HZ(); err != nil {
-			log.Warn("kernel tick rate unknown: tcpack.ack.ato left out of events", zap.Error(err))
+			log.Warn("kernel tick rate unknown: tcpack.ack.ato left out of events, bounded quick ACKs assume HZ=250", zap.Error(err))
 		}
+	}
+	if r.cfg.Acks.Enabled {
 		var sink func([]acks.Event)
 		if r.logs != nil {
 			sink = r.consumeAckEvents
 		}
-		p, err := acks.Start(env, r.cfg.acksConfig(r.logs != nil), sink)
+		p, err := acks.Start(env, r.cfg.acksConfig(r.logs != nil, r.hz), sink)
 		if err != nil {
 			log.Error("acks family not started", zap.Error(err))
 			failed = append(failed, err)
@@ -148,18 +217,40 @@ func (r *tcpackReceiver) start() error {
 			r.reports = append(r.reports, p.Report())
 		}
 	}
+	if r.cfg.Quickack.Enabled {
+		cfg, err := r.cfg.Quickack.quickackConfig()
+		if err == nil {
+			cfg.HZ = r.hz
+			cfg.RingBufferBytes, cfg.FlushInterval = r.cfg.RingBuffer.SizeBytes, r.cfg.RingBuffer.FlushInterval
+			// Forcing events are few and each matters: wake the reader for every page.
+			cfg.WakeupBytes = min(r.cfg.RingBuffer.WakeupBytes, 4096)
+			var f *quickack.Force
+			if f, err = quickack.Start(env, cfg, r.consumeQuickackEvents); err == nil {
+				r.quickack = f
+				r.reports = append(r.reports, f.Report())
+			}
+		}
+		if err != nil {
+			log.Error("quickack family not started: nothing is forced", zap.Error(err))
+			failed = append(failed, err)
+			r.reports = append(r.reports, notAttached(quickack.Family, quickack.HookNames()))
+		}
+	}
 	for _, rep := range r.reports {
 		for _, line := range rep.Lines() {
 			log.Info(line)
 		}
 	}
-	if r.drops == nil && r.acks == nil {
+	if r.drops == nil && r.acks == nil && r.quickack == nil {
 		if len(failed) == 0 {
 			return errors.New("tcpack: every probe family is disabled; enable at least one (e.g. drops.enabled: true)")
 		}
 		return fmt.Errorf("tcpack: no probe family could start: %w", errors.Join(failed...))
 	}
 
+	r.consumersMu.Lock()
+	r.metricsDetached, r.logsDetached = false, false
+	r.consumersMu.Unlock()
 	r.stop = make(chan struct{})
 	if r.metrics != nil {
 		r.wg.Add(1)
@@ -185,11 +276,7 @@ func notAttached(family string, hooks []string) loader.Report {
 }
 
 func (r *tcpackReceiver) shutdown() error {
-	if r.stop != nil {
-		close(r.stop)
-		r.wg.Wait()
-		r.stop = nil
-	}
+	r.stopCollecting()
 	var errs []error
 	if r.drops != nil {
 		errs = append(errs, r.drops.Close())
@@ -198,6 +285,10 @@ func (r *tcpackReceiver) shutdown() error {
 	if r.acks != nil {
 		errs = append(errs, r.acks.Close())
 		r.acks = nil
+	}
+	if r.quickack != nil {
+		errs = append(errs, r.quickack.Close())
+		r.quickack = nil
 	}
 	return errors.Join(errs...)
 }

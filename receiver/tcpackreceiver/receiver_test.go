@@ -395,3 +395,48 @@ func TestACKSeriesCap(t *testing.T) {
 		return first && overflow && !second, fmt.Sprintf("5121: %v, overflow: %v, 5122: %v", first, overflow, second)
 	})
 }
+
+// TestShutDownPipelineIsNeverCalledAgain: the collector may shut the logs pipeline's exporters
+// down while the metrics pipeline's receiver still runs (its shutdown order is topological
+// across pipelines), so events must stop at the logs receiver's own shutdown.
+func TestShutDownPipelineIsNeverCalledAgain(t *testing.T) {
+	netnstest.RequireRoot(t)
+	ctx := context.Background()
+	cfg := fastConfig()
+	set := receivertest.NewNopSettings(metadata.Type)
+	metrics, logs := new(consumertest.MetricsSink), new(consumertest.LogsSink)
+	f := NewFactory()
+	mr, err := f.CreateMetrics(ctx, set, cfg, metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lr, err := f.CreateLogs(ctx, set, cfg, logs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := componenttest.NewNopHost()
+	if err := mr.Start(ctx, host); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mr.Shutdown(ctx) })
+	if err := lr.Start(ctx, host); err != nil {
+		t.Fatal(err)
+	}
+	pair := netnstest.NewPair(t)
+	pair.A.SendSYNs(t, fmt.Sprintf("%s:5012", pair.B.Addr), 3, 44100)
+	waitFor(t, "drop events", func() (bool, string) { return logs.LogRecordCount() > 0, "none yet" })
+
+	if err := lr.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before := logs.LogRecordCount()
+	pair.A.SendSYNs(t, fmt.Sprintf("%s:5012", pair.B.Addr), 3, 44200)
+	waitFor(t, "drops counted by the metrics pipeline", func() (bool, string) {
+		got, _ := dropCount(metrics, pair.B.Inode, "NO_SOCKET", "tcp_v4_rcv", "tcp")
+		return got == 6, fmt.Sprintf("got %d, want 6", got)
+	})
+	time.Sleep(3 * cfg.RingBuffer.FlushInterval)
+	if after := logs.LogRecordCount(); after != before {
+		t.Errorf("%d log records delivered after the logs pipeline shut down", after-before)
+	}
+}

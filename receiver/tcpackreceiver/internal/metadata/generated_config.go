@@ -59,6 +59,55 @@ func (ms *TcpackAckCountMetricConfig) Validate() error {
 	return nil
 }
 
+// TcpackAckForcedCountMetricAttributeKey specifies the key of an attribute for the tcpack.ack.forced.count metric.
+type TcpackAckForcedCountMetricAttributeKey string
+
+const (
+	TcpackAckForcedCountMetricAttributeKeyNetworkLocalPort TcpackAckForcedCountMetricAttributeKey = "network.local.port"
+	TcpackAckForcedCountMetricAttributeKeyTcpackNetnsInode TcpackAckForcedCountMetricAttributeKey = "tcpack.netns.inode"
+)
+
+// TcpackAckForcedCountMetricConfig provides config for the tcpack.ack.forced.count metric.
+type TcpackAckForcedCountMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                   `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackAckForcedCountMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackAckForcedCountMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackAckForcedCountMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackAckForcedCountMetricAttributeKeyNetworkLocalPort, TcpackAckForcedCountMetricAttributeKeyTcpackNetnsInode:
+		default:
+			return fmt.Errorf("metric tcpack.ack.forced.count doesn't have an attribute %v, valid attributes: [network.local.port, tcpack.netns.inode]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
 // TcpackAckOtherCountMetricAttributeKey specifies the key of an attribute for the tcpack.ack.other.count metric.
 type TcpackAckOtherCountMetricAttributeKey string
 
@@ -459,6 +508,173 @@ func (ms *TcpackProbeAttachedMetricConfig) Validate() error {
 	return nil
 }
 
+// TcpackQuickackAppliedCountMetricAttributeKey specifies the key of an attribute for the tcpack.quickack.applied.count metric.
+type TcpackQuickackAppliedCountMetricAttributeKey string
+
+const (
+	TcpackQuickackAppliedCountMetricAttributeKeyTcpackQuickackTarget    TcpackQuickackAppliedCountMetricAttributeKey = "tcpack.quickack.target"
+	TcpackQuickackAppliedCountMetricAttributeKeyTcpackQuickackMechanism TcpackQuickackAppliedCountMetricAttributeKey = "tcpack.quickack.mechanism"
+)
+
+// TcpackQuickackAppliedCountMetricConfig provides config for the tcpack.quickack.applied.count metric.
+type TcpackQuickackAppliedCountMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                         `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackQuickackAppliedCountMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackQuickackAppliedCountMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackQuickackAppliedCountMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackQuickackAppliedCountMetricAttributeKeyTcpackQuickackTarget, TcpackQuickackAppliedCountMetricAttributeKeyTcpackQuickackMechanism:
+		default:
+			return fmt.Errorf("metric tcpack.quickack.applied.count doesn't have an attribute %v, valid attributes: [tcpack.quickack.target, tcpack.quickack.mechanism]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
+// TcpackQuickackPolicyErrorsMetricConfig provides config for the tcpack.quickack.policy.errors metric.
+type TcpackQuickackPolicyErrorsMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+}
+
+func (ms *TcpackQuickackPolicyErrorsMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+// TcpackQuickackRefusedCountMetricAttributeKey specifies the key of an attribute for the tcpack.quickack.refused.count metric.
+type TcpackQuickackRefusedCountMetricAttributeKey string
+
+const (
+	TcpackQuickackRefusedCountMetricAttributeKeyTcpackQuickackTarget  TcpackQuickackRefusedCountMetricAttributeKey = "tcpack.quickack.target"
+	TcpackQuickackRefusedCountMetricAttributeKeyTcpackQuickackRefusal TcpackQuickackRefusedCountMetricAttributeKey = "tcpack.quickack.refusal"
+)
+
+// TcpackQuickackRefusedCountMetricConfig provides config for the tcpack.quickack.refused.count metric.
+type TcpackQuickackRefusedCountMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                         `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackQuickackRefusedCountMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackQuickackRefusedCountMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackQuickackRefusedCountMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackQuickackRefusedCountMetricAttributeKeyTcpackQuickackTarget, TcpackQuickackRefusedCountMetricAttributeKeyTcpackQuickackRefusal:
+		default:
+			return fmt.Errorf("metric tcpack.quickack.refused.count doesn't have an attribute %v, valid attributes: [tcpack.quickack.target, tcpack.quickack.refusal]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
+// TcpackQuickackSocketsMetricAttributeKey specifies the key of an attribute for the tcpack.quickack.sockets metric.
+type TcpackQuickackSocketsMetricAttributeKey string
+
+const (
+	TcpackQuickackSocketsMetricAttributeKeyTcpackQuickackTarget    TcpackQuickackSocketsMetricAttributeKey = "tcpack.quickack.target"
+	TcpackQuickackSocketsMetricAttributeKeyTcpackQuickackMechanism TcpackQuickackSocketsMetricAttributeKey = "tcpack.quickack.mechanism"
+)
+
+// TcpackQuickackSocketsMetricConfig provides config for the tcpack.quickack.sockets metric.
+type TcpackQuickackSocketsMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                    `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackQuickackSocketsMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackQuickackSocketsMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackQuickackSocketsMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackQuickackSocketsMetricAttributeKeyTcpackQuickackTarget, TcpackQuickackSocketsMetricAttributeKeyTcpackQuickackMechanism:
+		default:
+			return fmt.Errorf("metric tcpack.quickack.sockets doesn't have an attribute %v, valid attributes: [tcpack.quickack.target, tcpack.quickack.mechanism]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
 // TcpackTCPResetCountMetricAttributeKey specifies the key of an attribute for the tcpack.tcp.reset.count metric.
 type TcpackTCPResetCountMetricAttributeKey string
 
@@ -564,6 +780,7 @@ func (ms *TcpackTCPRetransmitCountMetricConfig) Validate() error {
 // MetricsConfig provides config for tcpack metrics.
 type MetricsConfig struct {
 	TcpackAckCount               TcpackAckCountMetricConfig               `mapstructure:"tcpack.ack.count"`
+	TcpackAckForcedCount         TcpackAckForcedCountMetricConfig         `mapstructure:"tcpack.ack.forced.count"`
 	TcpackAckOtherCount          TcpackAckOtherCountMetricConfig          `mapstructure:"tcpack.ack.other.count"`
 	TcpackAckQuotaExhaustedCount TcpackAckQuotaExhaustedCountMetricConfig `mapstructure:"tcpack.ack.quota_exhausted.count"`
 	TcpackAckSegments            TcpackAckSegmentsMetricConfig            `mapstructure:"tcpack.ack.segments"`
@@ -572,6 +789,10 @@ type MetricsConfig struct {
 	TcpackEventsSuppressed       TcpackEventsSuppressedMetricConfig       `mapstructure:"tcpack.events.suppressed"`
 	TcpackKernelMapOverflow      TcpackKernelMapOverflowMetricConfig      `mapstructure:"tcpack.kernel_map.overflow"`
 	TcpackProbeAttached          TcpackProbeAttachedMetricConfig          `mapstructure:"tcpack.probe.attached"`
+	TcpackQuickackAppliedCount   TcpackQuickackAppliedCountMetricConfig   `mapstructure:"tcpack.quickack.applied.count"`
+	TcpackQuickackPolicyErrors   TcpackQuickackPolicyErrorsMetricConfig   `mapstructure:"tcpack.quickack.policy.errors"`
+	TcpackQuickackRefusedCount   TcpackQuickackRefusedCountMetricConfig   `mapstructure:"tcpack.quickack.refused.count"`
+	TcpackQuickackSockets        TcpackQuickackSocketsMetricConfig        `mapstructure:"tcpack.quickack.sockets"`
 	TcpackTCPResetCount          TcpackTCPResetCountMetricConfig          `mapstructure:"tcpack.tcp.reset.count"`
 	TcpackTCPRetransmitCount     TcpackTCPRetransmitCountMetricConfig     `mapstructure:"tcpack.tcp.retransmit.count"`
 }
@@ -582,6 +803,11 @@ func DefaultMetricsConfig() MetricsConfig {
 			Enabled:             true,
 			AggregationStrategy: AggregationStrategySum,
 			EnabledAttributes:   []TcpackAckCountMetricAttributeKey{TcpackAckCountMetricAttributeKeyTcpackAckCause, TcpackAckCountMetricAttributeKeyNetworkLocalPort, TcpackAckCountMetricAttributeKeyTcpackNetnsInode},
+		},
+		TcpackAckForcedCount: TcpackAckForcedCountMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []TcpackAckForcedCountMetricAttributeKey{TcpackAckForcedCountMetricAttributeKeyNetworkLocalPort, TcpackAckForcedCountMetricAttributeKeyTcpackNetnsInode},
 		},
 		TcpackAckOtherCount: TcpackAckOtherCountMetricConfig{
 			Enabled:             true,
@@ -623,6 +849,24 @@ func DefaultMetricsConfig() MetricsConfig {
 			AggregationStrategy: AggregationStrategyAvg,
 			EnabledAttributes:   []TcpackProbeAttachedMetricAttributeKey{TcpackProbeAttachedMetricAttributeKeyTcpackFamily, TcpackProbeAttachedMetricAttributeKeyTcpackHook, TcpackProbeAttachedMetricAttributeKeyTcpackStrategy},
 		},
+		TcpackQuickackAppliedCount: TcpackQuickackAppliedCountMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []TcpackQuickackAppliedCountMetricAttributeKey{TcpackQuickackAppliedCountMetricAttributeKeyTcpackQuickackTarget, TcpackQuickackAppliedCountMetricAttributeKeyTcpackQuickackMechanism},
+		},
+		TcpackQuickackPolicyErrors: TcpackQuickackPolicyErrorsMetricConfig{
+			Enabled: true,
+		},
+		TcpackQuickackRefusedCount: TcpackQuickackRefusedCountMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []TcpackQuickackRefusedCountMetricAttributeKey{TcpackQuickackRefusedCountMetricAttributeKeyTcpackQuickackTarget, TcpackQuickackRefusedCountMetricAttributeKeyTcpackQuickackRefusal},
+		},
+		TcpackQuickackSockets: TcpackQuickackSocketsMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategyAvg,
+			EnabledAttributes:   []TcpackQuickackSocketsMetricAttributeKey{TcpackQuickackSocketsMetricAttributeKeyTcpackQuickackTarget, TcpackQuickackSocketsMetricAttributeKeyTcpackQuickackMechanism},
+		},
 		TcpackTCPResetCount: TcpackTCPResetCountMetricConfig{
 			Enabled:             true,
 			AggregationStrategy: AggregationStrategySum,
@@ -657,10 +901,11 @@ func (ec *EventConfig) Unmarshal(parser *confmap.Conf) error {
 
 // EventsConfig provides config for tcpack events.
 type EventsConfig struct {
-	TcpackAckDelayed    EventConfig `mapstructure:"tcpack.ack.delayed"`
-	TcpackDrop          EventConfig `mapstructure:"tcpack.drop"`
-	TcpackTCPReset      EventConfig `mapstructure:"tcpack.tcp.reset"`
-	TcpackTCPRetransmit EventConfig `mapstructure:"tcpack.tcp.retransmit"`
+	TcpackAckDelayed     EventConfig `mapstructure:"tcpack.ack.delayed"`
+	TcpackDrop           EventConfig `mapstructure:"tcpack.drop"`
+	TcpackQuickackSocket EventConfig `mapstructure:"tcpack.quickack.socket"`
+	TcpackTCPReset       EventConfig `mapstructure:"tcpack.tcp.reset"`
+	TcpackTCPRetransmit  EventConfig `mapstructure:"tcpack.tcp.retransmit"`
 }
 
 func DefaultEventsConfig() EventsConfig {
@@ -669,6 +914,9 @@ func DefaultEventsConfig() EventsConfig {
 			Enabled: true,
 		},
 		TcpackDrop: EventConfig{
+			Enabled: true,
+		},
+		TcpackQuickackSocket: EventConfig{
 			Enabled: true,
 		},
 		TcpackTCPReset: EventConfig{

@@ -31,6 +31,11 @@ func TestMetricsBuilderConfig(t *testing.T) {
 						AggregationStrategy: AggregationStrategySum,
 						EnabledAttributes:   []TcpackAckCountMetricAttributeKey{TcpackAckCountMetricAttributeKeyTcpackAckCause, TcpackAckCountMetricAttributeKeyNetworkLocalPort, TcpackAckCountMetricAttributeKeyTcpackNetnsInode},
 					},
+					TcpackAckForcedCount: TcpackAckForcedCountMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackAckForcedCountMetricAttributeKey{TcpackAckForcedCountMetricAttributeKeyNetworkLocalPort, TcpackAckForcedCountMetricAttributeKeyTcpackNetnsInode},
+					},
 					TcpackAckOtherCount: TcpackAckOtherCountMetricConfig{
 						Enabled:             true,
 						AggregationStrategy: AggregationStrategySum,
@@ -70,6 +75,24 @@ func TestMetricsBuilderConfig(t *testing.T) {
 						Enabled:             true,
 						AggregationStrategy: AggregationStrategyAvg,
 						EnabledAttributes:   []TcpackProbeAttachedMetricAttributeKey{TcpackProbeAttachedMetricAttributeKeyTcpackFamily, TcpackProbeAttachedMetricAttributeKeyTcpackHook, TcpackProbeAttachedMetricAttributeKeyTcpackStrategy},
+					},
+					TcpackQuickackAppliedCount: TcpackQuickackAppliedCountMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackQuickackAppliedCountMetricAttributeKey{TcpackQuickackAppliedCountMetricAttributeKeyTcpackQuickackTarget, TcpackQuickackAppliedCountMetricAttributeKeyTcpackQuickackMechanism},
+					},
+					TcpackQuickackPolicyErrors: TcpackQuickackPolicyErrorsMetricConfig{
+						Enabled: true,
+					},
+					TcpackQuickackRefusedCount: TcpackQuickackRefusedCountMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackQuickackRefusedCountMetricAttributeKey{TcpackQuickackRefusedCountMetricAttributeKeyTcpackQuickackTarget, TcpackQuickackRefusedCountMetricAttributeKeyTcpackQuickackRefusal},
+					},
+					TcpackQuickackSockets: TcpackQuickackSocketsMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategyAvg,
+						EnabledAttributes:   []TcpackQuickackSocketsMetricAttributeKey{TcpackQuickackSocketsMetricAttributeKeyTcpackQuickackTarget, TcpackQuickackSocketsMetricAttributeKeyTcpackQuickackMechanism},
 					},
 					TcpackTCPResetCount: TcpackTCPResetCountMetricConfig{
 						Enabled:             true,
@@ -96,6 +119,11 @@ func TestMetricsBuilderConfig(t *testing.T) {
 						AggregationStrategy: AggregationStrategySum,
 						EnabledAttributes:   []TcpackAckCountMetricAttributeKey{TcpackAckCountMetricAttributeKeyTcpackAckCause, TcpackAckCountMetricAttributeKeyNetworkLocalPort, TcpackAckCountMetricAttributeKeyTcpackNetnsInode},
 					},
+					TcpackAckForcedCount: TcpackAckForcedCountMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackAckForcedCountMetricAttributeKey{TcpackAckForcedCountMetricAttributeKeyNetworkLocalPort, TcpackAckForcedCountMetricAttributeKeyTcpackNetnsInode},
+					},
 					TcpackAckOtherCount: TcpackAckOtherCountMetricConfig{
 						Enabled:             false,
 						AggregationStrategy: AggregationStrategySum,
@@ -136,6 +164,24 @@ func TestMetricsBuilderConfig(t *testing.T) {
 						AggregationStrategy: AggregationStrategyAvg,
 						EnabledAttributes:   []TcpackProbeAttachedMetricAttributeKey{TcpackProbeAttachedMetricAttributeKeyTcpackFamily, TcpackProbeAttachedMetricAttributeKeyTcpackHook, TcpackProbeAttachedMetricAttributeKeyTcpackStrategy},
 					},
+					TcpackQuickackAppliedCount: TcpackQuickackAppliedCountMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackQuickackAppliedCountMetricAttributeKey{TcpackQuickackAppliedCountMetricAttributeKeyTcpackQuickackTarget, TcpackQuickackAppliedCountMetricAttributeKeyTcpackQuickackMechanism},
+					},
+					TcpackQuickackPolicyErrors: TcpackQuickackPolicyErrorsMetricConfig{
+						Enabled: false,
+					},
+					TcpackQuickackRefusedCount: TcpackQuickackRefusedCountMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackQuickackRefusedCountMetricAttributeKey{TcpackQuickackRefusedCountMetricAttributeKeyTcpackQuickackTarget, TcpackQuickackRefusedCountMetricAttributeKeyTcpackQuickackRefusal},
+					},
+					TcpackQuickackSockets: TcpackQuickackSocketsMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategyAvg,
+						EnabledAttributes:   []TcpackQuickackSocketsMetricAttributeKey{TcpackQuickackSocketsMetricAttributeKeyTcpackQuickackTarget, TcpackQuickackSocketsMetricAttributeKeyTcpackQuickackMechanism},
+					},
 					TcpackTCPResetCount: TcpackTCPResetCountMetricConfig{
 						Enabled:             false,
 						AggregationStrategy: AggregationStrategySum,
@@ -156,7 +202,7 @@ func TestMetricsBuilderConfig(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := loadMetricsBuilderConfig(t, tt.name)
-			diff := cmp.Diff(tt.want, cfg, cmpopts.IgnoreUnexported(TcpackAckCountMetricConfig{}, TcpackAckOtherCountMetricConfig{}, TcpackAckQuotaExhaustedCountMetricConfig{}, TcpackAckSegmentsMetricConfig{}, TcpackDropBytesMetricConfig{}, TcpackDropCountMetricConfig{}, TcpackEventsSuppressedMetricConfig{}, TcpackKernelMapOverflowMetricConfig{}, TcpackProbeAttachedMetricConfig{}, TcpackTCPResetCountMetricConfig{}, TcpackTCPRetransmitCountMetricConfig{}, ResourceAttributeConfig{}))
+			diff := cmp.Diff(tt.want, cfg, cmpopts.IgnoreUnexported(TcpackAckCountMetricConfig{}, TcpackAckForcedCountMetricConfig{}, TcpackAckOtherCountMetricConfig{}, TcpackAckQuotaExhaustedCountMetricConfig{}, TcpackAckSegmentsMetricConfig{}, TcpackDropBytesMetricConfig{}, TcpackDropCountMetricConfig{}, TcpackEventsSuppressedMetricConfig{}, TcpackKernelMapOverflowMetricConfig{}, TcpackProbeAttachedMetricConfig{}, TcpackQuickackAppliedCountMetricConfig{}, TcpackQuickackPolicyErrorsMetricConfig{}, TcpackQuickackRefusedCountMetricConfig{}, TcpackQuickackSocketsMetricConfig{}, TcpackTCPResetCountMetricConfig{}, TcpackTCPRetransmitCountMetricConfig{}, ResourceAttributeConfig{}))
 			require.Emptyf(t, diff, "Config mismatch (-expected +actual):\n%s", diff)
 		})
 	}
@@ -169,6 +215,18 @@ func TestTcpackAckCountMetricsConfig_Validate(t *testing.T) {
 	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.count doesn't have an attribute invalid, valid attributes: [tcpack.ack.cause, network.local.port, tcpack.netns.inode]")
 
 	cfg = DefaultMetricsConfig().TcpackAckCount
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestTcpackAckForcedCountMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackAckForcedCount
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackAckForcedCountMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.forced.count doesn't have an attribute invalid, valid attributes: [network.local.port, tcpack.netns.inode]")
+
+	cfg = DefaultMetricsConfig().TcpackAckForcedCount
 	cfg.AggregationStrategy = "invalid"
 	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
 }
@@ -265,6 +323,42 @@ func TestTcpackProbeAttachedMetricsConfig_Validate(t *testing.T) {
 	require.ErrorContains(t, cfg.Validate(), "metric tcpack.probe.attached doesn't have an attribute invalid, valid attributes: [tcpack.family, tcpack.hook, tcpack.strategy]")
 
 	cfg = DefaultMetricsConfig().TcpackProbeAttached
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestTcpackQuickackAppliedCountMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackQuickackAppliedCount
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackQuickackAppliedCountMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.quickack.applied.count doesn't have an attribute invalid, valid attributes: [tcpack.quickack.target, tcpack.quickack.mechanism]")
+
+	cfg = DefaultMetricsConfig().TcpackQuickackAppliedCount
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestTcpackQuickackRefusedCountMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackQuickackRefusedCount
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackQuickackRefusedCountMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.quickack.refused.count doesn't have an attribute invalid, valid attributes: [tcpack.quickack.target, tcpack.quickack.refusal]")
+
+	cfg = DefaultMetricsConfig().TcpackQuickackRefusedCount
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestTcpackQuickackSocketsMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackQuickackSockets
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackQuickackSocketsMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.quickack.sockets doesn't have an attribute invalid, valid attributes: [tcpack.quickack.target, tcpack.quickack.mechanism]")
+
+	cfg = DefaultMetricsConfig().TcpackQuickackSockets
 	cfg.AggregationStrategy = "invalid"
 	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
 }

@@ -17,7 +17,7 @@ type eventTcpackAckDelayed struct {
 	config EventConfig         // event config provided by user.
 }
 
-func (e *eventTcpackAckDelayed) recordEvent(ctx context.Context, timestamp pcommon.Timestamp, tcpackAckDelayAttributeValue float64, tcpackAckCauseAttributeValue string, tcpackAckSegmentsAttributeValue int64, tcpackAckQuickAttributeValue int64, tcpackAckPingpongAttributeValue int64, tcpackAckRouteQuickackAttributeValue bool, tcpackAckAtoAttributeValue float64, networkLocalAddressAttributeValue string, networkLocalPortAttributeValue int64, networkPeerAddressAttributeValue string, networkPeerPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64, tcpackNetnsNameAttributeValue string) {
+func (e *eventTcpackAckDelayed) recordEvent(ctx context.Context, timestamp pcommon.Timestamp, tcpackAckDelayAttributeValue float64, tcpackAckCauseAttributeValue string, tcpackAckSegmentsAttributeValue int64, tcpackAckQuickAttributeValue int64, tcpackAckPingpongAttributeValue int64, tcpackAckRouteQuickackAttributeValue bool, tcpackAckAtoAttributeValue float64, tcpackAckForcedAttributeValue bool, networkLocalAddressAttributeValue string, networkLocalPortAttributeValue int64, networkPeerAddressAttributeValue string, networkPeerPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64, tcpackNetnsNameAttributeValue string) {
 	if !e.config.Enabled {
 		return
 	}
@@ -36,6 +36,7 @@ func (e *eventTcpackAckDelayed) recordEvent(ctx context.Context, timestamp pcomm
 	dp.Attributes().PutInt("tcpack.ack.pingpong", tcpackAckPingpongAttributeValue)
 	dp.Attributes().PutBool("tcpack.ack.route_quickack", tcpackAckRouteQuickackAttributeValue)
 	dp.Attributes().PutDouble("tcpack.ack.ato", tcpackAckAtoAttributeValue)
+	dp.Attributes().PutBool("tcpack.ack.forced", tcpackAckForcedAttributeValue)
 	dp.Attributes().PutStr("network.local.address", networkLocalAddressAttributeValue)
 	dp.Attributes().PutInt("network.local.port", networkLocalPortAttributeValue)
 	dp.Attributes().PutStr("network.peer.address", networkPeerAddressAttributeValue)
@@ -105,6 +106,53 @@ func (e *eventTcpackDrop) emit(lrs plog.LogRecordSlice) {
 
 func newEventTcpackDrop(cfg EventConfig) eventTcpackDrop {
 	e := eventTcpackDrop{config: cfg}
+	if cfg.Enabled {
+		e.data = plog.NewLogRecordSlice()
+	}
+	return e
+}
+
+type eventTcpackQuickackSocket struct {
+	data   plog.LogRecordSlice // data buffer for generated log records.
+	config EventConfig         // event config provided by user.
+}
+
+func (e *eventTcpackQuickackSocket) recordEvent(ctx context.Context, timestamp pcommon.Timestamp, tcpackQuickackActionAttributeValue string, tcpackQuickackTargetAttributeValue string, tcpackQuickackMechanismAttributeValue string, tcpackQuickackOriginAttributeValue string, tcpackQuickackRefusalAttributeValue string, errorTypeAttributeValue string, networkLocalAddressAttributeValue string, networkLocalPortAttributeValue int64, networkPeerAddressAttributeValue string, networkPeerPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64, tcpackNetnsNameAttributeValue string) {
+	if !e.config.Enabled {
+		return
+	}
+	dp := e.data.AppendEmpty()
+	dp.SetEventName("tcpack.quickack.socket")
+	dp.SetTimestamp(timestamp)
+
+	if span := trace.SpanContextFromContext(ctx); span.IsValid() {
+		dp.SetTraceID(pcommon.TraceID(span.TraceID()))
+		dp.SetSpanID(pcommon.SpanID(span.SpanID()))
+	}
+	dp.Attributes().PutStr("tcpack.quickack.action", tcpackQuickackActionAttributeValue)
+	dp.Attributes().PutStr("tcpack.quickack.target", tcpackQuickackTargetAttributeValue)
+	dp.Attributes().PutStr("tcpack.quickack.mechanism", tcpackQuickackMechanismAttributeValue)
+	dp.Attributes().PutStr("tcpack.quickack.origin", tcpackQuickackOriginAttributeValue)
+	dp.Attributes().PutStr("tcpack.quickack.refusal", tcpackQuickackRefusalAttributeValue)
+	dp.Attributes().PutStr("error.type", errorTypeAttributeValue)
+	dp.Attributes().PutStr("network.local.address", networkLocalAddressAttributeValue)
+	dp.Attributes().PutInt("network.local.port", networkLocalPortAttributeValue)
+	dp.Attributes().PutStr("network.peer.address", networkPeerAddressAttributeValue)
+	dp.Attributes().PutInt("network.peer.port", networkPeerPortAttributeValue)
+	dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	dp.Attributes().PutStr("tcpack.netns.name", tcpackNetnsNameAttributeValue)
+
+}
+
+// emit appends recorded event data to a events slice and prepares it for recording another set of log records.
+func (e *eventTcpackQuickackSocket) emit(lrs plog.LogRecordSlice) {
+	if e.config.Enabled && e.data.Len() > 0 {
+		e.data.MoveAndAppendTo(lrs)
+	}
+}
+
+func newEventTcpackQuickackSocket(cfg EventConfig) eventTcpackQuickackSocket {
+	e := eventTcpackQuickackSocket{config: cfg}
 	if cfg.Enabled {
 		e.data = plog.NewLogRecordSlice()
 	}
@@ -212,6 +260,7 @@ type LogsBuilder struct {
 	resourceAttributeExcludeFilter map[string]filter.Filter
 	eventTcpackAckDelayed          eventTcpackAckDelayed
 	eventTcpackDrop                eventTcpackDrop
+	eventTcpackQuickackSocket      eventTcpackQuickackSocket
 	eventTcpackTCPReset            eventTcpackTCPReset
 	eventTcpackTCPRetransmit       eventTcpackTCPRetransmit
 }
@@ -229,6 +278,7 @@ func NewLogsBuilder(lbc LogsBuilderConfig, settings receiver.Settings) *LogsBuil
 		buildInfo:                      settings.BuildInfo,
 		eventTcpackAckDelayed:          newEventTcpackAckDelayed(lbc.Events.TcpackAckDelayed),
 		eventTcpackDrop:                newEventTcpackDrop(lbc.Events.TcpackDrop),
+		eventTcpackQuickackSocket:      newEventTcpackQuickackSocket(lbc.Events.TcpackQuickackSocket),
 		eventTcpackTCPReset:            newEventTcpackTCPReset(lbc.Events.TcpackTCPReset),
 		eventTcpackTCPRetransmit:       newEventTcpackTCPRetransmit(lbc.Events.TcpackTCPRetransmit),
 		resourceAttributeIncludeFilter: make(map[string]filter.Filter),
@@ -285,6 +335,7 @@ func (lb *LogsBuilder) EmitForResource(options ...ResourceLogsOption) {
 	ils.Scope().SetVersion(lb.buildInfo.Version)
 	lb.eventTcpackAckDelayed.emit(ils.LogRecords())
 	lb.eventTcpackDrop.emit(ils.LogRecords())
+	lb.eventTcpackQuickackSocket.emit(ils.LogRecords())
 	lb.eventTcpackTCPReset.emit(ils.LogRecords())
 	lb.eventTcpackTCPRetransmit.emit(ils.LogRecords())
 
@@ -324,13 +375,18 @@ func (lb *LogsBuilder) Emit(options ...ResourceLogsOption) plog.Logs {
 }
 
 // RecordTcpackAckDelayedEvent adds a log record of tcpack.ack.delayed event.
-func (lb *LogsBuilder) RecordTcpackAckDelayedEvent(ctx context.Context, timestamp pcommon.Timestamp, tcpackAckDelayAttributeValue float64, tcpackAckCauseAttributeValue AttributeTcpackAckCause, tcpackAckSegmentsAttributeValue int64, tcpackAckQuickAttributeValue int64, tcpackAckPingpongAttributeValue int64, tcpackAckRouteQuickackAttributeValue bool, tcpackAckAtoAttributeValue float64, networkLocalAddressAttributeValue string, networkLocalPortAttributeValue int64, networkPeerAddressAttributeValue string, networkPeerPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64, tcpackNetnsNameAttributeValue string) {
-	lb.eventTcpackAckDelayed.recordEvent(ctx, timestamp, tcpackAckDelayAttributeValue, tcpackAckCauseAttributeValue.String(), tcpackAckSegmentsAttributeValue, tcpackAckQuickAttributeValue, tcpackAckPingpongAttributeValue, tcpackAckRouteQuickackAttributeValue, tcpackAckAtoAttributeValue, networkLocalAddressAttributeValue, networkLocalPortAttributeValue, networkPeerAddressAttributeValue, networkPeerPortAttributeValue, tcpackNetnsInodeAttributeValue, tcpackNetnsNameAttributeValue)
+func (lb *LogsBuilder) RecordTcpackAckDelayedEvent(ctx context.Context, timestamp pcommon.Timestamp, tcpackAckDelayAttributeValue float64, tcpackAckCauseAttributeValue AttributeTcpackAckCause, tcpackAckSegmentsAttributeValue int64, tcpackAckQuickAttributeValue int64, tcpackAckPingpongAttributeValue int64, tcpackAckRouteQuickackAttributeValue bool, tcpackAckAtoAttributeValue float64, tcpackAckForcedAttributeValue bool, networkLocalAddressAttributeValue string, networkLocalPortAttributeValue int64, networkPeerAddressAttributeValue string, networkPeerPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64, tcpackNetnsNameAttributeValue string) {
+	lb.eventTcpackAckDelayed.recordEvent(ctx, timestamp, tcpackAckDelayAttributeValue, tcpackAckCauseAttributeValue.String(), tcpackAckSegmentsAttributeValue, tcpackAckQuickAttributeValue, tcpackAckPingpongAttributeValue, tcpackAckRouteQuickackAttributeValue, tcpackAckAtoAttributeValue, tcpackAckForcedAttributeValue, networkLocalAddressAttributeValue, networkLocalPortAttributeValue, networkPeerAddressAttributeValue, networkPeerPortAttributeValue, tcpackNetnsInodeAttributeValue, tcpackNetnsNameAttributeValue)
 }
 
 // RecordTcpackDropEvent adds a log record of tcpack.drop event.
 func (lb *LogsBuilder) RecordTcpackDropEvent(ctx context.Context, timestamp pcommon.Timestamp, tcpackDropReasonAttributeValue string, tcpackDropSymbolAttributeValue string, tcpackDropLocationAttributeValue string, networkTransportAttributeValue string, networkTypeAttributeValue string, networkIoDirectionAttributeValue AttributeNetworkIoDirection, networkLocalAddressAttributeValue string, networkLocalPortAttributeValue int64, networkPeerAddressAttributeValue string, networkPeerPortAttributeValue int64, networkInterfaceNameAttributeValue string, tcpackNetnsInodeAttributeValue int64, tcpackNetnsNameAttributeValue string, networkConnectionStateAttributeValue string, tcpackTupleSourceAttributeValue AttributeTcpackTupleSource, tcpackSkbLenAttributeValue int64) {
 	lb.eventTcpackDrop.recordEvent(ctx, timestamp, tcpackDropReasonAttributeValue, tcpackDropSymbolAttributeValue, tcpackDropLocationAttributeValue, networkTransportAttributeValue, networkTypeAttributeValue, networkIoDirectionAttributeValue.String(), networkLocalAddressAttributeValue, networkLocalPortAttributeValue, networkPeerAddressAttributeValue, networkPeerPortAttributeValue, networkInterfaceNameAttributeValue, tcpackNetnsInodeAttributeValue, tcpackNetnsNameAttributeValue, networkConnectionStateAttributeValue, tcpackTupleSourceAttributeValue.String(), tcpackSkbLenAttributeValue)
+}
+
+// RecordTcpackQuickackSocketEvent adds a log record of tcpack.quickack.socket event.
+func (lb *LogsBuilder) RecordTcpackQuickackSocketEvent(ctx context.Context, timestamp pcommon.Timestamp, tcpackQuickackActionAttributeValue AttributeTcpackQuickackAction, tcpackQuickackTargetAttributeValue string, tcpackQuickackMechanismAttributeValue AttributeTcpackQuickackMechanism, tcpackQuickackOriginAttributeValue AttributeTcpackQuickackOrigin, tcpackQuickackRefusalAttributeValue AttributeTcpackQuickackRefusal, errorTypeAttributeValue string, networkLocalAddressAttributeValue string, networkLocalPortAttributeValue int64, networkPeerAddressAttributeValue string, networkPeerPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64, tcpackNetnsNameAttributeValue string) {
+	lb.eventTcpackQuickackSocket.recordEvent(ctx, timestamp, tcpackQuickackActionAttributeValue.String(), tcpackQuickackTargetAttributeValue, tcpackQuickackMechanismAttributeValue.String(), tcpackQuickackOriginAttributeValue.String(), tcpackQuickackRefusalAttributeValue.String(), errorTypeAttributeValue, networkLocalAddressAttributeValue, networkLocalPortAttributeValue, networkPeerAddressAttributeValue, networkPeerPortAttributeValue, tcpackNetnsInodeAttributeValue, tcpackNetnsNameAttributeValue)
 }
 
 // RecordTcpackTCPResetEvent adds a log record of tcpack.tcp.reset event.

@@ -128,10 +128,13 @@ func TestLogsBuilder(t *testing.T) {
 			allEventsCount := 0
 			defaultEventsCount++
 			allEventsCount++
-			lb.RecordTcpackAckDelayedEvent(ctx, timestamp, 16.100000, AttributeTcpackAckCausePiggyback, 19, 16, 19, false, 14.100000, "network.local.address-val", 18, "network.peer.address-val", 17, 18, "tcpack.netns.name-val")
+			lb.RecordTcpackAckDelayedEvent(ctx, timestamp, 16.100000, AttributeTcpackAckCausePiggyback, 19, 16, 19, false, 14.100000, false, "network.local.address-val", 18, "network.peer.address-val", 17, 18, "tcpack.netns.name-val")
 			defaultEventsCount++
 			allEventsCount++
 			lb.RecordTcpackDropEvent(ctx, timestamp, "tcpack.drop.reason-val", "tcpack.drop.symbol-val", "tcpack.drop.location-val", "network.transport-val", "network.type-val", AttributeNetworkIoDirectionReceive, "network.local.address-val", 18, "network.peer.address-val", 17, "network.interface.name-val", 18, "tcpack.netns.name-val", "network.connection.state-val", AttributeTcpackTupleSourcePacket, 14)
+			defaultEventsCount++
+			allEventsCount++
+			lb.RecordTcpackQuickackSocketEvent(ctx, timestamp, AttributeTcpackQuickackActionApplied, "tcpack.quickack.target-val", AttributeTcpackQuickackMechanismMark, AttributeTcpackQuickackOriginEstablished, AttributeTcpackQuickackRefusalLocalPeer, "error.type-val", "network.local.address-val", 18, "network.peer.address-val", 17, 18, "tcpack.netns.name-val")
 			defaultEventsCount++
 			allEventsCount++
 			lb.RecordTcpackTCPResetEvent(ctx, timestamp, AttributeNetworkIoDirectionReceive, "tcpack.reset.reason-val", "network.type-val", "network.local.address-val", 18, "network.peer.address-val", 17, "network.interface.name-val", 18, "tcpack.netns.name-val", "network.connection.state-val", AttributeTcpackTupleSourcePacket)
@@ -191,6 +194,9 @@ func TestLogsBuilder(t *testing.T) {
 					attrVal, ok = lr.Attributes().Get("tcpack.ack.ato")
 					assert.True(t, ok)
 					assert.Equal(t, 14.100000, attrVal.Double())
+					attrVal, ok = lr.Attributes().Get("tcpack.ack.forced")
+					assert.True(t, ok)
+					assert.False(t, attrVal.Bool())
 					attrVal, ok = lr.Attributes().Get("network.local.address")
 					assert.True(t, ok)
 					assert.Equal(t, "network.local.address-val", attrVal.Str())
@@ -264,6 +270,49 @@ func TestLogsBuilder(t *testing.T) {
 					attrVal, ok = lr.Attributes().Get("tcpack.skb.len")
 					assert.True(t, ok)
 					assert.EqualValues(t, 14, attrVal.Int())
+				case "tcpack.quickack.socket":
+					assert.False(t, validatedEvents["tcpack.quickack.socket"], "Found a duplicate in the events slice: tcpack.quickack.socket")
+					validatedEvents["tcpack.quickack.socket"] = true
+					lr := lrs.At(i)
+					assert.Equal(t, timestamp, lr.Timestamp())
+					assert.Equal(t, pcommon.TraceID(traceID), lr.TraceID())
+					assert.Equal(t, pcommon.SpanID(spanID), lr.SpanID())
+					attrVal, ok := lr.Attributes().Get("tcpack.quickack.action")
+					assert.True(t, ok)
+					assert.Equal(t, "applied", attrVal.Str())
+					attrVal, ok = lr.Attributes().Get("tcpack.quickack.target")
+					assert.True(t, ok)
+					assert.Equal(t, "tcpack.quickack.target-val", attrVal.Str())
+					attrVal, ok = lr.Attributes().Get("tcpack.quickack.mechanism")
+					assert.True(t, ok)
+					assert.Equal(t, "mark", attrVal.Str())
+					attrVal, ok = lr.Attributes().Get("tcpack.quickack.origin")
+					assert.True(t, ok)
+					assert.Equal(t, "established", attrVal.Str())
+					attrVal, ok = lr.Attributes().Get("tcpack.quickack.refusal")
+					assert.True(t, ok)
+					assert.Equal(t, "local_peer", attrVal.Str())
+					attrVal, ok = lr.Attributes().Get("error.type")
+					assert.True(t, ok)
+					assert.Equal(t, "error.type-val", attrVal.Str())
+					attrVal, ok = lr.Attributes().Get("network.local.address")
+					assert.True(t, ok)
+					assert.Equal(t, "network.local.address-val", attrVal.Str())
+					attrVal, ok = lr.Attributes().Get("network.local.port")
+					assert.True(t, ok)
+					assert.EqualValues(t, 18, attrVal.Int())
+					attrVal, ok = lr.Attributes().Get("network.peer.address")
+					assert.True(t, ok)
+					assert.Equal(t, "network.peer.address-val", attrVal.Str())
+					attrVal, ok = lr.Attributes().Get("network.peer.port")
+					assert.True(t, ok)
+					assert.EqualValues(t, 17, attrVal.Int())
+					attrVal, ok = lr.Attributes().Get("tcpack.netns.inode")
+					assert.True(t, ok)
+					assert.EqualValues(t, 18, attrVal.Int())
+					attrVal, ok = lr.Attributes().Get("tcpack.netns.name")
+					assert.True(t, ok)
+					assert.Equal(t, "tcpack.netns.name-val", attrVal.Str())
 				case "tcpack.tcp.reset":
 					assert.False(t, validatedEvents["tcpack.tcp.reset"], "Found a duplicate in the events slice: tcpack.tcp.reset")
 					validatedEvents["tcpack.tcp.reset"] = true

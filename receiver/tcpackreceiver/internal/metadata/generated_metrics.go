@@ -97,6 +97,7 @@ const (
 	AttributeTcpackEventKindResetSent
 	AttributeTcpackEventKindResetReceived
 	AttributeTcpackEventKindAckDelayed
+	AttributeTcpackEventKindQuickack
 )
 
 // String returns the string representation of the AttributeTcpackEventKind.
@@ -112,6 +113,8 @@ func (av AttributeTcpackEventKind) String() string {
 		return "reset_received"
 	case AttributeTcpackEventKindAckDelayed:
 		return "ack_delayed"
+	case AttributeTcpackEventKindQuickack:
+		return "quickack"
 	}
 	return ""
 }
@@ -123,6 +126,7 @@ var MapAttributeTcpackEventKind = map[string]AttributeTcpackEventKind{
 	"reset_sent":     AttributeTcpackEventKindResetSent,
 	"reset_received": AttributeTcpackEventKindResetReceived,
 	"ack_delayed":    AttributeTcpackEventKindAckDelayed,
+	"quickack":       AttributeTcpackEventKindQuickack,
 }
 
 // AttributeTcpackMap specifies the value tcpack.map attribute.
@@ -153,6 +157,126 @@ var MapAttributeTcpackMap = map[string]AttributeTcpackMap{
 	"drop_counts": AttributeTcpackMapDropCounts,
 	"tcp_counts":  AttributeTcpackMapTCPCounts,
 	"ack_counts":  AttributeTcpackMapAckCounts,
+}
+
+// AttributeTcpackQuickackAction specifies the value tcpack.quickack.action attribute.
+type AttributeTcpackQuickackAction int
+
+const (
+	_ AttributeTcpackQuickackAction = iota
+	AttributeTcpackQuickackActionApplied
+	AttributeTcpackQuickackActionReleased
+	AttributeTcpackQuickackActionRefused
+)
+
+// String returns the string representation of the AttributeTcpackQuickackAction.
+func (av AttributeTcpackQuickackAction) String() string {
+	switch av {
+	case AttributeTcpackQuickackActionApplied:
+		return "applied"
+	case AttributeTcpackQuickackActionReleased:
+		return "released"
+	case AttributeTcpackQuickackActionRefused:
+		return "refused"
+	}
+	return ""
+}
+
+// MapAttributeTcpackQuickackAction is a helper map of string to AttributeTcpackQuickackAction attribute value.
+var MapAttributeTcpackQuickackAction = map[string]AttributeTcpackQuickackAction{
+	"applied":  AttributeTcpackQuickackActionApplied,
+	"released": AttributeTcpackQuickackActionReleased,
+	"refused":  AttributeTcpackQuickackActionRefused,
+}
+
+// AttributeTcpackQuickackMechanism specifies the value tcpack.quickack.mechanism attribute.
+type AttributeTcpackQuickackMechanism int
+
+const (
+	_ AttributeTcpackQuickackMechanism = iota
+	AttributeTcpackQuickackMechanismMark
+	AttributeTcpackQuickackMechanismDelackMax
+)
+
+// String returns the string representation of the AttributeTcpackQuickackMechanism.
+func (av AttributeTcpackQuickackMechanism) String() string {
+	switch av {
+	case AttributeTcpackQuickackMechanismMark:
+		return "mark"
+	case AttributeTcpackQuickackMechanismDelackMax:
+		return "delack_max"
+	}
+	return ""
+}
+
+// MapAttributeTcpackQuickackMechanism is a helper map of string to AttributeTcpackQuickackMechanism attribute value.
+var MapAttributeTcpackQuickackMechanism = map[string]AttributeTcpackQuickackMechanism{
+	"mark":       AttributeTcpackQuickackMechanismMark,
+	"delack_max": AttributeTcpackQuickackMechanismDelackMax,
+}
+
+// AttributeTcpackQuickackOrigin specifies the value tcpack.quickack.origin attribute.
+type AttributeTcpackQuickackOrigin int
+
+const (
+	_ AttributeTcpackQuickackOrigin = iota
+	AttributeTcpackQuickackOriginEstablished
+	AttributeTcpackQuickackOriginExisting
+	AttributeTcpackQuickackOriginOptIn
+	AttributeTcpackQuickackOriginShutdown
+)
+
+// String returns the string representation of the AttributeTcpackQuickackOrigin.
+func (av AttributeTcpackQuickackOrigin) String() string {
+	switch av {
+	case AttributeTcpackQuickackOriginEstablished:
+		return "established"
+	case AttributeTcpackQuickackOriginExisting:
+		return "existing"
+	case AttributeTcpackQuickackOriginOptIn:
+		return "opt_in"
+	case AttributeTcpackQuickackOriginShutdown:
+		return "shutdown"
+	}
+	return ""
+}
+
+// MapAttributeTcpackQuickackOrigin is a helper map of string to AttributeTcpackQuickackOrigin attribute value.
+var MapAttributeTcpackQuickackOrigin = map[string]AttributeTcpackQuickackOrigin{
+	"established": AttributeTcpackQuickackOriginEstablished,
+	"existing":    AttributeTcpackQuickackOriginExisting,
+	"opt_in":      AttributeTcpackQuickackOriginOptIn,
+	"shutdown":    AttributeTcpackQuickackOriginShutdown,
+}
+
+// AttributeTcpackQuickackRefusal specifies the value tcpack.quickack.refusal attribute.
+type AttributeTcpackQuickackRefusal int
+
+const (
+	_ AttributeTcpackQuickackRefusal = iota
+	AttributeTcpackQuickackRefusalLocalPeer
+	AttributeTcpackQuickackRefusalSocketHasMark
+	AttributeTcpackQuickackRefusalSetsockoptFailed
+)
+
+// String returns the string representation of the AttributeTcpackQuickackRefusal.
+func (av AttributeTcpackQuickackRefusal) String() string {
+	switch av {
+	case AttributeTcpackQuickackRefusalLocalPeer:
+		return "local_peer"
+	case AttributeTcpackQuickackRefusalSocketHasMark:
+		return "socket_has_mark"
+	case AttributeTcpackQuickackRefusalSetsockoptFailed:
+		return "setsockopt_failed"
+	}
+	return ""
+}
+
+// MapAttributeTcpackQuickackRefusal is a helper map of string to AttributeTcpackQuickackRefusal attribute value.
+var MapAttributeTcpackQuickackRefusal = map[string]AttributeTcpackQuickackRefusal{
+	"local_peer":        AttributeTcpackQuickackRefusalLocalPeer,
+	"socket_has_mark":   AttributeTcpackQuickackRefusalSocketHasMark,
+	"setsockopt_failed": AttributeTcpackQuickackRefusalSetsockoptFailed,
 }
 
 // AttributeTcpackSuppressionCause specifies the value tcpack.suppression.cause attribute.
@@ -212,6 +336,10 @@ var MetricsInfo = metricsInfo{
 		Name:       "tcpack.ack.count",
 		Attributes: []string{"tcpack.ack.cause", "network.local.port", "tcpack.netns.inode"},
 	},
+	TcpackAckForcedCount: metricInfo{
+		Name:       "tcpack.ack.forced.count",
+		Attributes: []string{"network.local.port", "tcpack.netns.inode"},
+	},
 	TcpackAckOtherCount: metricInfo{
 		Name:       "tcpack.ack.other.count",
 		Attributes: []string{"network.local.port", "tcpack.netns.inode"},
@@ -244,6 +372,21 @@ var MetricsInfo = metricsInfo{
 		Name:       "tcpack.probe.attached",
 		Attributes: []string{"tcpack.family", "tcpack.hook", "tcpack.strategy"},
 	},
+	TcpackQuickackAppliedCount: metricInfo{
+		Name:       "tcpack.quickack.applied.count",
+		Attributes: []string{"tcpack.quickack.target", "tcpack.quickack.mechanism"},
+	},
+	TcpackQuickackPolicyErrors: metricInfo{
+		Name: "tcpack.quickack.policy.errors",
+	},
+	TcpackQuickackRefusedCount: metricInfo{
+		Name:       "tcpack.quickack.refused.count",
+		Attributes: []string{"tcpack.quickack.target", "tcpack.quickack.refusal"},
+	},
+	TcpackQuickackSockets: metricInfo{
+		Name:       "tcpack.quickack.sockets",
+		Attributes: []string{"tcpack.quickack.target", "tcpack.quickack.mechanism"},
+	},
 	TcpackTCPResetCount: metricInfo{
 		Name:       "tcpack.tcp.reset.count",
 		Attributes: []string{"network.io.direction", "tcpack.reset.reason", "network.connection.state", "network.type", "tcpack.netns.inode"},
@@ -256,6 +399,7 @@ var MetricsInfo = metricsInfo{
 
 type metricsInfo struct {
 	TcpackAckCount               metricInfo
+	TcpackAckForcedCount         metricInfo
 	TcpackAckOtherCount          metricInfo
 	TcpackAckQuotaExhaustedCount metricInfo
 	TcpackAckSegments            metricInfo
@@ -264,6 +408,10 @@ type metricsInfo struct {
 	TcpackEventsSuppressed       metricInfo
 	TcpackKernelMapOverflow      metricInfo
 	TcpackProbeAttached          metricInfo
+	TcpackQuickackAppliedCount   metricInfo
+	TcpackQuickackPolicyErrors   metricInfo
+	TcpackQuickackRefusedCount   metricInfo
+	TcpackQuickackSockets        metricInfo
 	TcpackTCPResetCount          metricInfo
 	TcpackTCPRetransmitCount     metricInfo
 }
@@ -362,6 +510,100 @@ func (m *metricTcpackAckCount) emit(metrics pmetric.MetricSlice) {
 
 func newMetricTcpackAckCount(cfg TcpackAckCountMetricConfig) metricTcpackAckCount {
 	m := metricTcpackAckCount{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricTcpackAckForcedCount struct {
+	data          pmetric.Metric                   // data buffer for generated metric.
+	config        TcpackAckForcedCountMetricConfig // metric config provided by user.
+	capacity      int                              // max observed number of data points added to the metric.
+	aggDataPoints []int64                          // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.ack.forced.count metric with initial data.
+func (m *metricTcpackAckForcedCount) init() {
+	m.data.SetName("tcpack.ack.forced.count")
+	m.data.SetDescription("ACKs that acknowledged new data sent by sockets the quickack family forces; with tcpack.ack.count, the share of forced ACKs.")
+	m.data.SetUnit("{ack}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackAckForcedCount) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckForcedCountMetricAttributeKeyNetworkLocalPort) {
+		dp.Attributes().PutInt("network.local.port", networkLocalPortAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckForcedCountMetricAttributeKeyTcpackNetnsInode) {
+		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackAckForcedCount) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackAckForcedCount) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackAckForcedCount(cfg TcpackAckForcedCountMetricConfig) metricTcpackAckForcedCount {
+	m := metricTcpackAckForcedCount{config: cfg}
 
 	if cfg.Enabled {
 		m.data = pmetric.NewMetric()
@@ -1144,6 +1386,338 @@ func newMetricTcpackProbeAttached(cfg TcpackProbeAttachedMetricConfig) metricTcp
 	return m
 }
 
+type metricTcpackQuickackAppliedCount struct {
+	data          pmetric.Metric                         // data buffer for generated metric.
+	config        TcpackQuickackAppliedCountMetricConfig // metric config provided by user.
+	capacity      int                                    // max observed number of data points added to the metric.
+	aggDataPoints []int64                                // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.quickack.applied.count metric with initial data.
+func (m *metricTcpackQuickackAppliedCount) init() {
+	m.data.SetName("tcpack.quickack.applied.count")
+	m.data.SetDescription("Sockets forced into quick ACKs since the receiver started, by config entry and mechanism.")
+	m.data.SetUnit("{socket}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackQuickackAppliedCount) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, tcpackQuickackTargetAttributeValue string, tcpackQuickackMechanismAttributeValue string) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackQuickackAppliedCountMetricAttributeKeyTcpackQuickackTarget) {
+		dp.Attributes().PutStr("tcpack.quickack.target", tcpackQuickackTargetAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackQuickackAppliedCountMetricAttributeKeyTcpackQuickackMechanism) {
+		dp.Attributes().PutStr("tcpack.quickack.mechanism", tcpackQuickackMechanismAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackQuickackAppliedCount) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackQuickackAppliedCount) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackQuickackAppliedCount(cfg TcpackQuickackAppliedCountMetricConfig) metricTcpackQuickackAppliedCount {
+	m := metricTcpackQuickackAppliedCount{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricTcpackQuickackPolicyErrors struct {
+	data     pmetric.Metric                         // data buffer for generated metric.
+	config   TcpackQuickackPolicyErrorsMetricConfig // metric config provided by user.
+	capacity int                                    // max observed number of data points added to the metric.
+}
+
+// init fills tcpack.quickack.policy.errors metric with initial data.
+func (m *metricTcpackQuickackPolicyErrors) init() {
+	m.data.SetName("tcpack.quickack.policy.errors")
+	m.data.SetDescription("Failed updates of the quickack policy table (route mode), which mirrors the main table with quickack 1; the receiver's log has the last error.")
+	m.data.SetUnit("{error}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+}
+
+func (m *metricTcpackQuickackPolicyErrors) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64) {
+	if !m.config.Enabled {
+		return
+	}
+	dp := m.data.Sum().DataPoints().AppendEmpty()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	dp.SetIntValue(val)
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackQuickackPolicyErrors) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackQuickackPolicyErrors) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackQuickackPolicyErrors(cfg TcpackQuickackPolicyErrorsMetricConfig) metricTcpackQuickackPolicyErrors {
+	m := metricTcpackQuickackPolicyErrors{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricTcpackQuickackRefusedCount struct {
+	data          pmetric.Metric                         // data buffer for generated metric.
+	config        TcpackQuickackRefusedCountMetricConfig // metric config provided by user.
+	capacity      int                                    // max observed number of data points added to the metric.
+	aggDataPoints []int64                                // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.quickack.refused.count metric with initial data.
+func (m *metricTcpackQuickackRefusedCount) init() {
+	m.data.SetName("tcpack.quickack.refused.count")
+	m.data.SetDescription("Sockets that matched a quickack target but were not forced, by reason.")
+	m.data.SetUnit("{socket}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackQuickackRefusedCount) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, tcpackQuickackTargetAttributeValue string, tcpackQuickackRefusalAttributeValue string) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackQuickackRefusedCountMetricAttributeKeyTcpackQuickackTarget) {
+		dp.Attributes().PutStr("tcpack.quickack.target", tcpackQuickackTargetAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackQuickackRefusedCountMetricAttributeKeyTcpackQuickackRefusal) {
+		dp.Attributes().PutStr("tcpack.quickack.refusal", tcpackQuickackRefusalAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackQuickackRefusedCount) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackQuickackRefusedCount) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackQuickackRefusedCount(cfg TcpackQuickackRefusedCountMetricConfig) metricTcpackQuickackRefusedCount {
+	m := metricTcpackQuickackRefusedCount{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricTcpackQuickackSockets struct {
+	data          pmetric.Metric                    // data buffer for generated metric.
+	config        TcpackQuickackSocketsMetricConfig // metric config provided by user.
+	capacity      int                               // max observed number of data points added to the metric.
+	aggDataPoints []int64                           // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.quickack.sockets metric with initial data.
+func (m *metricTcpackQuickackSockets) init() {
+	m.data.SetName("tcpack.quickack.sockets")
+	m.data.SetDescription("Sockets currently forced into quick ACKs, by config entry and mechanism.")
+	m.data.SetUnit("{socket}")
+	m.data.SetEmptyGauge()
+	m.data.Gauge().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackQuickackSockets) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, tcpackQuickackTargetAttributeValue string, tcpackQuickackMechanismAttributeValue string) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackQuickackSocketsMetricAttributeKeyTcpackQuickackTarget) {
+		dp.Attributes().PutStr("tcpack.quickack.target", tcpackQuickackTargetAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackQuickackSocketsMetricAttributeKeyTcpackQuickackMechanism) {
+		dp.Attributes().PutStr("tcpack.quickack.mechanism", tcpackQuickackMechanismAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Gauge().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackQuickackSockets) updateCapacity() {
+	if m.data.Gauge().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Gauge().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackQuickackSockets) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Gauge().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Gauge().DataPoints().At(i).SetIntValue(m.data.Gauge().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackQuickackSockets(cfg TcpackQuickackSocketsMetricConfig) metricTcpackQuickackSockets {
+	m := metricTcpackQuickackSockets{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
 type metricTcpackTCPResetCount struct {
 	data          pmetric.Metric                  // data buffer for generated metric.
 	config        TcpackTCPResetCountMetricConfig // metric config provided by user.
@@ -1355,6 +1929,7 @@ type MetricsBuilder struct {
 	resourceAttributeIncludeFilter     map[string]filter.Filter
 	resourceAttributeExcludeFilter     map[string]filter.Filter
 	metricTcpackAckCount               metricTcpackAckCount
+	metricTcpackAckForcedCount         metricTcpackAckForcedCount
 	metricTcpackAckOtherCount          metricTcpackAckOtherCount
 	metricTcpackAckQuotaExhaustedCount metricTcpackAckQuotaExhaustedCount
 	metricTcpackAckSegments            metricTcpackAckSegments
@@ -1363,6 +1938,10 @@ type MetricsBuilder struct {
 	metricTcpackEventsSuppressed       metricTcpackEventsSuppressed
 	metricTcpackKernelMapOverflow      metricTcpackKernelMapOverflow
 	metricTcpackProbeAttached          metricTcpackProbeAttached
+	metricTcpackQuickackAppliedCount   metricTcpackQuickackAppliedCount
+	metricTcpackQuickackPolicyErrors   metricTcpackQuickackPolicyErrors
+	metricTcpackQuickackRefusedCount   metricTcpackQuickackRefusedCount
+	metricTcpackQuickackSockets        metricTcpackQuickackSockets
 	metricTcpackTCPResetCount          metricTcpackTCPResetCount
 	metricTcpackTCPRetransmitCount     metricTcpackTCPRetransmitCount
 }
@@ -1391,6 +1970,7 @@ func NewMetricsBuilder(mbc MetricsBuilderConfig, settings receiver.Settings, opt
 		metricsBuffer:                      pmetric.NewMetrics(),
 		buildInfo:                          settings.BuildInfo,
 		metricTcpackAckCount:               newMetricTcpackAckCount(mbc.Metrics.TcpackAckCount),
+		metricTcpackAckForcedCount:         newMetricTcpackAckForcedCount(mbc.Metrics.TcpackAckForcedCount),
 		metricTcpackAckOtherCount:          newMetricTcpackAckOtherCount(mbc.Metrics.TcpackAckOtherCount),
 		metricTcpackAckQuotaExhaustedCount: newMetricTcpackAckQuotaExhaustedCount(mbc.Metrics.TcpackAckQuotaExhaustedCount),
 		metricTcpackAckSegments:            newMetricTcpackAckSegments(mbc.Metrics.TcpackAckSegments),
@@ -1399,6 +1979,10 @@ func NewMetricsBuilder(mbc MetricsBuilderConfig, settings receiver.Settings, opt
 		metricTcpackEventsSuppressed:       newMetricTcpackEventsSuppressed(mbc.Metrics.TcpackEventsSuppressed),
 		metricTcpackKernelMapOverflow:      newMetricTcpackKernelMapOverflow(mbc.Metrics.TcpackKernelMapOverflow),
 		metricTcpackProbeAttached:          newMetricTcpackProbeAttached(mbc.Metrics.TcpackProbeAttached),
+		metricTcpackQuickackAppliedCount:   newMetricTcpackQuickackAppliedCount(mbc.Metrics.TcpackQuickackAppliedCount),
+		metricTcpackQuickackPolicyErrors:   newMetricTcpackQuickackPolicyErrors(mbc.Metrics.TcpackQuickackPolicyErrors),
+		metricTcpackQuickackRefusedCount:   newMetricTcpackQuickackRefusedCount(mbc.Metrics.TcpackQuickackRefusedCount),
+		metricTcpackQuickackSockets:        newMetricTcpackQuickackSockets(mbc.Metrics.TcpackQuickackSockets),
 		metricTcpackTCPResetCount:          newMetricTcpackTCPResetCount(mbc.Metrics.TcpackTCPResetCount),
 		metricTcpackTCPRetransmitCount:     newMetricTcpackTCPRetransmitCount(mbc.Metrics.TcpackTCPRetransmitCount),
 		resourceAttributeIncludeFilter:     make(map[string]filter.Filter),
@@ -1480,6 +2064,7 @@ func (mb *MetricsBuilder) EmitForResource(options ...ResourceMetricsOption) {
 	ils.Scope().SetVersion(mb.buildInfo.Version)
 	ils.Metrics().EnsureCapacity(mb.metricsCapacity)
 	mb.metricTcpackAckCount.emit(ils.Metrics())
+	mb.metricTcpackAckForcedCount.emit(ils.Metrics())
 	mb.metricTcpackAckOtherCount.emit(ils.Metrics())
 	mb.metricTcpackAckQuotaExhaustedCount.emit(ils.Metrics())
 	mb.metricTcpackAckSegments.emit(ils.Metrics())
@@ -1488,6 +2073,10 @@ func (mb *MetricsBuilder) EmitForResource(options ...ResourceMetricsOption) {
 	mb.metricTcpackEventsSuppressed.emit(ils.Metrics())
 	mb.metricTcpackKernelMapOverflow.emit(ils.Metrics())
 	mb.metricTcpackProbeAttached.emit(ils.Metrics())
+	mb.metricTcpackQuickackAppliedCount.emit(ils.Metrics())
+	mb.metricTcpackQuickackPolicyErrors.emit(ils.Metrics())
+	mb.metricTcpackQuickackRefusedCount.emit(ils.Metrics())
+	mb.metricTcpackQuickackSockets.emit(ils.Metrics())
 	mb.metricTcpackTCPResetCount.emit(ils.Metrics())
 	mb.metricTcpackTCPRetransmitCount.emit(ils.Metrics())
 
@@ -1524,6 +2113,11 @@ func (mb *MetricsBuilder) Emit(options ...ResourceMetricsOption) pmetric.Metrics
 // RecordTcpackAckCountDataPoint adds a data point to tcpack.ack.count metric.
 func (mb *MetricsBuilder) RecordTcpackAckCountDataPoint(ts pcommon.Timestamp, val int64, tcpackAckCauseAttributeValue AttributeTcpackAckCause, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
 	mb.metricTcpackAckCount.recordDataPoint(mb.startTime, ts, val, tcpackAckCauseAttributeValue.String(), networkLocalPortAttributeValue, tcpackNetnsInodeAttributeValue)
+}
+
+// RecordTcpackAckForcedCountDataPoint adds a data point to tcpack.ack.forced.count metric.
+func (mb *MetricsBuilder) RecordTcpackAckForcedCountDataPoint(ts pcommon.Timestamp, val int64, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackAckForcedCount.recordDataPoint(mb.startTime, ts, val, networkLocalPortAttributeValue, tcpackNetnsInodeAttributeValue)
 }
 
 // RecordTcpackAckOtherCountDataPoint adds a data point to tcpack.ack.other.count metric.
@@ -1564,6 +2158,26 @@ func (mb *MetricsBuilder) RecordTcpackKernelMapOverflowDataPoint(ts pcommon.Time
 // RecordTcpackProbeAttachedDataPoint adds a data point to tcpack.probe.attached metric.
 func (mb *MetricsBuilder) RecordTcpackProbeAttachedDataPoint(ts pcommon.Timestamp, val int64, tcpackFamilyAttributeValue string, tcpackHookAttributeValue string, tcpackStrategyAttributeValue string) {
 	mb.metricTcpackProbeAttached.recordDataPoint(mb.startTime, ts, val, tcpackFamilyAttributeValue, tcpackHookAttributeValue, tcpackStrategyAttributeValue)
+}
+
+// RecordTcpackQuickackAppliedCountDataPoint adds a data point to tcpack.quickack.applied.count metric.
+func (mb *MetricsBuilder) RecordTcpackQuickackAppliedCountDataPoint(ts pcommon.Timestamp, val int64, tcpackQuickackTargetAttributeValue string, tcpackQuickackMechanismAttributeValue AttributeTcpackQuickackMechanism) {
+	mb.metricTcpackQuickackAppliedCount.recordDataPoint(mb.startTime, ts, val, tcpackQuickackTargetAttributeValue, tcpackQuickackMechanismAttributeValue.String())
+}
+
+// RecordTcpackQuickackPolicyErrorsDataPoint adds a data point to tcpack.quickack.policy.errors metric.
+func (mb *MetricsBuilder) RecordTcpackQuickackPolicyErrorsDataPoint(ts pcommon.Timestamp, val int64) {
+	mb.metricTcpackQuickackPolicyErrors.recordDataPoint(mb.startTime, ts, val)
+}
+
+// RecordTcpackQuickackRefusedCountDataPoint adds a data point to tcpack.quickack.refused.count metric.
+func (mb *MetricsBuilder) RecordTcpackQuickackRefusedCountDataPoint(ts pcommon.Timestamp, val int64, tcpackQuickackTargetAttributeValue string, tcpackQuickackRefusalAttributeValue AttributeTcpackQuickackRefusal) {
+	mb.metricTcpackQuickackRefusedCount.recordDataPoint(mb.startTime, ts, val, tcpackQuickackTargetAttributeValue, tcpackQuickackRefusalAttributeValue.String())
+}
+
+// RecordTcpackQuickackSocketsDataPoint adds a data point to tcpack.quickack.sockets metric.
+func (mb *MetricsBuilder) RecordTcpackQuickackSocketsDataPoint(ts pcommon.Timestamp, val int64, tcpackQuickackTargetAttributeValue string, tcpackQuickackMechanismAttributeValue AttributeTcpackQuickackMechanism) {
+	mb.metricTcpackQuickackSockets.recordDataPoint(mb.startTime, ts, val, tcpackQuickackTargetAttributeValue, tcpackQuickackMechanismAttributeValue.String())
 }
 
 // RecordTcpackTCPResetCountDataPoint adds a data point to tcpack.tcp.reset.count metric.

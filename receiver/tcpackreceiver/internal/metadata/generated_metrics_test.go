@@ -68,6 +68,7 @@ func TestMetricsBuilder(t *testing.T) {
 			mb := NewMetricsBuilder(loadMetricsBuilderConfig(t, tt.name), settings, WithStartTime(start))
 			aggMap := make(map[string]string) // contains the aggregation strategies for each metric name
 			aggMap["tcpack.ack.count"] = mb.metricTcpackAckCount.config.AggregationStrategy
+			aggMap["tcpack.ack.forced.count"] = mb.metricTcpackAckForcedCount.config.AggregationStrategy
 			aggMap["tcpack.ack.other.count"] = mb.metricTcpackAckOtherCount.config.AggregationStrategy
 			aggMap["tcpack.ack.quota_exhausted.count"] = mb.metricTcpackAckQuotaExhaustedCount.config.AggregationStrategy
 			aggMap["tcpack.ack.segments"] = mb.metricTcpackAckSegments.config.AggregationStrategy
@@ -76,6 +77,9 @@ func TestMetricsBuilder(t *testing.T) {
 			aggMap["tcpack.events.suppressed"] = mb.metricTcpackEventsSuppressed.config.AggregationStrategy
 			aggMap["tcpack.kernel_map.overflow"] = mb.metricTcpackKernelMapOverflow.config.AggregationStrategy
 			aggMap["tcpack.probe.attached"] = mb.metricTcpackProbeAttached.config.AggregationStrategy
+			aggMap["tcpack.quickack.applied.count"] = mb.metricTcpackQuickackAppliedCount.config.AggregationStrategy
+			aggMap["tcpack.quickack.refused.count"] = mb.metricTcpackQuickackRefusedCount.config.AggregationStrategy
+			aggMap["tcpack.quickack.sockets"] = mb.metricTcpackQuickackSockets.config.AggregationStrategy
 			aggMap["tcpack.tcp.reset.count"] = mb.metricTcpackTCPResetCount.config.AggregationStrategy
 			aggMap["tcpack.tcp.retransmit.count"] = mb.metricTcpackTCPRetransmitCount.config.AggregationStrategy
 
@@ -91,6 +95,12 @@ func TestMetricsBuilder(t *testing.T) {
 			mb.RecordTcpackAckCountDataPoint(ts, 1, AttributeTcpackAckCausePiggyback, 18, 18)
 			if tt.name == "reaggregate_set" {
 				mb.RecordTcpackAckCountDataPoint(ts, 3, AttributeTcpackAckCauseRoute, 19, 19)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackAckForcedCountDataPoint(ts, 1, 18, 18)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackAckForcedCountDataPoint(ts, 3, 19, 19)
 			}
 			defaultMetricsCount++
 			allMetricsCount++
@@ -142,6 +152,27 @@ func TestMetricsBuilder(t *testing.T) {
 			}
 			defaultMetricsCount++
 			allMetricsCount++
+			mb.RecordTcpackQuickackAppliedCountDataPoint(ts, 1, "tcpack.quickack.target-val", AttributeTcpackQuickackMechanismMark)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackQuickackAppliedCountDataPoint(ts, 3, "tcpack.quickack.target-val-2", AttributeTcpackQuickackMechanismDelackMax)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackQuickackPolicyErrorsDataPoint(ts, 1)
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackQuickackRefusedCountDataPoint(ts, 1, "tcpack.quickack.target-val", AttributeTcpackQuickackRefusalLocalPeer)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackQuickackRefusedCountDataPoint(ts, 3, "tcpack.quickack.target-val-2", AttributeTcpackQuickackRefusalSocketHasMark)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackQuickackSocketsDataPoint(ts, 1, "tcpack.quickack.target-val", AttributeTcpackQuickackMechanismMark)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackQuickackSocketsDataPoint(ts, 3, "tcpack.quickack.target-val-2", AttributeTcpackQuickackMechanismDelackMax)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
 			mb.RecordTcpackTCPResetCountDataPoint(ts, 1, AttributeNetworkIoDirectionReceive, "tcpack.reset.reason-val", "network.connection.state-val", "network.type-val", 18)
 			if tt.name == "reaggregate_set" {
 				mb.RecordTcpackTCPResetCountDataPoint(ts, 3, AttributeNetworkIoDirectionTransmit, "tcpack.reset.reason-val-2", "network.connection.state-val-2", "network.type-val-2", 19)
@@ -159,6 +190,7 @@ func TestMetricsBuilder(t *testing.T) {
 			metrics := mb.Emit(WithResource(res))
 			if tt.name == "reaggregate_set" {
 				assert.Empty(t, mb.metricTcpackAckCount.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackAckForcedCount.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackAckOtherCount.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackAckQuotaExhaustedCount.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackAckSegments.aggDataPoints)
@@ -167,6 +199,9 @@ func TestMetricsBuilder(t *testing.T) {
 				assert.Empty(t, mb.metricTcpackEventsSuppressed.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackKernelMapOverflow.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackProbeAttached.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackQuickackAppliedCount.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackQuickackRefusedCount.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackQuickackSockets.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackTCPResetCount.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackTCPRetransmitCount.aggDataPoints)
 			}
@@ -246,6 +281,55 @@ func TestMetricsBuilder(t *testing.T) {
 						_, ok := dp.Attributes().Get("tcpack.ack.cause")
 						assert.False(t, ok)
 						_, ok = dp.Attributes().Get("network.local.port")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.netns.inode")
+						assert.False(t, ok)
+					}
+				case "tcpack.ack.forced.count":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.ack.forced.count"], "Found a duplicate in the metrics slice: tcpack.ack.forced.count")
+						validatedMetrics["tcpack.ack.forced.count"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "ACKs that acknowledged new data sent by sockets the quickack family forces; with tcpack.ack.count, the share of forced ACKs.", mi.Description())
+						assert.Equal(t, "{ack}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						networkLocalPortAttrVal, ok := dp.Attributes().Get("network.local.port")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, networkLocalPortAttrVal.Int())
+						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.ack.forced.count"], "Found a duplicate in the metrics slice: tcpack.ack.forced.count")
+						validatedMetrics["tcpack.ack.forced.count"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "ACKs that acknowledged new data sent by sockets the quickack family forces; with tcpack.ack.count, the share of forced ACKs.", mi.Description())
+						assert.Equal(t, "{ack}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.ack.forced.count"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("network.local.port")
 						assert.False(t, ok)
 						_, ok = dp.Attributes().Get("tcpack.netns.inode")
 						assert.False(t, ok)
@@ -676,6 +760,163 @@ func TestMetricsBuilder(t *testing.T) {
 						_, ok = dp.Attributes().Get("tcpack.hook")
 						assert.False(t, ok)
 						_, ok = dp.Attributes().Get("tcpack.strategy")
+						assert.False(t, ok)
+					}
+				case "tcpack.quickack.applied.count":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.quickack.applied.count"], "Found a duplicate in the metrics slice: tcpack.quickack.applied.count")
+						validatedMetrics["tcpack.quickack.applied.count"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Sockets forced into quick ACKs since the receiver started, by config entry and mechanism.", mi.Description())
+						assert.Equal(t, "{socket}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						tcpackQuickackTargetAttrVal, ok := dp.Attributes().Get("tcpack.quickack.target")
+						assert.True(t, ok)
+						assert.Equal(t, "tcpack.quickack.target-val", tcpackQuickackTargetAttrVal.Str())
+						tcpackQuickackMechanismAttrVal, ok := dp.Attributes().Get("tcpack.quickack.mechanism")
+						assert.True(t, ok)
+						assert.Equal(t, "mark", tcpackQuickackMechanismAttrVal.Str())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.quickack.applied.count"], "Found a duplicate in the metrics slice: tcpack.quickack.applied.count")
+						validatedMetrics["tcpack.quickack.applied.count"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Sockets forced into quick ACKs since the receiver started, by config entry and mechanism.", mi.Description())
+						assert.Equal(t, "{socket}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.quickack.applied.count"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("tcpack.quickack.target")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.quickack.mechanism")
+						assert.False(t, ok)
+					}
+				case "tcpack.quickack.policy.errors":
+					assert.False(t, validatedMetrics["tcpack.quickack.policy.errors"], "Found a duplicate in the metrics slice: tcpack.quickack.policy.errors")
+					validatedMetrics["tcpack.quickack.policy.errors"] = true
+					assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+					assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+					assert.Equal(t, "Failed updates of the quickack policy table (route mode), which mirrors the main table with quickack 1; the receiver's log has the last error.", mi.Description())
+					assert.Equal(t, "{error}", mi.Unit())
+					assert.True(t, mi.Sum().IsMonotonic())
+					assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+					dp := mi.Sum().DataPoints().At(0)
+					assert.Equal(t, start, dp.StartTimestamp())
+					assert.Equal(t, ts, dp.Timestamp())
+					assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+					assert.Equal(t, int64(1), dp.IntValue())
+				case "tcpack.quickack.refused.count":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.quickack.refused.count"], "Found a duplicate in the metrics slice: tcpack.quickack.refused.count")
+						validatedMetrics["tcpack.quickack.refused.count"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Sockets that matched a quickack target but were not forced, by reason.", mi.Description())
+						assert.Equal(t, "{socket}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						tcpackQuickackTargetAttrVal, ok := dp.Attributes().Get("tcpack.quickack.target")
+						assert.True(t, ok)
+						assert.Equal(t, "tcpack.quickack.target-val", tcpackQuickackTargetAttrVal.Str())
+						tcpackQuickackRefusalAttrVal, ok := dp.Attributes().Get("tcpack.quickack.refusal")
+						assert.True(t, ok)
+						assert.Equal(t, "local_peer", tcpackQuickackRefusalAttrVal.Str())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.quickack.refused.count"], "Found a duplicate in the metrics slice: tcpack.quickack.refused.count")
+						validatedMetrics["tcpack.quickack.refused.count"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Sockets that matched a quickack target but were not forced, by reason.", mi.Description())
+						assert.Equal(t, "{socket}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.quickack.refused.count"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("tcpack.quickack.target")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.quickack.refusal")
+						assert.False(t, ok)
+					}
+				case "tcpack.quickack.sockets":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.quickack.sockets"], "Found a duplicate in the metrics slice: tcpack.quickack.sockets")
+						validatedMetrics["tcpack.quickack.sockets"] = true
+						assert.Equal(t, pmetric.MetricTypeGauge, mi.Type())
+						assert.Equal(t, 1, mi.Gauge().DataPoints().Len())
+						assert.Equal(t, "Sockets currently forced into quick ACKs, by config entry and mechanism.", mi.Description())
+						assert.Equal(t, "{socket}", mi.Unit())
+						dp := mi.Gauge().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						tcpackQuickackTargetAttrVal, ok := dp.Attributes().Get("tcpack.quickack.target")
+						assert.True(t, ok)
+						assert.Equal(t, "tcpack.quickack.target-val", tcpackQuickackTargetAttrVal.Str())
+						tcpackQuickackMechanismAttrVal, ok := dp.Attributes().Get("tcpack.quickack.mechanism")
+						assert.True(t, ok)
+						assert.Equal(t, "mark", tcpackQuickackMechanismAttrVal.Str())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.quickack.sockets"], "Found a duplicate in the metrics slice: tcpack.quickack.sockets")
+						validatedMetrics["tcpack.quickack.sockets"] = true
+						assert.Equal(t, pmetric.MetricTypeGauge, mi.Type())
+						assert.Equal(t, 1, mi.Gauge().DataPoints().Len())
+						assert.Equal(t, "Sockets currently forced into quick ACKs, by config entry and mechanism.", mi.Description())
+						assert.Equal(t, "{socket}", mi.Unit())
+						dp := mi.Gauge().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.quickack.sockets"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("tcpack.quickack.target")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.quickack.mechanism")
 						assert.False(t, ok)
 					}
 				case "tcpack.tcp.reset.count":

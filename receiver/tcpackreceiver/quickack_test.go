@@ -1,0 +1,109 @@
+package tcpackreceiver
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/collector/pdata/plog"
+	"go.opentelemetry.io/collector/pdata/pmetric"
+
+	"github.com/tcpack/tcpack/internal/netnstest"
+)
+
+// latestPoint is the newest value of a metric whose attributes match.
+func latestPoint(r *running, name string, match func(pmetric.NumberDataPoint) bool) (int64, bool) {
+	all := r.metrics.AllMetrics()
+	for i := len(all) - 1; i >= 0; i-- {
+		var v int64
+		found := false
+		forEachPoint(all[i], name, func(dp pmetric.NumberDataPoint) {
+			if match(dp) {
+				v += dp.IntValue()
+				found = true
+			}
+		})
+		if found {
+			return v, true
+		}
+	}
+	return 0, false
+}
+
+func TestReceiverForcesQuickACKsAndReportsThem(t *testing.T) {
+	netnstest.RequireRoot(t)
+	pair := netnstest.NewPair(t)
+	cfg := fastConfig()
+	cfg.Drops.Enabled = false
+	cfg.Acks.Enabled = true
+	cfg.Acks.LocalPorts = []int{5130, 5131}
+	cfg.Quickack.Enabled = true
+	cfg.Quickack.Netns = []string{"/run/netns/" + pair.B.Name}
+	cfg.Quickack.LocalPorts = []int{5130}
+	r := startReceiver(t, NewFactory(), cfg)
+
+	target := pair.Connect(t, 5130)
+	control := pair.Connect(t, 5131)
+	target.Exchange(t, 300, 2*time.Millisecond, 50*time.Millisecond)
+	control.Exchange(t, 300, 2*time.Millisecond, 50*time.Millisecond)
+
+	byTarget := func(dp pmetric.NumberDataPoint) bool {
+		return strAttr(dp.Attributes(), "tcpack.quickack.target") == "local_port:5130" &&
+			strAttr(dp.Attributes(), "tcpack.quickack.mechanism") == "mark"
+	}
+	waitFor(t, "tcpack.quickack.sockets", func() (bool, string) {
+		v, ok := latestPoint(r, "tcpack.quickack.sockets", byTarget)
+		return ok && v == 1, fmt.Sprintf("%d (%v)", v, ok)
+	})
+	onPort := func(port int64) func(pmetric.NumberDataPoint) bool {
+		return func(dp pmetric.NumberDataPoint) bool {
+			return intAttr(dp.Attributes(), "network.local.port") == port && intAttr(dp.Attributes(), "tcpack.netns.inode") == int64(pair.B.Inode)
+		}
+	}
+	waitFor(t, "tcpack.ack.forced.count", func() (bool, string) {
+		forced, _ := latestPoint(r, "tcpack.ack.forced.count", onPort(5130))
+		all, _ := latestPoint(r, "tcpack.ack.count", onPort(5130))
+		controlForced, _ := latestPoint(r, "tcpack.ack.forced.count", onPort(5131))
+		return forced >= 270 && forced == all && controlForced == 0,
+			fmt.Sprintf("target: %d forced of %d ACKs; control: %d forced", forced, all, controlForced)
+	})
+
+	applied := func() (n int, rec plog.LogRecord) {
+		forEachRecord(r.logs, func(lr plog.LogRecord) {
+			a := lr.Attributes()
+			if lr.EventName() == "tcpack.quickack.socket" && strAttr(a, "tcpack.quickack.action") == "applied" {
+				n++
+				rec = lr
+			}
+		})
+		return n, rec
+	}
+	waitFor(t, "tcpack.quickack.socket applied", func() (bool, string) {
+		n, _ := applied()
+		return n == 1, fmt.Sprint(n, " records")
+	})
+	_, rec := applied()
+	a := rec.Attributes()
+	if strAttr(a, "tcpack.quickack.target") != "local_port:5130" || strAttr(a, "tcpack.quickack.origin") != "established" ||
+		intAttr(a, "network.local.port") != 5130 || strAttr(a, "network.peer.address") != pair.A.Addr ||
+		strAttr(a, "tcpack.netns.name") != pair.B.Name {
+		t.Errorf("applied record: %v", a.AsRaw())
+	}
+	if _, ok := a.Get("tcpack.quickack.refusal"); ok {
+		t.Errorf("applied record carries a refusal: %v", a.AsRaw())
+	}
+
+	// Shutdown gives the socket back, and says so.
+	r.stop()
+	var released int
+	forEachRecord(r.logs, func(lr plog.LogRecord) {
+		a := lr.Attributes()
+		if lr.EventName() == "tcpack.quickack.socket" && strAttr(a, "tcpack.quickack.action") == "released" &&
+			strAttr(a, "tcpack.quickack.origin") == "shutdown" && intAttr(a, "network.local.port") == 5130 {
+			released++
+		}
+	})
+	if released != 1 {
+		t.Errorf("%d release records at shutdown, want 1", released)
+	}
+}
