@@ -60,6 +60,16 @@ struct port_key {
 	__u8 _pad;
 };
 
+/* A named socket (quickack.sockets): addresses v4-mapped, a zero address and port on one
+ * side for "any" (a listener named by pid+fd has no peer: its accepted sockets match). */
+struct tuple_key {
+	__u32 netns;
+	__u16 local_port;
+	__u16 peer_port;
+	__u8 local_addr[16];
+	__u8 peer_addr[16];
+};
+
 /* IPv4 peers are stored v4-mapped (::ffff:a.b.c.d): one trie, and dual-stack sockets
  * talking to IPv4 peers match the same entries. The netns is part of the prefix. */
 struct peer_key {
@@ -97,6 +107,7 @@ const struct force_event *unused_force_event __attribute__((unused));
 const struct target_stats *unused_target_stats __attribute__((unused));
 const struct port_key *unused_port_key __attribute__((unused));
 const struct peer_key *unused_peer_key __attribute__((unused));
+const struct tuple_key *unused_tuple_key __attribute__((unused));
 
 /* MECHANISM_MARK or MECHANISM_DELACK_MAX. */
 const volatile __u8 mechanism = MECHANISM_MARK;
@@ -108,6 +119,8 @@ const volatile __s32 delack_max_default_us = 200000;
 /* Target id of the opt-in convention; 0: the cgroup/setsockopt program lets everything by. */
 const volatile __u32 opt_in_target = 0;
 const volatile __s32 opt_in_value = 3;
+/* Whether quickack.sockets named any: three hash lookups saved per connection otherwise. */
+const volatile __u8 has_tuples = 0;
 
 /* netns inode -> 1: the namespaces where forcing is configured. Everything else returns at
  * the first lookup. */
@@ -141,6 +154,13 @@ struct {
 	__type(key, struct peer_key);
 	__type(value, __u32);
 } force_peers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct tuple_key);
+	__type(value, __u32);
+} force_tuples SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -201,7 +221,48 @@ static __always_inline void emit(__u8 kind, __u32 target, __u32 netns, const str
 	submit_batched(&events, e);
 }
 
-/* The first configured target the socket matches (local port, peer port, peer CIDR), or 0. */
+static __always_inline void mapped(__u8 *dst, const __u8 *addr, __u16 l3proto)
+{
+	if (l3proto == ETH_P_IP) {
+		__builtin_memset(dst, 0, 10);
+		dst[10] = 0xff;
+		dst[11] = 0xff;
+		__builtin_memcpy(&dst[12], addr, 4);
+	} else {
+		__builtin_memcpy(dst, addr, 16);
+	}
+}
+
+/* A named socket: the exact tuple; the local side alone, with its address or any address
+ * (a listener bound to 0.0.0.0 or ::); the peer side alone. */
+static __always_inline __u32 match_tuple(__u32 netns, const struct flow *f)
+{
+	struct tuple_key k = {.netns = netns, .local_port = f->local_port, .peer_port = f->peer_port};
+	__u32 *t;
+
+	mapped(k.local_addr, f->local_addr, f->l3proto);
+	mapped(k.peer_addr, f->peer_addr, f->l3proto);
+	t = bpf_map_lookup_elem(&force_tuples, &k);
+	if (t)
+		return *t;
+	k.peer_port = 0;
+	__builtin_memset(k.peer_addr, 0, 16);
+	t = bpf_map_lookup_elem(&force_tuples, &k);
+	if (t)
+		return *t;
+	__builtin_memset(k.local_addr, 0, 16);
+	t = bpf_map_lookup_elem(&force_tuples, &k);
+	if (t)
+		return *t;
+	k.local_port = 0;
+	k.peer_port = f->peer_port;
+	mapped(k.peer_addr, f->peer_addr, f->l3proto);
+	t = bpf_map_lookup_elem(&force_tuples, &k);
+	return t ? *t : 0;
+}
+
+/* The first configured target the socket matches (local port, peer port, named socket,
+ * peer CIDR), or 0. */
 static __always_inline __u32 match_target(__u32 netns, const struct flow *f)
 {
 	struct port_key pk = {.netns = netns, .port = f->local_port, .side = SIDE_LOCAL};
@@ -214,15 +275,14 @@ static __always_inline __u32 match_target(__u32 netns, const struct flow *f)
 	t = bpf_map_lookup_elem(&force_ports, &pk);
 	if (t)
 		return *t;
+	if (has_tuples) {
+		__u32 id = match_tuple(netns, f);
+		if (id)
+			return id;
+	}
 
 	struct peer_key key = {.prefixlen = 32 + 128, .netns = netns};
-	if (f->l3proto == ETH_P_IP) {
-		key.addr[10] = 0xff;
-		key.addr[11] = 0xff;
-		__builtin_memcpy(&key.addr[12], f->peer_addr, 4);
-	} else {
-		__builtin_memcpy(key.addr, f->peer_addr, 16);
-	}
+	mapped(key.addr, f->peer_addr, f->l3proto);
 	t = bpf_map_lookup_elem(&force_peers, &key);
 	return t ? *t : 0;
 }

@@ -353,7 +353,13 @@ func (p *Pair) Connect(t testing.TB, port int) *Paced {
 // server namespace (the two may be the same); it stays open until the test ends.
 func Connect(t testing.TB, client, server *NS, addr string, port int) *Paced {
 	t.Helper()
-	ln := server.Listen(t, "tcp4", fmt.Sprintf("%s:%d", addr, port))
+	return ConnectFrom(t, client, "", server, addr, port)
+}
+
+// ConnectFrom is Connect from a chosen source address of the client ("": any).
+func ConnectFrom(t testing.TB, client *NS, source string, server *NS, addr string, port int) *Paced {
+	t.Helper()
+	ln := server.Listen(t, "tcp4", net.JoinHostPort(addr, fmt.Sprint(port)))
 	accepted := make(chan *net.TCPConn, 1)
 	go func() {
 		c, err := ln.Accept()
@@ -363,7 +369,16 @@ func Connect(t testing.TB, client, server *NS, addr string, port int) *Paced {
 		}
 		accepted <- c.(*net.TCPConn)
 	}()
-	c, err := client.Dial("tcp4", fmt.Sprintf("%s:%d", addr, port), time.Second)
+	var c net.Conn
+	var err error
+	if source == "" {
+		c, err = client.Dial("tcp4", net.JoinHostPort(addr, fmt.Sprint(port)), time.Second)
+	} else {
+		err = client.Do(func() {
+			d := net.Dialer{Timeout: time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(source)}}
+			c, err = d.Dial("tcp4", net.JoinHostPort(addr, fmt.Sprint(port)))
+		})
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,8 @@ package quickack
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"sort"
 	"strings"
 	"sync"
@@ -47,8 +49,8 @@ type policy struct {
 
 // installPolicy removes leftovers of an earlier run in the namespace, checks that the mark,
 // table and priority are free, then installs the rules and fills the table.
-func installPolicy(nsName string, nsHandle netns.NsHandle, mark uint32, table, priority int) (*policy, error) {
-	h, err := netlink.NewHandleAt(nsHandle)
+func installPolicy(nsName string, nsHandle netns.NsHandle, mark uint32, table, priority int, routes []netip.Prefix) (*policy, error) {
+	h, err := netlink.NewHandleAt(nsHandle, unix.NETLINK_ROUTE) // only routing: other netlink families may be modules not loaded
 	if err != nil {
 		return nil, fmt.Errorf("netns %s: netlink: %w", nsName, err)
 	}
@@ -74,6 +76,21 @@ func installPolicy(nsName string, nsHandle netns.NsHandle, mark uint32, table, p
 			p.removeOurs()
 			h.Close()
 			return nil, fmt.Errorf("netns %s: add rule fwmark %#x lookup %d pref %d: %w", nsName, mark, table, priority, err)
+		}
+	}
+	// Route targets: everything towards them goes through the table, marked or not.
+	for _, dst := range routes {
+		family := unix.AF_INET6
+		if dst.Addr().Is4() {
+			family = unix.AF_INET
+		}
+		r := p.rule(family)
+		r.Mark = 0
+		r.Dst = &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), dst.Addr().BitLen())}
+		if err := h.RuleAdd(r); err != nil {
+			p.removeOurs()
+			h.Close()
+			return nil, fmt.Errorf("quickack.routes: %s: netns %s: add rule to %s lookup %d: %w", dst, nsName, dst, table, err)
 		}
 	}
 	p.stop, p.done = make(chan struct{}), make(chan struct{})

@@ -3,10 +3,11 @@
 // tcpack that changes kernel state, and it owns all of it: the policy rules and table it
 // installs (tagged with RouteProtocol), the socket marks it stamps, and its BPF links. Close
 // gives every socket back and removes every rule and route; a restart after a crash removes
-// the leftovers first. The port-at-establishment test logs:
+// the leftovers first. The port-at-establishment test (slow reader, one forced port and one
+// control on the same path) logs, from the ACK family:
 //
-//	quickack: local_port:5301 applied 1 released 0 refused 0 (route mode, mark 0xac10000)
-//	port 5301: 301 ACKs for 301 segments, route=300 ... mean delay 0.02 ms
+//	port 5301: 300 ACKs for 300 segments, route=299 quick=1, mean delay 0.01 ms, forced 300
+//	port 5302: 39 ACKs for 300 segments, route=0 quick=16, mean delay 13.87 ms, forced 0
 package quickack
 
 import (
@@ -17,6 +18,7 @@ import (
 	"io"
 	"net/netip"
 	"runtime"
+	"strings"
 	"syscall"
 	"time"
 
@@ -70,6 +72,12 @@ type Config struct {
 	LocalPorts []uint16
 	PeerPorts  []uint16
 	Peers      []netip.Prefix
+	// Routes force every socket towards these destinations, as the seed's
+	// `ip route ... quickack 1` did, but without changing any route: a rule `to CIDR` sends
+	// them through the policy table, whose routes carry quickack 1 (route mode only).
+	Routes []netip.Prefix
+	// Sockets names sockets by owner (pid and fd) or by address.
+	Sockets []SocketSpec
 	// OptIn honours setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, 3) for the socket's lifetime.
 	OptIn bool
 	// HZ is the kernel tick rate, which TCP_BPF_DELACK_MAX's minimum depends on.
@@ -78,6 +86,30 @@ type Config struct {
 	RingBufferBytes uint32
 	WakeupBytes     uint32
 	FlushInterval   time.Duration
+}
+
+// SocketSpec names sockets either by owner, PID and FD (the process's own descriptor number:
+// a connected socket is forced, a listener forces the connections it accepts), or by
+// address: Local and/or Peer, where an unspecified address (0.0.0.0, ::) or port 0 means any.
+type SocketSpec struct {
+	PID, FD     int
+	Local, Peer netip.AddrPort
+}
+
+func (s SocketSpec) byOwner() bool { return s.PID != 0 || s.FD != 0 }
+
+func (s SocketSpec) String() string {
+	if s.byOwner() {
+		return fmt.Sprintf("pid:%d/fd:%d", s.PID, s.FD)
+	}
+	var parts []string
+	if s.Local.IsValid() {
+		parts = append(parts, "local:"+s.Local.String())
+	}
+	if s.Peer.IsValid() {
+		parts = append(parts, "peer:"+s.Peer.String())
+	}
+	return strings.Join(parts, ",")
 }
 
 // DefaultConfig forces nothing until targets are added.
@@ -116,8 +148,30 @@ func (c Config) Validate() error {
 			errs = append(errs, errors.New("quickack.peers: invalid prefix"))
 		}
 	}
-	if len(c.LocalPorts)+len(c.PeerPorts)+len(c.Peers) == 0 && !c.OptIn {
-		errs = append(errs, errors.New("quickack: no target; name local_ports, peer_ports, peers or set opt_in"))
+	for i, p := range c.Routes {
+		if !p.IsValid() || p.Addr().IsLoopback() {
+			errs = append(errs, fmt.Errorf("quickack.routes[%d]: %v is not a forwarding destination; name a non-loopback CIDR", i, p))
+		}
+	}
+	if len(c.Routes) > 0 && c.Mode != ModeRoute {
+		errs = append(errs, errors.New("quickack.routes: forcing by route needs policy routing; set quickack.mode: route or remove quickack.routes"))
+	}
+	for i, s := range c.Sockets {
+		switch {
+		case s.byOwner() && (s.PID <= 0 || s.FD < 0):
+			errs = append(errs, fmt.Errorf("quickack.sockets[%d]: pid %d fd %d: name a process id and one of its file descriptors", i, s.PID, s.FD))
+		case s.byOwner() && (s.Local.IsValid() || s.Peer.IsValid()):
+			errs = append(errs, fmt.Errorf("quickack.sockets[%d]: name a socket by pid and fd, or by local/peer address, not both", i))
+		case !s.byOwner() && !s.Local.IsValid() && !s.Peer.IsValid():
+			errs = append(errs, fmt.Errorf("quickack.sockets[%d]: empty; give pid and fd, or local and/or peer as ADDRESS:PORT", i))
+		case (s.Local.IsValid() && s.Local.Port() == 0) || (s.Peer.IsValid() && (s.Peer.Port() == 0 || s.Peer.Addr().IsUnspecified())):
+			errs = append(errs, fmt.Errorf("quickack.sockets[%d]: %s: a named socket needs its ports (and the peer's address); use local_ports, peer_ports or peers for wider matches", i, s))
+		case s.Local.IsValid() && s.Local.Addr().IsUnspecified() && s.Peer.IsValid():
+			errs = append(errs, fmt.Errorf("quickack.sockets[%d]: %s: with a peer, give the local address too (or leave local out)", i, s))
+		}
+	}
+	if len(c.LocalPorts)+len(c.PeerPorts)+len(c.Peers)+len(c.Routes)+len(c.Sockets) == 0 && !c.OptIn {
+		errs = append(errs, errors.New("quickack: no target; name local_ports, peer_ports, peers, routes, sockets or set opt_in"))
 	}
 	if len(c.targets()) >= maxTargets {
 		errs = append(errs, fmt.Errorf("quickack: %d targets, at most %d", len(c.targets()), maxTargets-1))
@@ -135,6 +189,9 @@ type target struct {
 	peerPort  uint16
 	peer      netip.Prefix
 	optIn     bool
+	socket    *SocketSpec
+	// resolved is where a named socket lives and what it matches (zero parts: any).
+	resolved []resolvedSocket
 }
 
 func (c Config) targets() []target {
@@ -147,6 +204,9 @@ func (c Config) targets() []target {
 	}
 	for _, p := range c.Peers {
 		ts = append(ts, target{name: "peer:" + p.Masked().String(), peer: p.Masked()})
+	}
+	for i := range c.Sockets {
+		ts = append(ts, target{name: "socket:" + c.Sockets[i].String(), socket: &c.Sockets[i]})
 	}
 	if c.OptIn {
 		ts = append(ts, target{name: "opt_in", optIn: true})
@@ -191,9 +251,12 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Force, error) {
 	if err := f.openNamespaces(); err != nil {
 		return nil, err
 	}
+	if err := f.resolveSockets(); err != nil {
+		return nil, err
+	}
 	if cfg.Mode == ModeRoute {
 		for _, ns := range f.nss {
-			p, err := installPolicy(ns.path, ns.handle, cfg.Mark, cfg.Table, cfg.RulePriority)
+			p, err := installPolicy(ns.path, ns.handle, cfg.Mark, cfg.Table, cfg.RulePriority, cfg.Routes)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", Family, err)
 			}
@@ -231,19 +294,38 @@ func (f *Force) openNamespaces() error {
 	}
 	seen := map[uint32]string{}
 	for _, path := range paths {
-		h, err := netns.GetFromPath(path)
-		if err != nil {
-			return fmt.Errorf("quickack.netns: %s: %w; name a netns file such as /run/netns/NAME or /proc/PID/ns/net", path, err)
+		if _, err := f.openNamespace(path, seen); err != nil {
+			return err
 		}
-		ns := &namespace{path: path, handle: h}
-		f.nss = append(f.nss, ns)
-		if ns.inode, err = kernel.NetnsInode(path); err != nil {
-			return fmt.Errorf("quickack.netns: %s: %w", path, err)
+	}
+	return nil
+}
+
+// openNamespace opens one namespace; one already open is returned as is, unless it was named
+// twice in the config.
+func (f *Force) openNamespace(path string, seen map[uint32]string) (*namespace, error) {
+	inode, err := kernel.NetnsInode(path)
+	if err != nil {
+		return nil, fmt.Errorf("quickack.netns: %s: %w; name a netns file such as /run/netns/NAME or /proc/PID/ns/net", path, err)
+	}
+	if seen != nil {
+		if other, dup := seen[inode]; dup {
+			return nil, fmt.Errorf("quickack.netns: %s and %s are the same namespace; name it once", other, path)
 		}
-		if other, dup := seen[ns.inode]; dup {
-			return fmt.Errorf("quickack.netns: %s and %s are the same namespace; name it once", other, path)
+		seen[inode] = path
+	}
+	for _, ns := range f.nss {
+		if ns.inode == inode {
+			return ns, nil
 		}
-		seen[ns.inode] = path
+	}
+	h, err := netns.GetFromPath(path)
+	if err != nil {
+		return nil, fmt.Errorf("quickack.netns: %s: %w", path, err)
+	}
+	ns := &namespace{path: path, handle: h, inode: inode}
+	f.nss = append(f.nss, ns)
+	{
 		if err := inNetns(h, func() error {
 			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 			if err != nil {
@@ -253,10 +335,10 @@ func (f *Force) openNamespaces() error {
 			ns.cookie, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
 			return err
 		}); err != nil {
-			return fmt.Errorf("quickack.netns: %s: netns cookie: %w", path, err)
+			return nil, fmt.Errorf("quickack.netns: %s: netns cookie: %w", path, err)
 		}
 	}
-	return nil
+	return ns, nil
 }
 
 // inNetns runs fn on a thread switched into the namespace. The thread is never handed back
@@ -304,6 +386,13 @@ func HookNames() []string {
 	return names
 }
 
+func boolByte(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 // delackMaxUs is the smallest TCP_BPF_DELACK_MAX the kernel accepts: it rounds up to
 // jiffies and wants at least two (TCP_TIMEOUT_MIN), so one jiffy plus one microsecond.
 func delackMaxUs(hz int) int32 {
@@ -341,6 +430,7 @@ func (f *Force) load() error {
 		quickackVarForceMark:          f.cfg.Mark,
 		quickackVarDelackMaxForcedUs:  delackMaxUs(f.cfg.HZ),
 		quickackVarOptInTarget:        optIn,
+		quickackVarHasTuples:          boolByte(len(f.cfg.Sockets) > 0),
 		quickackVarRingbufWakeupBytes: uint64(f.cfg.WakeupBytes),
 	}
 	for name, v := range vars {
@@ -374,6 +464,17 @@ func (f *Force) fillTargets() error {
 				err = maps[quickackMapForcePorts].Put(quickackPortKey{Netns: ns.inode, Port: t.localPort, Side: 1}, id)
 			case t.peerPort != 0:
 				err = maps[quickackMapForcePorts].Put(quickackPortKey{Netns: ns.inode, Port: t.peerPort, Side: 2}, id)
+			case t.socket != nil:
+				for _, r := range t.resolved {
+					if r.netns != ns.inode {
+						continue
+					}
+					key := quickackTupleKey{Netns: ns.inode, LocalPort: r.local.Port(), PeerPort: r.peer.Port(),
+						LocalAddr: r.local.Addr().As16(), PeerAddr: r.peer.Addr().As16()}
+					if err = maps[quickackMapForceTuples].Put(key, id); err != nil {
+						break
+					}
+				}
 			case t.peer.IsValid():
 				addr := t.peer.Addr()
 				bits := t.peer.Bits()

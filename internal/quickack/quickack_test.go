@@ -2,9 +2,12 @@ package quickack_test
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -12,6 +15,7 @@ import (
 
 	"github.com/tcpack/tcpack/internal/acks"
 	"github.com/tcpack/tcpack/internal/kernel"
+	"github.com/tcpack/tcpack/internal/loader"
 	"github.com/tcpack/tcpack/internal/netnstest"
 	"github.com/tcpack/tcpack/internal/quickack"
 )
@@ -321,7 +325,7 @@ func TestLocalPeerRefused(t *testing.T) {
 	cfg.LocalPorts = []uint16{5310}
 	f, log := start(t, cfg)
 	netnstest.Connect(t, pair.B, pair.B, "127.0.0.1", 5310)
-	got := waitEvents(t, log, 2, func(e quickack.Event) bool { return e.Kind == quickack.EventRefused })
+	got := waitEvents(t, log, 1, func(e quickack.Event) bool { return e.Kind == quickack.EventRefused })
 	// Both ends are local: the server's socket (local port 5310) matches.
 	if len(got) == 0 || got[0].Refusal != quickack.RefusalLocalPeer {
 		t.Fatalf("refused events %+v, want local_peer", got)
@@ -447,13 +451,13 @@ func TestLinkDownUpKeepsForcing(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	// The veth needs a moment to carry traffic again after up.
-	var c *netnstest.Paced
-	for i := 0; ; i++ {
-		if err := exec.Command("ip", "netns", "exec", pair.A.Name, "ping", "-c1", "-W1", pair.B.Addr).Run(); err == nil || i == 20 {
+	for i := 0; i < 20; i++ {
+		if err := exec.Command("ip", "netns", "exec", pair.A.Name, "ping", "-c1", "-W1", pair.B.Addr).Run(); err == nil {
 			break
 		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	c = pair.Connect(t, 5314)
+	c := pair.Connect(t, 5314)
 	c.Exchange(t, messages, every, readEvery)
 	requireForced(t, ackStats(t, obs, pair.B.Inode, 5314, c))
 }
@@ -469,6 +473,18 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{func(c *quickack.Config) { c.LocalPorts = []uint16{1}; c.Table = 254 }, "quickack.table"},
 		{func(c *quickack.Config) { c.LocalPorts = []uint16{1}; c.RulePriority = 0 }, "quickack.rule_priority"},
 		{func(c *quickack.Config) { c.LocalPorts = []uint16{1}; c.Mode = "fast" }, "quickack.mode"},
+		{func(c *quickack.Config) {
+			c.Routes = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+			c.Mode = quickack.ModeBounded
+		}, "quickack.routes"},
+		{func(c *quickack.Config) { c.Routes = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")} }, "quickack.routes[0]"},
+		{func(c *quickack.Config) { c.Sockets = []quickack.SocketSpec{{PID: -1, FD: 3}} }, "quickack.sockets[0]"},
+		{func(c *quickack.Config) {
+			c.Sockets = []quickack.SocketSpec{{PID: 1, FD: 3, Local: netip.MustParseAddrPort("10.0.0.1:80")}}
+		}, "not both"},
+		{func(c *quickack.Config) {
+			c.Sockets = []quickack.SocketSpec{{Peer: netip.MustParseAddrPort("10.0.0.1:0")}}
+		}, "needs its ports"},
 	} {
 		cfg := quickack.DefaultConfig()
 		tc.mut(&cfg)
@@ -481,5 +497,170 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 	cfg.Netns = []string{"/run/netns/does-not-exist"}
 	if _, err := quickack.Start(netnstest.KernelEnv(t), cfg, nil); err == nil || !strings.Contains(err.Error(), "quickack.netns") {
 		t.Errorf("missing netns: %v", err)
+	}
+}
+
+// TestAttachReport prints one MATRIX line per hook for the README's kernel table.
+func TestAttachReport(t *testing.T) {
+	pair := netnstest.NewPair(t)
+	cfg := config(t, pair.B)
+	cfg.LocalPorts = []uint16{5399}
+	cfg.OptIn = true
+	f, _ := start(t, cfg)
+	for _, h := range f.Report().Hooks {
+		if h.Attached == nil {
+			t.Errorf("hook %s not attached: %+v", h.Hook, h.Skipped)
+			continue
+		}
+		attached := h.Attached.String()
+		switch h.Attached.Kind {
+		case loader.SockOps, loader.CgroupSetsockopt:
+			attached = string(h.Attached.Kind) + " at the cgroup v2 root" // the path differs between hosts
+		}
+		fmt.Printf("MATRIX family=quickack hook=%s attached=%s: %s\n", h.Hook, attached, h.Attached.Program)
+	}
+}
+
+// requireImmediate: one ACK per segment, under 1 ms on average (whatever forced it).
+func requireImmediate(t *testing.T, s acks.Stats) {
+	t.Helper()
+	if s.Acks() < s.SegmentsAcked*9/10 {
+		t.Errorf("%d ACKs for %d segments, want about one per segment", s.Acks(), s.SegmentsAcked)
+	}
+	if d := meanDelay(s); d >= time.Millisecond {
+		t.Errorf("mean ACK delay %v, want under 1 ms", d)
+	}
+}
+
+func TestRouteTarget(t *testing.T) {
+	pair := netnstest.NewPair(t)
+	const other = "198.18.0.3"
+	pair.A.Exec(t, "ip", "addr", "add", other+"/24", "dev", pair.A.Veth)
+	obs := observe(t, 5315, 5316)
+	cfg := config(t, pair.B)
+	cfg.Routes = []netip.Prefix{netip.MustParsePrefix(pair.A.Addr + "/32")}
+	before := policyState(t, pair.B)
+	f, _ := start(t, cfg)
+	if got := policyState(t, pair.B); !strings.Contains(got, fmt.Sprintf("from all to %s lookup %d proto 172", pair.A.Addr, cfg.Table)) {
+		t.Errorf("no route-target rule:\n%s", got)
+	}
+
+	target := netnstest.ConnectFrom(t, pair.A, pair.A.Addr, pair.B, pair.B.Addr, 5315)
+	control := netnstest.ConnectFrom(t, pair.A, other, pair.B, pair.B.Addr, 5316)
+	target.Exchange(t, messages, every, readEvery)
+	control.Exchange(t, messages, every, readEvery)
+	requireImmediate(t, ackStats(t, obs, pair.B.Inode, 5315, target))
+	requireDelayed(t, ackStats(t, obs, pair.B.Inode, 5316, control))
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if after := policyState(t, pair.B); after != before {
+		t.Errorf("policy routing after shutdown:\n%s\nbefore:\n%s", after, before)
+	}
+}
+
+// fdOf is the socket's descriptor number in this process.
+func fdOf(t *testing.T, c interface {
+	SyscallConn() (syscall.RawConn, error)
+}) int {
+	t.Helper()
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fd int
+	raw.Control(func(f uintptr) { fd = int(f) })
+	return fd
+}
+
+func TestSocketByPidAndFd(t *testing.T) {
+	pair := netnstest.NewPair(t)
+	obs := observe(t, 5317, 5318)
+	target := pair.Connect(t, 5317)
+	control := pair.Connect(t, 5318)
+	cfg := config(t, pair.B)
+	cfg.Sockets = []quickack.SocketSpec{{PID: os.Getpid(), FD: fdOf(t, target.Server)}}
+	f, log := start(t, cfg)
+
+	target.Exchange(t, messages, every, readEvery)
+	control.Exchange(t, messages, every, readEvery)
+	requireForced(t, ackStats(t, obs, pair.B.Inode, 5317, target))
+	requireDelayed(t, ackStats(t, obs, pair.B.Inode, 5318, control))
+	name := fmt.Sprintf("socket:pid:%d/fd:%d", os.Getpid(), fdOf(t, target.Server))
+	if s := targetStats(t, f, name); s.Forced() != 1 {
+		t.Errorf("target stats %+v", s)
+	}
+	got := waitEvents(t, log, 1, func(e quickack.Event) bool { return e.Kind == quickack.EventApplied })
+	if len(got) != 1 || got[0].Origin != "existing" || got[0].Target != name {
+		t.Errorf("applied events %+v", got)
+	}
+}
+
+func TestListenerByPidAndFdForcesWhatItAccepts(t *testing.T) {
+	pair := netnstest.NewPair(t)
+	obs := observe(t, 5319)
+	ln := pair.B.Listen(t, "tcp4", pair.B.Addr+":5319")
+	cfg := config(t, pair.B)
+	cfg.Sockets = []quickack.SocketSpec{{PID: os.Getpid(), FD: fdOf(t, ln.(*net.TCPListener))}}
+	f, _ := start(t, cfg)
+	ln.Close() // netnstest.Connect listens itself; the named listener's address is what counts
+
+	c := pair.Connect(t, 5319)
+	c.Exchange(t, messages, every, readEvery)
+	requireForced(t, ackStats(t, obs, pair.B.Inode, 5319, c))
+	if s := f.Report(); len(s.Hooks) == 0 {
+		t.Fatal("no report")
+	}
+}
+
+func TestSocketByAddress(t *testing.T) {
+	pair := netnstest.NewPair(t)
+	obs := observe(t, 5320, 5321)
+	cfg := config(t, pair.B)
+	cfg.Sockets = []quickack.SocketSpec{{Local: netip.MustParseAddrPort(pair.B.Addr + ":5320")}}
+	start(t, cfg)
+	target := pair.Connect(t, 5320)
+	control := pair.Connect(t, 5321)
+	target.Exchange(t, messages, every, readEvery)
+	control.Exchange(t, messages, every, readEvery)
+	requireForced(t, ackStats(t, obs, pair.B.Inode, 5320, target))
+	requireDelayed(t, ackStats(t, obs, pair.B.Inode, 5321, control))
+}
+
+func TestSocketErrorsNameTheEntry(t *testing.T) {
+	pair := netnstest.NewPair(t)
+	done := exec.Command("true")
+	if err := done.Run(); err != nil {
+		t.Fatal(err)
+	}
+	file, err := os.Open("/dev/null")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	udp, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	for _, tc := range []struct {
+		spec quickack.SocketSpec
+		want string
+	}{
+		{quickack.SocketSpec{PID: done.Process.Pid, FD: 3}, "not found"},
+		{quickack.SocketSpec{PID: os.Getpid(), FD: 100000}, "is not open"},
+		{quickack.SocketSpec{PID: os.Getpid(), FD: int(file.Fd())}, "is not a socket"},
+		{quickack.SocketSpec{PID: os.Getpid(), FD: fdOf(t, udp.(*net.UDPConn))}, "is not a TCP socket"},
+	} {
+		cfg := config(t, pair.B)
+		cfg.Sockets = []quickack.SocketSpec{tc.spec}
+		before := policyState(t, pair.B)
+		_, err := quickack.Start(netnstest.KernelEnv(t), cfg, nil)
+		if err == nil || !strings.Contains(err.Error(), "quickack.sockets: "+tc.spec.String()) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %v, want one naming the entry and saying %q", tc.spec, err, tc.want)
+		}
+		if after := policyState(t, pair.B); after != before {
+			t.Errorf("%s: a refused start changed policy routing", tc.spec)
+		}
 	}
 }

@@ -68,6 +68,15 @@ type quickackTargetStats struct {
 	Refused  [4]uint64
 }
 
+type quickackTupleKey struct {
+	_         structs.HostLayout
+	Netns     uint32
+	LocalPort uint16
+	PeerPort  uint16
+	LocalAddr [16]uint8
+	PeerAddr  [16]uint8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -78,6 +87,7 @@ const (
 	quickackMapForceNetnsCookies  = "force_netns_cookies"
 	quickackMapForcePeers         = "force_peers"
 	quickackMapForcePorts         = "force_ports"
+	quickackMapForceTuples        = "force_tuples"
 	quickackMapForcedSocks        = "forced_socks"
 	quickackMapIterRelease        = "iter_release"
 	quickackMapTargetCounts       = "target_counts"
@@ -92,6 +102,7 @@ const (
 	quickackVarEventRatePerSec    = "event_rate_per_sec"
 	quickackVarEventRefillCapNs   = "event_refill_cap_ns"
 	quickackVarForceMark          = "force_mark"
+	quickackVarHasTuples          = "has_tuples"
 	quickackVarMechanism          = "mechanism"
 	quickackVarOptInTarget        = "opt_in_target"
 	quickackVarOptInValue         = "opt_in_value"
@@ -100,6 +111,7 @@ const (
 	quickackVarUnusedPeerKey      = "unused_peer_key"
 	quickackVarUnusedPortKey      = "unused_port_key"
 	quickackVarUnusedTargetStats  = "unused_target_stats"
+	quickackVarUnusedTupleKey     = "unused_tuple_key"
 )
 
 // loadQuickack returns the embedded CollectionSpec for quickack.
@@ -160,6 +172,7 @@ type quickackMapSpecs struct {
 	ForceNetnsCookies *ebpf.MapSpec `ebpf:"force_netns_cookies"`
 	ForcePeers        *ebpf.MapSpec `ebpf:"force_peers"`
 	ForcePorts        *ebpf.MapSpec `ebpf:"force_ports"`
+	ForceTuples       *ebpf.MapSpec `ebpf:"force_tuples"`
 	ForcedSocks       *ebpf.MapSpec `ebpf:"forced_socks"`
 	IterRelease       *ebpf.MapSpec `ebpf:"iter_release"`
 	TargetCounts      *ebpf.MapSpec `ebpf:"target_counts"`
@@ -176,6 +189,7 @@ type quickackVariableSpecs struct {
 	EventRatePerSec    *ebpf.VariableSpec `ebpf:"event_rate_per_sec"`
 	EventRefillCapNs   *ebpf.VariableSpec `ebpf:"event_refill_cap_ns"`
 	ForceMark          *ebpf.VariableSpec `ebpf:"force_mark"`
+	HasTuples          *ebpf.VariableSpec `ebpf:"has_tuples"`
 	Mechanism          *ebpf.VariableSpec `ebpf:"mechanism"`
 	OptInTarget        *ebpf.VariableSpec `ebpf:"opt_in_target"`
 	OptInValue         *ebpf.VariableSpec `ebpf:"opt_in_value"`
@@ -184,6 +198,7 @@ type quickackVariableSpecs struct {
 	UnusedPeerKey      *ebpf.VariableSpec `ebpf:"unused_peer_key"`
 	UnusedPortKey      *ebpf.VariableSpec `ebpf:"unused_port_key"`
 	UnusedTargetStats  *ebpf.VariableSpec `ebpf:"unused_target_stats"`
+	UnusedTupleKey     *ebpf.VariableSpec `ebpf:"unused_tuple_key"`
 }
 
 // quickackObjects contains all objects after they have been loaded into the kernel.
@@ -212,6 +227,7 @@ type quickackMaps struct {
 	ForceNetnsCookies *ebpf.Map `ebpf:"force_netns_cookies"`
 	ForcePeers        *ebpf.Map `ebpf:"force_peers"`
 	ForcePorts        *ebpf.Map `ebpf:"force_ports"`
+	ForceTuples       *ebpf.Map `ebpf:"force_tuples"`
 	ForcedSocks       *ebpf.Map `ebpf:"forced_socks"`
 	IterRelease       *ebpf.Map `ebpf:"iter_release"`
 	TargetCounts      *ebpf.Map `ebpf:"target_counts"`
@@ -225,6 +241,7 @@ func (m *quickackMaps) Close() error {
 		m.ForceNetnsCookies,
 		m.ForcePeers,
 		m.ForcePorts,
+		m.ForceTuples,
 		m.ForcedSocks,
 		m.IterRelease,
 		m.TargetCounts,
@@ -242,6 +259,7 @@ type quickackVariables struct {
 	EventRatePerSec    *ebpf.Variable `ebpf:"event_rate_per_sec"`
 	EventRefillCapNs   *ebpf.Variable `ebpf:"event_refill_cap_ns"`
 	ForceMark          *ebpf.Variable `ebpf:"force_mark"`
+	HasTuples          *ebpf.Variable `ebpf:"has_tuples"`
 	Mechanism          *ebpf.Variable `ebpf:"mechanism"`
 	OptInTarget        *ebpf.Variable `ebpf:"opt_in_target"`
 	OptInValue         *ebpf.Variable `ebpf:"opt_in_value"`
@@ -250,6 +268,7 @@ type quickackVariables struct {
 	UnusedPeerKey      *ebpf.Variable `ebpf:"unused_peer_key"`
 	UnusedPortKey      *ebpf.Variable `ebpf:"unused_port_key"`
 	UnusedTargetStats  *ebpf.Variable `ebpf:"unused_target_stats"`
+	UnusedTupleKey     *ebpf.Variable `ebpf:"unused_tuple_key"`
 }
 
 // quickackPrograms contains all programs after they have been loaded into the kernel.

@@ -20,7 +20,7 @@ OUT=${VMTEST_OUT:-$ROOT/build/vm}
 KERNELS=(6.1:linux-image-amd64 6.12:linux-image-6.12-amd64)
 # Both Debian kernels have kprobes and BPF trampolines; a failure to use them is a bug.
 GUEST_EXPECT=fentry,fexit,kprobe,kretprobe
-PACKAGES=(./internal/kernel ./internal/loader ./internal/drops ./internal/acks)
+PACKAGES=(./internal/kernel ./internal/loader ./internal/drops ./internal/acks ./internal/quickack)
 MODULES=(veth nf_tables sch_tbf)
 # Per guest; a guest takes ~35 s here, and the whole matrix must stay under 10 minutes.
 TIMEOUT=${VMTEST_TIMEOUT:-240}
@@ -194,7 +194,8 @@ table() {
 	printf '\n'
 	local fh
 	for fh in drops:kfree_skb drops:tcp_retransmit_skb drops:tcp_send_reset drops:tcp_receive_reset \
-		acks:sock_ops acks:tcp_probe acks:tcp_rcv_space_adjust; do
+		acks:sock_ops acks:tcp_probe acks:tcp_rcv_space_adjust \
+		quickack:sock_ops quickack:inet_sock_set_state quickack:iter_tcp quickack:setsockopt; do
 		printf '| %s: `%s` |' "${fh%%:*}" "${fh#*:}"
 		for f in "$@"; do
 			# "MATRIX family=F hook=H attached=STRATEGY[ (N args)]: PROGRAM"

@@ -88,8 +88,8 @@ func TestLoadQuickackConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := fmt.Sprintf("%s %#x %d %d %v %v %v %v %v", q.Mode, q.Mark, q.Table, q.RulePriority, q.Netns, q.LocalPorts, q.PeerPorts, q.Peers, q.OptIn)
-	want := "route 0x5a5a0000 5000 5000 [/run/netns/app] [8080] [6379] [10.0.0.0/8 2001:db8::/32 192.0.2.7/32] true"
+	got := fmt.Sprintf("%s %#x %d %d %v %v %v %v %v %v %v", q.Mode, q.Mark, q.Table, q.RulePriority, q.Netns, q.LocalPorts, q.PeerPorts, q.Peers, q.Routes, q.Sockets, q.OptIn)
+	want := "route 0x5a5a0000 5000 5000 [/run/netns/app] [8080] [6379] [10.0.0.0/8 2001:db8::/32 192.0.2.7/32] [198.51.100.0/24] [pid:1234/fd:7 local:10.0.0.1:8080,peer:10.0.0.2:5555] true"
 	if got != want {
 		t.Errorf("quickack config:\n got %s\nwant %s", got, want)
 	}
@@ -131,6 +131,12 @@ func TestValidateNamesFieldAndFix(t *testing.T) {
 		{"quickack mark", func(c *Config) { c.Quickack.Enabled = true; c.Quickack.OptIn = true; c.Quickack.Mark = 0 }, []string{"quickack.mark"}},
 		{"quickack table", func(c *Config) { c.Quickack.Enabled = true; c.Quickack.OptIn = true; c.Quickack.Table = 255 }, []string{"quickack.table"}},
 		{"quickack priority", func(c *Config) { c.Quickack.Enabled = true; c.Quickack.OptIn = true; c.Quickack.RulePriority = 40000 }, []string{"quickack.rule_priority"}},
+		{"quickack route", func(c *Config) { c.Quickack.Enabled = true; c.Quickack.Routes = []string{"nope"} }, []string{"quickack.routes[0]", "CIDR"}},
+		{"quickack socket addr", func(c *Config) {
+			c.Quickack.Enabled = true
+			c.Quickack.Sockets = []SocketConfig{{Local: "10.0.0.1"}}
+		}, []string{"quickack.sockets[0].local", "ADDRESS:PORT"}},
+		{"quickack socket fd", func(c *Config) { c.Quickack.Enabled = true; c.Quickack.Sockets = []SocketConfig{{PID: 5}} }, []string{"quickack.sockets[0].fd"}},
 		{"quickack netns", func(c *Config) {
 			c.Quickack.Enabled = true
 			c.Quickack.OptIn = true

@@ -34,9 +34,23 @@ type QuickackConfig struct {
 	LocalPorts []int    `mapstructure:"local_ports"`
 	PeerPorts  []int    `mapstructure:"peer_ports"`
 	Peers      []string `mapstructure:"peers"`
+	// Routes are CIDRs every socket towards which is forced (route mode): the seed's
+	// `ip route ... quickack 1`, done with a rule and the policy table, no route changed.
+	Routes []string `mapstructure:"routes"`
+	// Sockets are named sockets: {pid, fd} of a process, or {local, peer} addresses.
+	Sockets []SocketConfig `mapstructure:"sockets"`
 	// OptIn honours an application's setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, 3) for the
 	// socket's whole life (the seed's convention).
 	OptIn bool `mapstructure:"opt_in"`
+}
+
+// SocketConfig names one socket: by owner (pid and fd; a listener forces what it accepts) or
+// by address (local and/or peer as ADDRESS:PORT; 0.0.0.0 or :: as local means any address).
+type SocketConfig struct {
+	PID   int    `mapstructure:"pid"`
+	FD    int    `mapstructure:"fd"`
+	Local string `mapstructure:"local"`
+	Peer  string `mapstructure:"peer"`
 }
 
 func defaultQuickackConfig() QuickackConfig {
@@ -64,14 +78,10 @@ func (q QuickackConfig) quickackConfig() (quickack.Config, error) {
 		cfg.PeerPorts = append(cfg.PeerPorts, uint16(p))
 	}
 	for i, s := range q.Peers {
-		p, err := netip.ParsePrefix(s)
+		p, err := parsePrefix(s)
 		if err != nil {
-			if a, aerr := netip.ParseAddr(s); aerr == nil {
-				p = netip.PrefixFrom(a, a.BitLen())
-			} else {
-				errs = append(errs, fmt.Errorf("quickack.peers[%d]: %q is not a CIDR or address, use e.g. 10.0.0.0/8 or 2001:db8::/32", i, s))
-				continue
-			}
+			errs = append(errs, fmt.Errorf("quickack.peers[%d]: %q is not a CIDR or address, use e.g. 10.0.0.0/8 or 2001:db8::/32", i, s))
+			continue
 		}
 		if p.Addr().Is4In6() && p.Bits() >= 96 {
 			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
@@ -82,6 +92,36 @@ func (q QuickackConfig) quickackConfig() (quickack.Config, error) {
 		}
 		cfg.Peers = append(cfg.Peers, p)
 	}
+	for i, s := range q.Routes {
+		p, err := parsePrefix(s)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("quickack.routes[%d]: %q is not a CIDR or address, use e.g. 10.0.0.0/8", i, s))
+			continue
+		}
+		cfg.Routes = append(cfg.Routes, p)
+	}
+	for i, sc := range q.Sockets {
+		spec := quickack.SocketSpec{PID: sc.PID, FD: sc.FD}
+		for _, side := range []struct {
+			name, value string
+			dst         *netip.AddrPort
+		}{{"local", sc.Local, &spec.Local}, {"peer", sc.Peer, &spec.Peer}} {
+			if side.value == "" {
+				continue
+			}
+			ap, err := netip.ParseAddrPort(side.value)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("quickack.sockets[%d].%s: %q is not ADDRESS:PORT, use e.g. 10.0.0.1:8080 or [2001:db8::1]:8080", i, side.name, side.value))
+				continue
+			}
+			*side.dst = ap
+		}
+		if sc.PID != 0 && sc.FD == 0 {
+			// fd 0 is stdin: never a socket the user means
+			errs = append(errs, fmt.Errorf("quickack.sockets[%d].fd: give the socket's descriptor number in pid %d (see ls -l /proc/%d/fd)", i, sc.PID, sc.PID))
+		}
+		cfg.Sockets = append(cfg.Sockets, spec)
+	}
 	for i, n := range q.Netns {
 		if !strings.HasPrefix(n, "/") {
 			errs = append(errs, fmt.Errorf("quickack.netns[%d]: %q is not a path; use /run/netns/NAME or /proc/PID/ns/net", i, n))
@@ -91,6 +131,18 @@ func (q QuickackConfig) quickackConfig() (quickack.Config, error) {
 		return cfg, errors.Join(errs...)
 	}
 	return cfg, cfg.Validate()
+}
+
+// parsePrefix takes a CIDR or a single address.
+func parsePrefix(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p, nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
 func (q QuickackConfig) validate() []error {
