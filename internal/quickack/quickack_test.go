@@ -432,9 +432,10 @@ func TestCollisionsRefused(t *testing.T) {
 
 func TestLinkDownUpKeepsForcing(t *testing.T) {
 	pair := netnstest.NewPair(t)
-	obs := observe(t, 5314)
+	obs := observe(t, 5314, 5322)
 	cfg := config(t, pair.B)
 	cfg.LocalPorts = []uint16{5314}
+	cfg.Routes = []netip.Prefix{netip.MustParsePrefix(pair.A.Addr + "/32")}
 	start(t, cfg)
 	copyRoute := fmt.Sprintf("198.18.0.0/24 dev %s table %d proto 172", pair.B.Veth, cfg.Table)
 
@@ -459,7 +460,10 @@ func TestLinkDownUpKeepsForcing(t *testing.T) {
 	}
 	c := pair.Connect(t, 5314)
 	c.Exchange(t, messages, every, readEvery)
-	requireForced(t, ackStats(t, obs, pair.B.Inode, 5314, c))
+	requireForced(t, ackStats(t, obs, pair.B.Inode, 5314, c)) // by mark
+	r := pair.Connect(t, 5322)
+	r.Exchange(t, messages, every, readEvery)
+	requireImmediate(t, ackStats(t, obs, pair.B.Inode, 5322, r)) // by route target
 }
 
 func TestConfigErrorsNameTheField(t *testing.T) {
