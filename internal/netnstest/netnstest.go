@@ -359,7 +359,11 @@ func Connect(t testing.TB, client, server *NS, addr string, port int) *Paced {
 // ConnectFrom is Connect from a chosen source address of the client ("": any).
 func ConnectFrom(t testing.TB, client *NS, source string, server *NS, addr string, port int) *Paced {
 	t.Helper()
-	ln := server.Listen(t, "tcp4", net.JoinHostPort(addr, fmt.Sprint(port)))
+	network := "tcp4"
+	if strings.Contains(addr, ":") {
+		network = "tcp6"
+	}
+	ln := server.Listen(t, network, net.JoinHostPort(addr, fmt.Sprint(port)))
 	accepted := make(chan *net.TCPConn, 1)
 	go func() {
 		c, err := ln.Accept()
@@ -372,11 +376,11 @@ func ConnectFrom(t testing.TB, client *NS, source string, server *NS, addr strin
 	var c net.Conn
 	var err error
 	if source == "" {
-		c, err = client.Dial("tcp4", net.JoinHostPort(addr, fmt.Sprint(port)), time.Second)
+		c, err = client.Dial(network, net.JoinHostPort(addr, fmt.Sprint(port)), time.Second)
 	} else {
 		err = client.Do(func() {
 			d := net.Dialer{Timeout: time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(source)}}
-			c, err = d.Dial("tcp4", net.JoinHostPort(addr, fmt.Sprint(port)))
+			c, err = d.Dial(network, net.JoinHostPort(addr, fmt.Sprint(port)))
 		})
 	}
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"runtime"
 	"strings"
 	"syscall"
@@ -240,6 +241,12 @@ type Force struct {
 func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Force, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.Cgroup != "" {
+		// Checked before anything changes: the policy goes in before the programs load.
+		if _, err := os.Stat(cfg.Cgroup + "/cgroup.procs"); err != nil {
+			return nil, fmt.Errorf("quickack.cgroup: %s is not a cgroup v2 directory (%w); name one under the cgroup2 mount, or leave it empty for the root", cfg.Cgroup, err)
+		}
 	}
 	f := &Force{cfg: cfg, targets: cfg.targets(), env: env, done: make(chan struct{})}
 	ok := false

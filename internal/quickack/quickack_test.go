@@ -498,6 +498,11 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 	}
 	cfg := quickack.DefaultConfig()
 	cfg.LocalPorts = []uint16{1}
+	cfg.Cgroup = "/tmp"
+	if _, err := quickack.Start(netnstest.KernelEnv(t), cfg, nil); err == nil || !strings.Contains(err.Error(), "quickack.cgroup") {
+		t.Errorf("bad cgroup: %v", err)
+	}
+	cfg.Cgroup = ""
 	cfg.Netns = []string{"/run/netns/does-not-exist"}
 	if _, err := quickack.Start(netnstest.KernelEnv(t), cfg, nil); err == nil || !strings.Contains(err.Error(), "quickack.netns") {
 		t.Errorf("missing netns: %v", err)
@@ -665,6 +670,34 @@ func TestSocketErrorsNameTheEntry(t *testing.T) {
 		}
 		if after := policyState(t, pair.B); after != before {
 			t.Errorf("%s: a refused start changed policy routing", tc.spec)
+		}
+	}
+}
+
+func TestIPv6PortAndPeer(t *testing.T) {
+	pair := netnstest.NewPair(t)
+	const a6, b6 = "fd00:198:18::1", "fd00:198:18::2"
+	pair.A.Exec(t, "ip", "-6", "addr", "add", a6+"/64", "dev", pair.A.Veth, "nodad")
+	pair.B.Exec(t, "ip", "-6", "addr", "add", b6+"/64", "dev", pair.B.Veth, "nodad")
+	obs := observe(t, 5323, 5324, 5325)
+	cfg := config(t, pair.B)
+	cfg.LocalPorts = []uint16{5323}
+	cfg.Peers = []netip.Prefix{netip.MustParsePrefix("fd00:198:18::1/128")}
+	f, _ := start(t, cfg)
+
+	byPort := netnstest.Connect(t, pair.A, pair.B, b6, 5323)
+	byPeer := netnstest.Connect(t, pair.A, pair.B, b6, 5324)
+	control := netnstest.Connect(t, pair.A, pair.B, pair.B.Addr, 5325) // IPv4: not in the peer prefix
+	for _, c := range []*netnstest.Paced{byPort, byPeer, control} {
+		c.Exchange(t, messages, every, readEvery)
+	}
+	requireForced(t, ackStats(t, obs, pair.B.Inode, 5323, byPort))
+	requireForced(t, ackStats(t, obs, pair.B.Inode, 5324, byPeer))
+	requireDelayed(t, ackStats(t, obs, pair.B.Inode, 5325, control))
+	// A socket counts for the first target it matches: the port comes before the peer.
+	for _, name := range []string{"local_port:5323", "peer:fd00:198:18::1/128"} {
+		if s := targetStats(t, f, name); s.Forced() != 1 {
+			t.Errorf("%s: %+v, want one socket", name, s)
 		}
 	}
 }
