@@ -132,6 +132,22 @@ type Set struct {
 // Link is the link of an attached hook, or nil.
 func (s *Set) Link(hook string) link.Link { return s.byHook[hook] }
 
+// Detach detaches one hook now, keeping the rest; Close still frees its program.
+func (s *Set) Detach(hook string) error {
+	l, ok := s.byHook[hook]
+	if !ok {
+		return nil
+	}
+	delete(s.byHook, hook)
+	for i, other := range s.links {
+		if other == l {
+			s.links = append(s.links[:i], s.links[i+1:]...)
+			break
+		}
+	}
+	return l.Close()
+}
+
 // Close detaches every link and closes every program and map. It is safe to call twice.
 func (s *Set) Close() error {
 	var errs []error

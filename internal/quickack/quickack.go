@@ -252,7 +252,7 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Force, error) {
 	ok := false
 	defer func() {
 		if !ok {
-			f.teardown()
+			f.Close() // gives back any socket already forced
 		}
 	}()
 	if err := f.openNamespaces(); err != nil {
@@ -539,6 +539,8 @@ func (f *Force) Report() loader.Report { return f.report }
 func (f *Force) Close() error {
 	var errs []error
 	if f.set != nil {
+		// Stop forcing new sockets first, so none is forced after the walk gives them back.
+		errs = append(errs, f.set.Detach("sock_ops"), f.set.Detach("setsockopt"))
 		errs = append(errs, f.walkExisting(true))
 		// Let the reader deliver the release events before it stops.
 		deadline := time.Now().Add(2 * f.cfg.FlushInterval)
