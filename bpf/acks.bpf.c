@@ -79,7 +79,8 @@ const struct ack_key *unused_ack_key __attribute__((unused));
 const struct ack_stats *unused_ack_stats __attribute__((unused));
 const struct ack_event *unused_ack_event __attribute__((unused));
 
-/* Scope: with scope_all, every TCP socket; else those whose local or peer port is marked. */
+/* Scope: with scope_all, every TCP socket; else those whose local or peer port is marked or
+ * whose peer address is in scope_peers. */
 const volatile __u8 scope_all = 1;
 /* How the quickack family marks the sockets it forces: SO_MARK in route mode (0 when it
  * is off), a TCP_BPF_DELACK_MAX below the kernel's default (HZ/5 jiffies) in bounded mode. */
@@ -97,6 +98,22 @@ struct {
 	__type(key, __u32);
 	__type(value, __u8);
 } scope_ports SEC(".maps");
+
+/* Peer prefixes, IPv4 stored v4-mapped (::ffff:a.b.c.d) so one trie serves both. */
+struct scope_peer_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+const struct scope_peer_key *unused_scope_peer_key __attribute__((unused));
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 256);
+	__type(key, struct scope_peer_key);
+	__type(value, __u8);
+} scope_peers SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -138,14 +155,28 @@ struct {
 	__uint(max_entries, 1 << 20);
 } events SEC(".maps");
 
-static __always_inline bool in_scope(__u16 local_port, __u16 peer_port)
+static __always_inline bool in_scope(__u16 local_port, __u16 peer_port, struct tcp_sock *tp)
 {
 	if (scope_all)
 		return true;
 	__u32 l = local_port, p = peer_port;
 	__u8 *fl = bpf_map_lookup_elem(&scope_ports, &l);
 	__u8 *fp = bpf_map_lookup_elem(&scope_ports, &p);
-	return (fl && (*fl & SCOPE_LOCAL)) || (fp && (*fp & SCOPE_PEER));
+	if ((fl && (*fl & SCOPE_LOCAL)) || (fp && (*fp & SCOPE_PEER)))
+		return true;
+	if (!tp)
+		return false;
+	struct flow f = {};
+	flow_from_sock(true, &f, (struct sock *)tp);
+	struct scope_peer_key key = {.prefixlen = 128};
+	if (f.l3proto == ETH_P_IP) {
+		key.addr[10] = 0xff;
+		key.addr[11] = 0xff;
+		__builtin_memcpy(&key.addr[12], f.peer_addr, 4);
+	} else {
+		__builtin_memcpy(key.addr, f.peer_addr, 16);
+	}
+	return bpf_map_lookup_elem(&scope_peers, &key) != NULL;
 }
 
 static __always_inline struct ack_stats *stats_for(__u32 netns, __u16 local_port)
@@ -193,13 +224,13 @@ int ack_sockops(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: {
 		__u16 peer_port = bpf_ntohl(skops->remote_port);
+		struct tcp_sock *tp = bpf_skc_to_tcp_sock(bsk);
 
-		if (!in_scope(skops->local_port, peer_port))
+		if (!in_scope(skops->local_port, peer_port, tp))
 			return 1;
 		struct ack_sock *as = bpf_sk_storage_get(&ack_socks, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (!as)
 			return 1;
-		struct tcp_sock *tp = bpf_skc_to_tcp_sock(bsk);
 		if (tp)
 			as->netns = netns_of_sock(true, (struct sock *)tp);
 		/* HDR_OPT_LEN_CB then runs for every segment this socket transmits. */

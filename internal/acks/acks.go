@@ -33,6 +33,8 @@ type Config struct {
 	// which adds a callback to every segment every socket sends.
 	LocalPorts []uint16
 	PeerPorts  []uint16
+	// Peers adds sockets whose peer address is in one of these prefixes.
+	Peers []netip.Prefix
 	// ForcedMark is the SO_MARK the quickack family stamps on sockets it forces (0: none),
 	// and HZ the kernel tick rate, which tells a bounded delayed-ACK timeout from the default.
 	ForcedMark uint32
@@ -114,7 +116,7 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := fillScope(set.Maps[acksMapScopePorts], cfg); err != nil {
+	if err := fillScope(set.Maps[acksMapScopePorts], set.Maps[acksMapScopePeers], cfg); err != nil {
 		set.Close()
 		return nil, err
 	}
@@ -143,7 +145,7 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 		refill = burst * uint64(time.Second) / rate
 	}
 	all := uint8(0)
-	if len(cfg.LocalPorts) == 0 && len(cfg.PeerPorts) == 0 {
+	if len(cfg.LocalPorts) == 0 && len(cfg.PeerPorts) == 0 && len(cfg.Peers) == 0 {
 		all = 1
 	}
 	vars := map[string]any{
@@ -171,7 +173,18 @@ const (
 	scopePeer  = 2
 )
 
-func fillScope(m *ebpf.Map, cfg Config) error {
+func fillScope(m, peers *ebpf.Map, cfg Config) error {
+	for _, p := range cfg.Peers {
+		p = p.Masked()
+		bits := p.Bits()
+		if p.Addr().Is4() {
+			bits += 96
+		}
+		key := acksScopePeerKey{Prefixlen: uint32(bits), Addr: p.Addr().As16()}
+		if err := peers.Put(key, uint8(1)); err != nil {
+			return fmt.Errorf("%s: scope peer %s: %w", Family, p, err)
+		}
+	}
 	flags := map[uint32]uint8{}
 	for _, p := range cfg.LocalPorts {
 		flags[uint32(p)] |= scopeLocal

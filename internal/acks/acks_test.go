@@ -2,6 +2,7 @@ package acks_test
 
 import (
 	"fmt"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -168,6 +169,30 @@ func TestScopeToOnePort(t *testing.T) {
 	for _, s := range snap {
 		if s.Netns == pair.B.Inode && s.LocalPort == 5105 {
 			t.Errorf("port 5105 is out of scope but has statistics: %+v", s)
+		}
+	}
+}
+
+func TestScopeToPeerPrefix(t *testing.T) {
+	pair := netnstest.NewPair(t)
+	const other = "198.18.0.3"
+	pair.A.Exec(t, "ip", "addr", "add", other+"/24", "dev", pair.A.Veth)
+	cfg := acks.DefaultConfig()
+	cfg.Peers = []netip.Prefix{netip.MustParsePrefix(pair.A.Addr + "/32")}
+	p, _ := start(t, cfg)
+	in := netnstest.ConnectFrom(t, pair.A, pair.A.Addr, pair.B, pair.B.Addr, 5106)
+	out := netnstest.ConnectFrom(t, pair.A, other, pair.B, pair.B.Addr, 5107)
+	in.Exchange(t, 50, 2*time.Millisecond, 0)
+	out.Exchange(t, 50, 2*time.Millisecond, 0)
+	statsFor(t, p, pair.B.Inode, 5106, in)
+	snap, err := p.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range snap {
+		// Port 5107's peer is outside the prefix; so is every socket in A (its peer is B).
+		if (s.Netns == pair.B.Inode && s.LocalPort == 5107) || s.Netns == pair.A.Inode {
+			t.Errorf("out-of-scope socket has statistics: %+v", s)
 		}
 	}
 }

@@ -76,6 +76,12 @@ type acksEventBucket struct {
 	LastNs uint64
 }
 
+type acksScopePeerKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      [16]uint8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -85,6 +91,7 @@ const (
 	acksMapCounters                = "counters"
 	acksMapEventBuckets            = "event_buckets"
 	acksMapEvents                  = "events"
+	acksMapScopePeers              = "scope_peers"
 	acksMapScopePorts              = "scope_ports"
 	acksProgAckAppRead             = "ack_app_read"
 	acksProgAckDataArrival         = "ack_data_arrival"
@@ -101,6 +108,7 @@ const (
 	acksVarUnusedAckEvent          = "unused_ack_event"
 	acksVarUnusedAckKey            = "unused_ack_key"
 	acksVarUnusedAckStats          = "unused_ack_stats"
+	acksVarUnusedScopePeerKey      = "unused_scope_peer_key"
 )
 
 // loadAcks returns the embedded CollectionSpec for acks.
@@ -159,6 +167,7 @@ type acksMapSpecs struct {
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
 	EventBuckets *ebpf.MapSpec `ebpf:"event_buckets"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
+	ScopePeers   *ebpf.MapSpec `ebpf:"scope_peers"`
 	ScopePorts   *ebpf.MapSpec `ebpf:"scope_ports"`
 }
 
@@ -178,6 +187,7 @@ type acksVariableSpecs struct {
 	UnusedAckEvent          *ebpf.VariableSpec `ebpf:"unused_ack_event"`
 	UnusedAckKey            *ebpf.VariableSpec `ebpf:"unused_ack_key"`
 	UnusedAckStats          *ebpf.VariableSpec `ebpf:"unused_ack_stats"`
+	UnusedScopePeerKey      *ebpf.VariableSpec `ebpf:"unused_scope_peer_key"`
 }
 
 // acksObjects contains all objects after they have been loaded into the kernel.
@@ -205,6 +215,7 @@ type acksMaps struct {
 	Counters     *ebpf.Map `ebpf:"counters"`
 	EventBuckets *ebpf.Map `ebpf:"event_buckets"`
 	Events       *ebpf.Map `ebpf:"events"`
+	ScopePeers   *ebpf.Map `ebpf:"scope_peers"`
 	ScopePorts   *ebpf.Map `ebpf:"scope_ports"`
 }
 
@@ -215,6 +226,7 @@ func (m *acksMaps) Close() error {
 		m.Counters,
 		m.EventBuckets,
 		m.Events,
+		m.ScopePeers,
 		m.ScopePorts,
 	)
 }
@@ -235,6 +247,7 @@ type acksVariables struct {
 	UnusedAckEvent          *ebpf.Variable `ebpf:"unused_ack_event"`
 	UnusedAckKey            *ebpf.Variable `ebpf:"unused_ack_key"`
 	UnusedAckStats          *ebpf.Variable `ebpf:"unused_ack_stats"`
+	UnusedScopePeerKey      *ebpf.Variable `ebpf:"unused_scope_peer_key"`
 }
 
 // acksPrograms contains all programs after they have been loaded into the kernel.

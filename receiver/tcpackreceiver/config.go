@@ -60,6 +60,8 @@ type AcksConfig struct {
 	// socket, which adds a BPF callback to every segment every socket sends.
 	LocalPorts []int `mapstructure:"local_ports"`
 	PeerPorts  []int `mapstructure:"peer_ports"`
+	// Peers adds sockets whose peer address is in one of these CIDRs.
+	Peers []string `mapstructure:"peers"`
 	// EventMinDelay: pure ACKs that waited at least this long are sampled as events.
 	EventMinDelay time.Duration  `mapstructure:"event_min_delay"`
 	Sampling      SamplingConfig `mapstructure:"sampling"`
@@ -152,6 +154,11 @@ func (a AcksConfig) validate() []error {
 			}
 		}
 	}
+	for i, p := range a.Peers {
+		if _, err := parsePrefix(p); err != nil {
+			errs = append(errs, fmt.Errorf("acks.peers[%d]: %q is not a CIDR or address, use e.g. 10.0.0.0/8 or 2001:db8::/32", i, p))
+		}
+	}
 	if a.EventMinDelay < 0 || a.EventMinDelay > 10*time.Second {
 		errs = append(errs, fmt.Errorf("acks.event_min_delay: %v must be between 0 and 10s (e.g. 10ms)", a.EventMinDelay))
 	}
@@ -187,6 +194,11 @@ func (c *Config) acksConfig(withLogs bool, hz int) acks.Config {
 	}
 	for _, p := range c.Acks.PeerPorts {
 		cfg.PeerPorts = append(cfg.PeerPorts, uint16(p))
+	}
+	for _, s := range c.Acks.Peers {
+		if p, err := parsePrefix(s); err == nil {
+			cfg.Peers = append(cfg.Peers, p)
+		}
 	}
 	cfg.EventMinDelay = c.Acks.EventMinDelay
 	cfg.EventsPerSecond, cfg.EventBurst = c.Acks.Sampling.RatePerCPU, c.Acks.Sampling.Burst
