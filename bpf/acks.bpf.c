@@ -22,7 +22,7 @@ char LICENSE[] SEC("license") = "GPL";
 /* Why an ACK that acknowledged new data was sent when it was. */
 enum ack_cause {
 	CAUSE_PIGGYBACK = 0,  /* carried on a data segment */
-	CAUSE_ROUTE = 1,      /* the route says quickack (icsk_ack.dst_quick_ack) */
+	CAUSE_ROUTE = 1,      /* the route says quickack (icsk_ack.dst_quick_ack or the dst metric) */
 	CAUSE_QUICK = 2,      /* quick-ACK mode: quota left and not pingpong */
 	CAUSE_APP_READ = 3,   /* the application's read (tcp_cleanup_rbuf) */
 	CAUSE_TIMER = 4,      /* the delayed-ACK timer fired */
@@ -182,6 +182,25 @@ static __always_inline __u32 hist_bucket(__u64 delay_ns)
 	return log + 1 < HIST_BUCKETS ? log + 1 : HIST_BUCKETS - 1;
 }
 
+/* Kernels before icsk_ack.dst_quick_ack (6.1) look the route's quickack metric up at each
+ * decision (tcp_in_quickack_mode: dst_metric(__sk_dst_get(sk), RTAX_QUICKACK)); read it the
+ * same way. dst->_metrics is a pointer to u32 metrics whose low 2 bits are flags
+ * (DST_METRICS_FLAGS). Probe reads: the cached dst is an RCU pointer. */
+static __always_inline __u8 route_quickack(struct tcp_sock *tp)
+{
+	struct dst_entry *dst = BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.sk_dst_cache);
+	unsigned long metrics;
+	__u32 quickack = 0;
+
+	if (!dst)
+		return 0;
+	metrics = BPF_CORE_READ(dst, _metrics) & ~3UL;
+	if (!metrics)
+		return 0;
+	bpf_probe_read_kernel(&quickack, sizeof(quickack), (__u32 *)metrics + (RTAX_QUICKACK - 1));
+	return quickack != 0;
+}
+
 SEC("sockops")
 int ack_sockops(struct bpf_sock_ops *skops)
 {
@@ -256,10 +275,12 @@ int ack_sockops(struct bpf_sock_ops *skops)
 		__u32 word = 0;
 		bpf_probe_read_kernel(&word, sizeof(word), (void *)&tp->inet_conn.icsk_ack.retry + 1);
 		ato = word & 0xff;
-		/* Kernels that cache the route's quickack metric in the socket; older ones report
-		 * route-forced ACKs as quick mode or arrival. */
+		/* Kernels that cache the route's quickack metric in the socket (6.18); on older
+		 * ones (6.1) the route itself is read. */
 		if (bpf_core_field_exists(tp->inet_conn.icsk_ack.dst_quick_ack))
 			dst_quick_ack = (word >> 28) & 1;
+		else
+			dst_quick_ack = route_quickack(tp);
 	}
 
 	bool forced = false;

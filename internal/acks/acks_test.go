@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf/btf"
-
 	"github.com/tcpack/tcpack/internal/acks"
 	"github.com/tcpack/tcpack/internal/kernel"
 	"github.com/tcpack/tcpack/internal/loader"
@@ -130,8 +128,10 @@ func TestRouteQuickackMakesACKsImmediate(t *testing.T) {
 	if got := share(s.Delay, time.Millisecond); got < 0.95 {
 		t.Errorf("%.0f%% of ACKs under 1 ms with quickack 1 on the route, want ~100%%", 100*got)
 	}
-	if hasDstQuickAck(t) && s.ByCause[acks.CauseRoute] < s.Acks()*9/10 {
-		t.Errorf("route-forced ACKs %d of %d, want nearly all on a kernel with icsk_ack.dst_quick_ack", s.ByCause[acks.CauseRoute], s.Acks())
+	// From icsk_ack.dst_quick_ack where the kernel caches it (6.18), else from the socket's
+	// cached route (6.1): either way the route is the cause.
+	if s.ByCause[acks.CauseRoute] < s.Acks()*9/10 {
+		t.Errorf("route-forced ACKs %d of %d, want nearly all", s.ByCause[acks.CauseRoute], s.Acks())
 	}
 }
 
@@ -170,27 +170,6 @@ func TestScopeToOnePort(t *testing.T) {
 			t.Errorf("port 5105 is out of scope but has statistics: %+v", s)
 		}
 	}
-}
-
-// hasDstQuickAck says whether the kernel caches the route's quickack metric in the socket.
-func hasDstQuickAck(t *testing.T) bool {
-	var icsk *btf.Struct
-	if err := openEnv(t).BTF.TypeByName("inet_connection_sock", &icsk); err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range icsk.Members {
-		if m.Name != "icsk_ack" {
-			continue
-		}
-		if ack, ok := m.Type.(*btf.Struct); ok {
-			for _, f := range ack.Members {
-				if f.Name == "dst_quick_ack" {
-					return true
-				}
-			}
-		}
-	}
-	return false
 }
 
 func TestRestartLeavesNothingBehind(t *testing.T) {
