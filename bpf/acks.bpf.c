@@ -9,7 +9,11 @@
  *     header-option callback, which then runs for every segment they transmit;
  *   - tp_btf/tcp_probe (start of tcp_rcv_established) timestamps data arrivals;
  *   - tp_btf/tcp_rcv_space_adjust (inside tcp_recvmsg) marks the application's reads;
- *   - at each ACK the socket's icsk_ack state says which rule sent it. */
+ *   - at each ACK the socket's icsk_ack state says which rule sent it.
+ * Where fentry or kprobes exist, two decision points are observed as well:
+ *   - tcp_send_delayed_ack: __tcp_ack_snd_check chose to delay the ACK (counted);
+ *   - tcp_delack_timer_handler: the delayed-ACK timer is about to send it, which turns the
+ *     timer cause from a guess into a fact. */
 #include "common.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -22,7 +26,7 @@ char LICENSE[] SEC("license") = "GPL";
 /* Why an ACK that acknowledged new data was sent when it was. */
 enum ack_cause {
 	CAUSE_PIGGYBACK = 0,  /* carried on a data segment */
-	CAUSE_ROUTE = 1,      /* the route says quickack (icsk_ack.dst_quick_ack) */
+	CAUSE_ROUTE = 1,      /* the route says quickack (icsk_ack.dst_quick_ack or the dst metric) */
 	CAUSE_QUICK = 2,      /* quick-ACK mode: quota left and not pingpong */
 	CAUSE_APP_READ = 3,   /* the application's read (tcp_cleanup_rbuf) */
 	CAUSE_TIMER = 4,      /* the delayed-ACK timer fired */
@@ -46,6 +50,7 @@ struct ack_stats {
 	__u64 delay_hist[HIST_BUCKETS];
 	__u64 quota_spent; /* ACKs that used the last quick-ACK of the quota */
 	__u64 forced;      /* ACKs sent by sockets the quickack family forces */
+	__u64 delayed_decisions; /* tcp_send_delayed_ack calls: the kernel chose to delay */
 };
 
 /* Per-socket state, only on sockets in scope. */
@@ -122,6 +127,34 @@ struct {
 	__type(value, struct ack_sock);
 } ack_socks SEC(".maps");
 
+/* The socket whose delayed-ACK timer handler is running on this CPU and will send an ACK.
+ * The handler runs with BH disabled (timer softirq, or tcp_release_cb under the socket
+ * spinlock) and sends synchronously, so the sock_ops callback of that ACK runs on this CPU
+ * before anything else can use the slot. A per-CPU slot rather than a flag in ack_socks:
+ * kprobe programs have no sk_storage helpers. */
+struct delack_firing {
+	__u64 sk;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct delack_firing);
+} delack_firing SEC(".maps");
+
+/* Which decision hooks attached, written by user space after the load (the sock_ops program
+ * is loaded before anyone knows): with the timer hook, an ACK the handler did not send is
+ * not a timer ACK, however it looks. */
+#define HOOKED_DELACK_TIMER 1
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} hooked SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 4096);
@@ -155,7 +188,7 @@ struct {
 	__uint(max_entries, 1 << 20);
 } events SEC(".maps");
 
-static __always_inline bool in_scope(__u16 local_port, __u16 peer_port, struct tcp_sock *tp)
+static __always_inline bool in_scope(bool typed, __u16 local_port, __u16 peer_port, struct sock *sk)
 {
 	if (scope_all)
 		return true;
@@ -164,10 +197,10 @@ static __always_inline bool in_scope(__u16 local_port, __u16 peer_port, struct t
 	__u8 *fp = bpf_map_lookup_elem(&scope_ports, &p);
 	if ((fl && (*fl & SCOPE_LOCAL)) || (fp && (*fp & SCOPE_PEER)))
 		return true;
-	if (!tp)
+	if (!sk)
 		return false;
 	struct flow f = {};
-	flow_from_sock(true, &f, (struct sock *)tp);
+	flow_from_sock(typed, &f, sk);
 	struct scope_peer_key key = {.prefixlen = 128};
 	if (f.l3proto == ETH_P_IP) {
 		key.addr[10] = 0xff;
@@ -213,6 +246,38 @@ static __always_inline __u32 hist_bucket(__u64 delay_ns)
 	return log + 1 < HIST_BUCKETS ? log + 1 : HIST_BUCKETS - 1;
 }
 
+/* Kernels before icsk_ack.dst_quick_ack (6.1) look the route's quickack metric up at each
+ * decision (tcp_in_quickack_mode: dst_metric(__sk_dst_get(sk), RTAX_QUICKACK)); read it the
+ * same way. dst->_metrics is a pointer to u32 metrics whose low 2 bits are flags
+ * (DST_METRICS_FLAGS). Probe reads: the cached dst is an RCU pointer. */
+static __always_inline __u8 route_quickack(struct tcp_sock *tp)
+{
+	struct dst_entry *dst = BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.sk_dst_cache);
+	unsigned long metrics;
+	__u32 quickack = 0;
+
+	if (!dst)
+		return 0;
+	metrics = BPF_CORE_READ(dst, _metrics) & ~3UL;
+	if (!metrics)
+		return 0;
+	bpf_probe_read_kernel(&quickack, sizeof(quickack), (__u32 *)metrics + (RTAX_QUICKACK - 1));
+	return quickack != 0;
+}
+
+/* Consumes this CPU's delayed-ACK slot: true if the segment being sent is the ACK of the
+ * timer handler running now for this socket. */
+static __always_inline bool sent_by_delack_timer(struct bpf_sock *bsk)
+{
+	__u32 k = 0;
+	struct delack_firing *f = bpf_map_lookup_elem(&delack_firing, &k);
+
+	if (!f || f->sk != (__u64)bsk)
+		return false;
+	f->sk = 0;
+	return true;
+}
+
 SEC("sockops")
 int ack_sockops(struct bpf_sock_ops *skops)
 {
@@ -226,7 +291,7 @@ int ack_sockops(struct bpf_sock_ops *skops)
 		__u16 peer_port = bpf_ntohl(skops->remote_port);
 		struct tcp_sock *tp = bpf_skc_to_tcp_sock(bsk);
 
-		if (!in_scope(skops->local_port, peer_port, tp))
+		if (!in_scope(true, skops->local_port, peer_port, (struct sock *)tp))
 			return 1;
 		struct ack_sock *as = bpf_sk_storage_get(&ack_socks, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (!as)
@@ -255,6 +320,9 @@ int ack_sockops(struct bpf_sock_ops *skops)
 	bool pure = skops->skb_len == 0 && flags == TCP_FLAG_ACK;
 	if (skops->skb_len == 0 && !pure)
 		return 1; /* FIN, RST: not what this family is about */
+	/* The handler sends nothing but a pure ACK, so data segments (a bulk sender's many)
+	 * skip the lookup. */
+	bool by_timer = pure && sent_by_delack_timer(bsk);
 
 	if (!as->unacked) {
 		/* A data segment with nothing to acknowledge (a request, a bulk write) costs only
@@ -287,10 +355,12 @@ int ack_sockops(struct bpf_sock_ops *skops)
 		__u32 word = 0;
 		bpf_probe_read_kernel(&word, sizeof(word), (void *)&tp->inet_conn.icsk_ack.retry + 1);
 		ato = word & 0xff;
-		/* Kernels that cache the route's quickack metric in the socket; older ones report
-		 * route-forced ACKs as quick mode or arrival. */
+		/* Kernels that cache the route's quickack metric in the socket (6.18); on older
+		 * ones (6.1) the route itself is read. */
 		if (bpf_core_field_exists(tp->inet_conn.icsk_ack.dst_quick_ack))
 			dst_quick_ack = (word >> 28) & 1;
+		else
+			dst_quick_ack = route_quickack(tp);
 	}
 
 	bool forced = false;
@@ -302,16 +372,22 @@ int ack_sockops(struct bpf_sock_ops *skops)
 			forced = true;
 	}
 
+	__u32 k = 0;
+	__u32 *hooks = bpf_map_lookup_elem(&hooked, &k);
+	bool timer_exact = hooks && (*hooks & HOOKED_DELACK_TIMER);
+
 	__u8 cause;
 	if (!pure)
 		cause = CAUSE_PIGGYBACK;
+	else if (by_timer)
+		cause = CAUSE_TIMER;
 	else if (dst_quick_ack)
 		cause = CAUSE_ROUTE;
 	else if (quick && !pingpong) /* quick is decremented after this ACK leaves */
 		cause = CAUSE_QUICK;
 	else if (as->read_task == bpf_get_current_task() && now - as->read_ns < 100 * NSEC_PER_USEC)
 		cause = CAUSE_APP_READ;
-	else if (!(pending & ICSK_ACK_TIMER) && now - as->last_rx_ns >= 1000 * NSEC_PER_USEC)
+	else if (!timer_exact && !(pending & ICSK_ACK_TIMER) && now - as->last_rx_ns >= 1000 * NSEC_PER_USEC)
 		cause = CAUSE_TIMER; /* tcp_delack_timer_handler clears ICSK_ACK_TIMER, then ACKs */
 	else
 		cause = CAUSE_ARRIVAL;
@@ -391,5 +467,98 @@ int BPF_PROG(ack_app_read, struct sock *sk)
 		return 0;
 	as->read_ns = bpf_ktime_get_ns();
 	as->read_task = bpf_get_current_task();
+	return 0;
+}
+
+/* The sockets sock_ops put in scope are those it asked header-option callbacks for: that
+ * flag lives in tcp_sock, where kprobe programs can read it (sk_storage they cannot). */
+static __always_inline struct tcp_sock *scoped_tcp_sock(bool typed, struct sock *sk)
+{
+	struct tcp_sock *tp = typed ? bpf_skc_to_tcp_sock(sk) : (struct tcp_sock *)sk;
+
+	if (!tp || !(KREAD(typed, tp, bpf_sock_ops_cb_flags) & BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG))
+		return NULL;
+	__u16 local = KREAD(typed, sk, __sk_common.skc_num);
+	if (!in_scope(typed, local, bpf_ntohs(KREAD(typed, sk, __sk_common.skc_dport)), sk))
+		return NULL;
+	return tp;
+}
+
+/* tcp_send_delayed_ack: __tcp_ack_snd_check found no reason to ACK at once and arms the
+ * timer (or, rarely, finds it about to expire and ACKs: still a decision to delay). */
+static __always_inline void delayed_decision(bool typed, struct sock *sk)
+{
+	if (!scoped_tcp_sock(typed, sk))
+		return;
+	struct ack_stats *s = stats_for(netns_of_sock(typed, sk), KREAD(typed, sk, __sk_common.skc_num));
+	if (s)
+		s->delayed_decisions++;
+}
+
+SEC("fentry/tcp_send_delayed_ack")
+int BPF_PROG(ack_delayed_fentry, struct sock *sk)
+{
+	delayed_decision(true, sk);
+	return 0;
+}
+
+SEC("kprobe/tcp_send_delayed_ack")
+int BPF_KPROBE(ack_delayed_kprobe, struct sock *sk)
+{
+	delayed_decision(false, sk);
+	return 0;
+}
+
+/* Older kernels (6.1) keep the delayed-ACK deadline in icsk_ack.timeout; newer ones (6.18)
+ * use the timer's own expiry (icsk_delack_timeout()), which the older ones set equal to it. */
+struct inet_connection_sock___timeout {
+	struct {
+		unsigned long timeout;
+	} icsk_ack;
+} __attribute__((preserve_access_index));
+
+/* tcp_delack_timer_handler sends an ACK when, on entry, the socket is neither closed nor
+ * listening, no SACK-compressed ACK is pending (newer kernels send that one instead), the timer is
+ * armed and due, and an ACK is scheduled. The timer callback tcp_delack_timer is not hooked:
+ * when the application owns the socket it defers to tcp_release_cb, which calls this handler. */
+static __always_inline void delack_timer(bool typed, struct sock *sk)
+{
+	struct tcp_sock *tp = scoped_tcp_sock(typed, sk);
+
+	if (!tp)
+		return;
+	__u8 state = KREAD(typed, sk, __sk_common.skc_state);
+	if (state == TCP_CLOSE || state == TCP_LISTEN)
+		return;
+	if (bpf_core_field_exists(tp->compressed_ack) && KREAD(typed, tp, compressed_ack))
+		return;
+	__u8 pending = KREAD(typed, tp, inet_conn.icsk_ack.pending);
+	if ((pending & (ICSK_ACK_SCHED | ICSK_ACK_TIMER)) != (ICSK_ACK_SCHED | ICSK_ACK_TIMER))
+		return;
+	unsigned long timeout;
+	struct inet_connection_sock___timeout *old = (void *)tp;
+	if (bpf_core_field_exists(old->icsk_ack.timeout))
+		timeout = BPF_CORE_READ(old, icsk_ack.timeout);
+	else
+		timeout = BPF_CORE_READ(tp, inet_conn.icsk_delack_timer.expires);
+	if ((long)(bpf_jiffies64() - timeout) < 0)
+		return; /* time_after(timeout, jiffies): the handler re-arms the timer */
+	__u32 k = 0;
+	struct delack_firing *f = bpf_map_lookup_elem(&delack_firing, &k);
+	if (f)
+		f->sk = (__u64)sk;
+}
+
+SEC("fentry/tcp_delack_timer_handler")
+int BPF_PROG(ack_delack_timer_fentry, struct sock *sk)
+{
+	delack_timer(true, sk);
+	return 0;
+}
+
+SEC("kprobe/tcp_delack_timer_handler")
+int BPF_KPROBE(ack_delack_timer_kprobe, struct sock *sk)
+{
+	delack_timer(false, sk);
 	return 0;
 }

@@ -60,14 +60,20 @@ type acksAckSock struct {
 }
 
 type acksAckStats struct {
-	_          structs.HostLayout
-	ByCause    [6]uint64
-	OtherAcks  uint64
-	SegsAcked  uint64
-	DelaySumNs uint64
-	DelayHist  [24]uint64
-	QuotaSpent uint64
-	Forced     uint64
+	_                structs.HostLayout
+	ByCause          [6]uint64
+	OtherAcks        uint64
+	SegsAcked        uint64
+	DelaySumNs       uint64
+	DelayHist        [24]uint64
+	QuotaSpent       uint64
+	Forced           uint64
+	DelayedDecisions uint64
+}
+
+type acksDelackFiring struct {
+	_  structs.HostLayout
+	Sk uint64
 }
 
 type acksEventBucket struct {
@@ -89,12 +95,18 @@ const (
 	acksMapAckCounts               = "ack_counts"
 	acksMapAckSocks                = "ack_socks"
 	acksMapCounters                = "counters"
+	acksMapDelackFiring            = "delack_firing"
 	acksMapEventBuckets            = "event_buckets"
 	acksMapEvents                  = "events"
+	acksMapHooked                  = "hooked"
 	acksMapScopePeers              = "scope_peers"
 	acksMapScopePorts              = "scope_ports"
 	acksProgAckAppRead             = "ack_app_read"
 	acksProgAckDataArrival         = "ack_data_arrival"
+	acksProgAckDelackTimerFentry   = "ack_delack_timer_fentry"
+	acksProgAckDelackTimerKprobe   = "ack_delack_timer_kprobe"
+	acksProgAckDelayedFentry       = "ack_delayed_fentry"
+	acksProgAckDelayedKprobe       = "ack_delayed_kprobe"
 	acksProgAckSockops             = "ack_sockops"
 	acksVarDelackMaxDefaultJiffies = "delack_max_default_jiffies"
 	acksVarEventBurst              = "event_burst"
@@ -153,9 +165,13 @@ type acksSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type acksProgramSpecs struct {
-	AckAppRead     *ebpf.ProgramSpec `ebpf:"ack_app_read"`
-	AckDataArrival *ebpf.ProgramSpec `ebpf:"ack_data_arrival"`
-	AckSockops     *ebpf.ProgramSpec `ebpf:"ack_sockops"`
+	AckAppRead           *ebpf.ProgramSpec `ebpf:"ack_app_read"`
+	AckDataArrival       *ebpf.ProgramSpec `ebpf:"ack_data_arrival"`
+	AckDelackTimerFentry *ebpf.ProgramSpec `ebpf:"ack_delack_timer_fentry"`
+	AckDelackTimerKprobe *ebpf.ProgramSpec `ebpf:"ack_delack_timer_kprobe"`
+	AckDelayedFentry     *ebpf.ProgramSpec `ebpf:"ack_delayed_fentry"`
+	AckDelayedKprobe     *ebpf.ProgramSpec `ebpf:"ack_delayed_kprobe"`
+	AckSockops           *ebpf.ProgramSpec `ebpf:"ack_sockops"`
 }
 
 // acksMapSpecs contains maps before they are loaded into the kernel.
@@ -165,8 +181,10 @@ type acksMapSpecs struct {
 	AckCounts    *ebpf.MapSpec `ebpf:"ack_counts"`
 	AckSocks     *ebpf.MapSpec `ebpf:"ack_socks"`
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
+	DelackFiring *ebpf.MapSpec `ebpf:"delack_firing"`
 	EventBuckets *ebpf.MapSpec `ebpf:"event_buckets"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
+	Hooked       *ebpf.MapSpec `ebpf:"hooked"`
 	ScopePeers   *ebpf.MapSpec `ebpf:"scope_peers"`
 	ScopePorts   *ebpf.MapSpec `ebpf:"scope_ports"`
 }
@@ -213,8 +231,10 @@ type acksMaps struct {
 	AckCounts    *ebpf.Map `ebpf:"ack_counts"`
 	AckSocks     *ebpf.Map `ebpf:"ack_socks"`
 	Counters     *ebpf.Map `ebpf:"counters"`
+	DelackFiring *ebpf.Map `ebpf:"delack_firing"`
 	EventBuckets *ebpf.Map `ebpf:"event_buckets"`
 	Events       *ebpf.Map `ebpf:"events"`
+	Hooked       *ebpf.Map `ebpf:"hooked"`
 	ScopePeers   *ebpf.Map `ebpf:"scope_peers"`
 	ScopePorts   *ebpf.Map `ebpf:"scope_ports"`
 }
@@ -224,8 +244,10 @@ func (m *acksMaps) Close() error {
 		m.AckCounts,
 		m.AckSocks,
 		m.Counters,
+		m.DelackFiring,
 		m.EventBuckets,
 		m.Events,
+		m.Hooked,
 		m.ScopePeers,
 		m.ScopePorts,
 	)
@@ -254,15 +276,23 @@ type acksVariables struct {
 //
 // It can be passed to loadAcksObjects or ebpf.CollectionSpec.LoadAndAssign.
 type acksPrograms struct {
-	AckAppRead     *ebpf.Program `ebpf:"ack_app_read"`
-	AckDataArrival *ebpf.Program `ebpf:"ack_data_arrival"`
-	AckSockops     *ebpf.Program `ebpf:"ack_sockops"`
+	AckAppRead           *ebpf.Program `ebpf:"ack_app_read"`
+	AckDataArrival       *ebpf.Program `ebpf:"ack_data_arrival"`
+	AckDelackTimerFentry *ebpf.Program `ebpf:"ack_delack_timer_fentry"`
+	AckDelackTimerKprobe *ebpf.Program `ebpf:"ack_delack_timer_kprobe"`
+	AckDelayedFentry     *ebpf.Program `ebpf:"ack_delayed_fentry"`
+	AckDelayedKprobe     *ebpf.Program `ebpf:"ack_delayed_kprobe"`
+	AckSockops           *ebpf.Program `ebpf:"ack_sockops"`
 }
 
 func (p *acksPrograms) Close() error {
 	return _AcksClose(
 		p.AckAppRead,
 		p.AckDataArrival,
+		p.AckDelackTimerFentry,
+		p.AckDelackTimerKprobe,
+		p.AckDelayedFentry,
+		p.AckDelayedKprobe,
 		p.AckSockops,
 	)
 }

@@ -194,12 +194,14 @@ table() {
 	printf '\n'
 	local fh
 	for fh in drops:kfree_skb drops:tcp_retransmit_skb drops:tcp_send_reset drops:tcp_receive_reset \
-		acks:sock_ops acks:tcp_probe acks:tcp_rcv_space_adjust \
+		acks:sock_ops acks:tcp_probe acks:tcp_rcv_space_adjust acks:tcp_send_delayed_ack acks:tcp_delack_timer_handler \
 		quickack:sock_ops quickack:inet_sock_set_state quickack:iter_tcp quickack:setsockopt; do
 		printf '| %s: `%s` |' "${fh%%:*}" "${fh#*:}"
 		for f in "$@"; do
-			# "MATRIX family=F hook=H attached=STRATEGY[ (N args)]: PROGRAM"
-			sed -n "s/^MATRIX family=${fh%%:*} hook=${fh#*:} attached=\(.*\): \([^ ]*\)$/ \1: \`\2\` |/p" "$f" | head -n 1 | tr -d '\n'
+			# "MATRIX family=F hook=H attached=STRATEGY[ (N args)]: PROGRAM", or for an
+			# optional hook the kernel lacks: "MATRIX family=F hook=H attached=no reason="...""
+			sed -n -e "s/^MATRIX family=${fh%%:*} hook=${fh#*:} attached=no reason=\"\(.*\)\"$/ no: \1 |/p" \
+				-e "s/^MATRIX family=${fh%%:*} hook=${fh#*:} attached=\(.*\): \([^ ]*\)$/ \1: \`\2\` |/p" <(tr -d '\r' <"$f") | head -n 1 | tr -d '\n'
 		done
 		printf '\n'
 	done

@@ -66,6 +66,7 @@ func mergeStats(into *acks.Stats, s acks.Stats) {
 	into.SegmentsAcked += s.SegmentsAcked
 	into.QuotaSpent += s.QuotaSpent
 	into.Forced += s.Forced
+	into.DelayedDecisions += s.DelayedDecisions
 	for i := range into.Delay.Counts {
 		into.Delay.Counts[i] += s.Delay.Counts[i]
 	}
@@ -83,6 +84,9 @@ func (r *tcpackReceiver) recordAcks(now pcommon.Timestamp, stats []acks.Stats) {
 		r.mb.RecordTcpackAckSegmentsDataPoint(now, int64(s.SegmentsAcked), port, netns)
 		r.mb.RecordTcpackAckQuotaExhaustedCountDataPoint(now, int64(s.QuotaSpent), port, netns)
 		r.mb.RecordTcpackAckForcedCountDataPoint(now, int64(s.Forced), port, netns)
+		if r.acks.Decides() {
+			r.mb.RecordTcpackAckDelayDecisionsCountDataPoint(now, int64(s.DelayedDecisions), port, netns)
+		}
 	}
 }
 

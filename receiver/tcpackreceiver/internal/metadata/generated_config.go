@@ -59,6 +59,55 @@ func (ms *TcpackAckCountMetricConfig) Validate() error {
 	return nil
 }
 
+// TcpackAckDelayDecisionsCountMetricAttributeKey specifies the key of an attribute for the tcpack.ack.delay_decisions.count metric.
+type TcpackAckDelayDecisionsCountMetricAttributeKey string
+
+const (
+	TcpackAckDelayDecisionsCountMetricAttributeKeyNetworkLocalPort TcpackAckDelayDecisionsCountMetricAttributeKey = "network.local.port"
+	TcpackAckDelayDecisionsCountMetricAttributeKeyTcpackNetnsInode TcpackAckDelayDecisionsCountMetricAttributeKey = "tcpack.netns.inode"
+)
+
+// TcpackAckDelayDecisionsCountMetricConfig provides config for the tcpack.ack.delay_decisions.count metric.
+type TcpackAckDelayDecisionsCountMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                           `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackAckDelayDecisionsCountMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackAckDelayDecisionsCountMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackAckDelayDecisionsCountMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackAckDelayDecisionsCountMetricAttributeKeyNetworkLocalPort, TcpackAckDelayDecisionsCountMetricAttributeKeyTcpackNetnsInode:
+		default:
+			return fmt.Errorf("metric tcpack.ack.delay_decisions.count doesn't have an attribute %v, valid attributes: [network.local.port, tcpack.netns.inode]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
 // TcpackAckForcedCountMetricAttributeKey specifies the key of an attribute for the tcpack.ack.forced.count metric.
 type TcpackAckForcedCountMetricAttributeKey string
 
@@ -780,6 +829,7 @@ func (ms *TcpackTCPRetransmitCountMetricConfig) Validate() error {
 // MetricsConfig provides config for tcpack metrics.
 type MetricsConfig struct {
 	TcpackAckCount               TcpackAckCountMetricConfig               `mapstructure:"tcpack.ack.count"`
+	TcpackAckDelayDecisionsCount TcpackAckDelayDecisionsCountMetricConfig `mapstructure:"tcpack.ack.delay_decisions.count"`
 	TcpackAckForcedCount         TcpackAckForcedCountMetricConfig         `mapstructure:"tcpack.ack.forced.count"`
 	TcpackAckOtherCount          TcpackAckOtherCountMetricConfig          `mapstructure:"tcpack.ack.other.count"`
 	TcpackAckQuotaExhaustedCount TcpackAckQuotaExhaustedCountMetricConfig `mapstructure:"tcpack.ack.quota_exhausted.count"`
@@ -803,6 +853,11 @@ func DefaultMetricsConfig() MetricsConfig {
 			Enabled:             true,
 			AggregationStrategy: AggregationStrategySum,
 			EnabledAttributes:   []TcpackAckCountMetricAttributeKey{TcpackAckCountMetricAttributeKeyTcpackAckCause, TcpackAckCountMetricAttributeKeyNetworkLocalPort, TcpackAckCountMetricAttributeKeyTcpackNetnsInode},
+		},
+		TcpackAckDelayDecisionsCount: TcpackAckDelayDecisionsCountMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []TcpackAckDelayDecisionsCountMetricAttributeKey{TcpackAckDelayDecisionsCountMetricAttributeKeyNetworkLocalPort, TcpackAckDelayDecisionsCountMetricAttributeKeyTcpackNetnsInode},
 		},
 		TcpackAckForcedCount: TcpackAckForcedCountMetricConfig{
 			Enabled:             true,

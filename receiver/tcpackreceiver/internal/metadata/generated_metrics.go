@@ -336,6 +336,10 @@ var MetricsInfo = metricsInfo{
 		Name:       "tcpack.ack.count",
 		Attributes: []string{"tcpack.ack.cause", "network.local.port", "tcpack.netns.inode"},
 	},
+	TcpackAckDelayDecisionsCount: metricInfo{
+		Name:       "tcpack.ack.delay_decisions.count",
+		Attributes: []string{"network.local.port", "tcpack.netns.inode"},
+	},
 	TcpackAckForcedCount: metricInfo{
 		Name:       "tcpack.ack.forced.count",
 		Attributes: []string{"network.local.port", "tcpack.netns.inode"},
@@ -399,6 +403,7 @@ var MetricsInfo = metricsInfo{
 
 type metricsInfo struct {
 	TcpackAckCount               metricInfo
+	TcpackAckDelayDecisionsCount metricInfo
 	TcpackAckForcedCount         metricInfo
 	TcpackAckOtherCount          metricInfo
 	TcpackAckQuotaExhaustedCount metricInfo
@@ -510,6 +515,100 @@ func (m *metricTcpackAckCount) emit(metrics pmetric.MetricSlice) {
 
 func newMetricTcpackAckCount(cfg TcpackAckCountMetricConfig) metricTcpackAckCount {
 	m := metricTcpackAckCount{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricTcpackAckDelayDecisionsCount struct {
+	data          pmetric.Metric                           // data buffer for generated metric.
+	config        TcpackAckDelayDecisionsCountMetricConfig // metric config provided by user.
+	capacity      int                                      // max observed number of data points added to the metric.
+	aggDataPoints []int64                                  // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.ack.delay_decisions.count metric with initial data.
+func (m *metricTcpackAckDelayDecisionsCount) init() {
+	m.data.SetName("tcpack.ack.delay_decisions.count")
+	m.data.SetDescription("Times the kernel decided to delay an ACK (tcp_send_delayed_ack armed the delayed-ACK timer). Counted only where fentry or kprobes can hook it; tcpack.probe.attached says whether they did.")
+	m.data.SetUnit("{decision}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackAckDelayDecisionsCount) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckDelayDecisionsCountMetricAttributeKeyNetworkLocalPort) {
+		dp.Attributes().PutInt("network.local.port", networkLocalPortAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckDelayDecisionsCountMetricAttributeKeyTcpackNetnsInode) {
+		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackAckDelayDecisionsCount) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackAckDelayDecisionsCount) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackAckDelayDecisionsCount(cfg TcpackAckDelayDecisionsCountMetricConfig) metricTcpackAckDelayDecisionsCount {
+	m := metricTcpackAckDelayDecisionsCount{config: cfg}
 
 	if cfg.Enabled {
 		m.data = pmetric.NewMetric()
@@ -1929,6 +2028,7 @@ type MetricsBuilder struct {
 	resourceAttributeIncludeFilter     map[string]filter.Filter
 	resourceAttributeExcludeFilter     map[string]filter.Filter
 	metricTcpackAckCount               metricTcpackAckCount
+	metricTcpackAckDelayDecisionsCount metricTcpackAckDelayDecisionsCount
 	metricTcpackAckForcedCount         metricTcpackAckForcedCount
 	metricTcpackAckOtherCount          metricTcpackAckOtherCount
 	metricTcpackAckQuotaExhaustedCount metricTcpackAckQuotaExhaustedCount
@@ -1970,6 +2070,7 @@ func NewMetricsBuilder(mbc MetricsBuilderConfig, settings receiver.Settings, opt
 		metricsBuffer:                      pmetric.NewMetrics(),
 		buildInfo:                          settings.BuildInfo,
 		metricTcpackAckCount:               newMetricTcpackAckCount(mbc.Metrics.TcpackAckCount),
+		metricTcpackAckDelayDecisionsCount: newMetricTcpackAckDelayDecisionsCount(mbc.Metrics.TcpackAckDelayDecisionsCount),
 		metricTcpackAckForcedCount:         newMetricTcpackAckForcedCount(mbc.Metrics.TcpackAckForcedCount),
 		metricTcpackAckOtherCount:          newMetricTcpackAckOtherCount(mbc.Metrics.TcpackAckOtherCount),
 		metricTcpackAckQuotaExhaustedCount: newMetricTcpackAckQuotaExhaustedCount(mbc.Metrics.TcpackAckQuotaExhaustedCount),
@@ -2064,6 +2165,7 @@ func (mb *MetricsBuilder) EmitForResource(options ...ResourceMetricsOption) {
 	ils.Scope().SetVersion(mb.buildInfo.Version)
 	ils.Metrics().EnsureCapacity(mb.metricsCapacity)
 	mb.metricTcpackAckCount.emit(ils.Metrics())
+	mb.metricTcpackAckDelayDecisionsCount.emit(ils.Metrics())
 	mb.metricTcpackAckForcedCount.emit(ils.Metrics())
 	mb.metricTcpackAckOtherCount.emit(ils.Metrics())
 	mb.metricTcpackAckQuotaExhaustedCount.emit(ils.Metrics())
@@ -2113,6 +2215,11 @@ func (mb *MetricsBuilder) Emit(options ...ResourceMetricsOption) pmetric.Metrics
 // RecordTcpackAckCountDataPoint adds a data point to tcpack.ack.count metric.
 func (mb *MetricsBuilder) RecordTcpackAckCountDataPoint(ts pcommon.Timestamp, val int64, tcpackAckCauseAttributeValue AttributeTcpackAckCause, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
 	mb.metricTcpackAckCount.recordDataPoint(mb.startTime, ts, val, tcpackAckCauseAttributeValue.String(), networkLocalPortAttributeValue, tcpackNetnsInodeAttributeValue)
+}
+
+// RecordTcpackAckDelayDecisionsCountDataPoint adds a data point to tcpack.ack.delay_decisions.count metric.
+func (mb *MetricsBuilder) RecordTcpackAckDelayDecisionsCountDataPoint(ts pcommon.Timestamp, val int64, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackAckDelayDecisionsCount.recordDataPoint(mb.startTime, ts, val, networkLocalPortAttributeValue, tcpackNetnsInodeAttributeValue)
 }
 
 // RecordTcpackAckForcedCountDataPoint adds a data point to tcpack.ack.forced.count metric.

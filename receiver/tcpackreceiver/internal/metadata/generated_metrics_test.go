@@ -68,6 +68,7 @@ func TestMetricsBuilder(t *testing.T) {
 			mb := NewMetricsBuilder(loadMetricsBuilderConfig(t, tt.name), settings, WithStartTime(start))
 			aggMap := make(map[string]string) // contains the aggregation strategies for each metric name
 			aggMap["tcpack.ack.count"] = mb.metricTcpackAckCount.config.AggregationStrategy
+			aggMap["tcpack.ack.delay_decisions.count"] = mb.metricTcpackAckDelayDecisionsCount.config.AggregationStrategy
 			aggMap["tcpack.ack.forced.count"] = mb.metricTcpackAckForcedCount.config.AggregationStrategy
 			aggMap["tcpack.ack.other.count"] = mb.metricTcpackAckOtherCount.config.AggregationStrategy
 			aggMap["tcpack.ack.quota_exhausted.count"] = mb.metricTcpackAckQuotaExhaustedCount.config.AggregationStrategy
@@ -95,6 +96,12 @@ func TestMetricsBuilder(t *testing.T) {
 			mb.RecordTcpackAckCountDataPoint(ts, 1, AttributeTcpackAckCausePiggyback, 18, 18)
 			if tt.name == "reaggregate_set" {
 				mb.RecordTcpackAckCountDataPoint(ts, 3, AttributeTcpackAckCauseRoute, 19, 19)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackAckDelayDecisionsCountDataPoint(ts, 1, 18, 18)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackAckDelayDecisionsCountDataPoint(ts, 3, 19, 19)
 			}
 			defaultMetricsCount++
 			allMetricsCount++
@@ -190,6 +197,7 @@ func TestMetricsBuilder(t *testing.T) {
 			metrics := mb.Emit(WithResource(res))
 			if tt.name == "reaggregate_set" {
 				assert.Empty(t, mb.metricTcpackAckCount.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackAckDelayDecisionsCount.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackAckForcedCount.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackAckOtherCount.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackAckQuotaExhaustedCount.aggDataPoints)
@@ -281,6 +289,55 @@ func TestMetricsBuilder(t *testing.T) {
 						_, ok := dp.Attributes().Get("tcpack.ack.cause")
 						assert.False(t, ok)
 						_, ok = dp.Attributes().Get("network.local.port")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.netns.inode")
+						assert.False(t, ok)
+					}
+				case "tcpack.ack.delay_decisions.count":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.ack.delay_decisions.count"], "Found a duplicate in the metrics slice: tcpack.ack.delay_decisions.count")
+						validatedMetrics["tcpack.ack.delay_decisions.count"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Times the kernel decided to delay an ACK (tcp_send_delayed_ack armed the delayed-ACK timer). Counted only where fentry or kprobes can hook it; tcpack.probe.attached says whether they did.", mi.Description())
+						assert.Equal(t, "{decision}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						networkLocalPortAttrVal, ok := dp.Attributes().Get("network.local.port")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, networkLocalPortAttrVal.Int())
+						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.ack.delay_decisions.count"], "Found a duplicate in the metrics slice: tcpack.ack.delay_decisions.count")
+						validatedMetrics["tcpack.ack.delay_decisions.count"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Times the kernel decided to delay an ACK (tcp_send_delayed_ack armed the delayed-ACK timer). Counted only where fentry or kprobes can hook it; tcpack.probe.attached says whether they did.", mi.Description())
+						assert.Equal(t, "{decision}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.ack.delay_decisions.count"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("network.local.port")
 						assert.False(t, ok)
 						_, ok = dp.Attributes().Get("tcpack.netns.inode")
 						assert.False(t, ok)
