@@ -97,6 +97,15 @@ func NewPairWith(t testing.TB, opts PairOptions) *Pair {
 		ns.Exec(t, "ip", "link", "set", "lo", "up")
 		ns.Exec(t, "ip", "link", "set", ns.Veth, "up")
 	}
+	// IPv6 adds the link's fe80::/64 route a moment after link up: wait for it, so tests
+	// that compare routing tables before and after see a settled namespace.
+	for _, ns := range []*NS{p.A, p.B} {
+		for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if strings.Contains(ns.Exec(t, "ip", "-6", "route", "show", "dev", ns.Veth), "fe80::/64") {
+				break
+			}
+		}
+	}
 	return p
 }
 

@@ -23,7 +23,7 @@ GUEST_EXPECT=fentry,fexit,kprobe,kretprobe
 PACKAGES=(./internal/kernel ./internal/loader ./internal/drops ./internal/acks ./internal/quickack)
 MODULES=(veth nf_tables sch_tbf)
 # Per guest; a guest takes ~35 s here, and the whole matrix must stay under 10 minutes.
-TIMEOUT=${VMTEST_TIMEOUT:-240}
+TIMEOUT=${VMTEST_TIMEOUT:-420}
 
 log() { printf 'vmtest: %s\n' "$*" >&2; }
 
@@ -245,6 +245,7 @@ main() {
 		echo "TCPACK-KERNEL $(uname -r)"
 		"$OUT/rootfs/tests/drops.test" -test.run 'TestAttachReport' -test.v -test.count=1 2>&1 || echo "TCPACK-ERROR host drops"
 		"$OUT/rootfs/tests/acks.test" -test.run 'TestAttachReport' -test.v -test.count=1 2>&1 || echo "TCPACK-ERROR host acks"
+		"$OUT/rootfs/tests/quickack.test" -test.run 'TestAttachReport' -test.v -test.count=1 2>&1 || echo "TCPACK-ERROR host quickack"
 		"$OUT/rootfs/tests/loader.test" -test.run 'TestMechanisms' -test.v -test.count=1 2>&1 || echo "TCPACK-ERROR host loader"
 	} >"$host"
 
