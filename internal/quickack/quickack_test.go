@@ -2,6 +2,7 @@ package quickack_test
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -195,7 +196,15 @@ func TestPortForcedAtEstablishment(t *testing.T) {
 		t.Errorf("applied event %+v", e)
 	}
 
-	// Closing the socket releases it.
+	// Closing the socket releases it. The peer closes first, so the server's close goes
+	// through LAST_ACK to TCP_CLOSE at once; an active close could wait in FIN_WAIT2 for
+	// tcp_fin_timeout when the FIN's ACK lands while close() holds the socket (seen under
+	// qemu).
+	target.Client.Close()
+	target.Server.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := target.Server.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("server read after the client closed: %v, want EOF", err)
+	}
 	target.Server.Close()
 	released := waitEvents(t, log, 1, func(e quickack.Event) bool { return e.Kind == quickack.EventReleased })
 	if len(released) != 1 || released[0].LocalPort != 5301 {
