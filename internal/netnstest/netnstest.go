@@ -8,6 +8,7 @@
 package netnstest
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -54,6 +55,9 @@ type Pair struct {
 type PairOptions struct {
 	// TxQueues sets numtxqueues/numrxqueues on both ends (default 1).
 	TxQueues int
+	// NoIPv6 turns IPv6 off in both namespaces: no router solicitations or MLD reports,
+	// so the only packets are the test's own (tests that count every event on a CPU).
+	NoIPv6 bool
 }
 
 // NewPair creates namespaces A and B with a veth pair between them, both up and addressed.
@@ -79,6 +83,17 @@ func NewPairWith(t testing.TB, opts PairOptions) *Pair {
 			t.Fatalf("netns %s: %v", ns.Name, err)
 		}
 		ns.Inode = ino
+		if opts.NoIPv6 {
+			var werr error
+			if err := ns.Do(func() {
+				// /proc/sys/net follows the opening thread's namespace.
+				for _, f := range []string{"all", "default"} {
+					werr = errors.Join(werr, os.WriteFile("/proc/sys/net/ipv6/conf/"+f+"/disable_ipv6", []byte("1"), 0o644))
+				}
+			}); err != nil || werr != nil {
+				t.Fatalf("netns %s: disable IPv6: %v %v", ns.Name, err, werr)
+			}
+		}
 	}
 	args := []string{"link", "add", p.A.Veth}
 	if opts.TxQueues > 1 {
@@ -100,6 +115,9 @@ func NewPairWith(t testing.TB, opts PairOptions) *Pair {
 	// IPv6 adds the link's fe80::/64 route a moment after link up: wait for it, so tests
 	// that compare routing tables before and after see a settled namespace.
 	for _, ns := range []*NS{p.A, p.B} {
+		if opts.NoIPv6 {
+			break
+		}
 		for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 			if strings.Contains(ns.Exec(t, "ip", "-6", "route", "show", "dev", ns.Veth), "fe80::/64") {
 				break
