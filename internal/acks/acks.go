@@ -9,8 +9,6 @@
 package acks
 
 import (
-	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -152,13 +150,7 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 	}
 	go func() {
 		defer close(p.done)
-		var raw acksAckEvent
-		eventreader.Run(p.reader, cfg.FlushInterval, func(b []byte) (Event, bool) {
-			if err := binary.Read(bytes.NewReader(b), binary.NativeEndian, &raw); err != nil {
-				return Event{}, false
-			}
-			return p.decode(&raw), true
-		}, sink)
+		eventreader.Run(p.reader, cfg.FlushInterval, eventreader.Decoder(p.decode), sink)
 	}()
 	return p, nil
 }
@@ -384,14 +376,7 @@ func (p *Probe) decode(r *acksAckEvent) Event {
 		Quick: r.Quick, Pingpong: r.Pingpong, DstQuickAck: r.DstQuickAck != 0, ATOJiffies: r.AtoJiffies,
 		Pending: r.Pending, Forced: r.Forced != 0,
 	}
-	switch r.Flow.L3proto {
-	case 0x0800:
-		e.LocalAddr = netip.AddrFrom4([4]byte(r.Flow.LocalAddr[:4]))
-		e.PeerAddr = netip.AddrFrom4([4]byte(r.Flow.PeerAddr[:4]))
-	case 0x86DD:
-		e.LocalAddr = netip.AddrFrom16(r.Flow.LocalAddr).Unmap()
-		e.PeerAddr = netip.AddrFrom16(r.Flow.PeerAddr).Unmap()
-	}
+	e.LocalAddr, e.PeerAddr = kernel.FlowAddrs(r.Flow.L3proto, r.Flow.LocalAddr, r.Flow.PeerAddr)
 	return e
 }
 

@@ -1,8 +1,6 @@
 package drops
 
 import (
-	"bytes"
-	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"time"
@@ -10,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tcpack/tcpack/internal/eventreader"
+	"github.com/tcpack/tcpack/internal/kernel"
 )
 
 // Event is one sampled drop, retransmit or reset.
@@ -41,13 +40,7 @@ type Event struct {
 
 func (p *Probe) readEvents(flush time.Duration, sink func([]Event)) {
 	defer close(p.done)
-	var raw dropsEvent
-	eventreader.Run(p.reader, flush, func(b []byte) (Event, bool) {
-		if err := binary.Read(bytes.NewReader(b), binary.NativeEndian, &raw); err != nil {
-			return Event{}, false
-		}
-		return p.decode(&raw), true
-	}, sink)
+	eventreader.Run(p.reader, flush, eventreader.Decoder(p.decode), sink)
 }
 
 func (p *Probe) decode(r *dropsEvent) Event {
@@ -87,14 +80,7 @@ func (p *Probe) decode(r *dropsEvent) Event {
 	case 2:
 		e.TupleFrom = "socket"
 	}
-	switch e.Network {
-	case "ipv4":
-		e.LocalAddr = netip.AddrFrom4([4]byte(r.Flow.LocalAddr[:4]))
-		e.PeerAddr = netip.AddrFrom4([4]byte(r.Flow.PeerAddr[:4]))
-	case "ipv6":
-		e.LocalAddr = netip.AddrFrom16(r.Flow.LocalAddr).Unmap()
-		e.PeerAddr = netip.AddrFrom16(r.Flow.PeerAddr).Unmap()
-	}
+	e.LocalAddr, e.PeerAddr = kernel.FlowAddrs(r.Flow.L3proto, r.Flow.LocalAddr, r.Flow.PeerAddr)
 	if e.Network != "" {
 		e.LocalPort, e.PeerPort = r.Flow.LocalPort, r.Flow.PeerPort
 	}

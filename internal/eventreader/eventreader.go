@@ -5,12 +5,27 @@
 package eventreader
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"os"
 	"time"
 
 	"github.com/cilium/ebpf/ringbuf"
 )
+
+// Decoder reads each record as the bpf2go-generated struct R (native endian, as the kernel
+// wrote it) and converts it with decode; a short record is skipped.
+func Decoder[R, T any](decode func(*R) T) func([]byte) (T, bool) {
+	var raw R
+	return func(b []byte) (T, bool) {
+		if err := binary.Read(bytes.NewReader(b), binary.NativeEndian, &raw); err != nil {
+			var zero T
+			return zero, false
+		}
+		return decode(&raw), true
+	}
+}
 
 // maxBatch bounds how many events are handed to the sink at once.
 const maxBatch = 256

@@ -41,7 +41,6 @@ type policy struct {
 	mu       sync.Mutex
 	syncErrs uint64
 	lastErr  error
-	synced   uint64 // routes added or replaced in table T by resyncs
 
 	stop chan struct{}
 	done chan struct{}
@@ -250,11 +249,7 @@ func (p *policy) resync() error {
 			r.QuickACK = 1
 			if err := p.h.RouteReplace(&r); err != nil {
 				errs = append(errs, fmt.Errorf("copy %s: %w", describeRoute(r), err))
-				continue
 			}
-			p.mu.Lock()
-			p.synced++
-			p.mu.Unlock()
 		}
 	}
 	if err := errors.Join(errs...); err != nil {

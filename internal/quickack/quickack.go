@@ -11,8 +11,6 @@
 package quickack
 
 import (
-	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -279,13 +277,7 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Force, error) {
 	}
 	go func() {
 		defer close(f.done)
-		var raw quickackForceEvent
-		eventreader.Run(f.reader, cfg.FlushInterval, func(b []byte) (Event, bool) {
-			if err := binary.Read(bytes.NewReader(b), binary.NativeEndian, &raw); err != nil {
-				return Event{}, false
-			}
-			return f.decode(&raw), true
-		}, sink)
+		eventreader.Run(f.reader, cfg.FlushInterval, eventreader.Decoder(f.decode), sink)
 	}()
 	if err := f.walkExisting(false); err != nil {
 		return nil, err
@@ -732,13 +724,6 @@ func (f *Force) decode(r *quickackForceEvent) Event {
 	if r.Target >= 1 && int(r.Target) <= len(f.targets) {
 		e.Target = f.targets[r.Target-1].name
 	}
-	switch r.Flow.L3proto {
-	case 0x0800:
-		e.LocalAddr = netip.AddrFrom4([4]byte(r.Flow.LocalAddr[:4]))
-		e.PeerAddr = netip.AddrFrom4([4]byte(r.Flow.PeerAddr[:4]))
-	case 0x86DD:
-		e.LocalAddr = netip.AddrFrom16(r.Flow.LocalAddr).Unmap()
-		e.PeerAddr = netip.AddrFrom16(r.Flow.PeerAddr).Unmap()
-	}
+	e.LocalAddr, e.PeerAddr = kernel.FlowAddrs(r.Flow.L3proto, r.Flow.LocalAddr, r.Flow.PeerAddr)
 	return e
 }

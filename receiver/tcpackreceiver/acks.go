@@ -162,9 +162,5 @@ func (r *tcpackReceiver) consumeAckEvents(events []acks.Event) {
 	}
 	logs := r.lb.Emit(metadata.WithLogsResource(r.resource))
 	r.logsMu.Unlock()
-	if logs.LogRecordCount() == 0 {
-		return
-	}
-	tidyRecords(logs)
 	r.sendLogs(ctx, logs, "ack events")
 }

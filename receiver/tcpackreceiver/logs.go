@@ -40,10 +40,6 @@ func (r *tcpackReceiver) consumeDropEvents(events []drops.Event) {
 	}
 	logs := r.lb.Emit(metadata.WithLogsResource(r.resource))
 	r.logsMu.Unlock()
-	if logs.LogRecordCount() == 0 {
-		return
-	}
-	tidyRecords(logs)
 	r.sendLogs(ctx, logs, "drop events")
 }
 

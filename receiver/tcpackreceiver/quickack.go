@@ -230,10 +230,6 @@ func (r *tcpackReceiver) consumeQuickackEvents(events []quickack.Event) {
 	}
 	logs := r.lb.Emit(metadata.WithLogsResource(r.resource))
 	r.logsMu.Unlock()
-	if logs.LogRecordCount() == 0 {
-		return
-	}
-	tidyRecords(logs)
 	r.sendLogs(ctx, logs, "quickack events")
 }
 

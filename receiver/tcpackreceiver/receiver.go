@@ -71,8 +71,13 @@ func newReceiver(set receiver.Settings, cfg *Config, forget func()) *tcpackRecei
 func (r *tcpackReceiver) setMetricsConsumer(c consumer.Metrics) { r.metrics = c }
 func (r *tcpackReceiver) setLogsConsumer(c consumer.Logs)       { r.logs = c }
 
-// sendLogs hands logs to the logs pipeline unless it has shut down.
+// sendLogs tidies the records and hands them to the logs pipeline, unless there are none or
+// the pipeline has shut down.
 func (r *tcpackReceiver) sendLogs(ctx context.Context, logs plog.Logs, what string) {
+	if logs.LogRecordCount() == 0 {
+		return
+	}
+	tidyRecords(logs)
 	r.consumersMu.RLock()
 	defer r.consumersMu.RUnlock()
 	if r.logs == nil || r.logsDetached {
