@@ -198,7 +198,7 @@ table() {
 	printf -- '---|%.0s' "${cols[@]}"
 	printf '\n'
 	local fh
-	# One row per family:hook in the order the tests print them (packages run in PACKAGES order).
+	# One row per family:hook in the order the tests print them (test binaries run in name order).
 	for fh in $(cat "$@" | tr -d '\r' | sed -n 's/^MATRIX family=\([^ ]*\) hook=\([^ ]*\) .*/\1:\2/p' | awk '!seen[$0]++'); do
 		printf '| %s: `%s` |' "${fh%%:*}" "${fh#*:}"
 		for f in "$@"; do
