@@ -264,10 +264,18 @@ func (r *tcpackReceiver) start() error {
 	return nil
 }
 
+// nodeNameEnv names the environment variable that carries the Kubernetes node name.
+const nodeNameEnv = "K8S_NODE_NAME"
+
 func (r *tcpackReceiver) newResourceBuilder() *metadata.ResourceBuilder {
 	rb := metadata.NewResourceBuilder(r.cfg.ResourceAttributes)
 	if host, err := os.Hostname(); err == nil {
 		rb.SetHostName(host)
+	}
+	// In a pod, host.name is the pod's name unless it uses the host's network (and so its UTS
+	// namespace): the node name from the downward API identifies the machine either way.
+	if node := os.Getenv(nodeNameEnv); node != "" {
+		rb.SetK8sNodeName(node)
 	}
 	return rb
 }

@@ -3,6 +3,7 @@ package tcpackreceiver
 import (
 	"context"
 	"fmt"
+	"os"
 	"testing"
 	"time"
 
@@ -438,5 +439,26 @@ func TestShutDownPipelineIsNeverCalledAgain(t *testing.T) {
 	time.Sleep(3 * cfg.RingBuffer.FlushInterval)
 	if after := logs.LogRecordCount(); after != before {
 		t.Errorf("%d log records delivered after the logs pipeline shut down", after-before)
+	}
+}
+
+func TestResourceNamesTheNode(t *testing.T) {
+	newResource := func() pcommon.Map {
+		r := newReceiver(receivertest.NewNopSettings(metadata.Type), createDefaultConfig(), func() {})
+		return r.newResourceBuilder().Emit().Attributes()
+	}
+	t.Setenv(nodeNameEnv, "")
+	if v, ok := newResource().Get("k8s.node.name"); ok {
+		t.Errorf("k8s.node.name = %q with %s unset, want it absent", v.AsString(), nodeNameEnv)
+	}
+	t.Setenv(nodeNameEnv, "node-7")
+	attrs := newResource()
+	if v, _ := attrs.Get("k8s.node.name"); v.AsString() != "node-7" {
+		t.Errorf("k8s.node.name = %q, want node-7 from %s", v.AsString(), nodeNameEnv)
+	}
+	if host, _ := os.Hostname(); host != "" {
+		if v, _ := attrs.Get("host.name"); v.AsString() != host {
+			t.Errorf("host.name = %q, want %q", v.AsString(), host)
+		}
 	}
 }

@@ -1018,12 +1018,16 @@ func (rac *ResourceAttributeConfig) Unmarshal(parser *confmap.Conf) error {
 
 // ResourceAttributesConfig provides config for tcpack resource attributes.
 type ResourceAttributesConfig struct {
-	HostName ResourceAttributeConfig `mapstructure:"host.name"`
+	HostName    ResourceAttributeConfig `mapstructure:"host.name"`
+	K8sNodeName ResourceAttributeConfig `mapstructure:"k8s.node.name"`
 }
 
 func DefaultResourceAttributesConfig() ResourceAttributesConfig {
 	return ResourceAttributesConfig{
 		HostName: ResourceAttributeConfig{
+			Enabled: true,
+		},
+		K8sNodeName: ResourceAttributeConfig{
 			Enabled: true,
 		},
 	}

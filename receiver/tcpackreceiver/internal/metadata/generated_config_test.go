@@ -111,7 +111,8 @@ func TestMetricsBuilderConfig(t *testing.T) {
 					},
 				},
 				ResourceAttributes: ResourceAttributesConfig{
-					HostName: ResourceAttributeConfig{Enabled: true},
+					HostName:    ResourceAttributeConfig{Enabled: true},
+					K8sNodeName: ResourceAttributeConfig{Enabled: true},
 				},
 			},
 		},
@@ -204,7 +205,8 @@ func TestMetricsBuilderConfig(t *testing.T) {
 					},
 				},
 				ResourceAttributes: ResourceAttributesConfig{
-					HostName: ResourceAttributeConfig{Enabled: false},
+					HostName:    ResourceAttributeConfig{Enabled: false},
+					K8sNodeName: ResourceAttributeConfig{Enabled: false},
 				},
 			},
 		},
@@ -441,13 +443,15 @@ func TestResourceAttributesConfig(t *testing.T) {
 		{
 			name: "all_set",
 			want: ResourceAttributesConfig{
-				HostName: ResourceAttributeConfig{Enabled: true},
+				HostName:    ResourceAttributeConfig{Enabled: true},
+				K8sNodeName: ResourceAttributeConfig{Enabled: true},
 			},
 		},
 		{
 			name: "none_set",
 			want: ResourceAttributesConfig{
-				HostName: ResourceAttributeConfig{Enabled: false},
+				HostName:    ResourceAttributeConfig{Enabled: false},
+				K8sNodeName: ResourceAttributeConfig{Enabled: false},
 			},
 		},
 	}

@@ -31,6 +31,7 @@ func TestLogsBuilderAppendLogRecord(t *testing.T) {
 
 	rb := lb.NewResourceBuilder()
 	rb.SetHostName("host.name-val")
+	rb.SetK8sNodeName("k8s.node.name-val")
 	res := rb.Emit()
 
 	// append the first log record
@@ -144,6 +145,7 @@ func TestLogsBuilder(t *testing.T) {
 
 			rb := lb.NewResourceBuilder()
 			rb.SetHostName("host.name-val")
+			rb.SetK8sNodeName("k8s.node.name-val")
 			res := rb.Emit()
 			logs := lb.Emit(WithLogsResource(res))
 
