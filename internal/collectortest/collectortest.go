@@ -44,11 +44,18 @@ type Process struct {
 // says it is ready. The process is killed at cleanup if the test did not stop it.
 func Start(t testing.TB, bin, config string) *Process {
 	t.Helper()
+	return StartEnv(t, bin, config)
+}
+
+// StartEnv is Start with environment variables (KEY=value) added to the collector's.
+func StartEnv(t testing.TB, bin, config string, env ...string) *Process {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "config.yaml")
 	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	p := &Process{cmd: exec.Command(bin, "--config", path)}
+	p.cmd.Env = append(os.Environ(), env...)
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
