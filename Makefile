@@ -6,7 +6,7 @@ COLLECTOR  := build/otelcol-tcpack/otelcol-tcpack
 CONFIG     ?= testdata/config.yaml
 SOURCES    := $(shell find bpf internal receiver -type f \( -name '*.go' -o -name '*.c' -o -name '*.h' -o -name '*.o' -o -name '*.yaml' \) -not -path '*/testdata/*') go.mod go.sum builder-config.yaml
 
-.PHONY: all build run test vmtest kernel-table generate check-generated deps vmlinux bench vet clean
+.PHONY: all build run test vmtest kernel-table generate check-generated deps vmlinux bench vet image clean
 
 all: build
 
@@ -27,6 +27,11 @@ run: $(COLLECTOR)
 test: deps check-generated vet build
 	$(GO) test -count=1 -p 1 -timeout 20m ./...
 	$(MAKE) vmtest
+
+## image: the container image, without a container engine: build/image/otelcol-tcpack.tar
+## (docker/podman load, kind load image-archive, ctr images import) and build/image/oci (OCI layout)
+image: $(COLLECTOR)
+	$(GO) run ./internal/image/mkimage -binary $(COLLECTOR) -config deploy/image/config.yaml -out build/image
 
 ## vmtest: the kernel-facing tests on Debian's 6.1 and 6.12 kernels (qemu) and on this kernel;
 ## fails if a test fails or the README's kernel table differs from what the run saw
