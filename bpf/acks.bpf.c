@@ -84,9 +84,13 @@ const struct ack_key *unused_ack_key __attribute__((unused));
 const struct ack_stats *unused_ack_stats __attribute__((unused));
 const struct ack_event *unused_ack_event __attribute__((unused));
 
-/* Scope: with scope_all, every TCP socket; else those whose local or peer port is marked or
- * whose peer address is in scope_peers. */
+/* Scope: with scope_all, every TCP socket. Else, with scope_by_netns, only sockets whose
+ * network namespace is in scope_netns (a sidecar watches its own pod); and with
+ * scope_by_flow, only those whose local or peer port is marked or whose peer address is in
+ * scope_peers. */
 const volatile __u8 scope_all = 1;
+const volatile __u8 scope_by_netns = 0;
+const volatile __u8 scope_by_flow = 0;
 /* How the quickack family marks the sockets it forces: SO_MARK in route mode (0 when it
  * is off), a TCP_BPF_DELACK_MAX below the kernel's default (HZ/5 jiffies) in bounded mode. */
 const volatile __u32 forced_mark = 0;
@@ -119,6 +123,13 @@ struct {
 	__type(key, struct scope_peer_key);
 	__type(value, __u8);
 } scope_peers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32); /* netns inode */
+	__type(value, __u8);
+} scope_netns SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -192,6 +203,13 @@ static __always_inline bool in_scope(bool typed, __u16 local_port, __u16 peer_po
 {
 	if (scope_all)
 		return true;
+	if (scope_by_netns) {
+		__u32 ns = netns_of_sock(typed, sk);
+		if (!bpf_map_lookup_elem(&scope_netns, &ns))
+			return false;
+		if (!scope_by_flow)
+			return true;
+	}
 	__u32 l = local_port, p = peer_port;
 	__u8 *fl = bpf_map_lookup_elem(&scope_ports, &l);
 	__u8 *fp = bpf_map_lookup_elem(&scope_ports, &p);

@@ -34,6 +34,9 @@ type Config struct {
 	PeerPorts  []uint16
 	// Peers adds sockets whose peer address is in one of these prefixes.
 	Peers []netip.Prefix
+	// Netns, when set, limits the scope to sockets in these network namespaces (files such
+	// as /proc/self/ns/net or /run/netns/NAME); ports and peers then select among those.
+	Netns []string
 	// ForcedMark is the SO_MARK the quickack family stamps on sockets it forces (0: none),
 	// and HZ the kernel tick rate, which tells a bounded delayed-ACK timeout from the default.
 	ForcedMark uint32
@@ -133,7 +136,7 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := fillScope(set.Maps[acksMapScopePorts], set.Maps[acksMapScopePeers], cfg); err != nil {
+	if err := fillScope(set.Maps[acksMapScopePorts], set.Maps[acksMapScopePeers], set.Maps[acksMapScopeNetns], cfg); err != nil {
 		set.Close()
 		return nil, err
 	}
@@ -161,12 +164,12 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 	if rate > 0 {
 		refill = burst * uint64(time.Second) / rate
 	}
-	all := uint8(0)
-	if len(cfg.LocalPorts) == 0 && len(cfg.PeerPorts) == 0 && len(cfg.Peers) == 0 {
-		all = 1
-	}
+	byFlow := len(cfg.LocalPorts) > 0 || len(cfg.PeerPorts) > 0 || len(cfg.Peers) > 0
+	byNetns := len(cfg.Netns) > 0
 	vars := map[string]any{
-		acksVarScopeAll:                all,
+		acksVarScopeAll:                boolByte(!byFlow && !byNetns),
+		acksVarScopeByNetns:            boolByte(byNetns),
+		acksVarScopeByFlow:             boolByte(byFlow),
 		acksVarForcedMark:              cfg.ForcedMark,
 		acksVarDelackMaxDefaultJiffies: uint32(cfg.HZ / 5), // TCP_DELACK_MAX
 		acksVarEventMinDelayNs:         uint64(cfg.EventMinDelay),
@@ -185,12 +188,28 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 	return nil
 }
 
+func boolByte(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 const (
 	scopeLocal = 1
 	scopePeer  = 2
 )
 
-func fillScope(m, peers *ebpf.Map, cfg Config) error {
+func fillScope(m, peers, netns *ebpf.Map, cfg Config) error {
+	for _, path := range cfg.Netns {
+		ino, err := kernel.NetnsInode(path)
+		if err != nil {
+			return fmt.Errorf("%s.netns: %s: %w; name a netns file such as /proc/self/ns/net or /run/netns/NAME", Family, path, err)
+		}
+		if err := netns.Put(ino, uint8(1)); err != nil {
+			return fmt.Errorf("%s: scope netns %s: %w", Family, path, err)
+		}
+	}
 	for _, p := range cfg.Peers {
 		p = p.Masked()
 		bits := p.Bits()

@@ -201,6 +201,46 @@ func TestScopeToPeerPrefix(t *testing.T) {
 	}
 }
 
+func TestScopeToNetns(t *testing.T) {
+	pair := netnstest.NewPair(t)
+	cfg := acks.DefaultConfig()
+	cfg.Netns = []string{"/run/netns/" + pair.B.Name}
+	p, _ := start(t, cfg)
+	// Both ends exchange data: A's client socket ACKs too, but A is out of scope.
+	in := pair.PacedTraffic(t, 5108, 50, 2*time.Millisecond, 0)
+	statsFor(t, p, pair.B.Inode, 5108, in)
+	snap, err := p.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range snap {
+		if s.Netns != pair.B.Inode {
+			t.Errorf("socket outside the scoped netns has statistics: %+v", s)
+		}
+	}
+
+	// With a port as well, only that port within the netns.
+	p.Close()
+	cfg.LocalPorts = []uint16{5109}
+	p, _ = start(t, cfg)
+	in = pair.PacedTraffic(t, 5109, 50, 2*time.Millisecond, 0)
+	pair.PacedTraffic(t, 5110, 50, 2*time.Millisecond, 0)
+	statsFor(t, p, pair.B.Inode, 5109, in)
+	if snap, err = p.Snapshot(); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range snap {
+		if s.Netns != pair.B.Inode || s.LocalPort != 5109 {
+			t.Errorf("out-of-scope socket has statistics: %+v", s)
+		}
+	}
+
+	cfg.Netns = []string{"/run/netns/no-such-namespace"}
+	if _, err := acks.Start(openEnv(t), cfg, nil); err == nil || !strings.Contains(err.Error(), "acks.netns") {
+		t.Errorf("a missing netns file: error %v, want one naming acks.netns", err)
+	}
+}
+
 func TestRestartLeavesNothingBehind(t *testing.T) {
 	e := openEnv(t)
 	links, fds := netnstest.CountLinks(t), netnstest.CountFDs(t)

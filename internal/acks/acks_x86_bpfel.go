@@ -99,6 +99,7 @@ const (
 	acksMapEventBuckets            = "event_buckets"
 	acksMapEvents                  = "events"
 	acksMapHooked                  = "hooked"
+	acksMapScopeNetns              = "scope_netns"
 	acksMapScopePeers              = "scope_peers"
 	acksMapScopePorts              = "scope_ports"
 	acksProgAckAppRead             = "ack_app_read"
@@ -117,6 +118,8 @@ const (
 	acksVarForcedMark              = "forced_mark"
 	acksVarRingbufWakeupBytes      = "ringbuf_wakeup_bytes"
 	acksVarScopeAll                = "scope_all"
+	acksVarScopeByFlow             = "scope_by_flow"
+	acksVarScopeByNetns            = "scope_by_netns"
 	acksVarUnusedAckEvent          = "unused_ack_event"
 	acksVarUnusedAckKey            = "unused_ack_key"
 	acksVarUnusedAckStats          = "unused_ack_stats"
@@ -185,6 +188,7 @@ type acksMapSpecs struct {
 	EventBuckets *ebpf.MapSpec `ebpf:"event_buckets"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Hooked       *ebpf.MapSpec `ebpf:"hooked"`
+	ScopeNetns   *ebpf.MapSpec `ebpf:"scope_netns"`
 	ScopePeers   *ebpf.MapSpec `ebpf:"scope_peers"`
 	ScopePorts   *ebpf.MapSpec `ebpf:"scope_ports"`
 }
@@ -202,6 +206,8 @@ type acksVariableSpecs struct {
 	ForcedMark              *ebpf.VariableSpec `ebpf:"forced_mark"`
 	RingbufWakeupBytes      *ebpf.VariableSpec `ebpf:"ringbuf_wakeup_bytes"`
 	ScopeAll                *ebpf.VariableSpec `ebpf:"scope_all"`
+	ScopeByFlow             *ebpf.VariableSpec `ebpf:"scope_by_flow"`
+	ScopeByNetns            *ebpf.VariableSpec `ebpf:"scope_by_netns"`
 	UnusedAckEvent          *ebpf.VariableSpec `ebpf:"unused_ack_event"`
 	UnusedAckKey            *ebpf.VariableSpec `ebpf:"unused_ack_key"`
 	UnusedAckStats          *ebpf.VariableSpec `ebpf:"unused_ack_stats"`
@@ -235,6 +241,7 @@ type acksMaps struct {
 	EventBuckets *ebpf.Map `ebpf:"event_buckets"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Hooked       *ebpf.Map `ebpf:"hooked"`
+	ScopeNetns   *ebpf.Map `ebpf:"scope_netns"`
 	ScopePeers   *ebpf.Map `ebpf:"scope_peers"`
 	ScopePorts   *ebpf.Map `ebpf:"scope_ports"`
 }
@@ -248,6 +255,7 @@ func (m *acksMaps) Close() error {
 		m.EventBuckets,
 		m.Events,
 		m.Hooked,
+		m.ScopeNetns,
 		m.ScopePeers,
 		m.ScopePorts,
 	)
@@ -266,6 +274,8 @@ type acksVariables struct {
 	ForcedMark              *ebpf.Variable `ebpf:"forced_mark"`
 	RingbufWakeupBytes      *ebpf.Variable `ebpf:"ringbuf_wakeup_bytes"`
 	ScopeAll                *ebpf.Variable `ebpf:"scope_all"`
+	ScopeByFlow             *ebpf.Variable `ebpf:"scope_by_flow"`
+	ScopeByNetns            *ebpf.Variable `ebpf:"scope_by_netns"`
 	UnusedAckEvent          *ebpf.Variable `ebpf:"unused_ack_event"`
 	UnusedAckKey            *ebpf.Variable `ebpf:"unused_ack_key"`
 	UnusedAckStats          *ebpf.Variable `ebpf:"unused_ack_stats"`

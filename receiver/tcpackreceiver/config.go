@@ -62,6 +62,9 @@ type AcksConfig struct {
 	PeerPorts  []int `mapstructure:"peer_ports"`
 	// Peers adds sockets whose peer address is in one of these CIDRs.
 	Peers []string `mapstructure:"peers"`
+	// Netns limits the scope to sockets in these network namespaces (/proc/self/ns/net for a
+	// sidecar's own pod, /run/netns/NAME, /proc/PID/ns/net); empty means every namespace.
+	Netns []string `mapstructure:"netns"`
 	// EventMinDelay: pure ACKs that waited at least this long are sampled as events.
 	EventMinDelay time.Duration  `mapstructure:"event_min_delay"`
 	Sampling      SamplingConfig `mapstructure:"sampling"`
@@ -142,6 +145,9 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// maxScopeNetns is the size of the ACK family's netns scope map (bpf/acks.bpf.c).
+const maxScopeNetns = 64
+
 // delayAttributes are the attributes tcpack.ack.delay can carry.
 var delayAttributes = []string{"network.local.port", "tcpack.netns.inode"}
 
@@ -157,6 +163,14 @@ func (a AcksConfig) validate() []error {
 	for i, p := range a.Peers {
 		if _, err := parsePrefix(p); err != nil {
 			errs = append(errs, fmt.Errorf("acks.peers[%d]: %q is not a CIDR or address, use e.g. 10.0.0.0/8 or 2001:db8::/32", i, p))
+		}
+	}
+	if len(a.Netns) > maxScopeNetns {
+		errs = append(errs, fmt.Errorf("acks.netns: %d namespaces, at most %d can be named; leave it empty for all", len(a.Netns), maxScopeNetns))
+	}
+	for i, path := range a.Netns {
+		if !strings.HasPrefix(path, "/") {
+			errs = append(errs, fmt.Errorf("acks.netns[%d]: %q is not an absolute path, use e.g. /proc/self/ns/net or /run/netns/NAME", i, path))
 		}
 	}
 	if a.EventMinDelay < 0 || a.EventMinDelay > 10*time.Second {
@@ -200,6 +214,7 @@ func (c *Config) acksConfig(withLogs bool, hz int) acks.Config {
 			cfg.Peers = append(cfg.Peers, p)
 		}
 	}
+	cfg.Netns = c.Acks.Netns
 	cfg.EventMinDelay = c.Acks.EventMinDelay
 	cfg.EventsPerSecond, cfg.EventBurst = c.Acks.Sampling.RatePerCPU, c.Acks.Sampling.Burst
 	if !withLogs || !c.Events.TcpackAckDelayed.Enabled {

@@ -120,6 +120,7 @@ func TestValidateNamesFieldAndFix(t *testing.T) {
 		{"ack port", func(c *Config) { c.Acks.LocalPorts = []int{80, 70000} }, []string{"acks.local_ports[1]", "1..65535"}},
 		{"ack peer port", func(c *Config) { c.Acks.PeerPorts = []int{0} }, []string{"acks.peer_ports[0]"}},
 		{"ack peers", func(c *Config) { c.Acks.Peers = []string{"10.0.0.0/99"} }, []string{"acks.peers[0]", "CIDR"}},
+		{"ack netns", func(c *Config) { c.Acks.Netns = []string{"run/netns/x"} }, []string{"acks.netns[0]", "absolute path"}},
 		{"ack delay", func(c *Config) { c.Acks.EventMinDelay = -time.Second }, []string{"acks.event_min_delay"}},
 		{"ack series", func(c *Config) { c.Acks.MaxSeries = 0 }, []string{"acks.max_series", "at least 1"}},
 		{"ack attributes", func(c *Config) { c.Acks.DelayAttributes = []string{"network.peer.port"} }, []string{"acks.delay_attributes[0]", "network.local.port or tcpack.netns.inode"}},
