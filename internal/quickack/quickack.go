@@ -318,9 +318,13 @@ func (f *Force) openNamespace(path string, seen map[uint32]string) (*namespace, 
 			return ns, nil
 		}
 	}
-	h, err := netns.GetFromPath(path)
-	if err != nil {
-		return nil, fmt.Errorf("quickack.netns: %s: %w", path, err)
+	// Our own namespace gets no handle: setns needs CAP_SYS_ADMIN even into the namespace a
+	// thread is already in, and a sidecar forcing in its own pod's namespace has no need for it.
+	h := netns.None()
+	if own, err := kernel.NetnsInode("/proc/self/ns/net"); err != nil || own != inode {
+		if h, err = netns.GetFromPath(path); err != nil {
+			return nil, fmt.Errorf("quickack.netns: %s: %w", path, err)
+		}
 	}
 	ns := &namespace{path: path, handle: h, inode: inode}
 	f.nss = append(f.nss, ns)
@@ -340,9 +344,13 @@ func (f *Force) openNamespace(path string, seen map[uint32]string) (*namespace, 
 	return ns, nil
 }
 
-// inNetns runs fn on a thread switched into the namespace. The thread is never handed back
-// to the Go scheduler (it exits with the goroutine), so no other code runs in the wrong netns.
+// inNetns runs fn on a thread switched into the namespace (none: our own). The thread is
+// never handed back to the Go scheduler (it exits with the goroutine), so no other code runs
+// in the wrong netns.
 func inNetns(h netns.NsHandle, fn func() error) error {
+	if !h.IsOpen() {
+		return fn()
+	}
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -560,7 +568,9 @@ func (f *Force) teardown() error {
 			errs = append(errs, ns.policy.close())
 			ns.policy = nil
 		}
-		ns.handle.Close()
+		if ns.handle.IsOpen() {
+			ns.handle.Close()
+		}
 	}
 	f.nss = nil
 	return errors.Join(errs...)
