@@ -50,12 +50,28 @@ func Start(t testing.TB, bin, config string) *Process {
 // StartEnv is Start with environment variables (KEY=value) added to the collector's.
 func StartEnv(t testing.TB, bin, config string, env ...string) *Process {
 	t.Helper()
+	return StartWith(t, bin, config, Options{Env: env})
+}
+
+// Options change how the collector process is started.
+type Options struct {
+	// Env is added to the collector's environment (KEY=value).
+	Env []string
+	// Wrapper is a command line that execs the collector after it (nsenter, setpriv): the
+	// process started is the collector itself, so signals reach it.
+	Wrapper []string
+}
+
+// StartWith is Start with Options.
+func StartWith(t testing.TB, bin, config string, o Options) *Process {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "config.yaml")
 	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := &Process{cmd: exec.Command(bin, "--config", path)}
-	p.cmd.Env = append(os.Environ(), env...)
+	argv := append(append(append([]string{}, o.Wrapper...), bin), "--config", path)
+	p := &Process{cmd: exec.Command(argv[0], argv[1:]...)}
+	p.cmd.Env = append(os.Environ(), o.Env...)
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
