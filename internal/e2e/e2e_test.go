@@ -109,33 +109,8 @@ func (c *collector) read(t *testing.T) ([]pmetric.Metrics, []plog.Logs) {
 
 // latestDropCount is the newest cumulative tcpack.drop.count summed over points matching.
 func latestDropCount(metrics []pmetric.Metrics, match func(pcommon.Map) bool) int64 {
-	for i := len(metrics) - 1; i >= 0; i-- {
-		var total int64
-		found := false
-		rms := metrics[i].ResourceMetrics()
-		for r := 0; r < rms.Len(); r++ {
-			sms := rms.At(r).ScopeMetrics()
-			for s := 0; s < sms.Len(); s++ {
-				ms := sms.At(s).Metrics()
-				for m := 0; m < ms.Len(); m++ {
-					if ms.At(m).Name() != "tcpack.drop.count" {
-						continue
-					}
-					dps := ms.At(m).Sum().DataPoints()
-					for d := 0; d < dps.Len(); d++ {
-						if match(dps.At(d).Attributes()) {
-							total += dps.At(d).IntValue()
-							found = true
-						}
-					}
-				}
-			}
-		}
-		if found {
-			return total
-		}
-	}
-	return 0
+	n, _ := dropCountWithResource(metrics, match)
+	return n
 }
 
 // ackDelay is the newest tcpack.ack.delay point for a port and netns: its count and sum.
@@ -164,8 +139,15 @@ func ackDelay(metrics []pmetric.Metrics, port int64, netns uint32) (uint64, floa
 	return 0, 0
 }
 
+// records returns the attributes of every matching event.
 func records(logs []plog.Logs, eventName string, match func(pcommon.Map) bool) []pcommon.Map {
 	var out []pcommon.Map
+	eachEvent(logs, eventName, match, func(attrs, _ pcommon.Map) { out = append(out, attrs) })
+	return out
+}
+
+// eachEvent calls fn with the attributes and resource attributes of every matching event.
+func eachEvent(logs []plog.Logs, eventName string, match func(pcommon.Map) bool, fn func(attrs, resource pcommon.Map)) {
 	for _, l := range logs {
 		rls := l.ResourceLogs()
 		for r := 0; r < rls.Len(); r++ {
@@ -174,13 +156,12 @@ func records(logs []plog.Logs, eventName string, match func(pcommon.Map) bool) [
 				recs := sls.At(s).LogRecords()
 				for i := 0; i < recs.Len(); i++ {
 					if recs.At(i).EventName() == eventName && match(recs.At(i).Attributes()) {
-						out = append(out, recs.At(i).Attributes())
+						fn(recs.At(i).Attributes(), rls.At(r).Resource().Attributes())
 					}
 				}
 			}
 		}
 	}
-	return out
 }
 
 func str(m pcommon.Map, k string) string {

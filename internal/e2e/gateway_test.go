@@ -155,19 +155,6 @@ func dropCountWithResource(metrics []pmetric.Metrics, match func(pcommon.Map) bo
 // eventsWithResource returns the resource attributes of every matching event.
 func eventsWithResource(logs []plog.Logs, eventName string, match func(pcommon.Map) bool) []pcommon.Map {
 	var out []pcommon.Map
-	for _, l := range logs {
-		rls := l.ResourceLogs()
-		for r := 0; r < rls.Len(); r++ {
-			sls := rls.At(r).ScopeLogs()
-			for s := 0; s < sls.Len(); s++ {
-				recs := sls.At(s).LogRecords()
-				for i := 0; i < recs.Len(); i++ {
-					if recs.At(i).EventName() == eventName && match(recs.At(i).Attributes()) {
-						out = append(out, rls.At(r).Resource().Attributes())
-					}
-				}
-			}
-		}
-	}
+	eachEvent(logs, eventName, match, func(_, resource pcommon.Map) { out = append(out, resource) })
 	return out
 }
