@@ -5,22 +5,26 @@ import (
 	"testing"
 )
 
-// TestHZFromBPFMatchesTimerList checks the fallback used where /proc/timer_list is masked
-// (containers) against the /proc/timer_list measurement.
+// TestHZFromBPFMatchesTimerList checks the two ways of measuring HZ against each other
+// (containers mask /proc/timer_list, so the BPF one is what runs there).
 func TestHZFromBPFMatchesTimerList(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: loads a BPF program")
 	}
-	want, err := timerListHZ()
+	timerList, err := timerListRate()
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := bpfJiffiesHZ()
+	bpf, err := bpfJiffiesRate()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got != want {
-		t.Errorf("HZ from bpf_jiffies64: %d, from /proc/timer_list: %d", got, want)
+	if nearestHZ(bpf) != nearestHZ(timerList) {
+		t.Errorf("HZ from bpf_jiffies64: %.1f, from /proc/timer_list: %.1f", bpf, timerList)
 	}
-	t.Logf("HZ=%d", got)
+	hz, err := HZ()
+	if err != nil || hz != nearestHZ(bpf) {
+		t.Errorf("HZ() = %d, %v; the measurements say %d", hz, err, nearestHZ(bpf))
+	}
+	t.Logf("HZ=%d (bpf_jiffies64 %.2f/s, /proc/timer_list %.2f/s)", hz, bpf, timerList)
 }
