@@ -238,6 +238,13 @@ func TestPerQueueCounts(t *testing.T) {
 	if moved := events.Matching(func(e txqueue.Event) bool { return e.Netns == pair.A.Inode }); len(moved) != 0 {
 		t.Errorf("flow-moved events without a move: %+v", moved)
 	}
+	if p.Picks() {
+		// No XPS map: every re-pick hashes; veth frees each skb at once, so most carry ooo_okay.
+		picks := interfaceOf(t, p, pair.A).Picks
+		if picks[txqueue.SelectorHash] == 0 || picks[txqueue.SelectorXPS] != 0 {
+			t.Errorf("picks by selector %v: want hash picks and no XPS pick", picks)
+		}
+	}
 	t.Logf("queues: %v", sent)
 }
 
@@ -278,7 +285,47 @@ func allCPUs() string {
 // 2. After an idle gap everything the socket sent has left the device, so its next segment has
 // ooo_okay and __netdev_pick_tx re-picks: the flow moves from 0 to 2, once, and says so.
 func TestFlowMovesQueue(t *testing.T) {
-	p, events := start(t, txqueue.DefaultConfig())
+	for _, run := range pickRuns() {
+		t.Run(run.name, func(t *testing.T) { flowMovesQueue(t, run) })
+	}
+}
+
+// pickRun is one way to load the family: its default order, and kprobes alone where the kernel
+// has them, so the kprobe/kretprobe programs are exercised too.
+type pickRun struct {
+	name       string
+	strategies []loader.Kind
+	want       loader.Kind // how the pick hooks must attach; "" where nothing can
+}
+
+func pickRuns() []pickRun {
+	runs := []pickRun{{name: "default"}}
+	switch {
+	case expected(loader.FEntry):
+		runs[0].want = loader.FEntry
+	case expected(loader.Kprobe):
+		runs[0].want = loader.Kprobe
+	}
+	if expected(loader.FEntry) && expected(loader.Kprobe) {
+		runs = append(runs, pickRun{name: "kprobe", want: loader.Kprobe,
+			strategies: []loader.Kind{loader.TPBTF, loader.Kprobe, loader.Kretprobe}})
+	}
+	return runs
+}
+
+func flowMovesQueue(t *testing.T, run pickRun) {
+	cfg := txqueue.DefaultConfig()
+	cfg.Strategies = run.strategies
+	p, events := start(t, cfg)
+	exit := map[loader.Kind]loader.Kind{loader.FEntry: loader.FExit, loader.Kprobe: loader.Kretprobe}
+	for _, h := range p.Report().Hooks {
+		want := map[string]loader.Kind{txqueue.HookPick: run.want, txqueue.HookPickReturn: exit[run.want]}[h.Hook]
+		switch {
+		case h.Hook != txqueue.HookPick && h.Hook != txqueue.HookPickReturn:
+		case want == "" && h.Attached != nil, want != "" && (h.Attached == nil || h.Attached.Kind != want):
+			t.Fatalf("hook %s: attached %+v, want %q", h.Hook, h.Attached, want)
+		}
+	}
 	pair := multiqueuePair(t)
 	qdisc := mqSent(t, pair.A)
 	sysfs(t, pair.A, "queues/tx-0/xps_cpus", allCPUs())
