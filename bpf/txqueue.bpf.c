@@ -69,19 +69,19 @@ struct if_value {
 	char ifname[16];
 };
 
+/* Keyed by socket, not by 5-tuple: a 16-byte key hashes in a fraction of the time, and the
+ * tuple is read once, when the flow is first seen. The key is the socket's address (the cookie
+ * helper refuses skb->sk, an rcu pointer, on 6.18); a later socket at the same address is told
+ * apart by flow_value.ident. */
 struct flow_key {
-	__u32 netns;
+	__u64 sock;
 	__u32 ifindex; /* stacked devices (vlan over a NIC) each pick a queue for the same flow */
-	__u8 local_addr[16];
-	__u8 peer_addr[16];
-	__u16 local_port;
-	__u16 peer_port;
-	__u16 l3proto;
-	__u8 l4proto;
-	__u8 _pad;
+	__u32 netns;
 };
 
 struct flow_value {
+	struct flow flow;
+	__u64 ident; /* local port, peer port, low 32 bits of the peer address: see sock_ident */
 	__u64 last_ns;
 	__u64 packets; /* segments, as in queue_value */
 	__u64 moves;
@@ -269,24 +269,17 @@ static __always_inline void count_queue(bool typed, const struct queue_key *key,
 	v->real_num_tx_queues = KREAD(typed, dev, real_num_tx_queues);
 }
 
-/* The flow of a locally sent skb. A connected socket names it (cheap typed reads); the per-netns
- * control socket that sends resets and timewait ACKs, and unconnected UDP sockets, have no peer
- * port, so their packets' headers name it instead. */
-static __always_inline bool xmit_flow(bool typed, struct flow *f, const struct sk_buff *skb,
-				      const struct sock *sk)
+/* Flows are connected sockets (TCP, connected UDP): those whose queue the kernel records in
+ * sk_tx_queue_mapping. Unconnected UDP sockets and the per-netns control socket that sends
+ * resets and timewait ACKs have no peer port; their packets are counted per queue only. */
+static __always_inline void fill_flow(bool typed, struct flow *f, const struct sock *sk)
 {
-	__u16 family = KREAD(typed, sk, __sk_common.skc_family);
-
-	if (KREAD(typed, sk, __sk_common.skc_dport) && (family == AF_INET || family == AF_INET6)) {
-		flow_from_sock(typed, f, sk);
-		__u8 state = KREAD(typed, sk, __sk_common.skc_state);
-		/* request and timewait sockets end at sock_common: no sk_protocol to read */
-		f->l4proto = (state == TCP_NEW_SYN_RECV || state == TCP_TIME_WAIT) ?
-				     IPPROTO_TCP : KREAD(typed, sk, sk_protocol);
-		f->direction = DIRECTION_TRANSMIT;
-		return true;
-	}
-	return flow_from_skb(typed, f, skb) && (f->l4proto == IPPROTO_TCP || f->l4proto == IPPROTO_UDP);
+	flow_from_sock(typed, f, sk);
+	__u8 state = KREAD(typed, sk, __sk_common.skc_state);
+	/* request and timewait sockets end at sock_common: no sk_protocol to read */
+	f->l4proto = (state == TCP_NEW_SYN_RECV || state == TCP_TIME_WAIT) ? IPPROTO_TCP :
+									     KREAD(typed, sk, sk_protocol);
+	f->direction = DIRECTION_TRANSMIT;
 }
 
 /* The pick hook's verdict on this skb, if it saw it last on this CPU. With a qdisc that queues
@@ -304,34 +297,42 @@ static __always_inline __u8 pick_selector_for(const struct sk_buff *skb)
 	return s->selector;
 }
 
+static __always_inline __u64 sock_ident(bool typed, const struct sock *sk, __u16 family)
+{
+	__u32 peer = family == AF_INET ? KREAD(typed, sk, __sk_common.skc_daddr) :
+					 KREAD(typed, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr32[3]);
+
+	return (__u64)KREAD(typed, sk, __sk_common.skc_num) << 48 |
+	       (__u64)KREAD(typed, sk, __sk_common.skc_dport) << 32 | peer;
+}
+
 static __always_inline void track_flow(bool typed, __u32 netns, const struct net_device *dev,
-				       const struct sk_buff *skb, const struct sock *sk, __u16 queue,
+				       const struct sk_buff *skb, struct sock *sk, __u16 queue,
 				       __u32 segs)
 {
-	struct flow f = {};
-
-	if (!xmit_flow(typed, &f, skb, sk))
+	if (!KREAD(typed, sk, __sk_common.skc_dport))
+		return;
+	__u16 family = KREAD(typed, sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
 		return;
 	struct flow_key key = {
-		.netns = netns,
+		.sock = (__u64)sk,
 		.ifindex = KREAD(typed, dev, ifindex),
-		.local_port = f.local_port,
-		.peer_port = f.peer_port,
-		.l3proto = f.l3proto,
-		.l4proto = f.l4proto,
+		.netns = netns,
 	};
-	__builtin_memcpy(key.local_addr, f.local_addr, 16);
-	__builtin_memcpy(key.peer_addr, f.peer_addr, 16);
 	__u8 ooo = KREAD_BITFIELD(typed, skb, ooo_okay);
 	__u8 selector = pick_selector_for(skb);
 	__u64 now = bpf_ktime_get_ns();
 
+	__u64 ident = sock_ident(typed, sk, family);
 	struct flow_value *v = bpf_map_lookup_elem(&flows, &key);
-	if (!v) {
+	if (!v || v->ident != ident) {
 		struct flow_value nv = {
-			.last_ns = now, .packets = segs, .queue = queue, .ooo_okay = ooo, .selector = selector,
+			.ident = ident, .last_ns = now, .packets = segs, .queue = queue, .ooo_okay = ooo,
+			.selector = selector,
 		};
-		bpf_map_update_elem(&flows, &key, &nv, BPF_NOEXIST);
+		fill_flow(typed, &nv.flow, sk);
+		bpf_map_update_elem(&flows, &key, &nv, BPF_ANY);
 		return;
 	}
 	__u16 old = v->queue;
@@ -339,6 +340,8 @@ static __always_inline void track_flow(bool typed, __u32 netns, const struct net
 	v->last_ns = now;
 	v->ooo_okay = ooo;
 	v->selector = selector;
+	/* Atomic: one flow's packets leave from several CPUs at once (the application's, and
+	 * softirqs sending on incoming ACKs). */
 	__sync_fetch_and_add(&v->packets, segs);
 	if (old == queue)
 		return;
@@ -360,7 +363,7 @@ static __always_inline void track_flow(bool typed, __u32 netns, const struct net
 	e->real_num_tx_queues = KREAD(typed, dev, real_num_tx_queues);
 	e->ooo_okay = ooo;
 	e->selector = selector;
-	e->flow = f;
+	e->flow = v->flow;
 	BPF_CORE_READ_STR_INTO(&e->ifname, dev, name);
 	submit_batched(&events, e);
 }

@@ -85,7 +85,7 @@ type Snapshot struct {
 	Stats      Stats
 }
 
-// Flow is a socket's flow out of one interface, as the flow map holds it.
+// Flow is a connected socket's flow out of one interface, as the flow map holds it.
 type Flow struct {
 	Netns     uint32
 	Ifindex   uint32
@@ -226,15 +226,16 @@ func (p *Probe) Flows() ([]Flow, error) {
 	var v txqueueFlowValue
 	it := p.set.Maps[txqueueMapFlows].Iterate()
 	for it.Next(&key, &v) {
+		fl := v.Flow
 		f := Flow{
 			Netns: key.Netns, Ifindex: key.Ifindex,
-			Network: networkType(key.L3proto), Transport: transport(key.L4proto),
-			LocalPort: key.LocalPort, PeerPort: key.PeerPort,
+			Network: networkType(fl.L3proto), Transport: transport(fl.L4proto),
+			LocalPort: fl.LocalPort, PeerPort: fl.PeerPort,
 			Queue: v.Queue, Packets: v.Packets, Moves: v.Moves,
 			OOOOkay: v.OooOkay != 0, Selector: Selector(v.Selector),
 			LastSeen: p.env.KtimeToTime(v.LastNs),
 		}
-		f.LocalAddr, f.PeerAddr = kernel.FlowAddrs(key.L3proto, key.LocalAddr, key.PeerAddr)
+		f.LocalAddr, f.PeerAddr = kernel.FlowAddrs(fl.L3proto, fl.LocalAddr, fl.PeerAddr)
 		out = append(out, f)
 	}
 	if err := it.Err(); err != nil {

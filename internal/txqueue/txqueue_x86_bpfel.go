@@ -20,20 +20,28 @@ type txqueueEventBucket struct {
 }
 
 type txqueueFlowKey struct {
-	_         structs.HostLayout
-	Netns     uint32
-	Ifindex   uint32
-	LocalAddr [16]uint8
-	PeerAddr  [16]uint8
-	LocalPort uint16
-	PeerPort  uint16
-	L3proto   uint16
-	L4proto   uint8
-	Pad       uint8
+	_       structs.HostLayout
+	Sock    uint64
+	Ifindex uint32
+	Netns   uint32
 }
 
 type txqueueFlowValue struct {
-	_        structs.HostLayout
+	_    structs.HostLayout
+	Flow struct {
+		_         structs.HostLayout
+		LocalAddr [16]uint8
+		PeerAddr  [16]uint8
+		LocalPort uint16
+		PeerPort  uint16
+		L3proto   uint16
+		L4proto   uint8
+		Direction uint8
+		Source    uint8
+		Pad       [3]uint8
+	}
+	_        [4]byte
+	Ident    uint64
 	LastNs   uint64
 	Packets  uint64
 	Moves    uint64
