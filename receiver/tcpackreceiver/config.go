@@ -26,6 +26,9 @@ type Config struct {
 	// Quickack forces quick ACKs on the sockets it names (off by default: it changes
 	// kernel state).
 	Quickack QuickackConfig `mapstructure:"quickack"`
+	// Txqueue configures the transmit-queue family (queue per flow and interface, queue
+	// changes, PACKET_OTHERHOST); off by default: it hooks every packet sent and received.
+	Txqueue TxqueueConfig `mapstructure:"txqueue"`
 	// RingBuffer tunes how sampled events travel from the kernel.
 	RingBuffer RingBufferConfig `mapstructure:"ring_buffer"`
 
@@ -131,6 +134,7 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.Acks.validate()...)
 	errs = append(errs, c.Quickack.validate()...)
+	errs = append(errs, c.Txqueue.validate()...)
 	rb := c.RingBuffer
 	page := uint32(os.Getpagesize())
 	if rb.SizeBytes < page || rb.SizeBytes&(rb.SizeBytes-1) != 0 || rb.SizeBytes > 1<<30 {
@@ -279,6 +283,7 @@ func createDefaultConfig() *Config {
 			DelayAttributes: slices.Clone(delayAttributes),
 		},
 		Quickack: defaultQuickackConfig(),
+		Txqueue:  defaultTxqueueConfig(),
 		RingBuffer: RingBufferConfig{
 			SizeBytes:     d.RingBufferBytes,
 			WakeupBytes:   d.WakeupBytes,

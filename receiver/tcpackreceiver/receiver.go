@@ -21,6 +21,7 @@ import (
 	"github.com/tcpack/tcpack/internal/kernel"
 	"github.com/tcpack/tcpack/internal/loader"
 	"github.com/tcpack/tcpack/internal/quickack"
+	"github.com/tcpack/tcpack/internal/txqueue"
 	"github.com/tcpack/tcpack/receiver/tcpackreceiver/internal/metadata"
 )
 
@@ -44,6 +45,7 @@ type tcpackReceiver struct {
 	// quickack is the forcing side; policyErrs the policy-table errors already logged.
 	quickack   *quickack.Force
 	policyErrs uint64
+	txqueue    *txqueue.Probe
 	// ackSeries are the (netns, port) series admitted under acks.max_series, for good.
 	ackSeries map[ackSeries]bool
 	// reports of every family, attached or not, for tcpack.probe.attached.
@@ -241,12 +243,27 @@ func (r *tcpackReceiver) start() error {
 			r.reports = append(r.reports, notAttached(quickack.Family, quickack.HookNames()))
 		}
 	}
+	if r.cfg.Txqueue.Enabled {
+		var sink func([]txqueue.Event)
+		if r.logs != nil {
+			sink = r.consumeTxqueueEvents
+		}
+		p, err := txqueue.Start(env, r.cfg.txqueueConfig(r.logs != nil), sink)
+		if err != nil {
+			log.Error("txqueue family not started", zap.Error(err))
+			failed = append(failed, err)
+			r.reports = append(r.reports, notAttached(txqueue.Family, txqueue.HookNames()))
+		} else {
+			r.txqueue = p
+			r.reports = append(r.reports, p.Report())
+		}
+	}
 	for _, rep := range r.reports {
 		for _, line := range rep.Lines() {
 			log.Info(line)
 		}
 	}
-	if r.drops == nil && r.acks == nil && r.quickack == nil {
+	if r.drops == nil && r.acks == nil && r.quickack == nil && r.txqueue == nil {
 		if len(failed) == 0 {
 			return errors.New("tcpack: every probe family is disabled; enable at least one (e.g. drops.enabled: true)")
 		}
@@ -302,6 +319,10 @@ func (r *tcpackReceiver) shutdown() error {
 	if r.quickack != nil {
 		errs = append(errs, r.quickack.Close())
 		r.quickack = nil
+	}
+	if r.txqueue != nil {
+		errs = append(errs, r.txqueue.Close())
+		r.txqueue = nil
 	}
 	return errors.Join(errs...)
 }

@@ -507,6 +507,55 @@ func (ms *TcpackKernelMapOverflowMetricConfig) Validate() error {
 	return nil
 }
 
+// TcpackPacketOtherhostCountMetricAttributeKey specifies the key of an attribute for the tcpack.packet.otherhost.count metric.
+type TcpackPacketOtherhostCountMetricAttributeKey string
+
+const (
+	TcpackPacketOtherhostCountMetricAttributeKeyNetworkInterfaceName TcpackPacketOtherhostCountMetricAttributeKey = "network.interface.name"
+	TcpackPacketOtherhostCountMetricAttributeKeyTcpackNetnsInode     TcpackPacketOtherhostCountMetricAttributeKey = "tcpack.netns.inode"
+)
+
+// TcpackPacketOtherhostCountMetricConfig provides config for the tcpack.packet.otherhost.count metric.
+type TcpackPacketOtherhostCountMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                         `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackPacketOtherhostCountMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackPacketOtherhostCountMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackPacketOtherhostCountMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackPacketOtherhostCountMetricAttributeKeyNetworkInterfaceName, TcpackPacketOtherhostCountMetricAttributeKeyTcpackNetnsInode:
+		default:
+			return fmt.Errorf("metric tcpack.packet.otherhost.count doesn't have an attribute %v, valid attributes: [network.interface.name, tcpack.netns.inode]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
 // TcpackProbeAttachedMetricAttributeKey specifies the key of an attribute for the tcpack.probe.attached metric.
 type TcpackProbeAttachedMetricAttributeKey string
 
@@ -826,25 +875,330 @@ func (ms *TcpackTCPRetransmitCountMetricConfig) Validate() error {
 	return nil
 }
 
+// TcpackTxqueueBytesMetricAttributeKey specifies the key of an attribute for the tcpack.txqueue.bytes metric.
+type TcpackTxqueueBytesMetricAttributeKey string
+
+const (
+	TcpackTxqueueBytesMetricAttributeKeyNetworkInterfaceName TcpackTxqueueBytesMetricAttributeKey = "network.interface.name"
+	TcpackTxqueueBytesMetricAttributeKeyTcpackTxqueueQueue   TcpackTxqueueBytesMetricAttributeKey = "tcpack.txqueue.queue"
+	TcpackTxqueueBytesMetricAttributeKeyTcpackNetnsInode     TcpackTxqueueBytesMetricAttributeKey = "tcpack.netns.inode"
+)
+
+// TcpackTxqueueBytesMetricConfig provides config for the tcpack.txqueue.bytes metric.
+type TcpackTxqueueBytesMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                 `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackTxqueueBytesMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackTxqueueBytesMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackTxqueueBytesMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackTxqueueBytesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueBytesMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueueBytesMetricAttributeKeyTcpackNetnsInode:
+		default:
+			return fmt.Errorf("metric tcpack.txqueue.bytes doesn't have an attribute %v, valid attributes: [network.interface.name, tcpack.txqueue.queue, tcpack.netns.inode]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
+// TcpackTxqueueFlowChangesCountMetricAttributeKey specifies the key of an attribute for the tcpack.txqueue.flow.changes.count metric.
+type TcpackTxqueueFlowChangesCountMetricAttributeKey string
+
+const (
+	TcpackTxqueueFlowChangesCountMetricAttributeKeyNetworkInterfaceName TcpackTxqueueFlowChangesCountMetricAttributeKey = "network.interface.name"
+	TcpackTxqueueFlowChangesCountMetricAttributeKeyTcpackNetnsInode     TcpackTxqueueFlowChangesCountMetricAttributeKey = "tcpack.netns.inode"
+)
+
+// TcpackTxqueueFlowChangesCountMetricConfig provides config for the tcpack.txqueue.flow.changes.count metric.
+type TcpackTxqueueFlowChangesCountMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                            `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackTxqueueFlowChangesCountMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackTxqueueFlowChangesCountMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackTxqueueFlowChangesCountMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackTxqueueFlowChangesCountMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueFlowChangesCountMetricAttributeKeyTcpackNetnsInode:
+		default:
+			return fmt.Errorf("metric tcpack.txqueue.flow.changes.count doesn't have an attribute %v, valid attributes: [network.interface.name, tcpack.netns.inode]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
+// TcpackTxqueueFlowsMetricAttributeKey specifies the key of an attribute for the tcpack.txqueue.flows metric.
+type TcpackTxqueueFlowsMetricAttributeKey string
+
+const (
+	TcpackTxqueueFlowsMetricAttributeKeyNetworkInterfaceName TcpackTxqueueFlowsMetricAttributeKey = "network.interface.name"
+	TcpackTxqueueFlowsMetricAttributeKeyTcpackTxqueueQueue   TcpackTxqueueFlowsMetricAttributeKey = "tcpack.txqueue.queue"
+	TcpackTxqueueFlowsMetricAttributeKeyTcpackNetnsInode     TcpackTxqueueFlowsMetricAttributeKey = "tcpack.netns.inode"
+)
+
+// TcpackTxqueueFlowsMetricConfig provides config for the tcpack.txqueue.flows metric.
+type TcpackTxqueueFlowsMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                 `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackTxqueueFlowsMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackTxqueueFlowsMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackTxqueueFlowsMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackTxqueueFlowsMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueFlowsMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueueFlowsMetricAttributeKeyTcpackNetnsInode:
+		default:
+			return fmt.Errorf("metric tcpack.txqueue.flows doesn't have an attribute %v, valid attributes: [network.interface.name, tcpack.txqueue.queue, tcpack.netns.inode]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
+// TcpackTxqueuePacketsMetricAttributeKey specifies the key of an attribute for the tcpack.txqueue.packets metric.
+type TcpackTxqueuePacketsMetricAttributeKey string
+
+const (
+	TcpackTxqueuePacketsMetricAttributeKeyNetworkInterfaceName TcpackTxqueuePacketsMetricAttributeKey = "network.interface.name"
+	TcpackTxqueuePacketsMetricAttributeKeyTcpackTxqueueQueue   TcpackTxqueuePacketsMetricAttributeKey = "tcpack.txqueue.queue"
+	TcpackTxqueuePacketsMetricAttributeKeyTcpackNetnsInode     TcpackTxqueuePacketsMetricAttributeKey = "tcpack.netns.inode"
+)
+
+// TcpackTxqueuePacketsMetricConfig provides config for the tcpack.txqueue.packets metric.
+type TcpackTxqueuePacketsMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                   `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackTxqueuePacketsMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackTxqueuePacketsMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackTxqueuePacketsMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackTxqueuePacketsMetricAttributeKeyNetworkInterfaceName, TcpackTxqueuePacketsMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueuePacketsMetricAttributeKeyTcpackNetnsInode:
+		default:
+			return fmt.Errorf("metric tcpack.txqueue.packets doesn't have an attribute %v, valid attributes: [network.interface.name, tcpack.txqueue.queue, tcpack.netns.inode]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
+// TcpackTxqueuePicksCountMetricAttributeKey specifies the key of an attribute for the tcpack.txqueue.picks.count metric.
+type TcpackTxqueuePicksCountMetricAttributeKey string
+
+const (
+	TcpackTxqueuePicksCountMetricAttributeKeyNetworkInterfaceName TcpackTxqueuePicksCountMetricAttributeKey = "network.interface.name"
+	TcpackTxqueuePicksCountMetricAttributeKeyTcpackTxqueuePick    TcpackTxqueuePicksCountMetricAttributeKey = "tcpack.txqueue.pick"
+	TcpackTxqueuePicksCountMetricAttributeKeyTcpackNetnsInode     TcpackTxqueuePicksCountMetricAttributeKey = "tcpack.netns.inode"
+)
+
+// TcpackTxqueuePicksCountMetricConfig provides config for the tcpack.txqueue.picks.count metric.
+type TcpackTxqueuePicksCountMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                      `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackTxqueuePicksCountMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackTxqueuePicksCountMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackTxqueuePicksCountMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackTxqueuePicksCountMetricAttributeKeyNetworkInterfaceName, TcpackTxqueuePicksCountMetricAttributeKeyTcpackTxqueuePick, TcpackTxqueuePicksCountMetricAttributeKeyTcpackNetnsInode:
+		default:
+			return fmt.Errorf("metric tcpack.txqueue.picks.count doesn't have an attribute %v, valid attributes: [network.interface.name, tcpack.txqueue.pick, tcpack.netns.inode]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
+// TcpackTxqueueQueuesMetricAttributeKey specifies the key of an attribute for the tcpack.txqueue.queues metric.
+type TcpackTxqueueQueuesMetricAttributeKey string
+
+const (
+	TcpackTxqueueQueuesMetricAttributeKeyNetworkInterfaceName TcpackTxqueueQueuesMetricAttributeKey = "network.interface.name"
+	TcpackTxqueueQueuesMetricAttributeKeyTcpackNetnsInode     TcpackTxqueueQueuesMetricAttributeKey = "tcpack.netns.inode"
+)
+
+// TcpackTxqueueQueuesMetricConfig provides config for the tcpack.txqueue.queues metric.
+type TcpackTxqueueQueuesMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                  `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackTxqueueQueuesMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackTxqueueQueuesMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackTxqueueQueuesMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackTxqueueQueuesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueQueuesMetricAttributeKeyTcpackNetnsInode:
+		default:
+			return fmt.Errorf("metric tcpack.txqueue.queues doesn't have an attribute %v, valid attributes: [network.interface.name, tcpack.netns.inode]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
 // MetricsConfig provides config for tcpack metrics.
 type MetricsConfig struct {
-	TcpackAckCount               TcpackAckCountMetricConfig               `mapstructure:"tcpack.ack.count"`
-	TcpackAckDelayDecisionsCount TcpackAckDelayDecisionsCountMetricConfig `mapstructure:"tcpack.ack.delay_decisions.count"`
-	TcpackAckForcedCount         TcpackAckForcedCountMetricConfig         `mapstructure:"tcpack.ack.forced.count"`
-	TcpackAckOtherCount          TcpackAckOtherCountMetricConfig          `mapstructure:"tcpack.ack.other.count"`
-	TcpackAckQuotaExhaustedCount TcpackAckQuotaExhaustedCountMetricConfig `mapstructure:"tcpack.ack.quota_exhausted.count"`
-	TcpackAckSegments            TcpackAckSegmentsMetricConfig            `mapstructure:"tcpack.ack.segments"`
-	TcpackDropBytes              TcpackDropBytesMetricConfig              `mapstructure:"tcpack.drop.bytes"`
-	TcpackDropCount              TcpackDropCountMetricConfig              `mapstructure:"tcpack.drop.count"`
-	TcpackEventsSuppressed       TcpackEventsSuppressedMetricConfig       `mapstructure:"tcpack.events.suppressed"`
-	TcpackKernelMapOverflow      TcpackKernelMapOverflowMetricConfig      `mapstructure:"tcpack.kernel_map.overflow"`
-	TcpackProbeAttached          TcpackProbeAttachedMetricConfig          `mapstructure:"tcpack.probe.attached"`
-	TcpackQuickackAppliedCount   TcpackQuickackAppliedCountMetricConfig   `mapstructure:"tcpack.quickack.applied.count"`
-	TcpackQuickackPolicyErrors   TcpackQuickackPolicyErrorsMetricConfig   `mapstructure:"tcpack.quickack.policy.errors"`
-	TcpackQuickackRefusedCount   TcpackQuickackRefusedCountMetricConfig   `mapstructure:"tcpack.quickack.refused.count"`
-	TcpackQuickackSockets        TcpackQuickackSocketsMetricConfig        `mapstructure:"tcpack.quickack.sockets"`
-	TcpackTCPResetCount          TcpackTCPResetCountMetricConfig          `mapstructure:"tcpack.tcp.reset.count"`
-	TcpackTCPRetransmitCount     TcpackTCPRetransmitCountMetricConfig     `mapstructure:"tcpack.tcp.retransmit.count"`
+	TcpackAckCount                TcpackAckCountMetricConfig                `mapstructure:"tcpack.ack.count"`
+	TcpackAckDelayDecisionsCount  TcpackAckDelayDecisionsCountMetricConfig  `mapstructure:"tcpack.ack.delay_decisions.count"`
+	TcpackAckForcedCount          TcpackAckForcedCountMetricConfig          `mapstructure:"tcpack.ack.forced.count"`
+	TcpackAckOtherCount           TcpackAckOtherCountMetricConfig           `mapstructure:"tcpack.ack.other.count"`
+	TcpackAckQuotaExhaustedCount  TcpackAckQuotaExhaustedCountMetricConfig  `mapstructure:"tcpack.ack.quota_exhausted.count"`
+	TcpackAckSegments             TcpackAckSegmentsMetricConfig             `mapstructure:"tcpack.ack.segments"`
+	TcpackDropBytes               TcpackDropBytesMetricConfig               `mapstructure:"tcpack.drop.bytes"`
+	TcpackDropCount               TcpackDropCountMetricConfig               `mapstructure:"tcpack.drop.count"`
+	TcpackEventsSuppressed        TcpackEventsSuppressedMetricConfig        `mapstructure:"tcpack.events.suppressed"`
+	TcpackKernelMapOverflow       TcpackKernelMapOverflowMetricConfig       `mapstructure:"tcpack.kernel_map.overflow"`
+	TcpackPacketOtherhostCount    TcpackPacketOtherhostCountMetricConfig    `mapstructure:"tcpack.packet.otherhost.count"`
+	TcpackProbeAttached           TcpackProbeAttachedMetricConfig           `mapstructure:"tcpack.probe.attached"`
+	TcpackQuickackAppliedCount    TcpackQuickackAppliedCountMetricConfig    `mapstructure:"tcpack.quickack.applied.count"`
+	TcpackQuickackPolicyErrors    TcpackQuickackPolicyErrorsMetricConfig    `mapstructure:"tcpack.quickack.policy.errors"`
+	TcpackQuickackRefusedCount    TcpackQuickackRefusedCountMetricConfig    `mapstructure:"tcpack.quickack.refused.count"`
+	TcpackQuickackSockets         TcpackQuickackSocketsMetricConfig         `mapstructure:"tcpack.quickack.sockets"`
+	TcpackTCPResetCount           TcpackTCPResetCountMetricConfig           `mapstructure:"tcpack.tcp.reset.count"`
+	TcpackTCPRetransmitCount      TcpackTCPRetransmitCountMetricConfig      `mapstructure:"tcpack.tcp.retransmit.count"`
+	TcpackTxqueueBytes            TcpackTxqueueBytesMetricConfig            `mapstructure:"tcpack.txqueue.bytes"`
+	TcpackTxqueueFlowChangesCount TcpackTxqueueFlowChangesCountMetricConfig `mapstructure:"tcpack.txqueue.flow.changes.count"`
+	TcpackTxqueueFlows            TcpackTxqueueFlowsMetricConfig            `mapstructure:"tcpack.txqueue.flows"`
+	TcpackTxqueuePackets          TcpackTxqueuePacketsMetricConfig          `mapstructure:"tcpack.txqueue.packets"`
+	TcpackTxqueuePicksCount       TcpackTxqueuePicksCountMetricConfig       `mapstructure:"tcpack.txqueue.picks.count"`
+	TcpackTxqueueQueues           TcpackTxqueueQueuesMetricConfig           `mapstructure:"tcpack.txqueue.queues"`
 }
 
 func DefaultMetricsConfig() MetricsConfig {
@@ -899,6 +1253,11 @@ func DefaultMetricsConfig() MetricsConfig {
 			AggregationStrategy: AggregationStrategySum,
 			EnabledAttributes:   []TcpackKernelMapOverflowMetricAttributeKey{TcpackKernelMapOverflowMetricAttributeKeyTcpackMap},
 		},
+		TcpackPacketOtherhostCount: TcpackPacketOtherhostCountMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []TcpackPacketOtherhostCountMetricAttributeKey{TcpackPacketOtherhostCountMetricAttributeKeyNetworkInterfaceName, TcpackPacketOtherhostCountMetricAttributeKeyTcpackNetnsInode},
+		},
 		TcpackProbeAttached: TcpackProbeAttachedMetricConfig{
 			Enabled:             true,
 			AggregationStrategy: AggregationStrategyAvg,
@@ -932,6 +1291,36 @@ func DefaultMetricsConfig() MetricsConfig {
 			AggregationStrategy: AggregationStrategySum,
 			EnabledAttributes:   []TcpackTCPRetransmitCountMetricAttributeKey{TcpackTCPRetransmitCountMetricAttributeKeyNetworkConnectionState, TcpackTCPRetransmitCountMetricAttributeKeyNetworkType, TcpackTCPRetransmitCountMetricAttributeKeyTcpackNetnsInode},
 		},
+		TcpackTxqueueBytes: TcpackTxqueueBytesMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []TcpackTxqueueBytesMetricAttributeKey{TcpackTxqueueBytesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueBytesMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueueBytesMetricAttributeKeyTcpackNetnsInode},
+		},
+		TcpackTxqueueFlowChangesCount: TcpackTxqueueFlowChangesCountMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []TcpackTxqueueFlowChangesCountMetricAttributeKey{TcpackTxqueueFlowChangesCountMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueFlowChangesCountMetricAttributeKeyTcpackNetnsInode},
+		},
+		TcpackTxqueueFlows: TcpackTxqueueFlowsMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategyAvg,
+			EnabledAttributes:   []TcpackTxqueueFlowsMetricAttributeKey{TcpackTxqueueFlowsMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueFlowsMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueueFlowsMetricAttributeKeyTcpackNetnsInode},
+		},
+		TcpackTxqueuePackets: TcpackTxqueuePacketsMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []TcpackTxqueuePacketsMetricAttributeKey{TcpackTxqueuePacketsMetricAttributeKeyNetworkInterfaceName, TcpackTxqueuePacketsMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueuePacketsMetricAttributeKeyTcpackNetnsInode},
+		},
+		TcpackTxqueuePicksCount: TcpackTxqueuePicksCountMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []TcpackTxqueuePicksCountMetricAttributeKey{TcpackTxqueuePicksCountMetricAttributeKeyNetworkInterfaceName, TcpackTxqueuePicksCountMetricAttributeKeyTcpackTxqueuePick, TcpackTxqueuePicksCountMetricAttributeKeyTcpackNetnsInode},
+		},
+		TcpackTxqueueQueues: TcpackTxqueueQueuesMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategyAvg,
+			EnabledAttributes:   []TcpackTxqueueQueuesMetricAttributeKey{TcpackTxqueueQueuesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueQueuesMetricAttributeKeyTcpackNetnsInode},
+		},
 	}
 }
 
@@ -956,11 +1345,13 @@ func (ec *EventConfig) Unmarshal(parser *confmap.Conf) error {
 
 // EventsConfig provides config for tcpack events.
 type EventsConfig struct {
-	TcpackAckDelayed     EventConfig `mapstructure:"tcpack.ack.delayed"`
-	TcpackDrop           EventConfig `mapstructure:"tcpack.drop"`
-	TcpackQuickackSocket EventConfig `mapstructure:"tcpack.quickack.socket"`
-	TcpackTCPReset       EventConfig `mapstructure:"tcpack.tcp.reset"`
-	TcpackTCPRetransmit  EventConfig `mapstructure:"tcpack.tcp.retransmit"`
+	TcpackAckDelayed       EventConfig `mapstructure:"tcpack.ack.delayed"`
+	TcpackDrop             EventConfig `mapstructure:"tcpack.drop"`
+	TcpackPacketOtherhost  EventConfig `mapstructure:"tcpack.packet.otherhost"`
+	TcpackQuickackSocket   EventConfig `mapstructure:"tcpack.quickack.socket"`
+	TcpackTCPReset         EventConfig `mapstructure:"tcpack.tcp.reset"`
+	TcpackTCPRetransmit    EventConfig `mapstructure:"tcpack.tcp.retransmit"`
+	TcpackTxqueueFlowMoved EventConfig `mapstructure:"tcpack.txqueue.flow.moved"`
 }
 
 func DefaultEventsConfig() EventsConfig {
@@ -971,6 +1362,9 @@ func DefaultEventsConfig() EventsConfig {
 		TcpackDrop: EventConfig{
 			Enabled: true,
 		},
+		TcpackPacketOtherhost: EventConfig{
+			Enabled: true,
+		},
 		TcpackQuickackSocket: EventConfig{
 			Enabled: true,
 		},
@@ -978,6 +1372,9 @@ func DefaultEventsConfig() EventsConfig {
 			Enabled: true,
 		},
 		TcpackTCPRetransmit: EventConfig{
+			Enabled: true,
+		},
+		TcpackTxqueueFlowMoved: EventConfig{
 			Enabled: true,
 		},
 	}

@@ -76,6 +76,11 @@ func TestMetricsBuilderConfig(t *testing.T) {
 						AggregationStrategy: AggregationStrategySum,
 						EnabledAttributes:   []TcpackKernelMapOverflowMetricAttributeKey{TcpackKernelMapOverflowMetricAttributeKeyTcpackMap},
 					},
+					TcpackPacketOtherhostCount: TcpackPacketOtherhostCountMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackPacketOtherhostCountMetricAttributeKey{TcpackPacketOtherhostCountMetricAttributeKeyNetworkInterfaceName, TcpackPacketOtherhostCountMetricAttributeKeyTcpackNetnsInode},
+					},
 					TcpackProbeAttached: TcpackProbeAttachedMetricConfig{
 						Enabled:             true,
 						AggregationStrategy: AggregationStrategyAvg,
@@ -108,6 +113,36 @@ func TestMetricsBuilderConfig(t *testing.T) {
 						Enabled:             true,
 						AggregationStrategy: AggregationStrategySum,
 						EnabledAttributes:   []TcpackTCPRetransmitCountMetricAttributeKey{TcpackTCPRetransmitCountMetricAttributeKeyNetworkConnectionState, TcpackTCPRetransmitCountMetricAttributeKeyNetworkType, TcpackTCPRetransmitCountMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackTxqueueBytes: TcpackTxqueueBytesMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackTxqueueBytesMetricAttributeKey{TcpackTxqueueBytesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueBytesMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueueBytesMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackTxqueueFlowChangesCount: TcpackTxqueueFlowChangesCountMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackTxqueueFlowChangesCountMetricAttributeKey{TcpackTxqueueFlowChangesCountMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueFlowChangesCountMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackTxqueueFlows: TcpackTxqueueFlowsMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategyAvg,
+						EnabledAttributes:   []TcpackTxqueueFlowsMetricAttributeKey{TcpackTxqueueFlowsMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueFlowsMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueueFlowsMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackTxqueuePackets: TcpackTxqueuePacketsMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackTxqueuePacketsMetricAttributeKey{TcpackTxqueuePacketsMetricAttributeKeyNetworkInterfaceName, TcpackTxqueuePacketsMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueuePacketsMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackTxqueuePicksCount: TcpackTxqueuePicksCountMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackTxqueuePicksCountMetricAttributeKey{TcpackTxqueuePicksCountMetricAttributeKeyNetworkInterfaceName, TcpackTxqueuePicksCountMetricAttributeKeyTcpackTxqueuePick, TcpackTxqueuePicksCountMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackTxqueueQueues: TcpackTxqueueQueuesMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategyAvg,
+						EnabledAttributes:   []TcpackTxqueueQueuesMetricAttributeKey{TcpackTxqueueQueuesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueQueuesMetricAttributeKeyTcpackNetnsInode},
 					},
 				},
 				ResourceAttributes: ResourceAttributesConfig{
@@ -170,6 +205,11 @@ func TestMetricsBuilderConfig(t *testing.T) {
 						AggregationStrategy: AggregationStrategySum,
 						EnabledAttributes:   []TcpackKernelMapOverflowMetricAttributeKey{TcpackKernelMapOverflowMetricAttributeKeyTcpackMap},
 					},
+					TcpackPacketOtherhostCount: TcpackPacketOtherhostCountMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackPacketOtherhostCountMetricAttributeKey{TcpackPacketOtherhostCountMetricAttributeKeyNetworkInterfaceName, TcpackPacketOtherhostCountMetricAttributeKeyTcpackNetnsInode},
+					},
 					TcpackProbeAttached: TcpackProbeAttachedMetricConfig{
 						Enabled:             false,
 						AggregationStrategy: AggregationStrategyAvg,
@@ -203,6 +243,36 @@ func TestMetricsBuilderConfig(t *testing.T) {
 						AggregationStrategy: AggregationStrategySum,
 						EnabledAttributes:   []TcpackTCPRetransmitCountMetricAttributeKey{TcpackTCPRetransmitCountMetricAttributeKeyNetworkConnectionState, TcpackTCPRetransmitCountMetricAttributeKeyNetworkType, TcpackTCPRetransmitCountMetricAttributeKeyTcpackNetnsInode},
 					},
+					TcpackTxqueueBytes: TcpackTxqueueBytesMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackTxqueueBytesMetricAttributeKey{TcpackTxqueueBytesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueBytesMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueueBytesMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackTxqueueFlowChangesCount: TcpackTxqueueFlowChangesCountMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackTxqueueFlowChangesCountMetricAttributeKey{TcpackTxqueueFlowChangesCountMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueFlowChangesCountMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackTxqueueFlows: TcpackTxqueueFlowsMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategyAvg,
+						EnabledAttributes:   []TcpackTxqueueFlowsMetricAttributeKey{TcpackTxqueueFlowsMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueFlowsMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueueFlowsMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackTxqueuePackets: TcpackTxqueuePacketsMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackTxqueuePacketsMetricAttributeKey{TcpackTxqueuePacketsMetricAttributeKeyNetworkInterfaceName, TcpackTxqueuePacketsMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueuePacketsMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackTxqueuePicksCount: TcpackTxqueuePicksCountMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackTxqueuePicksCountMetricAttributeKey{TcpackTxqueuePicksCountMetricAttributeKeyNetworkInterfaceName, TcpackTxqueuePicksCountMetricAttributeKeyTcpackTxqueuePick, TcpackTxqueuePicksCountMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackTxqueueQueues: TcpackTxqueueQueuesMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategyAvg,
+						EnabledAttributes:   []TcpackTxqueueQueuesMetricAttributeKey{TcpackTxqueueQueuesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueQueuesMetricAttributeKeyTcpackNetnsInode},
+					},
 				},
 				ResourceAttributes: ResourceAttributesConfig{
 					HostName:    ResourceAttributeConfig{Enabled: false},
@@ -214,7 +284,7 @@ func TestMetricsBuilderConfig(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := loadMetricsBuilderConfig(t, tt.name)
-			diff := cmp.Diff(tt.want, cfg, cmpopts.IgnoreUnexported(TcpackAckCountMetricConfig{}, TcpackAckDelayDecisionsCountMetricConfig{}, TcpackAckForcedCountMetricConfig{}, TcpackAckOtherCountMetricConfig{}, TcpackAckQuotaExhaustedCountMetricConfig{}, TcpackAckSegmentsMetricConfig{}, TcpackDropBytesMetricConfig{}, TcpackDropCountMetricConfig{}, TcpackEventsSuppressedMetricConfig{}, TcpackKernelMapOverflowMetricConfig{}, TcpackProbeAttachedMetricConfig{}, TcpackQuickackAppliedCountMetricConfig{}, TcpackQuickackPolicyErrorsMetricConfig{}, TcpackQuickackRefusedCountMetricConfig{}, TcpackQuickackSocketsMetricConfig{}, TcpackTCPResetCountMetricConfig{}, TcpackTCPRetransmitCountMetricConfig{}, ResourceAttributeConfig{}))
+			diff := cmp.Diff(tt.want, cfg, cmpopts.IgnoreUnexported(TcpackAckCountMetricConfig{}, TcpackAckDelayDecisionsCountMetricConfig{}, TcpackAckForcedCountMetricConfig{}, TcpackAckOtherCountMetricConfig{}, TcpackAckQuotaExhaustedCountMetricConfig{}, TcpackAckSegmentsMetricConfig{}, TcpackDropBytesMetricConfig{}, TcpackDropCountMetricConfig{}, TcpackEventsSuppressedMetricConfig{}, TcpackKernelMapOverflowMetricConfig{}, TcpackPacketOtherhostCountMetricConfig{}, TcpackProbeAttachedMetricConfig{}, TcpackQuickackAppliedCountMetricConfig{}, TcpackQuickackPolicyErrorsMetricConfig{}, TcpackQuickackRefusedCountMetricConfig{}, TcpackQuickackSocketsMetricConfig{}, TcpackTCPResetCountMetricConfig{}, TcpackTCPRetransmitCountMetricConfig{}, TcpackTxqueueBytesMetricConfig{}, TcpackTxqueueFlowChangesCountMetricConfig{}, TcpackTxqueueFlowsMetricConfig{}, TcpackTxqueuePacketsMetricConfig{}, TcpackTxqueuePicksCountMetricConfig{}, TcpackTxqueueQueuesMetricConfig{}, ResourceAttributeConfig{}))
 			require.Emptyf(t, diff, "Config mismatch (-expected +actual):\n%s", diff)
 		})
 	}
@@ -339,6 +409,18 @@ func TestTcpackKernelMapOverflowMetricsConfig_Validate(t *testing.T) {
 	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
 }
 
+func TestTcpackPacketOtherhostCountMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackPacketOtherhostCount
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackPacketOtherhostCountMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.packet.otherhost.count doesn't have an attribute invalid, valid attributes: [network.interface.name, tcpack.netns.inode]")
+
+	cfg = DefaultMetricsConfig().TcpackPacketOtherhostCount
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
 func TestTcpackProbeAttachedMetricsConfig_Validate(t *testing.T) {
 	cfg := DefaultMetricsConfig().TcpackProbeAttached
 	require.NoError(t, cfg.Validate())
@@ -407,6 +489,78 @@ func TestTcpackTCPRetransmitCountMetricsConfig_Validate(t *testing.T) {
 	require.ErrorContains(t, cfg.Validate(), "metric tcpack.tcp.retransmit.count doesn't have an attribute invalid, valid attributes: [network.connection.state, network.type, tcpack.netns.inode]")
 
 	cfg = DefaultMetricsConfig().TcpackTCPRetransmitCount
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestTcpackTxqueueBytesMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackTxqueueBytes
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackTxqueueBytesMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.txqueue.bytes doesn't have an attribute invalid, valid attributes: [network.interface.name, tcpack.txqueue.queue, tcpack.netns.inode]")
+
+	cfg = DefaultMetricsConfig().TcpackTxqueueBytes
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestTcpackTxqueueFlowChangesCountMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackTxqueueFlowChangesCount
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackTxqueueFlowChangesCountMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.txqueue.flow.changes.count doesn't have an attribute invalid, valid attributes: [network.interface.name, tcpack.netns.inode]")
+
+	cfg = DefaultMetricsConfig().TcpackTxqueueFlowChangesCount
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestTcpackTxqueueFlowsMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackTxqueueFlows
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackTxqueueFlowsMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.txqueue.flows doesn't have an attribute invalid, valid attributes: [network.interface.name, tcpack.txqueue.queue, tcpack.netns.inode]")
+
+	cfg = DefaultMetricsConfig().TcpackTxqueueFlows
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestTcpackTxqueuePacketsMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackTxqueuePackets
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackTxqueuePacketsMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.txqueue.packets doesn't have an attribute invalid, valid attributes: [network.interface.name, tcpack.txqueue.queue, tcpack.netns.inode]")
+
+	cfg = DefaultMetricsConfig().TcpackTxqueuePackets
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestTcpackTxqueuePicksCountMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackTxqueuePicksCount
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackTxqueuePicksCountMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.txqueue.picks.count doesn't have an attribute invalid, valid attributes: [network.interface.name, tcpack.txqueue.pick, tcpack.netns.inode]")
+
+	cfg = DefaultMetricsConfig().TcpackTxqueuePicksCount
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestTcpackTxqueueQueuesMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackTxqueueQueues
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackTxqueueQueuesMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.txqueue.queues doesn't have an attribute invalid, valid attributes: [network.interface.name, tcpack.netns.inode]")
+
+	cfg = DefaultMetricsConfig().TcpackTxqueueQueues
 	cfg.AggregationStrategy = "invalid"
 	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
 }

@@ -112,6 +112,51 @@ func newEventTcpackDrop(cfg EventConfig) eventTcpackDrop {
 	return e
 }
 
+type eventTcpackPacketOtherhost struct {
+	data   plog.LogRecordSlice // data buffer for generated log records.
+	config EventConfig         // event config provided by user.
+}
+
+func (e *eventTcpackPacketOtherhost) recordEvent(ctx context.Context, timestamp pcommon.Timestamp, networkInterfaceNameAttributeValue string, tcpackInterfaceMacAttributeValue string, tcpackPacketSourceMacAttributeValue string, tcpackPacketDestinationMacAttributeValue string, networkTypeAttributeValue string, sourceAddressAttributeValue string, destinationAddressAttributeValue string, tcpackSkbLenAttributeValue int64, tcpackNetnsInodeAttributeValue int64, tcpackNetnsNameAttributeValue string) {
+	if !e.config.Enabled {
+		return
+	}
+	dp := e.data.AppendEmpty()
+	dp.SetEventName("tcpack.packet.otherhost")
+	dp.SetTimestamp(timestamp)
+
+	if span := trace.SpanContextFromContext(ctx); span.IsValid() {
+		dp.SetTraceID(pcommon.TraceID(span.TraceID()))
+		dp.SetSpanID(pcommon.SpanID(span.SpanID()))
+	}
+	dp.Attributes().PutStr("network.interface.name", networkInterfaceNameAttributeValue)
+	dp.Attributes().PutStr("tcpack.interface.mac", tcpackInterfaceMacAttributeValue)
+	dp.Attributes().PutStr("tcpack.packet.source.mac", tcpackPacketSourceMacAttributeValue)
+	dp.Attributes().PutStr("tcpack.packet.destination.mac", tcpackPacketDestinationMacAttributeValue)
+	dp.Attributes().PutStr("network.type", networkTypeAttributeValue)
+	dp.Attributes().PutStr("source.address", sourceAddressAttributeValue)
+	dp.Attributes().PutStr("destination.address", destinationAddressAttributeValue)
+	dp.Attributes().PutInt("tcpack.skb.len", tcpackSkbLenAttributeValue)
+	dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	dp.Attributes().PutStr("tcpack.netns.name", tcpackNetnsNameAttributeValue)
+
+}
+
+// emit appends recorded event data to a events slice and prepares it for recording another set of log records.
+func (e *eventTcpackPacketOtherhost) emit(lrs plog.LogRecordSlice) {
+	if e.config.Enabled && e.data.Len() > 0 {
+		e.data.MoveAndAppendTo(lrs)
+	}
+}
+
+func newEventTcpackPacketOtherhost(cfg EventConfig) eventTcpackPacketOtherhost {
+	e := eventTcpackPacketOtherhost{config: cfg}
+	if cfg.Enabled {
+		e.data = plog.NewLogRecordSlice()
+	}
+	return e
+}
+
 type eventTcpackQuickackSocket struct {
 	data   plog.LogRecordSlice // data buffer for generated log records.
 	config EventConfig         // event config provided by user.
@@ -249,6 +294,55 @@ func newEventTcpackTCPRetransmit(cfg EventConfig) eventTcpackTCPRetransmit {
 	return e
 }
 
+type eventTcpackTxqueueFlowMoved struct {
+	data   plog.LogRecordSlice // data buffer for generated log records.
+	config EventConfig         // event config provided by user.
+}
+
+func (e *eventTcpackTxqueueFlowMoved) recordEvent(ctx context.Context, timestamp pcommon.Timestamp, networkTransportAttributeValue string, networkTypeAttributeValue string, networkLocalAddressAttributeValue string, networkLocalPortAttributeValue int64, networkPeerAddressAttributeValue string, networkPeerPortAttributeValue int64, networkInterfaceNameAttributeValue string, tcpackTxqueueOldQueueAttributeValue int64, tcpackTxqueueQueueAttributeValue int64, tcpackTxqueueQueuesAttributeValue int64, tcpackTxqueueOooOkayAttributeValue bool, tcpackTxqueuePickAttributeValue string, tcpackNetnsInodeAttributeValue int64, tcpackNetnsNameAttributeValue string) {
+	if !e.config.Enabled {
+		return
+	}
+	dp := e.data.AppendEmpty()
+	dp.SetEventName("tcpack.txqueue.flow.moved")
+	dp.SetTimestamp(timestamp)
+
+	if span := trace.SpanContextFromContext(ctx); span.IsValid() {
+		dp.SetTraceID(pcommon.TraceID(span.TraceID()))
+		dp.SetSpanID(pcommon.SpanID(span.SpanID()))
+	}
+	dp.Attributes().PutStr("network.transport", networkTransportAttributeValue)
+	dp.Attributes().PutStr("network.type", networkTypeAttributeValue)
+	dp.Attributes().PutStr("network.local.address", networkLocalAddressAttributeValue)
+	dp.Attributes().PutInt("network.local.port", networkLocalPortAttributeValue)
+	dp.Attributes().PutStr("network.peer.address", networkPeerAddressAttributeValue)
+	dp.Attributes().PutInt("network.peer.port", networkPeerPortAttributeValue)
+	dp.Attributes().PutStr("network.interface.name", networkInterfaceNameAttributeValue)
+	dp.Attributes().PutInt("tcpack.txqueue.old_queue", tcpackTxqueueOldQueueAttributeValue)
+	dp.Attributes().PutInt("tcpack.txqueue.queue", tcpackTxqueueQueueAttributeValue)
+	dp.Attributes().PutInt("tcpack.txqueue.queues", tcpackTxqueueQueuesAttributeValue)
+	dp.Attributes().PutBool("tcpack.txqueue.ooo_okay", tcpackTxqueueOooOkayAttributeValue)
+	dp.Attributes().PutStr("tcpack.txqueue.pick", tcpackTxqueuePickAttributeValue)
+	dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	dp.Attributes().PutStr("tcpack.netns.name", tcpackNetnsNameAttributeValue)
+
+}
+
+// emit appends recorded event data to a events slice and prepares it for recording another set of log records.
+func (e *eventTcpackTxqueueFlowMoved) emit(lrs plog.LogRecordSlice) {
+	if e.config.Enabled && e.data.Len() > 0 {
+		e.data.MoveAndAppendTo(lrs)
+	}
+}
+
+func newEventTcpackTxqueueFlowMoved(cfg EventConfig) eventTcpackTxqueueFlowMoved {
+	e := eventTcpackTxqueueFlowMoved{config: cfg}
+	if cfg.Enabled {
+		e.data = plog.NewLogRecordSlice()
+	}
+	return e
+}
+
 // LogsBuilder provides an interface for scrapers to report logs while taking care of all the transformations
 // required to produce log representation defined in metadata and user config.
 type LogsBuilder struct {
@@ -260,9 +354,11 @@ type LogsBuilder struct {
 	resourceAttributeExcludeFilter map[string]filter.Filter
 	eventTcpackAckDelayed          eventTcpackAckDelayed
 	eventTcpackDrop                eventTcpackDrop
+	eventTcpackPacketOtherhost     eventTcpackPacketOtherhost
 	eventTcpackQuickackSocket      eventTcpackQuickackSocket
 	eventTcpackTCPReset            eventTcpackTCPReset
 	eventTcpackTCPRetransmit       eventTcpackTCPRetransmit
+	eventTcpackTxqueueFlowMoved    eventTcpackTxqueueFlowMoved
 }
 
 // LogBuilderOption applies changes to default logs builder.
@@ -278,9 +374,11 @@ func NewLogsBuilder(lbc LogsBuilderConfig, settings receiver.Settings) *LogsBuil
 		buildInfo:                      settings.BuildInfo,
 		eventTcpackAckDelayed:          newEventTcpackAckDelayed(lbc.Events.TcpackAckDelayed),
 		eventTcpackDrop:                newEventTcpackDrop(lbc.Events.TcpackDrop),
+		eventTcpackPacketOtherhost:     newEventTcpackPacketOtherhost(lbc.Events.TcpackPacketOtherhost),
 		eventTcpackQuickackSocket:      newEventTcpackQuickackSocket(lbc.Events.TcpackQuickackSocket),
 		eventTcpackTCPReset:            newEventTcpackTCPReset(lbc.Events.TcpackTCPReset),
 		eventTcpackTCPRetransmit:       newEventTcpackTCPRetransmit(lbc.Events.TcpackTCPRetransmit),
+		eventTcpackTxqueueFlowMoved:    newEventTcpackTxqueueFlowMoved(lbc.Events.TcpackTxqueueFlowMoved),
 		resourceAttributeIncludeFilter: make(map[string]filter.Filter),
 		resourceAttributeExcludeFilter: make(map[string]filter.Filter),
 	}
@@ -341,9 +439,11 @@ func (lb *LogsBuilder) EmitForResource(options ...ResourceLogsOption) {
 	ils.Scope().SetVersion(lb.buildInfo.Version)
 	lb.eventTcpackAckDelayed.emit(ils.LogRecords())
 	lb.eventTcpackDrop.emit(ils.LogRecords())
+	lb.eventTcpackPacketOtherhost.emit(ils.LogRecords())
 	lb.eventTcpackQuickackSocket.emit(ils.LogRecords())
 	lb.eventTcpackTCPReset.emit(ils.LogRecords())
 	lb.eventTcpackTCPRetransmit.emit(ils.LogRecords())
+	lb.eventTcpackTxqueueFlowMoved.emit(ils.LogRecords())
 
 	for _, op := range options {
 		op.apply(rl)
@@ -390,6 +490,11 @@ func (lb *LogsBuilder) RecordTcpackDropEvent(ctx context.Context, timestamp pcom
 	lb.eventTcpackDrop.recordEvent(ctx, timestamp, tcpackDropReasonAttributeValue, tcpackDropSymbolAttributeValue, tcpackDropLocationAttributeValue, networkTransportAttributeValue, networkTypeAttributeValue, networkIoDirectionAttributeValue.String(), networkLocalAddressAttributeValue, networkLocalPortAttributeValue, networkPeerAddressAttributeValue, networkPeerPortAttributeValue, networkInterfaceNameAttributeValue, tcpackNetnsInodeAttributeValue, tcpackNetnsNameAttributeValue, networkConnectionStateAttributeValue, tcpackTupleSourceAttributeValue.String(), tcpackSkbLenAttributeValue)
 }
 
+// RecordTcpackPacketOtherhostEvent adds a log record of tcpack.packet.otherhost event.
+func (lb *LogsBuilder) RecordTcpackPacketOtherhostEvent(ctx context.Context, timestamp pcommon.Timestamp, networkInterfaceNameAttributeValue string, tcpackInterfaceMacAttributeValue string, tcpackPacketSourceMacAttributeValue string, tcpackPacketDestinationMacAttributeValue string, networkTypeAttributeValue string, sourceAddressAttributeValue string, destinationAddressAttributeValue string, tcpackSkbLenAttributeValue int64, tcpackNetnsInodeAttributeValue int64, tcpackNetnsNameAttributeValue string) {
+	lb.eventTcpackPacketOtherhost.recordEvent(ctx, timestamp, networkInterfaceNameAttributeValue, tcpackInterfaceMacAttributeValue, tcpackPacketSourceMacAttributeValue, tcpackPacketDestinationMacAttributeValue, networkTypeAttributeValue, sourceAddressAttributeValue, destinationAddressAttributeValue, tcpackSkbLenAttributeValue, tcpackNetnsInodeAttributeValue, tcpackNetnsNameAttributeValue)
+}
+
 // RecordTcpackQuickackSocketEvent adds a log record of tcpack.quickack.socket event.
 func (lb *LogsBuilder) RecordTcpackQuickackSocketEvent(ctx context.Context, timestamp pcommon.Timestamp, tcpackQuickackActionAttributeValue AttributeTcpackQuickackAction, tcpackQuickackTargetAttributeValue string, tcpackQuickackMechanismAttributeValue AttributeTcpackQuickackMechanism, tcpackQuickackOriginAttributeValue AttributeTcpackQuickackOrigin, tcpackQuickackRefusalAttributeValue AttributeTcpackQuickackRefusal, errorTypeAttributeValue string, networkLocalAddressAttributeValue string, networkLocalPortAttributeValue int64, networkPeerAddressAttributeValue string, networkPeerPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64, tcpackNetnsNameAttributeValue string) {
 	lb.eventTcpackQuickackSocket.recordEvent(ctx, timestamp, tcpackQuickackActionAttributeValue.String(), tcpackQuickackTargetAttributeValue, tcpackQuickackMechanismAttributeValue.String(), tcpackQuickackOriginAttributeValue.String(), tcpackQuickackRefusalAttributeValue.String(), errorTypeAttributeValue, networkLocalAddressAttributeValue, networkLocalPortAttributeValue, networkPeerAddressAttributeValue, networkPeerPortAttributeValue, tcpackNetnsInodeAttributeValue, tcpackNetnsNameAttributeValue)
@@ -403,4 +508,9 @@ func (lb *LogsBuilder) RecordTcpackTCPResetEvent(ctx context.Context, timestamp 
 // RecordTcpackTCPRetransmitEvent adds a log record of tcpack.tcp.retransmit event.
 func (lb *LogsBuilder) RecordTcpackTCPRetransmitEvent(ctx context.Context, timestamp pcommon.Timestamp, networkTypeAttributeValue string, networkLocalAddressAttributeValue string, networkLocalPortAttributeValue int64, networkPeerAddressAttributeValue string, networkPeerPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64, tcpackNetnsNameAttributeValue string, networkConnectionStateAttributeValue string) {
 	lb.eventTcpackTCPRetransmit.recordEvent(ctx, timestamp, networkTypeAttributeValue, networkLocalAddressAttributeValue, networkLocalPortAttributeValue, networkPeerAddressAttributeValue, networkPeerPortAttributeValue, tcpackNetnsInodeAttributeValue, tcpackNetnsNameAttributeValue, networkConnectionStateAttributeValue)
+}
+
+// RecordTcpackTxqueueFlowMovedEvent adds a log record of tcpack.txqueue.flow.moved event.
+func (lb *LogsBuilder) RecordTcpackTxqueueFlowMovedEvent(ctx context.Context, timestamp pcommon.Timestamp, networkTransportAttributeValue string, networkTypeAttributeValue string, networkLocalAddressAttributeValue string, networkLocalPortAttributeValue int64, networkPeerAddressAttributeValue string, networkPeerPortAttributeValue int64, networkInterfaceNameAttributeValue string, tcpackTxqueueOldQueueAttributeValue int64, tcpackTxqueueQueueAttributeValue int64, tcpackTxqueueQueuesAttributeValue int64, tcpackTxqueueOooOkayAttributeValue bool, tcpackTxqueuePickAttributeValue AttributeTcpackTxqueuePick, tcpackNetnsInodeAttributeValue int64, tcpackNetnsNameAttributeValue string) {
+	lb.eventTcpackTxqueueFlowMoved.recordEvent(ctx, timestamp, networkTransportAttributeValue, networkTypeAttributeValue, networkLocalAddressAttributeValue, networkLocalPortAttributeValue, networkPeerAddressAttributeValue, networkPeerPortAttributeValue, networkInterfaceNameAttributeValue, tcpackTxqueueOldQueueAttributeValue, tcpackTxqueueQueueAttributeValue, tcpackTxqueueQueuesAttributeValue, tcpackTxqueueOooOkayAttributeValue, tcpackTxqueuePickAttributeValue.String(), tcpackNetnsInodeAttributeValue, tcpackNetnsNameAttributeValue)
 }

@@ -98,6 +98,8 @@ const (
 	AttributeTcpackEventKindResetReceived
 	AttributeTcpackEventKindAckDelayed
 	AttributeTcpackEventKindQuickack
+	AttributeTcpackEventKindFlowMoved
+	AttributeTcpackEventKindOtherhost
 )
 
 // String returns the string representation of the AttributeTcpackEventKind.
@@ -115,6 +117,10 @@ func (av AttributeTcpackEventKind) String() string {
 		return "ack_delayed"
 	case AttributeTcpackEventKindQuickack:
 		return "quickack"
+	case AttributeTcpackEventKindFlowMoved:
+		return "flow_moved"
+	case AttributeTcpackEventKindOtherhost:
+		return "otherhost"
 	}
 	return ""
 }
@@ -127,6 +133,8 @@ var MapAttributeTcpackEventKind = map[string]AttributeTcpackEventKind{
 	"reset_received": AttributeTcpackEventKindResetReceived,
 	"ack_delayed":    AttributeTcpackEventKindAckDelayed,
 	"quickack":       AttributeTcpackEventKindQuickack,
+	"flow_moved":     AttributeTcpackEventKindFlowMoved,
+	"otherhost":      AttributeTcpackEventKindOtherhost,
 }
 
 // AttributeTcpackMap specifies the value tcpack.map attribute.
@@ -137,6 +145,8 @@ const (
 	AttributeTcpackMapDropCounts
 	AttributeTcpackMapTCPCounts
 	AttributeTcpackMapAckCounts
+	AttributeTcpackMapQueueCounts
+	AttributeTcpackMapIfCounts
 )
 
 // String returns the string representation of the AttributeTcpackMap.
@@ -148,15 +158,21 @@ func (av AttributeTcpackMap) String() string {
 		return "tcp_counts"
 	case AttributeTcpackMapAckCounts:
 		return "ack_counts"
+	case AttributeTcpackMapQueueCounts:
+		return "queue_counts"
+	case AttributeTcpackMapIfCounts:
+		return "if_counts"
 	}
 	return ""
 }
 
 // MapAttributeTcpackMap is a helper map of string to AttributeTcpackMap attribute value.
 var MapAttributeTcpackMap = map[string]AttributeTcpackMap{
-	"drop_counts": AttributeTcpackMapDropCounts,
-	"tcp_counts":  AttributeTcpackMapTCPCounts,
-	"ack_counts":  AttributeTcpackMapAckCounts,
+	"drop_counts":  AttributeTcpackMapDropCounts,
+	"tcp_counts":   AttributeTcpackMapTCPCounts,
+	"ack_counts":   AttributeTcpackMapAckCounts,
+	"queue_counts": AttributeTcpackMapQueueCounts,
+	"if_counts":    AttributeTcpackMapIfCounts,
 }
 
 // AttributeTcpackQuickackAction specifies the value tcpack.quickack.action attribute.
@@ -331,6 +347,40 @@ var MapAttributeTcpackTupleSource = map[string]AttributeTcpackTupleSource{
 	"socket": AttributeTcpackTupleSourceSocket,
 }
 
+// AttributeTcpackTxqueuePick specifies the value tcpack.txqueue.pick attribute.
+type AttributeTcpackTxqueuePick int
+
+const (
+	_ AttributeTcpackTxqueuePick = iota
+	AttributeTcpackTxqueuePickSocket
+	AttributeTcpackTxqueuePickXps
+	AttributeTcpackTxqueuePickHash
+	AttributeTcpackTxqueuePickUnknown
+)
+
+// String returns the string representation of the AttributeTcpackTxqueuePick.
+func (av AttributeTcpackTxqueuePick) String() string {
+	switch av {
+	case AttributeTcpackTxqueuePickSocket:
+		return "socket"
+	case AttributeTcpackTxqueuePickXps:
+		return "xps"
+	case AttributeTcpackTxqueuePickHash:
+		return "hash"
+	case AttributeTcpackTxqueuePickUnknown:
+		return "unknown"
+	}
+	return ""
+}
+
+// MapAttributeTcpackTxqueuePick is a helper map of string to AttributeTcpackTxqueuePick attribute value.
+var MapAttributeTcpackTxqueuePick = map[string]AttributeTcpackTxqueuePick{
+	"socket":  AttributeTcpackTxqueuePickSocket,
+	"xps":     AttributeTcpackTxqueuePickXps,
+	"hash":    AttributeTcpackTxqueuePickHash,
+	"unknown": AttributeTcpackTxqueuePickUnknown,
+}
+
 var MetricsInfo = metricsInfo{
 	TcpackAckCount: metricInfo{
 		Name:       "tcpack.ack.count",
@@ -372,6 +422,10 @@ var MetricsInfo = metricsInfo{
 		Name:       "tcpack.kernel_map.overflow",
 		Attributes: []string{"tcpack.map"},
 	},
+	TcpackPacketOtherhostCount: metricInfo{
+		Name:       "tcpack.packet.otherhost.count",
+		Attributes: []string{"network.interface.name", "tcpack.netns.inode"},
+	},
 	TcpackProbeAttached: metricInfo{
 		Name:       "tcpack.probe.attached",
 		Attributes: []string{"tcpack.family", "tcpack.hook", "tcpack.strategy"},
@@ -399,26 +453,57 @@ var MetricsInfo = metricsInfo{
 		Name:       "tcpack.tcp.retransmit.count",
 		Attributes: []string{"network.connection.state", "network.type", "tcpack.netns.inode"},
 	},
+	TcpackTxqueueBytes: metricInfo{
+		Name:       "tcpack.txqueue.bytes",
+		Attributes: []string{"network.interface.name", "tcpack.txqueue.queue", "tcpack.netns.inode"},
+	},
+	TcpackTxqueueFlowChangesCount: metricInfo{
+		Name:       "tcpack.txqueue.flow.changes.count",
+		Attributes: []string{"network.interface.name", "tcpack.netns.inode"},
+	},
+	TcpackTxqueueFlows: metricInfo{
+		Name:       "tcpack.txqueue.flows",
+		Attributes: []string{"network.interface.name", "tcpack.txqueue.queue", "tcpack.netns.inode"},
+	},
+	TcpackTxqueuePackets: metricInfo{
+		Name:       "tcpack.txqueue.packets",
+		Attributes: []string{"network.interface.name", "tcpack.txqueue.queue", "tcpack.netns.inode"},
+	},
+	TcpackTxqueuePicksCount: metricInfo{
+		Name:       "tcpack.txqueue.picks.count",
+		Attributes: []string{"network.interface.name", "tcpack.txqueue.pick", "tcpack.netns.inode"},
+	},
+	TcpackTxqueueQueues: metricInfo{
+		Name:       "tcpack.txqueue.queues",
+		Attributes: []string{"network.interface.name", "tcpack.netns.inode"},
+	},
 }
 
 type metricsInfo struct {
-	TcpackAckCount               metricInfo
-	TcpackAckDelayDecisionsCount metricInfo
-	TcpackAckForcedCount         metricInfo
-	TcpackAckOtherCount          metricInfo
-	TcpackAckQuotaExhaustedCount metricInfo
-	TcpackAckSegments            metricInfo
-	TcpackDropBytes              metricInfo
-	TcpackDropCount              metricInfo
-	TcpackEventsSuppressed       metricInfo
-	TcpackKernelMapOverflow      metricInfo
-	TcpackProbeAttached          metricInfo
-	TcpackQuickackAppliedCount   metricInfo
-	TcpackQuickackPolicyErrors   metricInfo
-	TcpackQuickackRefusedCount   metricInfo
-	TcpackQuickackSockets        metricInfo
-	TcpackTCPResetCount          metricInfo
-	TcpackTCPRetransmitCount     metricInfo
+	TcpackAckCount                metricInfo
+	TcpackAckDelayDecisionsCount  metricInfo
+	TcpackAckForcedCount          metricInfo
+	TcpackAckOtherCount           metricInfo
+	TcpackAckQuotaExhaustedCount  metricInfo
+	TcpackAckSegments             metricInfo
+	TcpackDropBytes               metricInfo
+	TcpackDropCount               metricInfo
+	TcpackEventsSuppressed        metricInfo
+	TcpackKernelMapOverflow       metricInfo
+	TcpackPacketOtherhostCount    metricInfo
+	TcpackProbeAttached           metricInfo
+	TcpackQuickackAppliedCount    metricInfo
+	TcpackQuickackPolicyErrors    metricInfo
+	TcpackQuickackRefusedCount    metricInfo
+	TcpackQuickackSockets         metricInfo
+	TcpackTCPResetCount           metricInfo
+	TcpackTCPRetransmitCount      metricInfo
+	TcpackTxqueueBytes            metricInfo
+	TcpackTxqueueFlowChangesCount metricInfo
+	TcpackTxqueueFlows            metricInfo
+	TcpackTxqueuePackets          metricInfo
+	TcpackTxqueuePicksCount       metricInfo
+	TcpackTxqueueQueues           metricInfo
 }
 
 type metricInfo struct {
@@ -1309,7 +1394,7 @@ type metricTcpackKernelMapOverflow struct {
 // init fills tcpack.kernel_map.overflow metric with initial data.
 func (m *metricTcpackKernelMapOverflow) init() {
 	m.data.SetName("tcpack.kernel_map.overflow")
-	m.data.SetDescription("Packets or TCP events not counted because a counting map reached its configured size (raise drops.max_keys or drops.max_tcp_keys).")
+	m.data.SetDescription("Packets or events not counted because a counting map reached its configured size (raise drops.max_keys, drops.max_tcp_keys, acks.max_keys, txqueue.max_keys or txqueue.max_interfaces).")
 	m.data.SetUnit("{packet}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)
@@ -1382,6 +1467,100 @@ func (m *metricTcpackKernelMapOverflow) emit(metrics pmetric.MetricSlice) {
 
 func newMetricTcpackKernelMapOverflow(cfg TcpackKernelMapOverflowMetricConfig) metricTcpackKernelMapOverflow {
 	m := metricTcpackKernelMapOverflow{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricTcpackPacketOtherhostCount struct {
+	data          pmetric.Metric                         // data buffer for generated metric.
+	config        TcpackPacketOtherhostCountMetricConfig // metric config provided by user.
+	capacity      int                                    // max observed number of data points added to the metric.
+	aggDataPoints []int64                                // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.packet.otherhost.count metric with initial data.
+func (m *metricTcpackPacketOtherhostCount) init() {
+	m.data.SetName("tcpack.packet.otherhost.count")
+	m.data.SetDescription("Packets received for another host (pkt_type PACKET_OTHERHOST, set by the driver when the destination MAC is not the interface's); routine on bridge ports and in promiscuous capture, a sign of flooding or a stale neighbour entry elsewhere.")
+	m.data.SetUnit("{packet}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackPacketOtherhostCount) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, networkInterfaceNameAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackPacketOtherhostCountMetricAttributeKeyNetworkInterfaceName) {
+		dp.Attributes().PutStr("network.interface.name", networkInterfaceNameAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackPacketOtherhostCountMetricAttributeKeyTcpackNetnsInode) {
+		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackPacketOtherhostCount) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackPacketOtherhostCount) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackPacketOtherhostCount(cfg TcpackPacketOtherhostCountMetricConfig) metricTcpackPacketOtherhostCount {
+	m := metricTcpackPacketOtherhostCount{config: cfg}
 
 	if cfg.Enabled {
 		m.data = pmetric.NewMetric()
@@ -2017,33 +2196,612 @@ func newMetricTcpackTCPRetransmitCount(cfg TcpackTCPRetransmitCountMetricConfig)
 	return m
 }
 
+type metricTcpackTxqueueBytes struct {
+	data          pmetric.Metric                 // data buffer for generated metric.
+	config        TcpackTxqueueBytesMetricConfig // metric config provided by user.
+	capacity      int                            // max observed number of data points added to the metric.
+	aggDataPoints []int64                        // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.txqueue.bytes metric with initial data.
+func (m *metricTcpackTxqueueBytes) init() {
+	m.data.SetName("tcpack.txqueue.bytes")
+	m.data.SetDescription("Bytes handed to the driver per transmit queue (skb->len, tracepoint net:net_dev_start_xmit).")
+	m.data.SetUnit("By")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackTxqueueBytes) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, networkInterfaceNameAttributeValue string, tcpackTxqueueQueueAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackTxqueueBytesMetricAttributeKeyNetworkInterfaceName) {
+		dp.Attributes().PutStr("network.interface.name", networkInterfaceNameAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackTxqueueBytesMetricAttributeKeyTcpackTxqueueQueue) {
+		dp.Attributes().PutInt("tcpack.txqueue.queue", tcpackTxqueueQueueAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackTxqueueBytesMetricAttributeKeyTcpackNetnsInode) {
+		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackTxqueueBytes) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackTxqueueBytes) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackTxqueueBytes(cfg TcpackTxqueueBytesMetricConfig) metricTcpackTxqueueBytes {
+	m := metricTcpackTxqueueBytes{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricTcpackTxqueueFlowChangesCount struct {
+	data          pmetric.Metric                            // data buffer for generated metric.
+	config        TcpackTxqueueFlowChangesCountMetricConfig // metric config provided by user.
+	capacity      int                                       // max observed number of data points added to the metric.
+	aggDataPoints []int64                                   // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.txqueue.flow.changes.count metric with initial data.
+func (m *metricTcpackTxqueueFlowChangesCount) init() {
+	m.data.SetName("tcpack.txqueue.flow.changes.count")
+	m.data.SetDescription("Times a socket's flow left on another transmit queue than its previous packet (a possible cause of reordering).")
+	m.data.SetUnit("{change}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackTxqueueFlowChangesCount) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, networkInterfaceNameAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackTxqueueFlowChangesCountMetricAttributeKeyNetworkInterfaceName) {
+		dp.Attributes().PutStr("network.interface.name", networkInterfaceNameAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackTxqueueFlowChangesCountMetricAttributeKeyTcpackNetnsInode) {
+		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackTxqueueFlowChangesCount) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackTxqueueFlowChangesCount) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackTxqueueFlowChangesCount(cfg TcpackTxqueueFlowChangesCountMetricConfig) metricTcpackTxqueueFlowChangesCount {
+	m := metricTcpackTxqueueFlowChangesCount{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricTcpackTxqueueFlows struct {
+	data          pmetric.Metric                 // data buffer for generated metric.
+	config        TcpackTxqueueFlowsMetricConfig // metric config provided by user.
+	capacity      int                            // max observed number of data points added to the metric.
+	aggDataPoints []int64                        // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.txqueue.flows metric with initial data.
+func (m *metricTcpackTxqueueFlows) init() {
+	m.data.SetName("tcpack.txqueue.flows")
+	m.data.SetDescription("Socket flows whose last packet left on this transmit queue within the last collection interval (flows tracked in the kernel's bounded LRU, txqueue.max_flows).")
+	m.data.SetUnit("{flow}")
+	m.data.SetEmptyGauge()
+	m.data.Gauge().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackTxqueueFlows) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, networkInterfaceNameAttributeValue string, tcpackTxqueueQueueAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackTxqueueFlowsMetricAttributeKeyNetworkInterfaceName) {
+		dp.Attributes().PutStr("network.interface.name", networkInterfaceNameAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackTxqueueFlowsMetricAttributeKeyTcpackTxqueueQueue) {
+		dp.Attributes().PutInt("tcpack.txqueue.queue", tcpackTxqueueQueueAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackTxqueueFlowsMetricAttributeKeyTcpackNetnsInode) {
+		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Gauge().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackTxqueueFlows) updateCapacity() {
+	if m.data.Gauge().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Gauge().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackTxqueueFlows) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Gauge().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Gauge().DataPoints().At(i).SetIntValue(m.data.Gauge().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackTxqueueFlows(cfg TcpackTxqueueFlowsMetricConfig) metricTcpackTxqueueFlows {
+	m := metricTcpackTxqueueFlows{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricTcpackTxqueuePackets struct {
+	data          pmetric.Metric                   // data buffer for generated metric.
+	config        TcpackTxqueuePacketsMetricConfig // metric config provided by user.
+	capacity      int                              // max observed number of data points added to the metric.
+	aggDataPoints []int64                          // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.txqueue.packets metric with initial data.
+func (m *metricTcpackTxqueuePackets) init() {
+	m.data.SetName("tcpack.txqueue.packets")
+	m.data.SetDescription("Packets handed to the driver per transmit queue (tracepoint net:net_dev_start_xmit); a GSO packet counts its segments, as qdiscs and most NICs count.")
+	m.data.SetUnit("{packet}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackTxqueuePackets) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, networkInterfaceNameAttributeValue string, tcpackTxqueueQueueAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackTxqueuePacketsMetricAttributeKeyNetworkInterfaceName) {
+		dp.Attributes().PutStr("network.interface.name", networkInterfaceNameAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackTxqueuePacketsMetricAttributeKeyTcpackTxqueueQueue) {
+		dp.Attributes().PutInt("tcpack.txqueue.queue", tcpackTxqueueQueueAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackTxqueuePacketsMetricAttributeKeyTcpackNetnsInode) {
+		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackTxqueuePackets) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackTxqueuePackets) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackTxqueuePackets(cfg TcpackTxqueuePacketsMetricConfig) metricTcpackTxqueuePackets {
+	m := metricTcpackTxqueuePackets{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricTcpackTxqueuePicksCount struct {
+	data          pmetric.Metric                      // data buffer for generated metric.
+	config        TcpackTxqueuePicksCountMetricConfig // metric config provided by user.
+	capacity      int                                 // max observed number of data points added to the metric.
+	aggDataPoints []int64                             // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.txqueue.picks.count metric with initial data.
+func (m *metricTcpackTxqueuePicksCount) init() {
+	m.data.SetName("tcpack.txqueue.picks.count")
+	m.data.SetDescription("Queue picks by netdev_pick_tx, by how the queue was chosen. Reported only where fentry/fexit or kprobes can hook it; tcpack.probe.attached says whether they did.")
+	m.data.SetUnit("{pick}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackTxqueuePicksCount) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, networkInterfaceNameAttributeValue string, tcpackTxqueuePickAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackTxqueuePicksCountMetricAttributeKeyNetworkInterfaceName) {
+		dp.Attributes().PutStr("network.interface.name", networkInterfaceNameAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackTxqueuePicksCountMetricAttributeKeyTcpackTxqueuePick) {
+		dp.Attributes().PutStr("tcpack.txqueue.pick", tcpackTxqueuePickAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackTxqueuePicksCountMetricAttributeKeyTcpackNetnsInode) {
+		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackTxqueuePicksCount) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackTxqueuePicksCount) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackTxqueuePicksCount(cfg TcpackTxqueuePicksCountMetricConfig) metricTcpackTxqueuePicksCount {
+	m := metricTcpackTxqueuePicksCount{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricTcpackTxqueueQueues struct {
+	data          pmetric.Metric                  // data buffer for generated metric.
+	config        TcpackTxqueueQueuesMetricConfig // metric config provided by user.
+	capacity      int                             // max observed number of data points added to the metric.
+	aggDataPoints []int64                         // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.txqueue.queues metric with initial data.
+func (m *metricTcpackTxqueueQueues) init() {
+	m.data.SetName("tcpack.txqueue.queues")
+	m.data.SetDescription("Transmit queues in use on the interface (real_num_tx_queues at its last transmit).")
+	m.data.SetUnit("{queue}")
+	m.data.SetEmptyGauge()
+	m.data.Gauge().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackTxqueueQueues) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, networkInterfaceNameAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackTxqueueQueuesMetricAttributeKeyNetworkInterfaceName) {
+		dp.Attributes().PutStr("network.interface.name", networkInterfaceNameAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackTxqueueQueuesMetricAttributeKeyTcpackNetnsInode) {
+		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Gauge().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackTxqueueQueues) updateCapacity() {
+	if m.data.Gauge().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Gauge().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackTxqueueQueues) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Gauge().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Gauge().DataPoints().At(i).SetIntValue(m.data.Gauge().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackTxqueueQueues(cfg TcpackTxqueueQueuesMetricConfig) metricTcpackTxqueueQueues {
+	m := metricTcpackTxqueueQueues{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
 // MetricsBuilder provides an interface for scrapers to report metrics while taking care of all the transformations
 // required to produce metric representation defined in metadata and user config.
 type MetricsBuilder struct {
-	config                             MetricsBuilderConfig // config of the metrics builder.
-	startTime                          pcommon.Timestamp    // start time that will be applied to all recorded data points.
-	metricsCapacity                    int                  // maximum observed number of metrics per resource.
-	metricsBuffer                      pmetric.Metrics      // accumulates metrics data before emitting.
-	buildInfo                          component.BuildInfo  // contains version information.
-	resourceAttributeIncludeFilter     map[string]filter.Filter
-	resourceAttributeExcludeFilter     map[string]filter.Filter
-	metricTcpackAckCount               metricTcpackAckCount
-	metricTcpackAckDelayDecisionsCount metricTcpackAckDelayDecisionsCount
-	metricTcpackAckForcedCount         metricTcpackAckForcedCount
-	metricTcpackAckOtherCount          metricTcpackAckOtherCount
-	metricTcpackAckQuotaExhaustedCount metricTcpackAckQuotaExhaustedCount
-	metricTcpackAckSegments            metricTcpackAckSegments
-	metricTcpackDropBytes              metricTcpackDropBytes
-	metricTcpackDropCount              metricTcpackDropCount
-	metricTcpackEventsSuppressed       metricTcpackEventsSuppressed
-	metricTcpackKernelMapOverflow      metricTcpackKernelMapOverflow
-	metricTcpackProbeAttached          metricTcpackProbeAttached
-	metricTcpackQuickackAppliedCount   metricTcpackQuickackAppliedCount
-	metricTcpackQuickackPolicyErrors   metricTcpackQuickackPolicyErrors
-	metricTcpackQuickackRefusedCount   metricTcpackQuickackRefusedCount
-	metricTcpackQuickackSockets        metricTcpackQuickackSockets
-	metricTcpackTCPResetCount          metricTcpackTCPResetCount
-	metricTcpackTCPRetransmitCount     metricTcpackTCPRetransmitCount
+	config                              MetricsBuilderConfig // config of the metrics builder.
+	startTime                           pcommon.Timestamp    // start time that will be applied to all recorded data points.
+	metricsCapacity                     int                  // maximum observed number of metrics per resource.
+	metricsBuffer                       pmetric.Metrics      // accumulates metrics data before emitting.
+	buildInfo                           component.BuildInfo  // contains version information.
+	resourceAttributeIncludeFilter      map[string]filter.Filter
+	resourceAttributeExcludeFilter      map[string]filter.Filter
+	metricTcpackAckCount                metricTcpackAckCount
+	metricTcpackAckDelayDecisionsCount  metricTcpackAckDelayDecisionsCount
+	metricTcpackAckForcedCount          metricTcpackAckForcedCount
+	metricTcpackAckOtherCount           metricTcpackAckOtherCount
+	metricTcpackAckQuotaExhaustedCount  metricTcpackAckQuotaExhaustedCount
+	metricTcpackAckSegments             metricTcpackAckSegments
+	metricTcpackDropBytes               metricTcpackDropBytes
+	metricTcpackDropCount               metricTcpackDropCount
+	metricTcpackEventsSuppressed        metricTcpackEventsSuppressed
+	metricTcpackKernelMapOverflow       metricTcpackKernelMapOverflow
+	metricTcpackPacketOtherhostCount    metricTcpackPacketOtherhostCount
+	metricTcpackProbeAttached           metricTcpackProbeAttached
+	metricTcpackQuickackAppliedCount    metricTcpackQuickackAppliedCount
+	metricTcpackQuickackPolicyErrors    metricTcpackQuickackPolicyErrors
+	metricTcpackQuickackRefusedCount    metricTcpackQuickackRefusedCount
+	metricTcpackQuickackSockets         metricTcpackQuickackSockets
+	metricTcpackTCPResetCount           metricTcpackTCPResetCount
+	metricTcpackTCPRetransmitCount      metricTcpackTCPRetransmitCount
+	metricTcpackTxqueueBytes            metricTcpackTxqueueBytes
+	metricTcpackTxqueueFlowChangesCount metricTcpackTxqueueFlowChangesCount
+	metricTcpackTxqueueFlows            metricTcpackTxqueueFlows
+	metricTcpackTxqueuePackets          metricTcpackTxqueuePackets
+	metricTcpackTxqueuePicksCount       metricTcpackTxqueuePicksCount
+	metricTcpackTxqueueQueues           metricTcpackTxqueueQueues
 }
 
 // MetricBuilderOption applies changes to default metrics builder.
@@ -2065,29 +2823,36 @@ func WithStartTime(startTime pcommon.Timestamp) MetricBuilderOption {
 }
 func NewMetricsBuilder(mbc MetricsBuilderConfig, settings receiver.Settings, options ...MetricBuilderOption) *MetricsBuilder {
 	mb := &MetricsBuilder{
-		config:                             mbc,
-		startTime:                          pcommon.NewTimestampFromTime(time.Now()),
-		metricsBuffer:                      pmetric.NewMetrics(),
-		buildInfo:                          settings.BuildInfo,
-		metricTcpackAckCount:               newMetricTcpackAckCount(mbc.Metrics.TcpackAckCount),
-		metricTcpackAckDelayDecisionsCount: newMetricTcpackAckDelayDecisionsCount(mbc.Metrics.TcpackAckDelayDecisionsCount),
-		metricTcpackAckForcedCount:         newMetricTcpackAckForcedCount(mbc.Metrics.TcpackAckForcedCount),
-		metricTcpackAckOtherCount:          newMetricTcpackAckOtherCount(mbc.Metrics.TcpackAckOtherCount),
-		metricTcpackAckQuotaExhaustedCount: newMetricTcpackAckQuotaExhaustedCount(mbc.Metrics.TcpackAckQuotaExhaustedCount),
-		metricTcpackAckSegments:            newMetricTcpackAckSegments(mbc.Metrics.TcpackAckSegments),
-		metricTcpackDropBytes:              newMetricTcpackDropBytes(mbc.Metrics.TcpackDropBytes),
-		metricTcpackDropCount:              newMetricTcpackDropCount(mbc.Metrics.TcpackDropCount),
-		metricTcpackEventsSuppressed:       newMetricTcpackEventsSuppressed(mbc.Metrics.TcpackEventsSuppressed),
-		metricTcpackKernelMapOverflow:      newMetricTcpackKernelMapOverflow(mbc.Metrics.TcpackKernelMapOverflow),
-		metricTcpackProbeAttached:          newMetricTcpackProbeAttached(mbc.Metrics.TcpackProbeAttached),
-		metricTcpackQuickackAppliedCount:   newMetricTcpackQuickackAppliedCount(mbc.Metrics.TcpackQuickackAppliedCount),
-		metricTcpackQuickackPolicyErrors:   newMetricTcpackQuickackPolicyErrors(mbc.Metrics.TcpackQuickackPolicyErrors),
-		metricTcpackQuickackRefusedCount:   newMetricTcpackQuickackRefusedCount(mbc.Metrics.TcpackQuickackRefusedCount),
-		metricTcpackQuickackSockets:        newMetricTcpackQuickackSockets(mbc.Metrics.TcpackQuickackSockets),
-		metricTcpackTCPResetCount:          newMetricTcpackTCPResetCount(mbc.Metrics.TcpackTCPResetCount),
-		metricTcpackTCPRetransmitCount:     newMetricTcpackTCPRetransmitCount(mbc.Metrics.TcpackTCPRetransmitCount),
-		resourceAttributeIncludeFilter:     make(map[string]filter.Filter),
-		resourceAttributeExcludeFilter:     make(map[string]filter.Filter),
+		config:                              mbc,
+		startTime:                           pcommon.NewTimestampFromTime(time.Now()),
+		metricsBuffer:                       pmetric.NewMetrics(),
+		buildInfo:                           settings.BuildInfo,
+		metricTcpackAckCount:                newMetricTcpackAckCount(mbc.Metrics.TcpackAckCount),
+		metricTcpackAckDelayDecisionsCount:  newMetricTcpackAckDelayDecisionsCount(mbc.Metrics.TcpackAckDelayDecisionsCount),
+		metricTcpackAckForcedCount:          newMetricTcpackAckForcedCount(mbc.Metrics.TcpackAckForcedCount),
+		metricTcpackAckOtherCount:           newMetricTcpackAckOtherCount(mbc.Metrics.TcpackAckOtherCount),
+		metricTcpackAckQuotaExhaustedCount:  newMetricTcpackAckQuotaExhaustedCount(mbc.Metrics.TcpackAckQuotaExhaustedCount),
+		metricTcpackAckSegments:             newMetricTcpackAckSegments(mbc.Metrics.TcpackAckSegments),
+		metricTcpackDropBytes:               newMetricTcpackDropBytes(mbc.Metrics.TcpackDropBytes),
+		metricTcpackDropCount:               newMetricTcpackDropCount(mbc.Metrics.TcpackDropCount),
+		metricTcpackEventsSuppressed:        newMetricTcpackEventsSuppressed(mbc.Metrics.TcpackEventsSuppressed),
+		metricTcpackKernelMapOverflow:       newMetricTcpackKernelMapOverflow(mbc.Metrics.TcpackKernelMapOverflow),
+		metricTcpackPacketOtherhostCount:    newMetricTcpackPacketOtherhostCount(mbc.Metrics.TcpackPacketOtherhostCount),
+		metricTcpackProbeAttached:           newMetricTcpackProbeAttached(mbc.Metrics.TcpackProbeAttached),
+		metricTcpackQuickackAppliedCount:    newMetricTcpackQuickackAppliedCount(mbc.Metrics.TcpackQuickackAppliedCount),
+		metricTcpackQuickackPolicyErrors:    newMetricTcpackQuickackPolicyErrors(mbc.Metrics.TcpackQuickackPolicyErrors),
+		metricTcpackQuickackRefusedCount:    newMetricTcpackQuickackRefusedCount(mbc.Metrics.TcpackQuickackRefusedCount),
+		metricTcpackQuickackSockets:         newMetricTcpackQuickackSockets(mbc.Metrics.TcpackQuickackSockets),
+		metricTcpackTCPResetCount:           newMetricTcpackTCPResetCount(mbc.Metrics.TcpackTCPResetCount),
+		metricTcpackTCPRetransmitCount:      newMetricTcpackTCPRetransmitCount(mbc.Metrics.TcpackTCPRetransmitCount),
+		metricTcpackTxqueueBytes:            newMetricTcpackTxqueueBytes(mbc.Metrics.TcpackTxqueueBytes),
+		metricTcpackTxqueueFlowChangesCount: newMetricTcpackTxqueueFlowChangesCount(mbc.Metrics.TcpackTxqueueFlowChangesCount),
+		metricTcpackTxqueueFlows:            newMetricTcpackTxqueueFlows(mbc.Metrics.TcpackTxqueueFlows),
+		metricTcpackTxqueuePackets:          newMetricTcpackTxqueuePackets(mbc.Metrics.TcpackTxqueuePackets),
+		metricTcpackTxqueuePicksCount:       newMetricTcpackTxqueuePicksCount(mbc.Metrics.TcpackTxqueuePicksCount),
+		metricTcpackTxqueueQueues:           newMetricTcpackTxqueueQueues(mbc.Metrics.TcpackTxqueueQueues),
+		resourceAttributeIncludeFilter:      make(map[string]filter.Filter),
+		resourceAttributeExcludeFilter:      make(map[string]filter.Filter),
 	}
 	if mbc.ResourceAttributes.HostName.MetricsInclude != nil {
 		mb.resourceAttributeIncludeFilter["host.name"] = filter.CreateFilter(mbc.ResourceAttributes.HostName.MetricsInclude)
@@ -2180,6 +2945,7 @@ func (mb *MetricsBuilder) EmitForResource(options ...ResourceMetricsOption) {
 	mb.metricTcpackDropCount.emit(ils.Metrics())
 	mb.metricTcpackEventsSuppressed.emit(ils.Metrics())
 	mb.metricTcpackKernelMapOverflow.emit(ils.Metrics())
+	mb.metricTcpackPacketOtherhostCount.emit(ils.Metrics())
 	mb.metricTcpackProbeAttached.emit(ils.Metrics())
 	mb.metricTcpackQuickackAppliedCount.emit(ils.Metrics())
 	mb.metricTcpackQuickackPolicyErrors.emit(ils.Metrics())
@@ -2187,6 +2953,12 @@ func (mb *MetricsBuilder) EmitForResource(options ...ResourceMetricsOption) {
 	mb.metricTcpackQuickackSockets.emit(ils.Metrics())
 	mb.metricTcpackTCPResetCount.emit(ils.Metrics())
 	mb.metricTcpackTCPRetransmitCount.emit(ils.Metrics())
+	mb.metricTcpackTxqueueBytes.emit(ils.Metrics())
+	mb.metricTcpackTxqueueFlowChangesCount.emit(ils.Metrics())
+	mb.metricTcpackTxqueueFlows.emit(ils.Metrics())
+	mb.metricTcpackTxqueuePackets.emit(ils.Metrics())
+	mb.metricTcpackTxqueuePicksCount.emit(ils.Metrics())
+	mb.metricTcpackTxqueueQueues.emit(ils.Metrics())
 
 	for _, op := range options {
 		op.apply(rm)
@@ -2268,6 +3040,11 @@ func (mb *MetricsBuilder) RecordTcpackKernelMapOverflowDataPoint(ts pcommon.Time
 	mb.metricTcpackKernelMapOverflow.recordDataPoint(mb.startTime, ts, val, tcpackMapAttributeValue.String())
 }
 
+// RecordTcpackPacketOtherhostCountDataPoint adds a data point to tcpack.packet.otherhost.count metric.
+func (mb *MetricsBuilder) RecordTcpackPacketOtherhostCountDataPoint(ts pcommon.Timestamp, val int64, networkInterfaceNameAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackPacketOtherhostCount.recordDataPoint(mb.startTime, ts, val, networkInterfaceNameAttributeValue, tcpackNetnsInodeAttributeValue)
+}
+
 // RecordTcpackProbeAttachedDataPoint adds a data point to tcpack.probe.attached metric.
 func (mb *MetricsBuilder) RecordTcpackProbeAttachedDataPoint(ts pcommon.Timestamp, val int64, tcpackFamilyAttributeValue string, tcpackHookAttributeValue string, tcpackStrategyAttributeValue string) {
 	mb.metricTcpackProbeAttached.recordDataPoint(mb.startTime, ts, val, tcpackFamilyAttributeValue, tcpackHookAttributeValue, tcpackStrategyAttributeValue)
@@ -2301,6 +3078,36 @@ func (mb *MetricsBuilder) RecordTcpackTCPResetCountDataPoint(ts pcommon.Timestam
 // RecordTcpackTCPRetransmitCountDataPoint adds a data point to tcpack.tcp.retransmit.count metric.
 func (mb *MetricsBuilder) RecordTcpackTCPRetransmitCountDataPoint(ts pcommon.Timestamp, val int64, networkConnectionStateAttributeValue string, networkTypeAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
 	mb.metricTcpackTCPRetransmitCount.recordDataPoint(mb.startTime, ts, val, networkConnectionStateAttributeValue, networkTypeAttributeValue, tcpackNetnsInodeAttributeValue)
+}
+
+// RecordTcpackTxqueueBytesDataPoint adds a data point to tcpack.txqueue.bytes metric.
+func (mb *MetricsBuilder) RecordTcpackTxqueueBytesDataPoint(ts pcommon.Timestamp, val int64, networkInterfaceNameAttributeValue string, tcpackTxqueueQueueAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackTxqueueBytes.recordDataPoint(mb.startTime, ts, val, networkInterfaceNameAttributeValue, tcpackTxqueueQueueAttributeValue, tcpackNetnsInodeAttributeValue)
+}
+
+// RecordTcpackTxqueueFlowChangesCountDataPoint adds a data point to tcpack.txqueue.flow.changes.count metric.
+func (mb *MetricsBuilder) RecordTcpackTxqueueFlowChangesCountDataPoint(ts pcommon.Timestamp, val int64, networkInterfaceNameAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackTxqueueFlowChangesCount.recordDataPoint(mb.startTime, ts, val, networkInterfaceNameAttributeValue, tcpackNetnsInodeAttributeValue)
+}
+
+// RecordTcpackTxqueueFlowsDataPoint adds a data point to tcpack.txqueue.flows metric.
+func (mb *MetricsBuilder) RecordTcpackTxqueueFlowsDataPoint(ts pcommon.Timestamp, val int64, networkInterfaceNameAttributeValue string, tcpackTxqueueQueueAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackTxqueueFlows.recordDataPoint(mb.startTime, ts, val, networkInterfaceNameAttributeValue, tcpackTxqueueQueueAttributeValue, tcpackNetnsInodeAttributeValue)
+}
+
+// RecordTcpackTxqueuePacketsDataPoint adds a data point to tcpack.txqueue.packets metric.
+func (mb *MetricsBuilder) RecordTcpackTxqueuePacketsDataPoint(ts pcommon.Timestamp, val int64, networkInterfaceNameAttributeValue string, tcpackTxqueueQueueAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackTxqueuePackets.recordDataPoint(mb.startTime, ts, val, networkInterfaceNameAttributeValue, tcpackTxqueueQueueAttributeValue, tcpackNetnsInodeAttributeValue)
+}
+
+// RecordTcpackTxqueuePicksCountDataPoint adds a data point to tcpack.txqueue.picks.count metric.
+func (mb *MetricsBuilder) RecordTcpackTxqueuePicksCountDataPoint(ts pcommon.Timestamp, val int64, networkInterfaceNameAttributeValue string, tcpackTxqueuePickAttributeValue AttributeTcpackTxqueuePick, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackTxqueuePicksCount.recordDataPoint(mb.startTime, ts, val, networkInterfaceNameAttributeValue, tcpackTxqueuePickAttributeValue.String(), tcpackNetnsInodeAttributeValue)
+}
+
+// RecordTcpackTxqueueQueuesDataPoint adds a data point to tcpack.txqueue.queues metric.
+func (mb *MetricsBuilder) RecordTcpackTxqueueQueuesDataPoint(ts pcommon.Timestamp, val int64, networkInterfaceNameAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackTxqueueQueues.recordDataPoint(mb.startTime, ts, val, networkInterfaceNameAttributeValue, tcpackNetnsInodeAttributeValue)
 }
 
 // Reset resets metrics builder to its initial state. It should be used when external metrics source is restarted,

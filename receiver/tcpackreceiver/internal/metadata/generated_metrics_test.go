@@ -77,12 +77,19 @@ func TestMetricsBuilder(t *testing.T) {
 			aggMap["tcpack.drop.count"] = mb.metricTcpackDropCount.config.AggregationStrategy
 			aggMap["tcpack.events.suppressed"] = mb.metricTcpackEventsSuppressed.config.AggregationStrategy
 			aggMap["tcpack.kernel_map.overflow"] = mb.metricTcpackKernelMapOverflow.config.AggregationStrategy
+			aggMap["tcpack.packet.otherhost.count"] = mb.metricTcpackPacketOtherhostCount.config.AggregationStrategy
 			aggMap["tcpack.probe.attached"] = mb.metricTcpackProbeAttached.config.AggregationStrategy
 			aggMap["tcpack.quickack.applied.count"] = mb.metricTcpackQuickackAppliedCount.config.AggregationStrategy
 			aggMap["tcpack.quickack.refused.count"] = mb.metricTcpackQuickackRefusedCount.config.AggregationStrategy
 			aggMap["tcpack.quickack.sockets"] = mb.metricTcpackQuickackSockets.config.AggregationStrategy
 			aggMap["tcpack.tcp.reset.count"] = mb.metricTcpackTCPResetCount.config.AggregationStrategy
 			aggMap["tcpack.tcp.retransmit.count"] = mb.metricTcpackTCPRetransmitCount.config.AggregationStrategy
+			aggMap["tcpack.txqueue.bytes"] = mb.metricTcpackTxqueueBytes.config.AggregationStrategy
+			aggMap["tcpack.txqueue.flow.changes.count"] = mb.metricTcpackTxqueueFlowChangesCount.config.AggregationStrategy
+			aggMap["tcpack.txqueue.flows"] = mb.metricTcpackTxqueueFlows.config.AggregationStrategy
+			aggMap["tcpack.txqueue.packets"] = mb.metricTcpackTxqueuePackets.config.AggregationStrategy
+			aggMap["tcpack.txqueue.picks.count"] = mb.metricTcpackTxqueuePicksCount.config.AggregationStrategy
+			aggMap["tcpack.txqueue.queues"] = mb.metricTcpackTxqueueQueues.config.AggregationStrategy
 
 			expectedWarnings := 0
 			if tt.metricsSet != testDataSetReag {
@@ -153,6 +160,12 @@ func TestMetricsBuilder(t *testing.T) {
 			}
 			defaultMetricsCount++
 			allMetricsCount++
+			mb.RecordTcpackPacketOtherhostCountDataPoint(ts, 1, "network.interface.name-val", 18)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackPacketOtherhostCountDataPoint(ts, 3, "network.interface.name-val-2", 19)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
 			mb.RecordTcpackProbeAttachedDataPoint(ts, 1, "tcpack.family-val", "tcpack.hook-val", "tcpack.strategy-val")
 			if tt.name == "reaggregate_set" {
 				mb.RecordTcpackProbeAttachedDataPoint(ts, 3, "tcpack.family-val-2", "tcpack.hook-val-2", "tcpack.strategy-val-2")
@@ -190,6 +203,42 @@ func TestMetricsBuilder(t *testing.T) {
 			if tt.name == "reaggregate_set" {
 				mb.RecordTcpackTCPRetransmitCountDataPoint(ts, 3, "network.connection.state-val-2", "network.type-val-2", 19)
 			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackTxqueueBytesDataPoint(ts, 1, "network.interface.name-val", 20, 18)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackTxqueueBytesDataPoint(ts, 3, "network.interface.name-val-2", 21, 19)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackTxqueueFlowChangesCountDataPoint(ts, 1, "network.interface.name-val", 18)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackTxqueueFlowChangesCountDataPoint(ts, 3, "network.interface.name-val-2", 19)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackTxqueueFlowsDataPoint(ts, 1, "network.interface.name-val", 20, 18)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackTxqueueFlowsDataPoint(ts, 3, "network.interface.name-val-2", 21, 19)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackTxqueuePacketsDataPoint(ts, 1, "network.interface.name-val", 20, 18)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackTxqueuePacketsDataPoint(ts, 3, "network.interface.name-val-2", 21, 19)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackTxqueuePicksCountDataPoint(ts, 1, "network.interface.name-val", AttributeTcpackTxqueuePickSocket, 18)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackTxqueuePicksCountDataPoint(ts, 3, "network.interface.name-val-2", AttributeTcpackTxqueuePickXps, 19)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackTxqueueQueuesDataPoint(ts, 1, "network.interface.name-val", 18)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackTxqueueQueuesDataPoint(ts, 3, "network.interface.name-val-2", 19)
+			}
 
 			rb := mb.NewResourceBuilder()
 			rb.SetHostName("host.name-val")
@@ -207,12 +256,19 @@ func TestMetricsBuilder(t *testing.T) {
 				assert.Empty(t, mb.metricTcpackDropCount.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackEventsSuppressed.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackKernelMapOverflow.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackPacketOtherhostCount.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackProbeAttached.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackQuickackAppliedCount.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackQuickackRefusedCount.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackQuickackSockets.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackTCPResetCount.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackTCPRetransmitCount.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackTxqueueBytes.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackTxqueueFlowChangesCount.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackTxqueueFlows.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackTxqueuePackets.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackTxqueuePicksCount.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackTxqueueQueues.aggDataPoints)
 			}
 
 			if tt.expectEmpty {
@@ -732,7 +788,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.kernel_map.overflow"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Packets or TCP events not counted because a counting map reached its configured size (raise drops.max_keys or drops.max_tcp_keys).", mi.Description())
+						assert.Equal(t, "Packets or events not counted because a counting map reached its configured size (raise drops.max_keys, drops.max_tcp_keys, acks.max_keys, txqueue.max_keys or txqueue.max_interfaces).", mi.Description())
 						assert.Equal(t, "{packet}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -749,7 +805,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.kernel_map.overflow"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Packets or TCP events not counted because a counting map reached its configured size (raise drops.max_keys or drops.max_tcp_keys).", mi.Description())
+						assert.Equal(t, "Packets or events not counted because a counting map reached its configured size (raise drops.max_keys, drops.max_tcp_keys, acks.max_keys, txqueue.max_keys or txqueue.max_interfaces).", mi.Description())
 						assert.Equal(t, "{packet}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -768,6 +824,55 @@ func TestMetricsBuilder(t *testing.T) {
 							assert.Equal(t, int64(3), dp.IntValue())
 						}
 						_, ok := dp.Attributes().Get("tcpack.map")
+						assert.False(t, ok)
+					}
+				case "tcpack.packet.otherhost.count":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.packet.otherhost.count"], "Found a duplicate in the metrics slice: tcpack.packet.otherhost.count")
+						validatedMetrics["tcpack.packet.otherhost.count"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Packets received for another host (pkt_type PACKET_OTHERHOST, set by the driver when the destination MAC is not the interface's); routine on bridge ports and in promiscuous capture, a sign of flooding or a stale neighbour entry elsewhere.", mi.Description())
+						assert.Equal(t, "{packet}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						networkInterfaceNameAttrVal, ok := dp.Attributes().Get("network.interface.name")
+						assert.True(t, ok)
+						assert.Equal(t, "network.interface.name-val", networkInterfaceNameAttrVal.Str())
+						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.packet.otherhost.count"], "Found a duplicate in the metrics slice: tcpack.packet.otherhost.count")
+						validatedMetrics["tcpack.packet.otherhost.count"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Packets received for another host (pkt_type PACKET_OTHERHOST, set by the driver when the destination MAC is not the interface's); routine on bridge ports and in promiscuous capture, a sign of flooding or a stale neighbour entry elsewhere.", mi.Description())
+						assert.Equal(t, "{packet}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.packet.otherhost.count"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("network.interface.name")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.netns.inode")
 						assert.False(t, ok)
 					}
 				case "tcpack.probe.attached":
@@ -1091,6 +1196,312 @@ func TestMetricsBuilder(t *testing.T) {
 						_, ok := dp.Attributes().Get("network.connection.state")
 						assert.False(t, ok)
 						_, ok = dp.Attributes().Get("network.type")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.netns.inode")
+						assert.False(t, ok)
+					}
+				case "tcpack.txqueue.bytes":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.txqueue.bytes"], "Found a duplicate in the metrics slice: tcpack.txqueue.bytes")
+						validatedMetrics["tcpack.txqueue.bytes"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Bytes handed to the driver per transmit queue (skb->len, tracepoint net:net_dev_start_xmit).", mi.Description())
+						assert.Equal(t, "By", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						networkInterfaceNameAttrVal, ok := dp.Attributes().Get("network.interface.name")
+						assert.True(t, ok)
+						assert.Equal(t, "network.interface.name-val", networkInterfaceNameAttrVal.Str())
+						tcpackTxqueueQueueAttrVal, ok := dp.Attributes().Get("tcpack.txqueue.queue")
+						assert.True(t, ok)
+						assert.EqualValues(t, 20, tcpackTxqueueQueueAttrVal.Int())
+						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.txqueue.bytes"], "Found a duplicate in the metrics slice: tcpack.txqueue.bytes")
+						validatedMetrics["tcpack.txqueue.bytes"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Bytes handed to the driver per transmit queue (skb->len, tracepoint net:net_dev_start_xmit).", mi.Description())
+						assert.Equal(t, "By", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.txqueue.bytes"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("network.interface.name")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.txqueue.queue")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.netns.inode")
+						assert.False(t, ok)
+					}
+				case "tcpack.txqueue.flow.changes.count":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.txqueue.flow.changes.count"], "Found a duplicate in the metrics slice: tcpack.txqueue.flow.changes.count")
+						validatedMetrics["tcpack.txqueue.flow.changes.count"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Times a socket's flow left on another transmit queue than its previous packet (a possible cause of reordering).", mi.Description())
+						assert.Equal(t, "{change}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						networkInterfaceNameAttrVal, ok := dp.Attributes().Get("network.interface.name")
+						assert.True(t, ok)
+						assert.Equal(t, "network.interface.name-val", networkInterfaceNameAttrVal.Str())
+						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.txqueue.flow.changes.count"], "Found a duplicate in the metrics slice: tcpack.txqueue.flow.changes.count")
+						validatedMetrics["tcpack.txqueue.flow.changes.count"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Times a socket's flow left on another transmit queue than its previous packet (a possible cause of reordering).", mi.Description())
+						assert.Equal(t, "{change}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.txqueue.flow.changes.count"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("network.interface.name")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.netns.inode")
+						assert.False(t, ok)
+					}
+				case "tcpack.txqueue.flows":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.txqueue.flows"], "Found a duplicate in the metrics slice: tcpack.txqueue.flows")
+						validatedMetrics["tcpack.txqueue.flows"] = true
+						assert.Equal(t, pmetric.MetricTypeGauge, mi.Type())
+						assert.Equal(t, 1, mi.Gauge().DataPoints().Len())
+						assert.Equal(t, "Socket flows whose last packet left on this transmit queue within the last collection interval (flows tracked in the kernel's bounded LRU, txqueue.max_flows).", mi.Description())
+						assert.Equal(t, "{flow}", mi.Unit())
+						dp := mi.Gauge().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						networkInterfaceNameAttrVal, ok := dp.Attributes().Get("network.interface.name")
+						assert.True(t, ok)
+						assert.Equal(t, "network.interface.name-val", networkInterfaceNameAttrVal.Str())
+						tcpackTxqueueQueueAttrVal, ok := dp.Attributes().Get("tcpack.txqueue.queue")
+						assert.True(t, ok)
+						assert.EqualValues(t, 20, tcpackTxqueueQueueAttrVal.Int())
+						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.txqueue.flows"], "Found a duplicate in the metrics slice: tcpack.txqueue.flows")
+						validatedMetrics["tcpack.txqueue.flows"] = true
+						assert.Equal(t, pmetric.MetricTypeGauge, mi.Type())
+						assert.Equal(t, 1, mi.Gauge().DataPoints().Len())
+						assert.Equal(t, "Socket flows whose last packet left on this transmit queue within the last collection interval (flows tracked in the kernel's bounded LRU, txqueue.max_flows).", mi.Description())
+						assert.Equal(t, "{flow}", mi.Unit())
+						dp := mi.Gauge().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.txqueue.flows"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("network.interface.name")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.txqueue.queue")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.netns.inode")
+						assert.False(t, ok)
+					}
+				case "tcpack.txqueue.packets":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.txqueue.packets"], "Found a duplicate in the metrics slice: tcpack.txqueue.packets")
+						validatedMetrics["tcpack.txqueue.packets"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Packets handed to the driver per transmit queue (tracepoint net:net_dev_start_xmit); a GSO packet counts its segments, as qdiscs and most NICs count.", mi.Description())
+						assert.Equal(t, "{packet}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						networkInterfaceNameAttrVal, ok := dp.Attributes().Get("network.interface.name")
+						assert.True(t, ok)
+						assert.Equal(t, "network.interface.name-val", networkInterfaceNameAttrVal.Str())
+						tcpackTxqueueQueueAttrVal, ok := dp.Attributes().Get("tcpack.txqueue.queue")
+						assert.True(t, ok)
+						assert.EqualValues(t, 20, tcpackTxqueueQueueAttrVal.Int())
+						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.txqueue.packets"], "Found a duplicate in the metrics slice: tcpack.txqueue.packets")
+						validatedMetrics["tcpack.txqueue.packets"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Packets handed to the driver per transmit queue (tracepoint net:net_dev_start_xmit); a GSO packet counts its segments, as qdiscs and most NICs count.", mi.Description())
+						assert.Equal(t, "{packet}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.txqueue.packets"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("network.interface.name")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.txqueue.queue")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.netns.inode")
+						assert.False(t, ok)
+					}
+				case "tcpack.txqueue.picks.count":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.txqueue.picks.count"], "Found a duplicate in the metrics slice: tcpack.txqueue.picks.count")
+						validatedMetrics["tcpack.txqueue.picks.count"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Queue picks by netdev_pick_tx, by how the queue was chosen. Reported only where fentry/fexit or kprobes can hook it; tcpack.probe.attached says whether they did.", mi.Description())
+						assert.Equal(t, "{pick}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						networkInterfaceNameAttrVal, ok := dp.Attributes().Get("network.interface.name")
+						assert.True(t, ok)
+						assert.Equal(t, "network.interface.name-val", networkInterfaceNameAttrVal.Str())
+						tcpackTxqueuePickAttrVal, ok := dp.Attributes().Get("tcpack.txqueue.pick")
+						assert.True(t, ok)
+						assert.Equal(t, "socket", tcpackTxqueuePickAttrVal.Str())
+						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.txqueue.picks.count"], "Found a duplicate in the metrics slice: tcpack.txqueue.picks.count")
+						validatedMetrics["tcpack.txqueue.picks.count"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Queue picks by netdev_pick_tx, by how the queue was chosen. Reported only where fentry/fexit or kprobes can hook it; tcpack.probe.attached says whether they did.", mi.Description())
+						assert.Equal(t, "{pick}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.txqueue.picks.count"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("network.interface.name")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.txqueue.pick")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.netns.inode")
+						assert.False(t, ok)
+					}
+				case "tcpack.txqueue.queues":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.txqueue.queues"], "Found a duplicate in the metrics slice: tcpack.txqueue.queues")
+						validatedMetrics["tcpack.txqueue.queues"] = true
+						assert.Equal(t, pmetric.MetricTypeGauge, mi.Type())
+						assert.Equal(t, 1, mi.Gauge().DataPoints().Len())
+						assert.Equal(t, "Transmit queues in use on the interface (real_num_tx_queues at its last transmit).", mi.Description())
+						assert.Equal(t, "{queue}", mi.Unit())
+						dp := mi.Gauge().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						networkInterfaceNameAttrVal, ok := dp.Attributes().Get("network.interface.name")
+						assert.True(t, ok)
+						assert.Equal(t, "network.interface.name-val", networkInterfaceNameAttrVal.Str())
+						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.txqueue.queues"], "Found a duplicate in the metrics slice: tcpack.txqueue.queues")
+						validatedMetrics["tcpack.txqueue.queues"] = true
+						assert.Equal(t, pmetric.MetricTypeGauge, mi.Type())
+						assert.Equal(t, 1, mi.Gauge().DataPoints().Len())
+						assert.Equal(t, "Transmit queues in use on the interface (real_num_tx_queues at its last transmit).", mi.Description())
+						assert.Equal(t, "{queue}", mi.Unit())
+						dp := mi.Gauge().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.txqueue.queues"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("network.interface.name")
 						assert.False(t, ok)
 						_, ok = dp.Attributes().Get("tcpack.netns.inode")
 						assert.False(t, ok)

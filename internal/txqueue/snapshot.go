@@ -1,0 +1,318 @@
+package txqueue
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tcpack/tcpack/internal/kernel"
+)
+
+// Selector is how netdev_pick_tx chose a queue (bpf/txqueue.bpf.c enum pick_selector).
+type Selector uint8
+
+const (
+	// SelectorUnknown: the pick hooks are not attached, or the transmit was not the pick's
+	// skb on the same CPU (a qdisc queued it).
+	SelectorUnknown Selector = 0
+	// SelectorSocket: the socket's recorded queue (sk_tx_queue_mapping) was kept.
+	SelectorSocket Selector = 1
+	// SelectorXPS: re-picked with an XPS CPU map for the sending CPU.
+	SelectorXPS Selector = 2
+	// SelectorHash: re-picked by hash (skb_tx_hash), no XPS map for the sending CPU.
+	SelectorHash  Selector = 3
+	selectorCount          = 4
+)
+
+func (s Selector) String() string {
+	switch s {
+	case SelectorSocket:
+		return "socket"
+	case SelectorXPS:
+		return "xps"
+	case SelectorHash:
+		return "hash"
+	}
+	return "unknown"
+}
+
+// QueueCount is what one transmit queue of one interface has sent since the family started.
+type QueueCount struct {
+	Netns     uint32
+	Ifindex   uint32
+	Interface string
+	Queue     uint32
+	// Packets counts segments (gso_segs of a GSO skb), as qdiscs and most NICs count;
+	// Xmits counts skbs handed to the driver, as veth's own tx_packets does.
+	Packets uint64
+	Xmits   uint64
+	Bytes   uint64
+	// TxQueues is the interface's real_num_tx_queues at its last transmit.
+	TxQueues uint32
+}
+
+// InterfaceCount is one interface's per-interface counters.
+type InterfaceCount struct {
+	Netns     uint32
+	Ifindex   uint32
+	Interface string
+	// FlowMoves counts tracked flows seen on another queue than their previous packet's.
+	FlowMoves uint64
+	// Otherhost counts packets received with pkt_type PACKET_OTHERHOST.
+	Otherhost uint64
+	// Picks counts netdev_pick_tx calls by Selector (zero where the pick hooks are absent).
+	Picks [selectorCount]uint64
+}
+
+// Stats count what the kernel side could not report in full.
+type Stats struct {
+	SampledOut     [kindCount]uint64
+	RingBufferFull [kindCount]uint64
+	// QueueKeysFull counts packets not counted because queue_counts was full;
+	// InterfaceKeysFull interface events (moves, OTHERHOST, picks) because if_counts was.
+	QueueKeysFull     uint64
+	InterfaceKeysFull uint64
+}
+
+// Snapshot is the family's cumulative state at one moment.
+type Snapshot struct {
+	Queues     []QueueCount
+	Interfaces []InterfaceCount
+	Stats      Stats
+}
+
+// Flow is a connected socket's flow out of one interface, as the flow map holds it.
+type Flow struct {
+	Netns     uint32
+	Ifindex   uint32
+	Network   string // ipv4, ipv6
+	Transport string // tcp, udp
+	LocalAddr netip.Addr
+	LocalPort uint16
+	PeerAddr  netip.Addr
+	PeerPort  uint16
+	// Queue is the queue of the flow's last packet.
+	Queue   uint16
+	Packets uint64
+	Moves   uint64
+	// OOOOkay and Selector are those of its last packet.
+	OOOOkay  bool
+	Selector Selector
+	LastSeen time.Time
+}
+
+// pruneAt is how full a counting map may get before counters of network namespaces that no
+// longer exist are forgotten.
+const pruneAt = 0.9
+
+// Snapshot reads and sums the per-CPU counting maps. Counts are cumulative since Start.
+func (p *Probe) Snapshot() (Snapshot, error) {
+	var snap Snapshot
+	var err error
+	if snap.Queues, err = p.readQueues(); err != nil {
+		return snap, err
+	}
+	if snap.Interfaces, err = p.readInterfaces(); err != nil {
+		return snap, err
+	}
+	if snap.Stats, err = p.readStats(); err != nil {
+		return snap, err
+	}
+	if float64(len(snap.Queues)) >= pruneAt*float64(p.cfg.MaxQueueKeys) ||
+		float64(len(snap.Interfaces)) >= pruneAt*float64(p.cfg.MaxInterfaces) {
+		_, err = p.PruneDeadNetns()
+	}
+	return snap, err
+}
+
+func (p *Probe) readQueues() ([]QueueCount, error) {
+	var out []QueueCount
+	var key txqueueQueueKey
+	var perCPU []txqueueQueueValue
+	it := p.set.Maps[txqueueMapQueueCounts].Iterate()
+	for it.Next(&key, &perCPU) {
+		q := QueueCount{Netns: key.Netns, Ifindex: key.Ifindex, Queue: key.Queue}
+		for _, v := range perCPU {
+			q.Packets += v.Packets
+			q.Xmits += v.Xmits
+			q.Bytes += v.Bytes
+			q.TxQueues = max(q.TxQueues, v.RealNumTxQueues)
+			if q.Interface == "" {
+				q.Interface = cString(v.Ifname[:])
+			}
+		}
+		out = append(out, q)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("%s: read queue counts: %w", Family, err)
+	}
+	slices.SortFunc(out, func(a, b QueueCount) int {
+		return cmp.Or(cmp.Compare(a.Netns, b.Netns), cmp.Compare(a.Ifindex, b.Ifindex), cmp.Compare(a.Queue, b.Queue))
+	})
+	return out, nil
+}
+
+func (p *Probe) readInterfaces() ([]InterfaceCount, error) {
+	var out []InterfaceCount
+	var key txqueueIfKey
+	var perCPU []txqueueIfValue
+	it := p.set.Maps[txqueueMapIfCounts].Iterate()
+	for it.Next(&key, &perCPU) {
+		c := InterfaceCount{Netns: key.Netns, Ifindex: key.Ifindex}
+		for _, v := range perCPU {
+			c.FlowMoves += v.FlowMoves
+			c.Otherhost += v.Otherhost
+			for i := range c.Picks {
+				c.Picks[i] += v.Picks[i]
+			}
+			if c.Interface == "" {
+				c.Interface = cString(v.Ifname[:])
+			}
+		}
+		out = append(out, c)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("%s: read interface counts: %w", Family, err)
+	}
+	return out, nil
+}
+
+// Counter slots, as in bpf/txqueue.bpf.c enum counter.
+const (
+	counterSampledOut    = 0
+	counterRingbufFull   = 2
+	counterQueueKeysFull = 4
+	counterIfKeysFull    = 5
+)
+
+func (p *Probe) readStats() (Stats, error) {
+	var s Stats
+	m := p.set.Maps[txqueueMapCounters]
+	sum := func(slot uint32) (uint64, error) {
+		var perCPU []uint64
+		if err := m.Lookup(slot, &perCPU); err != nil {
+			return 0, fmt.Errorf("%s: read counter %d: %w", Family, slot, err)
+		}
+		var n uint64
+		for _, v := range perCPU {
+			n += v
+		}
+		return n, nil
+	}
+	var err error
+	for k := uint32(0); k < kindCount; k++ {
+		if s.SampledOut[k], err = sum(counterSampledOut + k); err != nil {
+			return s, err
+		}
+		if s.RingBufferFull[k], err = sum(counterRingbufFull + k); err != nil {
+			return s, err
+		}
+	}
+	if s.QueueKeysFull, err = sum(counterQueueKeysFull); err != nil {
+		return s, err
+	}
+	s.InterfaceKeysFull, err = sum(counterIfKeysFull)
+	return s, err
+}
+
+// Flows reads the flow map: every flow the LRU still holds, most recently sending first.
+func (p *Probe) Flows() ([]Flow, error) {
+	var out []Flow
+	var key txqueueFlowKey
+	var v txqueueFlowValue
+	it := p.set.Maps[txqueueMapFlows].Iterate()
+	for it.Next(&key, &v) {
+		fl := v.Flow
+		f := Flow{
+			Netns: key.Netns, Ifindex: key.Ifindex,
+			Network: networkType(fl.L3proto), Transport: transport(fl.L4proto),
+			LocalPort: fl.LocalPort, PeerPort: fl.PeerPort,
+			Queue: v.Queue, Packets: v.Packets, Moves: v.Moves,
+			OOOOkay: v.OooOkay != 0, Selector: Selector(v.Selector),
+			LastSeen: p.env.KtimeToTime(v.LastNs),
+		}
+		f.LocalAddr, f.PeerAddr = kernel.FlowAddrs(fl.L3proto, fl.LocalAddr, fl.PeerAddr)
+		out = append(out, f)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("%s: read flows: %w", Family, err)
+	}
+	slices.SortFunc(out, func(a, b Flow) int { return b.LastSeen.Compare(a.LastSeen) })
+	return out, nil
+}
+
+// PruneDeadNetns deletes the counters of network namespaces that no longer exist and returns
+// how many it deleted. The flow map needs no pruning: it is an LRU.
+func (p *Probe) PruneDeadNetns() (int, error) {
+	live := kernel.LiveNetns()
+	deleted := 0
+	var qk txqueueQueueKey
+	var qv []txqueueQueueValue
+	var deadQ []txqueueQueueKey
+	it := p.set.Maps[txqueueMapQueueCounts].Iterate()
+	for it.Next(&qk, &qv) {
+		if qk.Netns != 0 && !live[qk.Netns] {
+			deadQ = append(deadQ, qk)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("%s: prune queue counts: %w", Family, err)
+	}
+	for i := range deadQ {
+		if p.set.Maps[txqueueMapQueueCounts].Delete(&deadQ[i]) == nil {
+			deleted++
+		}
+	}
+	var ik txqueueIfKey
+	var iv []txqueueIfValue
+	var deadI []txqueueIfKey
+	it = p.set.Maps[txqueueMapIfCounts].Iterate()
+	for it.Next(&ik, &iv) {
+		if ik.Netns != 0 && !live[ik.Netns] {
+			deadI = append(deadI, ik)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return deleted, fmt.Errorf("%s: prune interface counts: %w", Family, err)
+	}
+	for i := range deadI {
+		if p.set.Maps[txqueueMapIfCounts].Delete(&deadI[i]) == nil {
+			deleted++
+		}
+	}
+	return deleted, nil
+}
+
+func cString(s []int8) string {
+	b := make([]byte, len(s))
+	for i, c := range s {
+		b[i] = byte(c)
+	}
+	return unix.ByteSliceToString(b)
+}
+
+// networkType is OpenTelemetry's network.type for an ethertype.
+func networkType(l3proto uint16) string {
+	switch l3proto {
+	case 0x0800:
+		return "ipv4"
+	case 0x86DD:
+		return "ipv6"
+	}
+	return ""
+}
+
+// transport is OpenTelemetry's network.transport; flows are only tracked for TCP and UDP.
+func transport(proto uint8) string {
+	switch proto {
+	case 6:
+		return "tcp"
+	case 17:
+		return "udp"
+	}
+	return fmt.Sprintf("ipproto_%d", proto)
+}

@@ -1,0 +1,214 @@
+// Package txqueue reports which transmit queue the kernel picks for each flow and interface
+// (net:net_dev_start_xmit, and netdev_pick_tx where fentry/fexit or kprobes exist), flows that
+// change queue, and packets received for another host (PACKET_OTHERHOST). A snapshot and the
+// events of a 4-queue veth look like:
+//
+//	netns=4026532289 if=tcpk1a queue=0 packets=1204 bytes=1802311 (4 tx queues)
+//	netns=4026532289 if=tcpk1a queue=2 packets=977 bytes=1460012
+//	flow 198.18.0.1:41822 -> 198.18.0.2:5001 tcp if=tcpk1a queue=2 packets=421 moves=1
+//	event flow_moved 198.18.0.1:41822 -> 198.18.0.2:5001 tcp if=tcpk1a queue 0 -> 2 ooo_okay=true pick=xps
+//	event otherhost if=tcpk1b 02:00:00:00:00:99 (dev 3e:1f:..) <- 3a:c0:.. 198.18.0.1 -> 198.18.0.3
+package txqueue
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/tcpack/tcpack/internal/kernel"
+	"github.com/tcpack/tcpack/internal/loader"
+)
+
+// Family is the name the loader and the telemetry use for this probe family.
+const Family = "txqueue"
+
+// Hook names, as reported by the loader.
+const (
+	HookXmit       = "net_dev_start_xmit"
+	HookReceive    = "netif_receive_skb"
+	HookPick       = "netdev_pick_tx"
+	HookPickReturn = "netdev_pick_tx_return"
+)
+
+// Config sizes the kernel side and bounds what reaches user space.
+type Config struct {
+	// EventsPerSecond is the sampled-event budget per CPU and event kind; 0 disables events.
+	EventsPerSecond uint32
+	// DisabledEvents are event kinds not to sample at all.
+	DisabledEvents []Kind
+	// EventBurst is how many events a quiet CPU may emit at once.
+	EventBurst uint32
+	// MaxQueueKeys bounds the (netns, interface, queue) counting map; packets past it are
+	// counted as overflow.
+	MaxQueueKeys uint32
+	// MaxInterfaces bounds the per-interface map (queue changes, OTHERHOST, picks).
+	MaxInterfaces uint32
+	// MaxFlows bounds the flow map; it is an LRU: the least recently sending flows make room.
+	MaxFlows uint32
+	// Otherhost attaches netif_receive_skb to count packets received for another host. It
+	// runs for every received packet.
+	Otherhost bool
+	// RingBufferBytes is the event ring buffer size (a power of two, multiple of the page size).
+	RingBufferBytes uint32
+	// WakeupBytes: the kernel wakes the reader only once this much is pending.
+	WakeupBytes uint32
+	// FlushInterval is how long an event may wait in the ring buffer below WakeupBytes.
+	FlushInterval time.Duration
+	// Strategies restricts attach mechanisms (see loader.Options.Only).
+	Strategies []loader.Kind
+}
+
+// DefaultConfig is what the receiver uses unless told otherwise.
+func DefaultConfig() Config {
+	return Config{
+		EventsPerSecond: 10,
+		EventBurst:      50,
+		MaxQueueKeys:    4096,
+		MaxInterfaces:   1024,
+		MaxFlows:        16384,
+		Otherhost:       true,
+		RingBufferBytes: 1 << 20,
+		WakeupBytes:     64 << 10,
+		FlushInterval:   200 * time.Millisecond,
+	}
+}
+
+// hooks: the tracepoints are everywhere (tp_btf typed and cheapest, raw_tp the fallback).
+// netdev_pick_tx is a function with no tracepoint: fentry/fexit, else kprobe/kretprobe, and on
+// kernels with neither the family still reports queues and moves, without the pick's reason.
+// Entry and exit are separate hooks; each works alone, the verdict needs both.
+func hooks(cfg Config) []loader.Hook {
+	hs := []loader.Hook{
+		{Name: HookXmit, Strategies: []loader.Strategy{
+			{Kind: loader.TPBTF, Program: txqueueProgNetDevStartXmitBtf, Target: "net_dev_start_xmit", Args: 2},
+			{Kind: loader.RawTP, Program: txqueueProgNetDevStartXmitRaw, Target: "net_dev_start_xmit", Args: 2},
+		}},
+	}
+	if cfg.Otherhost {
+		hs = append(hs, loader.Hook{Name: HookReceive, Strategies: []loader.Strategy{
+			{Kind: loader.TPBTF, Program: txqueueProgNetifReceiveSkbBtf, Target: "netif_receive_skb", Args: 1},
+			{Kind: loader.RawTP, Program: txqueueProgNetifReceiveSkbRaw, Target: "netif_receive_skb", Args: 1},
+		}})
+	}
+	return append(hs,
+		loader.Hook{Name: HookPick, Optional: true, Strategies: []loader.Strategy{
+			{Kind: loader.FEntry, Program: txqueueProgPickTxFentry, Target: "netdev_pick_tx"},
+			{Kind: loader.Kprobe, Program: txqueueProgPickTxKprobe, Target: "netdev_pick_tx"},
+		}},
+		loader.Hook{Name: HookPickReturn, Optional: true, Strategies: []loader.Strategy{
+			{Kind: loader.FExit, Program: txqueueProgPickTxFexit, Target: "netdev_pick_tx"},
+			{Kind: loader.Kretprobe, Program: txqueueProgPickTxKretprobe, Target: "netdev_pick_tx"},
+		}},
+	)
+}
+
+// HookNames lists the family's hooks, for reporting a family that could not start.
+func HookNames() []string {
+	var names []string
+	for _, h := range hooks(Config{Otherhost: true}) {
+		names = append(names, h.Name)
+	}
+	return names
+}
+
+// Probe is the loaded txqueue family.
+type Probe struct {
+	env    *kernel.Env
+	cfg    Config
+	set    *loader.Set
+	report loader.Report
+	reader *ringbuf.Reader
+	done   chan struct{}
+}
+
+// Start loads and attaches the family. Sampled events are decoded and passed to sink in
+// batches, from one goroutine; sink may be nil to count only.
+func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
+	spec, err := loadTxqueue()
+	if err != nil {
+		return nil, err
+	}
+	if err := configure(spec, cfg); err != nil {
+		return nil, err
+	}
+	set, report, err := loader.Load(Family, env, spec, hooks(cfg), loader.Options{Only: cfg.Strategies})
+	if err != nil {
+		return nil, err
+	}
+	p := &Probe{env: env, cfg: cfg, set: set, report: report, done: make(chan struct{})}
+	p.reader, err = ringbuf.NewReader(set.Maps[txqueueMapEvents])
+	if err != nil {
+		set.Close()
+		return nil, fmt.Errorf("%s: ring buffer reader: %w", Family, err)
+	}
+	go p.readEvents(cfg.FlushInterval, sink)
+	return p, nil
+}
+
+func configure(spec *ebpf.CollectionSpec, cfg Config) error {
+	rate, burst := uint64(cfg.EventsPerSecond), uint64(cfg.EventBurst)
+	refill := uint64(0)
+	if rate > 0 {
+		if burst == 0 {
+			burst = 1
+		}
+		refill = burst * uint64(time.Second) / rate
+	}
+	enabled := uint32(1<<kindCount - 1)
+	for _, k := range cfg.DisabledEvents {
+		enabled &^= 1 << k
+	}
+	vars := map[string]any{
+		txqueueVarEventRatePerSec:    rate,
+		txqueueVarEventBurst:         burst,
+		txqueueVarEventRefillCapNs:   refill,
+		txqueueVarEventKindsEnabled:  enabled,
+		txqueueVarRingbufWakeupBytes: uint64(cfg.WakeupBytes),
+	}
+	for name, v := range vars {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("%s: set %s: %w", Family, name, err)
+		}
+	}
+	for name, size := range map[string]uint32{
+		txqueueMapQueueCounts: cfg.MaxQueueKeys,
+		txqueueMapIfCounts:    cfg.MaxInterfaces,
+		txqueueMapFlows:       cfg.MaxFlows,
+		txqueueMapEvents:      cfg.RingBufferBytes,
+	} {
+		if size == 0 {
+			return fmt.Errorf("%s: map %s: size 0", Family, name)
+		}
+		spec.Maps[name].MaxEntries = size
+	}
+	return nil
+}
+
+// Report says which hooks attached and how.
+func (p *Probe) Report() loader.Report { return p.report }
+
+// Picks says whether netdev_pick_tx is hooked at entry and exit, so that picks are counted
+// and events say how the queue was chosen.
+func (p *Probe) Picks() bool {
+	n := 0
+	for _, h := range p.report.Hooks {
+		if (h.Hook == HookPick || h.Hook == HookPickReturn) && h.Attached != nil {
+			n++
+		}
+	}
+	return n == 2
+}
+
+// Close detaches everything and stops the event reader. It is safe to call twice.
+func (p *Probe) Close() error {
+	if p.reader == nil {
+		return nil
+	}
+	err := p.reader.Close()
+	<-p.done
+	p.reader = nil
+	return errors.Join(err, p.set.Close())
+}
