@@ -26,6 +26,9 @@ type Config struct {
 	// Quickack forces quick ACKs on the sockets it names (off by default: it changes
 	// kernel state).
 	Quickack QuickackConfig `mapstructure:"quickack"`
+	// Footprint counts the packets of the named flows at every layer of the stack; it
+	// attaches only while at least one flow is named.
+	Footprint FootprintConfig `mapstructure:"footprint"`
 	// RingBuffer tunes how sampled events travel from the kernel.
 	RingBuffer RingBufferConfig `mapstructure:"ring_buffer"`
 
@@ -128,6 +131,7 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.Acks.validate()...)
 	errs = append(errs, c.Quickack.validate()...)
+	errs = append(errs, c.Footprint.validate()...)
 	rb := c.RingBuffer
 	page := uint32(os.Getpagesize())
 	if rb.SizeBytes < page || rb.SizeBytes&(rb.SizeBytes-1) != 0 || rb.SizeBytes > 1<<30 {
@@ -263,7 +267,8 @@ func createDefaultConfig() *Config {
 			MaxSeries:       1000,
 			DelayAttributes: slices.Clone(delayAttributes),
 		},
-		Quickack: defaultQuickackConfig(),
+		Quickack:  defaultQuickackConfig(),
+		Footprint: defaultFootprintConfig(),
 		RingBuffer: RingBufferConfig{
 			SizeBytes:     d.RingBufferBytes,
 			WakeupBytes:   d.WakeupBytes,
