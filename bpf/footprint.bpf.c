@@ -358,33 +358,47 @@ int fp_sk_filter_cgroup(struct __sk_buff *skb)
 {
 	struct ip_tuple t = {};
 	__u16 proto = bpf_ntohs(skb->protocol);
-	__u32 l4off;
+	__be16 ports[2] = {};
 
+	/* As in read_ip_tuple: one load takes the ports too when they follow the fixed header. */
 	if (proto == ETH_P_IP) {
-		struct iphdr ip;
+		struct {
+			struct iphdr ip;
+			__be16 ports[2];
+		} h = {};
 
-		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)) || ip.version != 4)
+		if (bpf_skb_load_bytes(skb, 0, &h, sizeof(h)) && bpf_skb_load_bytes(skb, 0, &h.ip, sizeof(h.ip)))
 			return 1;
-		__builtin_memcpy(t.src, &ip.saddr, 4);
-		__builtin_memcpy(t.dst, &ip.daddr, 4);
-		t.l4proto = ip.protocol;
-		l4off = ip.ihl * 4;
+		if (h.ip.version != 4)
+			return 1;
+		__builtin_memcpy(t.src, &h.ip.saddr, 4);
+		__builtin_memcpy(t.dst, &h.ip.daddr, 4);
+		t.l4proto = h.ip.protocol;
+		if (h.ip.ihl == 5) {
+			ports[0] = h.ports[0];
+			ports[1] = h.ports[1];
+		} else {
+			bpf_skb_load_bytes(skb, (h.ip.ihl * 4) & 0x3f, ports, sizeof(ports));
+		}
 	} else if (proto == ETH_P_IPV6) {
-		struct ipv6hdr ip6;
+		struct {
+			struct ipv6hdr ip6;
+			__be16 ports[2];
+		} h = {};
 
-		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)) || ip6.version != 6)
+		if (bpf_skb_load_bytes(skb, 0, &h, sizeof(h)) && bpf_skb_load_bytes(skb, 0, &h.ip6, sizeof(h.ip6)))
 			return 1;
-		__builtin_memcpy(t.src, &ip6.saddr, 16);
-		__builtin_memcpy(t.dst, &ip6.daddr, 16);
-		t.l4proto = ip6.nexthdr;
-		l4off = sizeof(ip6);
+		if (h.ip6.version != 6)
+			return 1;
+		__builtin_memcpy(t.src, &h.ip6.saddr, 16);
+		__builtin_memcpy(t.dst, &h.ip6.daddr, 16);
+		t.l4proto = h.ip6.nexthdr;
+		ports[0] = h.ports[0];
+		ports[1] = h.ports[1];
 	} else {
 		return 1;
 	}
 	if (t.l4proto == IPPROTO_TCP || t.l4proto == IPPROTO_UDP) {
-		__be16 ports[2] = {};
-
-		bpf_skb_load_bytes(skb, l4off & 0xff, ports, sizeof(ports));
 		t.sport = ports[0];
 		t.dport = ports[1];
 	}

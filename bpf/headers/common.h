@@ -159,37 +159,54 @@ struct ip_tuple {
  * IPv6 extension headers are not walked: l4proto is the first next-header. */
 static __always_inline bool read_ip_tuple(const unsigned char *l3, __u16 proto, struct ip_tuple *t)
 {
+	/* One probe read takes the ports too when they follow a 20-byte IPv4 header or the IPv6
+	 * header: a helper call is most of what parsing costs, and footprint parses every packet
+	 * at every layer. The 4 bytes past a short packet's end are still skb memory (the linear
+	 * buffer ends in skb_shared_info) and only read as ports for TCP and UDP. */
+	__be16 ports[2] = {};
 	__u32 l4off;
 
 	if (proto == ETH_P_IP) {
-		struct iphdr ip;
+		struct {
+			struct iphdr ip;
+			__be16 ports[2];
+		} h;
 
-		if (bpf_probe_read_kernel(&ip, sizeof(ip), l3) || ip.version != 4)
+		if (bpf_probe_read_kernel(&h, sizeof(h), l3) || h.ip.version != 4)
 			return false;
-		__builtin_memcpy(t->src, &ip.saddr, 4);
-		__builtin_memcpy(t->dst, &ip.daddr, 4);
-		t->l4proto = ip.protocol;
-		l4off = ip.ihl * 4;
-		if (ip.frag_off & bpf_htons(0x1fff))
+		__builtin_memcpy(t->src, &h.ip.saddr, 4);
+		__builtin_memcpy(t->dst, &h.ip.daddr, 4);
+		t->l4proto = h.ip.protocol;
+		l4off = h.ip.ihl * 4;
+		if (h.ip.frag_off & bpf_htons(0x1fff))
 			l4off = 0; /* not the first fragment: no L4 header */
+		if (l4off == sizeof(h.ip)) {
+			ports[0] = h.ports[0];
+			ports[1] = h.ports[1];
+		} else if (l4off && (t->l4proto == IPPROTO_TCP || t->l4proto == IPPROTO_UDP)) {
+			bpf_probe_read_kernel(ports, sizeof(ports), l3 + l4off);
+		}
 	} else if (proto == ETH_P_IPV6) {
-		struct ipv6hdr ip6;
+		struct {
+			struct ipv6hdr ip6;
+			__be16 ports[2];
+		} h;
 
-		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), l3) || ip6.version != 6)
+		if (bpf_probe_read_kernel(&h, sizeof(h), l3) || h.ip6.version != 6)
 			return false;
-		__builtin_memcpy(t->src, &ip6.saddr, 16);
-		__builtin_memcpy(t->dst, &ip6.daddr, 16);
-		t->l4proto = ip6.nexthdr;
-		l4off = sizeof(ip6);
+		__builtin_memcpy(t->src, &h.ip6.saddr, 16);
+		__builtin_memcpy(t->dst, &h.ip6.daddr, 16);
+		t->l4proto = h.ip6.nexthdr;
+		ports[0] = h.ports[0];
+		ports[1] = h.ports[1];
 	} else {
 		return false;
 	}
 
-	__be16 ports[2] = {};
-	if (l4off && (t->l4proto == IPPROTO_TCP || t->l4proto == IPPROTO_UDP))
-		bpf_probe_read_kernel(ports, sizeof(ports), l3 + l4off);
-	t->sport = ports[0];
-	t->dport = ports[1];
+	if (t->l4proto == IPPROTO_TCP || t->l4proto == IPPROTO_UDP) {
+		t->sport = ports[0];
+		t->dport = ports[1];
+	}
 	return true;
 }
 

@@ -138,6 +138,33 @@ func hooks(cgroup string) []loader.Hook {
 	}
 }
 
+// needed leaves out the L4 hooks no flow's packets can reach: every program runs for every
+// packet on its path, so a UDP-only config does not pay for tcp_v4_rcv or tcp_probe.
+func needed(all []loader.Hook, flows []Flow) []loader.Hook {
+	var tcp, udp, v4, v6 bool
+	for _, f := range flows {
+		tcp = tcp || f.Protocol != "udp"
+		udp = udp || f.Protocol != "tcp"
+		l3, _ := l3proto(f)
+		v4 = v4 || l3 != 0x86DD
+		v6 = v6 || l3 != 0x0800
+	}
+	skip := map[string]bool{
+		TCPProbe.String(): !tcp,
+		TCPv4Rcv.String(): !tcp || !v4,
+		TCPv6Rcv.String(): !tcp || !v6,
+		UDPRcv.String():   !udp || !v4,
+		UDPv6Rcv.String(): !udp || !v6,
+	}
+	var out []loader.Hook
+	for _, h := range all {
+		if !skip[h.Name] {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
 // HookNames lists the family's hooks, for reporting a family that could not start.
 func HookNames() []string {
 	var names []string
@@ -193,7 +220,7 @@ func Start(env *kernel.Env, cfg Config) (*Probe, error) {
 		// Without cgroup v2 only the cgroup_skb strategy is lost: its precheck says why.
 		cgroup, _ = kernel.CgroupV2Root()
 	}
-	set, report, err := loader.Load(Family, env, spec, hooks(cgroup), loader.Options{Only: cfg.Strategies})
+	set, report, err := loader.Load(Family, env, spec, needed(hooks(cgroup), cfg.Flows), loader.Options{Only: cfg.Strategies})
 	if err != nil {
 		return nil, err
 	}
