@@ -143,63 +143,102 @@ static __always_inline void flow_from_sock(bool typed, struct flow *f, const str
 	f->source = TUPLE_SOCKET;
 }
 
-/* Parse the IP and L4 headers of the skb. skb_iif is set only when the packet arrived on an
- * interface (__netif_receive_skb_core), which tells whether the source is the peer or us.
+/* Addresses, ports and protocol of an IPv4 or IPv6 packet. */
+struct ip_tuple {
+	__u8 src[16]; /* IPv4 in the first 4 bytes, the rest 0 */
+	__u8 dst[16];
+	__be16 sport; /* network order; 0 when not TCP/UDP or not the first fragment */
+	__be16 dport;
+	__u8 l4proto;
+	__u8 _pad[3];
+} __attribute__((aligned(8)));
+
+/* Read the IP and L4 headers of a packet whose network header is at l3 in kernel memory;
+ * proto is the ethertype (host order). Shared by every family that parses packets at
+ * different layers: each knows where its layer keeps the network header.
  * IPv6 extension headers are not walked: l4proto is the first next-header. */
+static __always_inline bool read_ip_tuple(const unsigned char *l3, __u16 proto, struct ip_tuple *t)
+{
+	/* One probe read takes the ports too when they follow a 20-byte IPv4 header or the IPv6
+	 * header: a helper call is most of what parsing costs, and footprint parses every packet
+	 * at every layer. The 4 bytes past a short packet's end are still skb memory (the linear
+	 * buffer ends in skb_shared_info) and only read as ports for TCP and UDP. */
+	__be16 ports[2] = {};
+	__u32 l4off;
+
+	if (proto == ETH_P_IP) {
+		struct {
+			struct iphdr ip;
+			__be16 ports[2];
+		} h;
+
+		if (bpf_probe_read_kernel(&h, sizeof(h), l3) || h.ip.version != 4)
+			return false;
+		__builtin_memcpy(t->src, &h.ip.saddr, 4);
+		__builtin_memcpy(t->dst, &h.ip.daddr, 4);
+		t->l4proto = h.ip.protocol;
+		l4off = h.ip.ihl * 4;
+		if (h.ip.frag_off & bpf_htons(0x1fff))
+			l4off = 0; /* not the first fragment: no L4 header */
+		if (l4off == sizeof(h.ip)) {
+			ports[0] = h.ports[0];
+			ports[1] = h.ports[1];
+		} else if (l4off && (t->l4proto == IPPROTO_TCP || t->l4proto == IPPROTO_UDP)) {
+			bpf_probe_read_kernel(ports, sizeof(ports), l3 + l4off);
+		}
+	} else if (proto == ETH_P_IPV6) {
+		struct {
+			struct ipv6hdr ip6;
+			__be16 ports[2];
+		} h;
+
+		if (bpf_probe_read_kernel(&h, sizeof(h), l3) || h.ip6.version != 6)
+			return false;
+		__builtin_memcpy(t->src, &h.ip6.saddr, 16);
+		__builtin_memcpy(t->dst, &h.ip6.daddr, 16);
+		t->l4proto = h.ip6.nexthdr;
+		ports[0] = h.ports[0];
+		ports[1] = h.ports[1];
+	} else {
+		return false;
+	}
+
+	if (t->l4proto == IPPROTO_TCP || t->l4proto == IPPROTO_UDP) {
+		t->sport = ports[0];
+		t->dport = ports[1];
+	}
+	return true;
+}
+
+/* Parse the IP and L4 headers of the skb. skb_iif is set only when the packet arrived on an
+ * interface (__netif_receive_skb_core), which tells whether the source is the peer or us. */
 static __always_inline bool flow_from_skb(bool typed, struct flow *f, const struct sk_buff *skb)
 {
 	unsigned char *head = KREAD(typed, skb, head);
 	__u16 nh = KREAD(typed, skb, network_header);
 	__u16 proto = bpf_ntohs(KREAD(typed, skb, protocol));
-	__u8 src[16] = {}, dst[16] = {};
-	__u32 l4off;
-	__u8 l4;
+	struct ip_tuple t = {};
 
 	if (nh == (__u16)~0U || !head)
 		return false;
-	if (proto == ETH_P_IP) {
-		struct iphdr ip;
-
-		if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh) || ip.version != 4)
-			return false;
-		__builtin_memcpy(src, &ip.saddr, 4);
-		__builtin_memcpy(dst, &ip.daddr, 4);
-		l4 = ip.protocol;
-		l4off = nh + ip.ihl * 4;
-		if (ip.frag_off & bpf_htons(0x1fff))
-			l4off = 0; /* not the first fragment: no L4 header */
-	} else if (proto == ETH_P_IPV6) {
-		struct ipv6hdr ip6;
-
-		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh) || ip6.version != 6)
-			return false;
-		__builtin_memcpy(src, &ip6.saddr, 16);
-		__builtin_memcpy(dst, &ip6.daddr, 16);
-		l4 = ip6.nexthdr;
-		l4off = nh + sizeof(ip6);
-	} else {
+	if (!read_ip_tuple(head + nh, proto, &t))
 		return false;
-	}
-
-	__u16 ports[2] = {};
-	if (l4off && (l4 == IPPROTO_TCP || l4 == IPPROTO_UDP))
-		bpf_probe_read_kernel(ports, sizeof(ports), head + l4off);
 
 	f->l3proto = proto;
-	f->l4proto = l4;
+	f->l4proto = t.l4proto;
 	f->source = TUPLE_PACKET;
 	if (KREAD(typed, skb, skb_iif)) {
 		f->direction = DIRECTION_RECEIVE;
-		__builtin_memcpy(f->local_addr, dst, 16);
-		__builtin_memcpy(f->peer_addr, src, 16);
-		f->local_port = bpf_ntohs(ports[1]);
-		f->peer_port = bpf_ntohs(ports[0]);
+		__builtin_memcpy(f->local_addr, t.dst, 16);
+		__builtin_memcpy(f->peer_addr, t.src, 16);
+		f->local_port = bpf_ntohs(t.dport);
+		f->peer_port = bpf_ntohs(t.sport);
 	} else {
 		f->direction = DIRECTION_TRANSMIT;
-		__builtin_memcpy(f->local_addr, src, 16);
-		__builtin_memcpy(f->peer_addr, dst, 16);
-		f->local_port = bpf_ntohs(ports[0]);
-		f->peer_port = bpf_ntohs(ports[1]);
+		__builtin_memcpy(f->local_addr, t.src, 16);
+		__builtin_memcpy(f->peer_addr, t.dst, 16);
+		f->local_port = bpf_ntohs(t.sport);
+		f->peer_port = bpf_ntohs(t.dport);
 	}
 	return true;
 }

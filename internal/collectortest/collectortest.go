@@ -34,6 +34,7 @@ func Binary(t testing.TB) string {
 // Process is a running collector.
 type Process struct {
 	cmd     *exec.Cmd
+	config  string // the config file it reads
 	mu      sync.Mutex
 	log     strings.Builder
 	exited  chan struct{} // closed once the process has been waited for
@@ -70,7 +71,7 @@ func StartWith(t testing.TB, bin, config string, o Options) *Process {
 		t.Fatal(err)
 	}
 	argv := append(append(append([]string{}, o.Wrapper...), bin), "--config", path)
-	p := &Process{cmd: exec.Command(argv[0], argv[1:]...)}
+	p := &Process{cmd: exec.Command(argv[0], argv[1:]...), config: path}
 	p.cmd.Env = append(os.Environ(), o.Env...)
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
@@ -117,6 +118,28 @@ func StartWith(t testing.TB, bin, config string, o Options) *Process {
 		t.Fatalf("collector not ready after 30s:\n%s", p.Log())
 	}
 	return p
+}
+
+// Reload rewrites the collector's config file and sends SIGHUP, as an operator reloading it
+// would: the collector shuts its pipelines down and starts them again with the new config.
+func (p *Process) Reload(t testing.TB, config string) {
+	t.Helper()
+	if err := os.WriteFile(p.config, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Exited says whether the process has ended.
+func (p *Process) Exited() bool {
+	select {
+	case <-p.exited:
+		return true
+	default:
+		return false
+	}
 }
 
 // Log is what the collector has written to stderr so far.

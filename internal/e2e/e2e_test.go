@@ -305,6 +305,7 @@ func TestValidateRejectsBadConfig(t *testing.T) {
 		{"duration", "collection_interval: soon", []string{"collection_interval"}},
 		{"unknown key", "drops: {sampling_rate: 5}", []string{"sampling_rate"}},
 		{"strategy", "drops: {strategies: [kprobe]}", []string{"drops.strategies[0]", "tp_btf or raw_tp"}},
+		{"footprint flow", "footprint: {flows: [{name: a}, {name: b, peer: 10.0.0.0/40}]}", []string{"footprint.flows[1].peer", "CIDR"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := filepath.Join(t.TempDir(), "bad.yaml")

@@ -1,7 +1,7 @@
 // Package loader loads a probe family's eBPF objects and attaches each of its hooks with the
 // first strategy the running kernel accepts, in the family's order of preference.
 //
-// A hook lists strategies such as fentry -> kprobe -> tp_btf -> raw_tp -> sock_ops. Each is first checked
+// A hook lists strategies such as fentry -> kprobe -> tp_btf -> raw_tp -> sock_ops -> cgroup_skb. Each is first checked
 // against kernel BTF and kallsyms (does the function or tracepoint exist, does the tracepoint
 // pass as many arguments as the program reads), then loaded and attached for real; the first
 // that works wins, and the report says what attached and why each other one was skipped:
@@ -41,6 +41,9 @@ const (
 	SockOps Kind = "sock_ops"
 	// CgroupSetsockopt attaches to a cgroup (Target is its path) and sees its setsockopt calls.
 	CgroupSetsockopt Kind = "cgroup_setsockopt"
+	// CgroupSkbIngress attaches to a cgroup (Target is its path) and sees every packet
+	// delivered to its TCP and UDP sockets (sk_filter_trim_cap runs it).
+	CgroupSkbIngress Kind = "cgroup_skb"
 	// Iter is a BPF iterator (Target "tcp", ...): attaching creates the link, and each
 	// Set.Link(hook).(*link.Iter).Open() walks the objects of the opener's netns.
 	Iter Kind = "iter"
@@ -278,7 +281,7 @@ func precheck(env *kernel.Env, s Strategy) error {
 		if _, ok := env.Kallsyms.Address(s.Target); !ok {
 			return errors.New("function not in kallsyms (inlined or absent)")
 		}
-	case SockOps, CgroupSetsockopt:
+	case SockOps, CgroupSetsockopt, CgroupSkbIngress:
 		if _, err := os.Stat(s.Target); err != nil {
 			return fmt.Errorf("cgroup %s: %w", s.Target, err)
 		}
@@ -311,6 +314,8 @@ func attachProgram(prog *ebpf.Program, s Strategy) (link.Link, error) {
 		return link.AttachCgroup(link.CgroupOptions{Path: s.Target, Attach: ebpf.AttachCGroupSockOps, Program: prog})
 	case CgroupSetsockopt:
 		return link.AttachCgroup(link.CgroupOptions{Path: s.Target, Attach: ebpf.AttachCGroupSetsockopt, Program: prog})
+	case CgroupSkbIngress:
+		return link.AttachCgroup(link.CgroupOptions{Path: s.Target, Attach: ebpf.AttachCGroupInetIngress, Program: prog})
 	case Iter:
 		return link.AttachIter(link.IterOptions{Program: prog})
 	}

@@ -13,6 +13,8 @@ command -v bpftool >/dev/null || need+=(bpftool)
 command -v ip >/dev/null && command -v tc >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
 command -v iperf3 >/dev/null || need+=(iperf3)
+# The footprint tests switch veth offloads (GRO at the receiver) with ethtool.
+command -v ethtool >/dev/null || need+=(ethtool)
 
 if [ ${#need[@]} -eq 0 ]; then
 	exit 0

@@ -20,7 +20,7 @@ OUT=${VMTEST_OUT:-$ROOT/build/vm}
 KERNELS=(6.1:linux-image-amd64 6.12:linux-image-6.12-amd64)
 # Both Debian kernels have kprobes and BPF trampolines; a failure to use them is a bug.
 GUEST_EXPECT=fentry,fexit,kprobe,kretprobe
-PACKAGES=(./internal/kernel ./internal/loader ./internal/drops ./internal/acks ./internal/quickack ./internal/txqueue)
+PACKAGES=(./internal/kernel ./internal/loader ./internal/drops ./internal/acks ./internal/quickack ./internal/txqueue ./internal/footprint)
 # VMTEST_PACKAGES="./internal/loader ./internal/acks" runs a subset while developing; the README's
 # kernel table is then not checked.
 if [ -n "${VMTEST_PACKAGES:-}" ]; then
@@ -135,7 +135,7 @@ build_common_rootfs() {
 	mkdir -p "$rootfs"/{bin,tests,modules}
 	cp /bin/busybox "$rootfs/bin/busybox"
 	install -m 0755 internal/vmtest/init "$rootfs/init"
-	copy_with_libs "$rootfs" ip tc nft
+	copy_with_libs "$rootfs" ip tc nft ethtool
 	for pkg in "${PACKAGES[@]}"; do
 		CGO_ENABLED=0 go test -c -o "$rootfs/tests/$(basename "$pkg").test" "$pkg"
 	done

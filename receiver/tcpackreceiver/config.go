@@ -29,6 +29,9 @@ type Config struct {
 	// Txqueue configures the transmit-queue family (queue per flow and interface, queue
 	// changes, PACKET_OTHERHOST); off by default: it hooks every packet sent and received.
 	Txqueue TxqueueConfig `mapstructure:"txqueue"`
+	// Footprint counts the packets of the named flows at every layer of the stack; it
+	// attaches only while at least one flow is named.
+	Footprint FootprintConfig `mapstructure:"footprint"`
 	// RingBuffer tunes how sampled events travel from the kernel.
 	RingBuffer RingBufferConfig `mapstructure:"ring_buffer"`
 
@@ -135,6 +138,7 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.Acks.validate()...)
 	errs = append(errs, c.Quickack.validate()...)
 	errs = append(errs, c.Txqueue.validate()...)
+	errs = append(errs, c.Footprint.validate()...)
 	rb := c.RingBuffer
 	page := uint32(os.Getpagesize())
 	if rb.SizeBytes < page || rb.SizeBytes&(rb.SizeBytes-1) != 0 || rb.SizeBytes > 1<<30 {
@@ -282,8 +286,9 @@ func createDefaultConfig() *Config {
 			MaxSeries:       1000,
 			DelayAttributes: slices.Clone(delayAttributes),
 		},
-		Quickack: defaultQuickackConfig(),
-		Txqueue:  defaultTxqueueConfig(),
+		Quickack:  defaultQuickackConfig(),
+		Txqueue:   defaultTxqueueConfig(),
+		Footprint: defaultFootprintConfig(),
 		RingBuffer: RingBufferConfig{
 			SizeBytes:     d.RingBufferBytes,
 			WakeupBytes:   d.WakeupBytes,

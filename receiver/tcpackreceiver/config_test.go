@@ -102,6 +102,30 @@ func TestLoadQuickackConfig(t *testing.T) {
 	}
 }
 
+func TestLoadFootprintConfig(t *testing.T) {
+	cfg, err := loadConfig(t, component.NewIDWithName(metadata.Type, "footprint"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	fc, errs := cfg.Footprint.footprintConfig()
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	got := fmt.Sprintf("%v %+v", fc.Strategies, fc.Flows)
+	want := "[tp_btf cgroup_skb] [{Name:web Protocol:tcp Local:10.0.0.1/32 Peer:invalid Prefix LocalPort:8080 PeerPort:0} " +
+		"{Name:dns Protocol:udp Local:invalid Prefix Peer:2001:db8::/32 LocalPort:0 PeerPort:53} " +
+		"{Name:any Protocol: Local:invalid Prefix Peer:192.0.2.0/24 LocalPort:0 PeerPort:0}]"
+	if got != want {
+		t.Errorf("footprint config:\n got %s\nwant %s", got, want)
+	}
+	if def := createDefaultConfig(); len(def.Footprint.Flows) != 0 || def.Validate() != nil {
+		t.Errorf("footprint must name no flow and be valid by default: %+v", def.Footprint)
+	}
+}
+
 func TestValidateNamesFieldAndFix(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -144,6 +168,18 @@ func TestValidateNamesFieldAndFix(t *testing.T) {
 			c.Quickack.OptIn = true
 			c.Quickack.Netns = []string{"app"}
 		}, []string{"quickack.netns[0]", "/run/netns/NAME"}},
+		{"flow name", func(c *Config) { c.Footprint.Flows = []FlowConfig{{Name: "a b"}} }, []string{"footprint.flows[0].name", "letters"}},
+		{"flow name twice", func(c *Config) { c.Footprint.Flows = []FlowConfig{{Name: "a"}, {Name: "a"}} }, []string{"footprint.flows[1].name", "footprint.flows[0]"}},
+		{"flow protocol", func(c *Config) { c.Footprint.Flows = []FlowConfig{{Name: "a", Protocol: "sctp"}} }, []string{"footprint.flows[0].protocol", "tcp, udp"}},
+		{"flow peer", func(c *Config) { c.Footprint.Flows = []FlowConfig{{Name: "a"}, {Name: "b", Peer: "10.0.0.0/40"}} }, []string{"footprint.flows[1].peer", "CIDR"}},
+		{"flow versions", func(c *Config) { c.Footprint.Flows = []FlowConfig{{Name: "a", Local: "10.0.0.1", Peer: "fd00::1"}} }, []string{"footprint.flows[0].peer", "IP version"}},
+		{"flow port", func(c *Config) { c.Footprint.Flows = []FlowConfig{{Name: "a", LocalPort: 70000}} }, []string{"footprint.flows[0].local_port", "1..65535"}},
+		{"too many flows", func(c *Config) {
+			c.Footprint.MaxFlows = 1
+			c.Footprint.Flows = []FlowConfig{{Name: "a"}, {Name: "b"}}
+		}, []string{"footprint.flows", "footprint.max_flows (1)"}},
+		{"max flows", func(c *Config) { c.Footprint.MaxFlows = 65 }, []string{"footprint.max_flows", "1..64"}},
+		{"footprint strategy", func(c *Config) { c.Footprint.Strategies = []string{"xdp"} }, []string{"footprint.strategies[0]", "cgroup_skb"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := createDefaultConfig()

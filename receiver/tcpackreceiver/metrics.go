@@ -48,6 +48,11 @@ func (r *tcpackReceiver) collect(ctx context.Context) error {
 			return err
 		}
 	}
+	if r.footprint != nil {
+		if err := r.recordFootprint(ctx, now); err != nil {
+			return err
+		}
+	}
 	md := r.mb.Emit(metadata.WithResource(r.resource))
 	r.appendDelayHistogram(md, now, ackStats)
 	return r.sendMetrics(ctx, md)

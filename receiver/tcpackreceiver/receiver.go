@@ -18,6 +18,7 @@ import (
 
 	"github.com/tcpack/tcpack/internal/acks"
 	"github.com/tcpack/tcpack/internal/drops"
+	"github.com/tcpack/tcpack/internal/footprint"
 	"github.com/tcpack/tcpack/internal/kernel"
 	"github.com/tcpack/tcpack/internal/loader"
 	"github.com/tcpack/tcpack/internal/quickack"
@@ -42,6 +43,8 @@ type tcpackReceiver struct {
 	users int
 	drops *drops.Probe
 	acks  *acks.Probe
+	// footprint runs only while flows are named (nil otherwise: nothing attached).
+	footprint *footprint.Probe
 	// quickack is the forcing side; policyErrs the policy-table errors already logged.
 	quickack   *quickack.Force
 	policyErrs uint64
@@ -258,14 +261,30 @@ func (r *tcpackReceiver) start() error {
 			r.reports = append(r.reports, p.Report())
 		}
 	}
+	if len(r.cfg.Footprint.Flows) > 0 {
+		cfg, errs := r.cfg.Footprint.footprintConfig()
+		err := errors.Join(errs...)
+		var p *footprint.Probe
+		if err == nil {
+			p, err = footprint.Start(env, cfg)
+		}
+		if err != nil {
+			log.Error("footprint family not started", zap.Error(err))
+			failed = append(failed, err)
+			r.reports = append(r.reports, notAttached(footprint.Family, footprint.HookNames()))
+		} else {
+			r.footprint = p
+			r.reports = append(r.reports, p.Report())
+		}
+	}
 	for _, rep := range r.reports {
 		for _, line := range rep.Lines() {
 			log.Info(line)
 		}
 	}
-	if r.drops == nil && r.acks == nil && r.quickack == nil && r.txqueue == nil {
+	if r.drops == nil && r.acks == nil && r.quickack == nil && r.txqueue == nil && r.footprint == nil {
 		if len(failed) == 0 {
-			return errors.New("tcpack: every probe family is disabled; enable at least one (e.g. drops.enabled: true)")
+			return errors.New("tcpack: every probe family is disabled; enable at least one (e.g. drops.enabled: true, or name footprint.flows)")
 		}
 		return fmt.Errorf("tcpack: no probe family could start: %w", errors.Join(failed...))
 	}
@@ -274,7 +293,9 @@ func (r *tcpackReceiver) start() error {
 	r.metricsDetached, r.logsDetached = false, false
 	r.consumersMu.Unlock()
 	r.stop = make(chan struct{})
-	if r.metrics != nil {
+	// Footprint loss events are derived from the counters, so a logs-only receiver with
+	// flows named collects too.
+	if r.metrics != nil || (r.footprint != nil && r.logs != nil) {
 		r.wg.Add(1)
 		go r.collectLoop()
 	}
@@ -323,6 +344,10 @@ func (r *tcpackReceiver) shutdown() error {
 	if r.txqueue != nil {
 		errs = append(errs, r.txqueue.Close())
 		r.txqueue = nil
+	}
+	if r.footprint != nil {
+		errs = append(errs, r.footprint.Close())
+		r.footprint = nil
 	}
 	return errors.Join(errs...)
 }

@@ -459,6 +459,158 @@ func (ms *TcpackEventsSuppressedMetricConfig) Validate() error {
 	return nil
 }
 
+// TcpackFootprintDropsMetricAttributeKey specifies the key of an attribute for the tcpack.footprint.drops metric.
+type TcpackFootprintDropsMetricAttributeKey string
+
+const (
+	TcpackFootprintDropsMetricAttributeKeyTcpackFootprintFlow TcpackFootprintDropsMetricAttributeKey = "tcpack.footprint.flow"
+	TcpackFootprintDropsMetricAttributeKeyNetworkIoDirection  TcpackFootprintDropsMetricAttributeKey = "network.io.direction"
+	TcpackFootprintDropsMetricAttributeKeyTcpackDropReason    TcpackFootprintDropsMetricAttributeKey = "tcpack.drop.reason"
+	TcpackFootprintDropsMetricAttributeKeyTcpackDropSymbol    TcpackFootprintDropsMetricAttributeKey = "tcpack.drop.symbol"
+)
+
+// TcpackFootprintDropsMetricConfig provides config for the tcpack.footprint.drops metric.
+type TcpackFootprintDropsMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                   `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackFootprintDropsMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackFootprintDropsMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackFootprintDropsMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackFootprintDropsMetricAttributeKeyTcpackFootprintFlow, TcpackFootprintDropsMetricAttributeKeyNetworkIoDirection, TcpackFootprintDropsMetricAttributeKeyTcpackDropReason, TcpackFootprintDropsMetricAttributeKeyTcpackDropSymbol:
+		default:
+			return fmt.Errorf("metric tcpack.footprint.drops doesn't have an attribute %v, valid attributes: [tcpack.footprint.flow, network.io.direction, tcpack.drop.reason, tcpack.drop.symbol]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
+// TcpackFootprintLostMetricAttributeKey specifies the key of an attribute for the tcpack.footprint.lost metric.
+type TcpackFootprintLostMetricAttributeKey string
+
+const (
+	TcpackFootprintLostMetricAttributeKeyTcpackFootprintFlow      TcpackFootprintLostMetricAttributeKey = "tcpack.footprint.flow"
+	TcpackFootprintLostMetricAttributeKeyNetworkIoDirection       TcpackFootprintLostMetricAttributeKey = "network.io.direction"
+	TcpackFootprintLostMetricAttributeKeyTcpackFootprintLayer     TcpackFootprintLostMetricAttributeKey = "tcpack.footprint.layer"
+	TcpackFootprintLostMetricAttributeKeyTcpackFootprintNextLayer TcpackFootprintLostMetricAttributeKey = "tcpack.footprint.next_layer"
+)
+
+// TcpackFootprintLostMetricConfig provides config for the tcpack.footprint.lost metric.
+type TcpackFootprintLostMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                  `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackFootprintLostMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackFootprintLostMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackFootprintLostMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackFootprintLostMetricAttributeKeyTcpackFootprintFlow, TcpackFootprintLostMetricAttributeKeyNetworkIoDirection, TcpackFootprintLostMetricAttributeKeyTcpackFootprintLayer, TcpackFootprintLostMetricAttributeKeyTcpackFootprintNextLayer:
+		default:
+			return fmt.Errorf("metric tcpack.footprint.lost doesn't have an attribute %v, valid attributes: [tcpack.footprint.flow, network.io.direction, tcpack.footprint.layer, tcpack.footprint.next_layer]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
+// TcpackFootprintPacketsMetricAttributeKey specifies the key of an attribute for the tcpack.footprint.packets metric.
+type TcpackFootprintPacketsMetricAttributeKey string
+
+const (
+	TcpackFootprintPacketsMetricAttributeKeyTcpackFootprintFlow  TcpackFootprintPacketsMetricAttributeKey = "tcpack.footprint.flow"
+	TcpackFootprintPacketsMetricAttributeKeyTcpackFootprintLayer TcpackFootprintPacketsMetricAttributeKey = "tcpack.footprint.layer"
+	TcpackFootprintPacketsMetricAttributeKeyNetworkIoDirection   TcpackFootprintPacketsMetricAttributeKey = "network.io.direction"
+)
+
+// TcpackFootprintPacketsMetricConfig provides config for the tcpack.footprint.packets metric.
+type TcpackFootprintPacketsMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                     `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackFootprintPacketsMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackFootprintPacketsMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackFootprintPacketsMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackFootprintPacketsMetricAttributeKeyTcpackFootprintFlow, TcpackFootprintPacketsMetricAttributeKeyTcpackFootprintLayer, TcpackFootprintPacketsMetricAttributeKeyNetworkIoDirection:
+		default:
+			return fmt.Errorf("metric tcpack.footprint.packets doesn't have an attribute %v, valid attributes: [tcpack.footprint.flow, tcpack.footprint.layer, network.io.direction]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
 // TcpackKernelMapOverflowMetricAttributeKey specifies the key of an attribute for the tcpack.kernel_map.overflow metric.
 type TcpackKernelMapOverflowMetricAttributeKey string
 
@@ -1184,6 +1336,9 @@ type MetricsConfig struct {
 	TcpackDropBytes               TcpackDropBytesMetricConfig               `mapstructure:"tcpack.drop.bytes"`
 	TcpackDropCount               TcpackDropCountMetricConfig               `mapstructure:"tcpack.drop.count"`
 	TcpackEventsSuppressed        TcpackEventsSuppressedMetricConfig        `mapstructure:"tcpack.events.suppressed"`
+	TcpackFootprintDrops          TcpackFootprintDropsMetricConfig          `mapstructure:"tcpack.footprint.drops"`
+	TcpackFootprintLost           TcpackFootprintLostMetricConfig           `mapstructure:"tcpack.footprint.lost"`
+	TcpackFootprintPackets        TcpackFootprintPacketsMetricConfig        `mapstructure:"tcpack.footprint.packets"`
 	TcpackKernelMapOverflow       TcpackKernelMapOverflowMetricConfig       `mapstructure:"tcpack.kernel_map.overflow"`
 	TcpackPacketOtherhostCount    TcpackPacketOtherhostCountMetricConfig    `mapstructure:"tcpack.packet.otherhost.count"`
 	TcpackProbeAttached           TcpackProbeAttachedMetricConfig           `mapstructure:"tcpack.probe.attached"`
@@ -1247,6 +1402,21 @@ func DefaultMetricsConfig() MetricsConfig {
 			Enabled:             true,
 			AggregationStrategy: AggregationStrategySum,
 			EnabledAttributes:   []TcpackEventsSuppressedMetricAttributeKey{TcpackEventsSuppressedMetricAttributeKeyTcpackEventKind, TcpackEventsSuppressedMetricAttributeKeyTcpackSuppressionCause},
+		},
+		TcpackFootprintDrops: TcpackFootprintDropsMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []TcpackFootprintDropsMetricAttributeKey{TcpackFootprintDropsMetricAttributeKeyTcpackFootprintFlow, TcpackFootprintDropsMetricAttributeKeyNetworkIoDirection, TcpackFootprintDropsMetricAttributeKeyTcpackDropReason, TcpackFootprintDropsMetricAttributeKeyTcpackDropSymbol},
+		},
+		TcpackFootprintLost: TcpackFootprintLostMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []TcpackFootprintLostMetricAttributeKey{TcpackFootprintLostMetricAttributeKeyTcpackFootprintFlow, TcpackFootprintLostMetricAttributeKeyNetworkIoDirection, TcpackFootprintLostMetricAttributeKeyTcpackFootprintLayer, TcpackFootprintLostMetricAttributeKeyTcpackFootprintNextLayer},
+		},
+		TcpackFootprintPackets: TcpackFootprintPacketsMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []TcpackFootprintPacketsMetricAttributeKey{TcpackFootprintPacketsMetricAttributeKeyTcpackFootprintFlow, TcpackFootprintPacketsMetricAttributeKeyTcpackFootprintLayer, TcpackFootprintPacketsMetricAttributeKeyNetworkIoDirection},
 		},
 		TcpackKernelMapOverflow: TcpackKernelMapOverflowMetricConfig{
 			Enabled:             true,
@@ -1347,6 +1517,7 @@ func (ec *EventConfig) Unmarshal(parser *confmap.Conf) error {
 type EventsConfig struct {
 	TcpackAckDelayed       EventConfig `mapstructure:"tcpack.ack.delayed"`
 	TcpackDrop             EventConfig `mapstructure:"tcpack.drop"`
+	TcpackFootprintLoss    EventConfig `mapstructure:"tcpack.footprint.loss"`
 	TcpackPacketOtherhost  EventConfig `mapstructure:"tcpack.packet.otherhost"`
 	TcpackQuickackSocket   EventConfig `mapstructure:"tcpack.quickack.socket"`
 	TcpackTCPReset         EventConfig `mapstructure:"tcpack.tcp.reset"`
@@ -1360,6 +1531,9 @@ func DefaultEventsConfig() EventsConfig {
 			Enabled: true,
 		},
 		TcpackDrop: EventConfig{
+			Enabled: true,
+		},
+		TcpackFootprintLoss: EventConfig{
 			Enabled: true,
 		},
 		TcpackPacketOtherhost: EventConfig{

@@ -71,6 +71,21 @@ func TestMetricsBuilderConfig(t *testing.T) {
 						AggregationStrategy: AggregationStrategySum,
 						EnabledAttributes:   []TcpackEventsSuppressedMetricAttributeKey{TcpackEventsSuppressedMetricAttributeKeyTcpackEventKind, TcpackEventsSuppressedMetricAttributeKeyTcpackSuppressionCause},
 					},
+					TcpackFootprintDrops: TcpackFootprintDropsMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackFootprintDropsMetricAttributeKey{TcpackFootprintDropsMetricAttributeKeyTcpackFootprintFlow, TcpackFootprintDropsMetricAttributeKeyNetworkIoDirection, TcpackFootprintDropsMetricAttributeKeyTcpackDropReason, TcpackFootprintDropsMetricAttributeKeyTcpackDropSymbol},
+					},
+					TcpackFootprintLost: TcpackFootprintLostMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackFootprintLostMetricAttributeKey{TcpackFootprintLostMetricAttributeKeyTcpackFootprintFlow, TcpackFootprintLostMetricAttributeKeyNetworkIoDirection, TcpackFootprintLostMetricAttributeKeyTcpackFootprintLayer, TcpackFootprintLostMetricAttributeKeyTcpackFootprintNextLayer},
+					},
+					TcpackFootprintPackets: TcpackFootprintPacketsMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackFootprintPacketsMetricAttributeKey{TcpackFootprintPacketsMetricAttributeKeyTcpackFootprintFlow, TcpackFootprintPacketsMetricAttributeKeyTcpackFootprintLayer, TcpackFootprintPacketsMetricAttributeKeyNetworkIoDirection},
+					},
 					TcpackKernelMapOverflow: TcpackKernelMapOverflowMetricConfig{
 						Enabled:             true,
 						AggregationStrategy: AggregationStrategySum,
@@ -200,6 +215,21 @@ func TestMetricsBuilderConfig(t *testing.T) {
 						AggregationStrategy: AggregationStrategySum,
 						EnabledAttributes:   []TcpackEventsSuppressedMetricAttributeKey{TcpackEventsSuppressedMetricAttributeKeyTcpackEventKind, TcpackEventsSuppressedMetricAttributeKeyTcpackSuppressionCause},
 					},
+					TcpackFootprintDrops: TcpackFootprintDropsMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackFootprintDropsMetricAttributeKey{TcpackFootprintDropsMetricAttributeKeyTcpackFootprintFlow, TcpackFootprintDropsMetricAttributeKeyNetworkIoDirection, TcpackFootprintDropsMetricAttributeKeyTcpackDropReason, TcpackFootprintDropsMetricAttributeKeyTcpackDropSymbol},
+					},
+					TcpackFootprintLost: TcpackFootprintLostMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackFootprintLostMetricAttributeKey{TcpackFootprintLostMetricAttributeKeyTcpackFootprintFlow, TcpackFootprintLostMetricAttributeKeyNetworkIoDirection, TcpackFootprintLostMetricAttributeKeyTcpackFootprintLayer, TcpackFootprintLostMetricAttributeKeyTcpackFootprintNextLayer},
+					},
+					TcpackFootprintPackets: TcpackFootprintPacketsMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackFootprintPacketsMetricAttributeKey{TcpackFootprintPacketsMetricAttributeKeyTcpackFootprintFlow, TcpackFootprintPacketsMetricAttributeKeyTcpackFootprintLayer, TcpackFootprintPacketsMetricAttributeKeyNetworkIoDirection},
+					},
 					TcpackKernelMapOverflow: TcpackKernelMapOverflowMetricConfig{
 						Enabled:             false,
 						AggregationStrategy: AggregationStrategySum,
@@ -284,7 +314,7 @@ func TestMetricsBuilderConfig(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := loadMetricsBuilderConfig(t, tt.name)
-			diff := cmp.Diff(tt.want, cfg, cmpopts.IgnoreUnexported(TcpackAckCountMetricConfig{}, TcpackAckDelayDecisionsCountMetricConfig{}, TcpackAckForcedCountMetricConfig{}, TcpackAckOtherCountMetricConfig{}, TcpackAckQuotaExhaustedCountMetricConfig{}, TcpackAckSegmentsMetricConfig{}, TcpackDropBytesMetricConfig{}, TcpackDropCountMetricConfig{}, TcpackEventsSuppressedMetricConfig{}, TcpackKernelMapOverflowMetricConfig{}, TcpackPacketOtherhostCountMetricConfig{}, TcpackProbeAttachedMetricConfig{}, TcpackQuickackAppliedCountMetricConfig{}, TcpackQuickackPolicyErrorsMetricConfig{}, TcpackQuickackRefusedCountMetricConfig{}, TcpackQuickackSocketsMetricConfig{}, TcpackTCPResetCountMetricConfig{}, TcpackTCPRetransmitCountMetricConfig{}, TcpackTxqueueBytesMetricConfig{}, TcpackTxqueueFlowChangesCountMetricConfig{}, TcpackTxqueueFlowsMetricConfig{}, TcpackTxqueuePacketsMetricConfig{}, TcpackTxqueuePicksCountMetricConfig{}, TcpackTxqueueQueuesMetricConfig{}, ResourceAttributeConfig{}))
+			diff := cmp.Diff(tt.want, cfg, cmpopts.IgnoreUnexported(TcpackAckCountMetricConfig{}, TcpackAckDelayDecisionsCountMetricConfig{}, TcpackAckForcedCountMetricConfig{}, TcpackAckOtherCountMetricConfig{}, TcpackAckQuotaExhaustedCountMetricConfig{}, TcpackAckSegmentsMetricConfig{}, TcpackDropBytesMetricConfig{}, TcpackDropCountMetricConfig{}, TcpackEventsSuppressedMetricConfig{}, TcpackFootprintDropsMetricConfig{}, TcpackFootprintLostMetricConfig{}, TcpackFootprintPacketsMetricConfig{}, TcpackKernelMapOverflowMetricConfig{}, TcpackPacketOtherhostCountMetricConfig{}, TcpackProbeAttachedMetricConfig{}, TcpackQuickackAppliedCountMetricConfig{}, TcpackQuickackPolicyErrorsMetricConfig{}, TcpackQuickackRefusedCountMetricConfig{}, TcpackQuickackSocketsMetricConfig{}, TcpackTCPResetCountMetricConfig{}, TcpackTCPRetransmitCountMetricConfig{}, TcpackTxqueueBytesMetricConfig{}, TcpackTxqueueFlowChangesCountMetricConfig{}, TcpackTxqueueFlowsMetricConfig{}, TcpackTxqueuePacketsMetricConfig{}, TcpackTxqueuePicksCountMetricConfig{}, TcpackTxqueueQueuesMetricConfig{}, ResourceAttributeConfig{}))
 			require.Emptyf(t, diff, "Config mismatch (-expected +actual):\n%s", diff)
 		})
 	}
@@ -393,6 +423,42 @@ func TestTcpackEventsSuppressedMetricsConfig_Validate(t *testing.T) {
 	require.ErrorContains(t, cfg.Validate(), "metric tcpack.events.suppressed doesn't have an attribute invalid, valid attributes: [tcpack.event.kind, tcpack.suppression.cause]")
 
 	cfg = DefaultMetricsConfig().TcpackEventsSuppressed
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestTcpackFootprintDropsMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackFootprintDrops
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackFootprintDropsMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.footprint.drops doesn't have an attribute invalid, valid attributes: [tcpack.footprint.flow, network.io.direction, tcpack.drop.reason, tcpack.drop.symbol]")
+
+	cfg = DefaultMetricsConfig().TcpackFootprintDrops
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestTcpackFootprintLostMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackFootprintLost
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackFootprintLostMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.footprint.lost doesn't have an attribute invalid, valid attributes: [tcpack.footprint.flow, network.io.direction, tcpack.footprint.layer, tcpack.footprint.next_layer]")
+
+	cfg = DefaultMetricsConfig().TcpackFootprintLost
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestTcpackFootprintPacketsMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackFootprintPackets
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackFootprintPacketsMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.footprint.packets doesn't have an attribute invalid, valid attributes: [tcpack.footprint.flow, tcpack.footprint.layer, network.io.direction]")
+
+	cfg = DefaultMetricsConfig().TcpackFootprintPackets
 	cfg.AggregationStrategy = "invalid"
 	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
 }

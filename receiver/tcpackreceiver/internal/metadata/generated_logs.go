@@ -112,6 +112,48 @@ func newEventTcpackDrop(cfg EventConfig) eventTcpackDrop {
 	return e
 }
 
+type eventTcpackFootprintLoss struct {
+	data   plog.LogRecordSlice // data buffer for generated log records.
+	config EventConfig         // event config provided by user.
+}
+
+func (e *eventTcpackFootprintLoss) recordEvent(ctx context.Context, timestamp pcommon.Timestamp, tcpackFootprintFlowAttributeValue string, networkIoDirectionAttributeValue string, tcpackFootprintLayerAttributeValue string, tcpackFootprintNextLayerAttributeValue string, tcpackFootprintLostAttributeValue int64, tcpackDropReasonAttributeValue string, tcpackDropSymbolAttributeValue string) {
+	if !e.config.Enabled {
+		return
+	}
+	dp := e.data.AppendEmpty()
+	dp.SetEventName("tcpack.footprint.loss")
+	dp.SetTimestamp(timestamp)
+
+	if span := trace.SpanContextFromContext(ctx); span.IsValid() {
+		dp.SetTraceID(pcommon.TraceID(span.TraceID()))
+		dp.SetSpanID(pcommon.SpanID(span.SpanID()))
+	}
+	dp.Attributes().PutStr("tcpack.footprint.flow", tcpackFootprintFlowAttributeValue)
+	dp.Attributes().PutStr("network.io.direction", networkIoDirectionAttributeValue)
+	dp.Attributes().PutStr("tcpack.footprint.layer", tcpackFootprintLayerAttributeValue)
+	dp.Attributes().PutStr("tcpack.footprint.next_layer", tcpackFootprintNextLayerAttributeValue)
+	dp.Attributes().PutInt("tcpack.footprint.lost", tcpackFootprintLostAttributeValue)
+	dp.Attributes().PutStr("tcpack.drop.reason", tcpackDropReasonAttributeValue)
+	dp.Attributes().PutStr("tcpack.drop.symbol", tcpackDropSymbolAttributeValue)
+
+}
+
+// emit appends recorded event data to a events slice and prepares it for recording another set of log records.
+func (e *eventTcpackFootprintLoss) emit(lrs plog.LogRecordSlice) {
+	if e.config.Enabled && e.data.Len() > 0 {
+		e.data.MoveAndAppendTo(lrs)
+	}
+}
+
+func newEventTcpackFootprintLoss(cfg EventConfig) eventTcpackFootprintLoss {
+	e := eventTcpackFootprintLoss{config: cfg}
+	if cfg.Enabled {
+		e.data = plog.NewLogRecordSlice()
+	}
+	return e
+}
+
 type eventTcpackPacketOtherhost struct {
 	data   plog.LogRecordSlice // data buffer for generated log records.
 	config EventConfig         // event config provided by user.
@@ -354,6 +396,7 @@ type LogsBuilder struct {
 	resourceAttributeExcludeFilter map[string]filter.Filter
 	eventTcpackAckDelayed          eventTcpackAckDelayed
 	eventTcpackDrop                eventTcpackDrop
+	eventTcpackFootprintLoss       eventTcpackFootprintLoss
 	eventTcpackPacketOtherhost     eventTcpackPacketOtherhost
 	eventTcpackQuickackSocket      eventTcpackQuickackSocket
 	eventTcpackTCPReset            eventTcpackTCPReset
@@ -374,6 +417,7 @@ func NewLogsBuilder(lbc LogsBuilderConfig, settings receiver.Settings) *LogsBuil
 		buildInfo:                      settings.BuildInfo,
 		eventTcpackAckDelayed:          newEventTcpackAckDelayed(lbc.Events.TcpackAckDelayed),
 		eventTcpackDrop:                newEventTcpackDrop(lbc.Events.TcpackDrop),
+		eventTcpackFootprintLoss:       newEventTcpackFootprintLoss(lbc.Events.TcpackFootprintLoss),
 		eventTcpackPacketOtherhost:     newEventTcpackPacketOtherhost(lbc.Events.TcpackPacketOtherhost),
 		eventTcpackQuickackSocket:      newEventTcpackQuickackSocket(lbc.Events.TcpackQuickackSocket),
 		eventTcpackTCPReset:            newEventTcpackTCPReset(lbc.Events.TcpackTCPReset),
@@ -439,6 +483,7 @@ func (lb *LogsBuilder) EmitForResource(options ...ResourceLogsOption) {
 	ils.Scope().SetVersion(lb.buildInfo.Version)
 	lb.eventTcpackAckDelayed.emit(ils.LogRecords())
 	lb.eventTcpackDrop.emit(ils.LogRecords())
+	lb.eventTcpackFootprintLoss.emit(ils.LogRecords())
 	lb.eventTcpackPacketOtherhost.emit(ils.LogRecords())
 	lb.eventTcpackQuickackSocket.emit(ils.LogRecords())
 	lb.eventTcpackTCPReset.emit(ils.LogRecords())
@@ -488,6 +533,11 @@ func (lb *LogsBuilder) RecordTcpackAckDelayedEvent(ctx context.Context, timestam
 // RecordTcpackDropEvent adds a log record of tcpack.drop event.
 func (lb *LogsBuilder) RecordTcpackDropEvent(ctx context.Context, timestamp pcommon.Timestamp, tcpackDropReasonAttributeValue string, tcpackDropSymbolAttributeValue string, tcpackDropLocationAttributeValue string, networkTransportAttributeValue string, networkTypeAttributeValue string, networkIoDirectionAttributeValue AttributeNetworkIoDirection, networkLocalAddressAttributeValue string, networkLocalPortAttributeValue int64, networkPeerAddressAttributeValue string, networkPeerPortAttributeValue int64, networkInterfaceNameAttributeValue string, tcpackNetnsInodeAttributeValue int64, tcpackNetnsNameAttributeValue string, networkConnectionStateAttributeValue string, tcpackTupleSourceAttributeValue AttributeTcpackTupleSource, tcpackSkbLenAttributeValue int64) {
 	lb.eventTcpackDrop.recordEvent(ctx, timestamp, tcpackDropReasonAttributeValue, tcpackDropSymbolAttributeValue, tcpackDropLocationAttributeValue, networkTransportAttributeValue, networkTypeAttributeValue, networkIoDirectionAttributeValue.String(), networkLocalAddressAttributeValue, networkLocalPortAttributeValue, networkPeerAddressAttributeValue, networkPeerPortAttributeValue, networkInterfaceNameAttributeValue, tcpackNetnsInodeAttributeValue, tcpackNetnsNameAttributeValue, networkConnectionStateAttributeValue, tcpackTupleSourceAttributeValue.String(), tcpackSkbLenAttributeValue)
+}
+
+// RecordTcpackFootprintLossEvent adds a log record of tcpack.footprint.loss event.
+func (lb *LogsBuilder) RecordTcpackFootprintLossEvent(ctx context.Context, timestamp pcommon.Timestamp, tcpackFootprintFlowAttributeValue string, networkIoDirectionAttributeValue AttributeNetworkIoDirection, tcpackFootprintLayerAttributeValue string, tcpackFootprintNextLayerAttributeValue string, tcpackFootprintLostAttributeValue int64, tcpackDropReasonAttributeValue string, tcpackDropSymbolAttributeValue string) {
+	lb.eventTcpackFootprintLoss.recordEvent(ctx, timestamp, tcpackFootprintFlowAttributeValue, networkIoDirectionAttributeValue.String(), tcpackFootprintLayerAttributeValue, tcpackFootprintNextLayerAttributeValue, tcpackFootprintLostAttributeValue, tcpackDropReasonAttributeValue, tcpackDropSymbolAttributeValue)
 }
 
 // RecordTcpackPacketOtherhostEvent adds a log record of tcpack.packet.otherhost event.

@@ -135,6 +135,9 @@ func TestLogsBuilder(t *testing.T) {
 			lb.RecordTcpackDropEvent(ctx, timestamp, "tcpack.drop.reason-val", "tcpack.drop.symbol-val", "tcpack.drop.location-val", "network.transport-val", "network.type-val", AttributeNetworkIoDirectionReceive, "network.local.address-val", 18, "network.peer.address-val", 17, "network.interface.name-val", 18, "tcpack.netns.name-val", "network.connection.state-val", AttributeTcpackTupleSourcePacket, 14)
 			defaultEventsCount++
 			allEventsCount++
+			lb.RecordTcpackFootprintLossEvent(ctx, timestamp, "tcpack.footprint.flow-val", AttributeNetworkIoDirectionReceive, "tcpack.footprint.layer-val", "tcpack.footprint.next_layer-val", 21, "tcpack.drop.reason-val", "tcpack.drop.symbol-val")
+			defaultEventsCount++
+			allEventsCount++
 			lb.RecordTcpackPacketOtherhostEvent(ctx, timestamp, "network.interface.name-val", "tcpack.interface.mac-val", "tcpack.packet.source.mac-val", "tcpack.packet.destination.mac-val", "network.type-val", "source.address-val", "destination.address-val", 14, 18, "tcpack.netns.name-val")
 			defaultEventsCount++
 			allEventsCount++
@@ -278,6 +281,34 @@ func TestLogsBuilder(t *testing.T) {
 					attrVal, ok = lr.Attributes().Get("tcpack.skb.len")
 					assert.True(t, ok)
 					assert.EqualValues(t, 14, attrVal.Int())
+				case "tcpack.footprint.loss":
+					assert.False(t, validatedEvents["tcpack.footprint.loss"], "Found a duplicate in the events slice: tcpack.footprint.loss")
+					validatedEvents["tcpack.footprint.loss"] = true
+					lr := lrs.At(i)
+					assert.Equal(t, timestamp, lr.Timestamp())
+					assert.Equal(t, pcommon.TraceID(traceID), lr.TraceID())
+					assert.Equal(t, pcommon.SpanID(spanID), lr.SpanID())
+					attrVal, ok := lr.Attributes().Get("tcpack.footprint.flow")
+					assert.True(t, ok)
+					assert.Equal(t, "tcpack.footprint.flow-val", attrVal.Str())
+					attrVal, ok = lr.Attributes().Get("network.io.direction")
+					assert.True(t, ok)
+					assert.Equal(t, "receive", attrVal.Str())
+					attrVal, ok = lr.Attributes().Get("tcpack.footprint.layer")
+					assert.True(t, ok)
+					assert.Equal(t, "tcpack.footprint.layer-val", attrVal.Str())
+					attrVal, ok = lr.Attributes().Get("tcpack.footprint.next_layer")
+					assert.True(t, ok)
+					assert.Equal(t, "tcpack.footprint.next_layer-val", attrVal.Str())
+					attrVal, ok = lr.Attributes().Get("tcpack.footprint.lost")
+					assert.True(t, ok)
+					assert.EqualValues(t, 21, attrVal.Int())
+					attrVal, ok = lr.Attributes().Get("tcpack.drop.reason")
+					assert.True(t, ok)
+					assert.Equal(t, "tcpack.drop.reason-val", attrVal.Str())
+					attrVal, ok = lr.Attributes().Get("tcpack.drop.symbol")
+					assert.True(t, ok)
+					assert.Equal(t, "tcpack.drop.symbol-val", attrVal.Str())
 				case "tcpack.packet.otherhost":
 					assert.False(t, validatedEvents["tcpack.packet.otherhost"], "Found a duplicate in the events slice: tcpack.packet.otherhost")
 					validatedEvents["tcpack.packet.otherhost"] = true

@@ -147,6 +147,7 @@ const (
 	AttributeTcpackMapAckCounts
 	AttributeTcpackMapQueueCounts
 	AttributeTcpackMapIfCounts
+	AttributeTcpackMapFootprintDrops
 )
 
 // String returns the string representation of the AttributeTcpackMap.
@@ -162,17 +163,20 @@ func (av AttributeTcpackMap) String() string {
 		return "queue_counts"
 	case AttributeTcpackMapIfCounts:
 		return "if_counts"
+	case AttributeTcpackMapFootprintDrops:
+		return "footprint_drops"
 	}
 	return ""
 }
 
 // MapAttributeTcpackMap is a helper map of string to AttributeTcpackMap attribute value.
 var MapAttributeTcpackMap = map[string]AttributeTcpackMap{
-	"drop_counts":  AttributeTcpackMapDropCounts,
-	"tcp_counts":   AttributeTcpackMapTCPCounts,
-	"ack_counts":   AttributeTcpackMapAckCounts,
-	"queue_counts": AttributeTcpackMapQueueCounts,
-	"if_counts":    AttributeTcpackMapIfCounts,
+	"drop_counts":     AttributeTcpackMapDropCounts,
+	"tcp_counts":      AttributeTcpackMapTCPCounts,
+	"ack_counts":      AttributeTcpackMapAckCounts,
+	"queue_counts":    AttributeTcpackMapQueueCounts,
+	"if_counts":       AttributeTcpackMapIfCounts,
+	"footprint_drops": AttributeTcpackMapFootprintDrops,
 }
 
 // AttributeTcpackQuickackAction specifies the value tcpack.quickack.action attribute.
@@ -418,6 +422,18 @@ var MetricsInfo = metricsInfo{
 		Name:       "tcpack.events.suppressed",
 		Attributes: []string{"tcpack.event.kind", "tcpack.suppression.cause"},
 	},
+	TcpackFootprintDrops: metricInfo{
+		Name:       "tcpack.footprint.drops",
+		Attributes: []string{"tcpack.footprint.flow", "network.io.direction", "tcpack.drop.reason", "tcpack.drop.symbol"},
+	},
+	TcpackFootprintLost: metricInfo{
+		Name:       "tcpack.footprint.lost",
+		Attributes: []string{"tcpack.footprint.flow", "network.io.direction", "tcpack.footprint.layer", "tcpack.footprint.next_layer"},
+	},
+	TcpackFootprintPackets: metricInfo{
+		Name:       "tcpack.footprint.packets",
+		Attributes: []string{"tcpack.footprint.flow", "tcpack.footprint.layer", "network.io.direction"},
+	},
 	TcpackKernelMapOverflow: metricInfo{
 		Name:       "tcpack.kernel_map.overflow",
 		Attributes: []string{"tcpack.map"},
@@ -489,6 +505,9 @@ type metricsInfo struct {
 	TcpackDropBytes               metricInfo
 	TcpackDropCount               metricInfo
 	TcpackEventsSuppressed        metricInfo
+	TcpackFootprintDrops          metricInfo
+	TcpackFootprintLost           metricInfo
+	TcpackFootprintPackets        metricInfo
 	TcpackKernelMapOverflow       metricInfo
 	TcpackPacketOtherhostCount    metricInfo
 	TcpackProbeAttached           metricInfo
@@ -1376,6 +1395,303 @@ func (m *metricTcpackEventsSuppressed) emit(metrics pmetric.MetricSlice) {
 
 func newMetricTcpackEventsSuppressed(cfg TcpackEventsSuppressedMetricConfig) metricTcpackEventsSuppressed {
 	m := metricTcpackEventsSuppressed{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricTcpackFootprintDrops struct {
+	data          pmetric.Metric                   // data buffer for generated metric.
+	config        TcpackFootprintDropsMetricConfig // metric config provided by user.
+	capacity      int                              // max observed number of data points added to the metric.
+	aggDataPoints []int64                          // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.footprint.drops metric with initial data.
+func (m *metricTcpackFootprintDrops) init() {
+	m.data.SetName("tcpack.footprint.drops")
+	m.data.SetDescription("Packets of a named flow the kernel freed without delivering them (skb:kfree_skb), by drop reason and dropping function.")
+	m.data.SetUnit("{packet}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackFootprintDrops) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, tcpackFootprintFlowAttributeValue string, networkIoDirectionAttributeValue string, tcpackDropReasonAttributeValue string, tcpackDropSymbolAttributeValue string) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackFootprintDropsMetricAttributeKeyTcpackFootprintFlow) {
+		dp.Attributes().PutStr("tcpack.footprint.flow", tcpackFootprintFlowAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackFootprintDropsMetricAttributeKeyNetworkIoDirection) {
+		dp.Attributes().PutStr("network.io.direction", networkIoDirectionAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackFootprintDropsMetricAttributeKeyTcpackDropReason) {
+		dp.Attributes().PutStr("tcpack.drop.reason", tcpackDropReasonAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackFootprintDropsMetricAttributeKeyTcpackDropSymbol) {
+		dp.Attributes().PutStr("tcpack.drop.symbol", tcpackDropSymbolAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackFootprintDrops) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackFootprintDrops) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackFootprintDrops(cfg TcpackFootprintDropsMetricConfig) metricTcpackFootprintDrops {
+	m := metricTcpackFootprintDrops{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricTcpackFootprintLost struct {
+	data          pmetric.Metric                  // data buffer for generated metric.
+	config        TcpackFootprintLostMetricConfig // metric config provided by user.
+	capacity      int                             // max observed number of data points added to the metric.
+	aggDataPoints []int64                         // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.footprint.lost metric with initial data.
+func (m *metricTcpackFootprintLost) init() {
+	m.data.SetName("tcpack.footprint.lost")
+	m.data.SetDescription("Packets of a named flow that reached a layer and not the next one the kernel counts on the same path, once missing at two collections in a row (packets in flight are not lost). It goes down when a packet held longer than one collection interval (a slow qdisc) arrives after all.")
+	m.data.SetUnit("{packet}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(false)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackFootprintLost) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, tcpackFootprintFlowAttributeValue string, networkIoDirectionAttributeValue string, tcpackFootprintLayerAttributeValue string, tcpackFootprintNextLayerAttributeValue string) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackFootprintLostMetricAttributeKeyTcpackFootprintFlow) {
+		dp.Attributes().PutStr("tcpack.footprint.flow", tcpackFootprintFlowAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackFootprintLostMetricAttributeKeyNetworkIoDirection) {
+		dp.Attributes().PutStr("network.io.direction", networkIoDirectionAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackFootprintLostMetricAttributeKeyTcpackFootprintLayer) {
+		dp.Attributes().PutStr("tcpack.footprint.layer", tcpackFootprintLayerAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackFootprintLostMetricAttributeKeyTcpackFootprintNextLayer) {
+		dp.Attributes().PutStr("tcpack.footprint.next_layer", tcpackFootprintNextLayerAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackFootprintLost) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackFootprintLost) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackFootprintLost(cfg TcpackFootprintLostMetricConfig) metricTcpackFootprintLost {
+	m := metricTcpackFootprintLost{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricTcpackFootprintPackets struct {
+	data          pmetric.Metric                     // data buffer for generated metric.
+	config        TcpackFootprintPacketsMetricConfig // metric config provided by user.
+	capacity      int                                // max observed number of data points added to the metric.
+	aggDataPoints []int64                            // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.footprint.packets metric with initial data.
+func (m *metricTcpackFootprintPackets) init() {
+	m.data.SetName("tcpack.footprint.packets")
+	m.data.SetDescription("Packets of a named flow seen at each layer of the stack, in wire packets (a GRO-merged or GSO buffer counts its segments). network.io.direction is the flow's orientation, transmit from its local side to its peer, receive the other way, whichever host path the packet is on.")
+	m.data.SetUnit("{packet}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackFootprintPackets) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, tcpackFootprintFlowAttributeValue string, tcpackFootprintLayerAttributeValue string, networkIoDirectionAttributeValue string) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackFootprintPacketsMetricAttributeKeyTcpackFootprintFlow) {
+		dp.Attributes().PutStr("tcpack.footprint.flow", tcpackFootprintFlowAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackFootprintPacketsMetricAttributeKeyTcpackFootprintLayer) {
+		dp.Attributes().PutStr("tcpack.footprint.layer", tcpackFootprintLayerAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackFootprintPacketsMetricAttributeKeyNetworkIoDirection) {
+		dp.Attributes().PutStr("network.io.direction", networkIoDirectionAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackFootprintPackets) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackFootprintPackets) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackFootprintPackets(cfg TcpackFootprintPacketsMetricConfig) metricTcpackFootprintPackets {
+	m := metricTcpackFootprintPackets{config: cfg}
 
 	if cfg.Enabled {
 		m.data = pmetric.NewMetric()
@@ -2787,6 +3103,9 @@ type MetricsBuilder struct {
 	metricTcpackDropBytes               metricTcpackDropBytes
 	metricTcpackDropCount               metricTcpackDropCount
 	metricTcpackEventsSuppressed        metricTcpackEventsSuppressed
+	metricTcpackFootprintDrops          metricTcpackFootprintDrops
+	metricTcpackFootprintLost           metricTcpackFootprintLost
+	metricTcpackFootprintPackets        metricTcpackFootprintPackets
 	metricTcpackKernelMapOverflow       metricTcpackKernelMapOverflow
 	metricTcpackPacketOtherhostCount    metricTcpackPacketOtherhostCount
 	metricTcpackProbeAttached           metricTcpackProbeAttached
@@ -2836,6 +3155,9 @@ func NewMetricsBuilder(mbc MetricsBuilderConfig, settings receiver.Settings, opt
 		metricTcpackDropBytes:               newMetricTcpackDropBytes(mbc.Metrics.TcpackDropBytes),
 		metricTcpackDropCount:               newMetricTcpackDropCount(mbc.Metrics.TcpackDropCount),
 		metricTcpackEventsSuppressed:        newMetricTcpackEventsSuppressed(mbc.Metrics.TcpackEventsSuppressed),
+		metricTcpackFootprintDrops:          newMetricTcpackFootprintDrops(mbc.Metrics.TcpackFootprintDrops),
+		metricTcpackFootprintLost:           newMetricTcpackFootprintLost(mbc.Metrics.TcpackFootprintLost),
+		metricTcpackFootprintPackets:        newMetricTcpackFootprintPackets(mbc.Metrics.TcpackFootprintPackets),
 		metricTcpackKernelMapOverflow:       newMetricTcpackKernelMapOverflow(mbc.Metrics.TcpackKernelMapOverflow),
 		metricTcpackPacketOtherhostCount:    newMetricTcpackPacketOtherhostCount(mbc.Metrics.TcpackPacketOtherhostCount),
 		metricTcpackProbeAttached:           newMetricTcpackProbeAttached(mbc.Metrics.TcpackProbeAttached),
@@ -2944,6 +3266,9 @@ func (mb *MetricsBuilder) EmitForResource(options ...ResourceMetricsOption) {
 	mb.metricTcpackDropBytes.emit(ils.Metrics())
 	mb.metricTcpackDropCount.emit(ils.Metrics())
 	mb.metricTcpackEventsSuppressed.emit(ils.Metrics())
+	mb.metricTcpackFootprintDrops.emit(ils.Metrics())
+	mb.metricTcpackFootprintLost.emit(ils.Metrics())
+	mb.metricTcpackFootprintPackets.emit(ils.Metrics())
 	mb.metricTcpackKernelMapOverflow.emit(ils.Metrics())
 	mb.metricTcpackPacketOtherhostCount.emit(ils.Metrics())
 	mb.metricTcpackProbeAttached.emit(ils.Metrics())
@@ -3033,6 +3358,21 @@ func (mb *MetricsBuilder) RecordTcpackDropCountDataPoint(ts pcommon.Timestamp, v
 // RecordTcpackEventsSuppressedDataPoint adds a data point to tcpack.events.suppressed metric.
 func (mb *MetricsBuilder) RecordTcpackEventsSuppressedDataPoint(ts pcommon.Timestamp, val int64, tcpackEventKindAttributeValue AttributeTcpackEventKind, tcpackSuppressionCauseAttributeValue AttributeTcpackSuppressionCause) {
 	mb.metricTcpackEventsSuppressed.recordDataPoint(mb.startTime, ts, val, tcpackEventKindAttributeValue.String(), tcpackSuppressionCauseAttributeValue.String())
+}
+
+// RecordTcpackFootprintDropsDataPoint adds a data point to tcpack.footprint.drops metric.
+func (mb *MetricsBuilder) RecordTcpackFootprintDropsDataPoint(ts pcommon.Timestamp, val int64, tcpackFootprintFlowAttributeValue string, networkIoDirectionAttributeValue AttributeNetworkIoDirection, tcpackDropReasonAttributeValue string, tcpackDropSymbolAttributeValue string) {
+	mb.metricTcpackFootprintDrops.recordDataPoint(mb.startTime, ts, val, tcpackFootprintFlowAttributeValue, networkIoDirectionAttributeValue.String(), tcpackDropReasonAttributeValue, tcpackDropSymbolAttributeValue)
+}
+
+// RecordTcpackFootprintLostDataPoint adds a data point to tcpack.footprint.lost metric.
+func (mb *MetricsBuilder) RecordTcpackFootprintLostDataPoint(ts pcommon.Timestamp, val int64, tcpackFootprintFlowAttributeValue string, networkIoDirectionAttributeValue AttributeNetworkIoDirection, tcpackFootprintLayerAttributeValue string, tcpackFootprintNextLayerAttributeValue string) {
+	mb.metricTcpackFootprintLost.recordDataPoint(mb.startTime, ts, val, tcpackFootprintFlowAttributeValue, networkIoDirectionAttributeValue.String(), tcpackFootprintLayerAttributeValue, tcpackFootprintNextLayerAttributeValue)
+}
+
+// RecordTcpackFootprintPacketsDataPoint adds a data point to tcpack.footprint.packets metric.
+func (mb *MetricsBuilder) RecordTcpackFootprintPacketsDataPoint(ts pcommon.Timestamp, val int64, tcpackFootprintFlowAttributeValue string, tcpackFootprintLayerAttributeValue string, networkIoDirectionAttributeValue AttributeNetworkIoDirection) {
+	mb.metricTcpackFootprintPackets.recordDataPoint(mb.startTime, ts, val, tcpackFootprintFlowAttributeValue, tcpackFootprintLayerAttributeValue, networkIoDirectionAttributeValue.String())
 }
 
 // RecordTcpackKernelMapOverflowDataPoint adds a data point to tcpack.kernel_map.overflow metric.

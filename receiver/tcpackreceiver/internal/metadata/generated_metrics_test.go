@@ -76,6 +76,9 @@ func TestMetricsBuilder(t *testing.T) {
 			aggMap["tcpack.drop.bytes"] = mb.metricTcpackDropBytes.config.AggregationStrategy
 			aggMap["tcpack.drop.count"] = mb.metricTcpackDropCount.config.AggregationStrategy
 			aggMap["tcpack.events.suppressed"] = mb.metricTcpackEventsSuppressed.config.AggregationStrategy
+			aggMap["tcpack.footprint.drops"] = mb.metricTcpackFootprintDrops.config.AggregationStrategy
+			aggMap["tcpack.footprint.lost"] = mb.metricTcpackFootprintLost.config.AggregationStrategy
+			aggMap["tcpack.footprint.packets"] = mb.metricTcpackFootprintPackets.config.AggregationStrategy
 			aggMap["tcpack.kernel_map.overflow"] = mb.metricTcpackKernelMapOverflow.config.AggregationStrategy
 			aggMap["tcpack.packet.otherhost.count"] = mb.metricTcpackPacketOtherhostCount.config.AggregationStrategy
 			aggMap["tcpack.probe.attached"] = mb.metricTcpackProbeAttached.config.AggregationStrategy
@@ -151,6 +154,24 @@ func TestMetricsBuilder(t *testing.T) {
 			mb.RecordTcpackEventsSuppressedDataPoint(ts, 1, AttributeTcpackEventKindDrop, AttributeTcpackSuppressionCauseRateLimit)
 			if tt.name == "reaggregate_set" {
 				mb.RecordTcpackEventsSuppressedDataPoint(ts, 3, AttributeTcpackEventKindRetransmit, AttributeTcpackSuppressionCauseRingBufferFull)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackFootprintDropsDataPoint(ts, 1, "tcpack.footprint.flow-val", AttributeNetworkIoDirectionReceive, "tcpack.drop.reason-val", "tcpack.drop.symbol-val")
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackFootprintDropsDataPoint(ts, 3, "tcpack.footprint.flow-val-2", AttributeNetworkIoDirectionTransmit, "tcpack.drop.reason-val-2", "tcpack.drop.symbol-val-2")
+			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackFootprintLostDataPoint(ts, 1, "tcpack.footprint.flow-val", AttributeNetworkIoDirectionReceive, "tcpack.footprint.layer-val", "tcpack.footprint.next_layer-val")
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackFootprintLostDataPoint(ts, 3, "tcpack.footprint.flow-val-2", AttributeNetworkIoDirectionTransmit, "tcpack.footprint.layer-val-2", "tcpack.footprint.next_layer-val-2")
+			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackFootprintPacketsDataPoint(ts, 1, "tcpack.footprint.flow-val", "tcpack.footprint.layer-val", AttributeNetworkIoDirectionReceive)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackFootprintPacketsDataPoint(ts, 3, "tcpack.footprint.flow-val-2", "tcpack.footprint.layer-val-2", AttributeNetworkIoDirectionTransmit)
 			}
 			defaultMetricsCount++
 			allMetricsCount++
@@ -255,6 +276,9 @@ func TestMetricsBuilder(t *testing.T) {
 				assert.Empty(t, mb.metricTcpackDropBytes.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackDropCount.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackEventsSuppressed.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackFootprintDrops.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackFootprintLost.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackFootprintPackets.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackKernelMapOverflow.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackPacketOtherhostCount.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackProbeAttached.aggDataPoints)
@@ -780,6 +804,178 @@ func TestMetricsBuilder(t *testing.T) {
 						_, ok := dp.Attributes().Get("tcpack.event.kind")
 						assert.False(t, ok)
 						_, ok = dp.Attributes().Get("tcpack.suppression.cause")
+						assert.False(t, ok)
+					}
+				case "tcpack.footprint.drops":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.footprint.drops"], "Found a duplicate in the metrics slice: tcpack.footprint.drops")
+						validatedMetrics["tcpack.footprint.drops"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Packets of a named flow the kernel freed without delivering them (skb:kfree_skb), by drop reason and dropping function.", mi.Description())
+						assert.Equal(t, "{packet}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						tcpackFootprintFlowAttrVal, ok := dp.Attributes().Get("tcpack.footprint.flow")
+						assert.True(t, ok)
+						assert.Equal(t, "tcpack.footprint.flow-val", tcpackFootprintFlowAttrVal.Str())
+						networkIoDirectionAttrVal, ok := dp.Attributes().Get("network.io.direction")
+						assert.True(t, ok)
+						assert.Equal(t, "receive", networkIoDirectionAttrVal.Str())
+						tcpackDropReasonAttrVal, ok := dp.Attributes().Get("tcpack.drop.reason")
+						assert.True(t, ok)
+						assert.Equal(t, "tcpack.drop.reason-val", tcpackDropReasonAttrVal.Str())
+						tcpackDropSymbolAttrVal, ok := dp.Attributes().Get("tcpack.drop.symbol")
+						assert.True(t, ok)
+						assert.Equal(t, "tcpack.drop.symbol-val", tcpackDropSymbolAttrVal.Str())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.footprint.drops"], "Found a duplicate in the metrics slice: tcpack.footprint.drops")
+						validatedMetrics["tcpack.footprint.drops"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Packets of a named flow the kernel freed without delivering them (skb:kfree_skb), by drop reason and dropping function.", mi.Description())
+						assert.Equal(t, "{packet}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.footprint.drops"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("tcpack.footprint.flow")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("network.io.direction")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.drop.reason")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.drop.symbol")
+						assert.False(t, ok)
+					}
+				case "tcpack.footprint.lost":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.footprint.lost"], "Found a duplicate in the metrics slice: tcpack.footprint.lost")
+						validatedMetrics["tcpack.footprint.lost"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Packets of a named flow that reached a layer and not the next one the kernel counts on the same path, once missing at two collections in a row (packets in flight are not lost). It goes down when a packet held longer than one collection interval (a slow qdisc) arrives after all.", mi.Description())
+						assert.Equal(t, "{packet}", mi.Unit())
+						assert.False(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						tcpackFootprintFlowAttrVal, ok := dp.Attributes().Get("tcpack.footprint.flow")
+						assert.True(t, ok)
+						assert.Equal(t, "tcpack.footprint.flow-val", tcpackFootprintFlowAttrVal.Str())
+						networkIoDirectionAttrVal, ok := dp.Attributes().Get("network.io.direction")
+						assert.True(t, ok)
+						assert.Equal(t, "receive", networkIoDirectionAttrVal.Str())
+						tcpackFootprintLayerAttrVal, ok := dp.Attributes().Get("tcpack.footprint.layer")
+						assert.True(t, ok)
+						assert.Equal(t, "tcpack.footprint.layer-val", tcpackFootprintLayerAttrVal.Str())
+						tcpackFootprintNextLayerAttrVal, ok := dp.Attributes().Get("tcpack.footprint.next_layer")
+						assert.True(t, ok)
+						assert.Equal(t, "tcpack.footprint.next_layer-val", tcpackFootprintNextLayerAttrVal.Str())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.footprint.lost"], "Found a duplicate in the metrics slice: tcpack.footprint.lost")
+						validatedMetrics["tcpack.footprint.lost"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Packets of a named flow that reached a layer and not the next one the kernel counts on the same path, once missing at two collections in a row (packets in flight are not lost). It goes down when a packet held longer than one collection interval (a slow qdisc) arrives after all.", mi.Description())
+						assert.Equal(t, "{packet}", mi.Unit())
+						assert.False(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.footprint.lost"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("tcpack.footprint.flow")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("network.io.direction")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.footprint.layer")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.footprint.next_layer")
+						assert.False(t, ok)
+					}
+				case "tcpack.footprint.packets":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.footprint.packets"], "Found a duplicate in the metrics slice: tcpack.footprint.packets")
+						validatedMetrics["tcpack.footprint.packets"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Packets of a named flow seen at each layer of the stack, in wire packets (a GRO-merged or GSO buffer counts its segments). network.io.direction is the flow's orientation, transmit from its local side to its peer, receive the other way, whichever host path the packet is on.", mi.Description())
+						assert.Equal(t, "{packet}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						tcpackFootprintFlowAttrVal, ok := dp.Attributes().Get("tcpack.footprint.flow")
+						assert.True(t, ok)
+						assert.Equal(t, "tcpack.footprint.flow-val", tcpackFootprintFlowAttrVal.Str())
+						tcpackFootprintLayerAttrVal, ok := dp.Attributes().Get("tcpack.footprint.layer")
+						assert.True(t, ok)
+						assert.Equal(t, "tcpack.footprint.layer-val", tcpackFootprintLayerAttrVal.Str())
+						networkIoDirectionAttrVal, ok := dp.Attributes().Get("network.io.direction")
+						assert.True(t, ok)
+						assert.Equal(t, "receive", networkIoDirectionAttrVal.Str())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.footprint.packets"], "Found a duplicate in the metrics slice: tcpack.footprint.packets")
+						validatedMetrics["tcpack.footprint.packets"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Packets of a named flow seen at each layer of the stack, in wire packets (a GRO-merged or GSO buffer counts its segments). network.io.direction is the flow's orientation, transmit from its local side to its peer, receive the other way, whichever host path the packet is on.", mi.Description())
+						assert.Equal(t, "{packet}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.footprint.packets"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("tcpack.footprint.flow")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.footprint.layer")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("network.io.direction")
 						assert.False(t, ok)
 					}
 				case "tcpack.kernel_map.overflow":

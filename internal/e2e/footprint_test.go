@@ -1,0 +1,185 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"go.opentelemetry.io/collector/pdata/pcommon"
+	"go.opentelemetry.io/collector/pdata/pmetric"
+
+	"github.com/tcpack/tcpack/internal/collectortest"
+	"github.com/tcpack/tcpack/internal/netnstest"
+)
+
+// footprintConfig is a collector with the drops family and, when flows is not empty, a
+// footprint block naming them.
+const footprintConfig = `
+receivers:
+  tcpack:
+    collection_interval: 300ms
+%[2]s
+processors:
+  batch: {timeout: 100ms}
+exporters:
+  file/metrics: {path: %[1]s/metrics.json, format: json, flush_interval: 100ms}
+  file/logs: {path: %[1]s/logs.json, format: json, flush_interval: 100ms}
+service:
+  telemetry:
+    metrics: {level: none}
+  pipelines:
+    metrics: {receivers: [tcpack], processors: [batch], exporters: [file/metrics]}
+    logs: {receivers: [tcpack], processors: [batch], exporters: [file/logs]}
+`
+
+// footprintPrograms counts the footprint family's programs loaded in the kernel, by name
+// (they all start with fp_).
+func footprintPrograms(t *testing.T) int {
+	t.Helper()
+	n := 0
+	var id ebpf.ProgramID
+	for {
+		next, err := ebpf.ProgramGetNextID(id)
+		if err != nil {
+			return n
+		}
+		id = next
+		p, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		if info, err := p.Info(); err == nil && strings.HasPrefix(info.Name, "fp_") {
+			n++
+		}
+		p.Close()
+	}
+}
+
+// latestSum is the newest value of a metric, summed over the points matching, from the
+// newest batch that has any.
+func latestSum(metrics []pmetric.Metrics, name string, match func(pcommon.Map) bool) (int64, bool) {
+	for i := len(metrics) - 1; i >= 0; i-- {
+		var total int64
+		found := false
+		rms := metrics[i].ResourceMetrics()
+		for r := 0; r < rms.Len(); r++ {
+			sms := rms.At(r).ScopeMetrics()
+			for s := 0; s < sms.Len(); s++ {
+				ms := sms.At(s).Metrics()
+				for m := 0; m < ms.Len(); m++ {
+					if ms.At(m).Name() != name {
+						continue
+					}
+					dps := ms.At(m).Sum().DataPoints()
+					for d := 0; d < dps.Len(); d++ {
+						if match(dps.At(d).Attributes()) {
+							total += dps.At(d).IntValue()
+							found = true
+						}
+					}
+				}
+			}
+		}
+		if found {
+			return total, true
+		}
+	}
+	return 0, false
+}
+
+func within(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s", what, state)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestFootprintSwitchedBySIGHUP is the product form of the seed's `echo activate >
+// /proc/...`: a flow named in the config is counted and exported; a reload (SIGHUP) with no
+// flow leaves no footprint program in the kernel while the collector keeps running; naming it
+// again brings the counting back.
+func TestFootprintSwitchedBySIGHUP(t *testing.T) {
+	netnstest.RequireRoot(t)
+	if n := footprintPrograms(t); n != 0 {
+		t.Fatalf("%d fp_ programs loaded before the test: another collector is running", n)
+	}
+	linksBefore := netnstest.CountLinks(t)
+	pair := netnstest.NewPairWith(t, netnstest.PairOptions{NoIPv6: true})
+	dir := t.TempDir()
+	flows := fmt.Sprintf("    footprint:\n      flows: [{name: e2e, protocol: udp, local: %s, local_port: 6020}]", pair.B.Addr)
+	withFlow, without := fmt.Sprintf(footprintConfig, dir, flows), fmt.Sprintf(footprintConfig, dir, "")
+	c := &collector{collectortest.Start(t, collectortest.Binary(t), withFlow), dir}
+
+	if !strings.Contains(c.Log(), "footprint: netif_receive_skb attached") {
+		t.Fatalf("collector log lacks the footprint attach report:\n%s", c.Log())
+	}
+	if n := footprintPrograms(t); n == 0 {
+		t.Fatal("flow named, yet no fp_ program loaded")
+	}
+	atCore := func(a pcommon.Map) bool {
+		return str(a, "tcpack.footprint.flow") == "e2e" && str(a, "tcpack.footprint.layer") == "netif_receive_skb" &&
+			str(a, "network.io.direction") == "receive"
+	}
+	// B has no socket on the port: the packets reach the core and die at L4 (NO_SOCKET).
+	const n = 5
+	pair.A.SendUDP(t, fmt.Sprintf("%s:6020", pair.B.Addr), n)
+	within(t, 20*time.Second, "tcpack.footprint.packets at netif_receive_skb", func() (bool, string) {
+		metrics, _ := c.read(t)
+		v, ok := latestSum(metrics, "tcpack.footprint.packets", atCore)
+		return v == n, fmt.Sprintf("%d (found %v)", v, ok)
+	})
+	within(t, 20*time.Second, "tcpack.footprint.drops NO_SOCKET", func() (bool, string) {
+		metrics, _ := c.read(t)
+		v, ok := latestSum(metrics, "tcpack.footprint.drops", func(a pcommon.Map) bool {
+			return str(a, "tcpack.footprint.flow") == "e2e" && str(a, "tcpack.drop.reason") == "NO_SOCKET"
+		})
+		return v == n, fmt.Sprintf("%d (found %v)", v, ok)
+	})
+
+	c.Reload(t, without)
+	within(t, 20*time.Second, "no fp_ program after a reload without flows", func() (bool, string) {
+		k := footprintPrograms(t)
+		return k == 0, fmt.Sprintf("%d still loaded", k)
+	})
+	// Still running, with the drops family attached again by the new service.
+	within(t, 20*time.Second, "the collector running after the reload", func() (bool, string) {
+		return !c.Exited() && strings.Count(c.Log(), "drops: kfree_skb attached") == 2, c.Log()
+	})
+	time.Sleep(time.Second)
+	if c.Exited() || footprintPrograms(t) != 0 {
+		t.Fatalf("after the reload: exited %v, fp_ programs %d", c.Exited(), footprintPrograms(t))
+	}
+
+	c.Reload(t, withFlow)
+	within(t, 20*time.Second, "fp_ programs back after naming the flow again", func() (bool, string) {
+		k := footprintPrograms(t)
+		return k > 0, fmt.Sprintf("%d loaded", k)
+	})
+	// A new service starts its counters from zero: the new packets alone.
+	pair.A.SendUDP(t, fmt.Sprintf("%s:6020", pair.B.Addr), 3)
+	within(t, 20*time.Second, "counting again after the second reload", func() (bool, string) {
+		metrics, _ := c.read(t)
+		v, ok := latestSum(metrics, "tcpack.footprint.packets", atCore)
+		return v == 3, fmt.Sprintf("%d (found %v)", v, ok)
+	})
+
+	c.Stop(t)
+	if got := netnstest.CountLinks(t); got != linksBefore {
+		t.Errorf("BPF links after the collector exited: %d, before it started: %d", got, linksBefore)
+	}
+	// The kernel frees a dead process's programs after an RCU grace period, not at exit.
+	within(t, 10*time.Second, "no fp_ program after the collector exited", func() (bool, string) {
+		k := footprintPrograms(t)
+		return k == 0, fmt.Sprintf("%d still loaded", k)
+	})
+}
