@@ -410,13 +410,11 @@ type Losses struct {
 func (p *Probe) Losses() (Losses, error) {
 	var l Losses
 	for slot, dst := range []*uint64{&l.SampledOut, &l.RingBufferFull, &l.KeysFull} {
-		var perCPU []uint64
-		if err := p.set.Maps[acksMapCounters].Lookup(uint32(slot), &perCPU); err != nil {
-			return l, fmt.Errorf("%s: read counter %d: %w", Family, slot, err)
+		n, err := loader.SumPerCPU(p.set.Maps[acksMapCounters], uint32(slot))
+		if err != nil {
+			return l, fmt.Errorf("%s: %w", Family, err)
 		}
-		for _, v := range perCPU {
-			*dst += v
-		}
+		*dst = n
 	}
 	return l, nil
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/tcpack/tcpack/internal/kernel"
+	"github.com/tcpack/tcpack/internal/loader"
 
 	"golang.org/x/sys/unix"
 )
@@ -185,13 +186,9 @@ func (p *Probe) readStats() (Stats, error) {
 	var s Stats
 	m := p.set.Maps[dropsMapCounters]
 	sum := func(slot uint32) (uint64, error) {
-		var perCPU []uint64
-		if err := m.Lookup(slot, &perCPU); err != nil {
-			return 0, fmt.Errorf("%s: read counter %d: %w", Family, slot, err)
-		}
-		var n uint64
-		for _, v := range perCPU {
-			n += v
+		n, err := loader.SumPerCPU(m, slot)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", Family, err)
 		}
 		return n, nil
 	}

@@ -331,3 +331,17 @@ func summarize(err error) string {
 	}
 	return msg
 }
+
+// SumPerCPU reads one slot of a per-CPU array and sums it over the CPUs: how the families
+// keep their loss counters (sampled out, ring buffer full, map full) without atomics.
+func SumPerCPU(m *ebpf.Map, slot uint32) (uint64, error) {
+	var perCPU []uint64
+	if err := m.Lookup(slot, &perCPU); err != nil {
+		return 0, fmt.Errorf("read counter %d: %w", slot, err)
+	}
+	var n uint64
+	for _, v := range perCPU {
+		n += v
+	}
+	return n, nil
+}

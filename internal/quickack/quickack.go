@@ -668,13 +668,9 @@ func (f *Force) PolicyErrors() (uint64, error) {
 
 // LostEvents counts events lost to a full ring buffer.
 func (f *Force) LostEvents() (uint64, error) {
-	var perCPU []uint64
-	if err := f.set.Maps[quickackMapCounters].Lookup(uint32(0), &perCPU); err != nil {
-		return 0, fmt.Errorf("%s: read counter: %w", Family, err)
-	}
-	var n uint64
-	for _, v := range perCPU {
-		n += v
+	n, err := loader.SumPerCPU(f.set.Maps[quickackMapCounters], 0)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", Family, err)
 	}
 	return n, nil
 }

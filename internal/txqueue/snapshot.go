@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tcpack/tcpack/internal/kernel"
+	"github.com/tcpack/tcpack/internal/loader"
 )
 
 // Selector is how netdev_pick_tx chose a queue (bpf/txqueue.bpf.c enum pick_selector).
@@ -193,13 +194,9 @@ func (p *Probe) readStats() (Stats, error) {
 	var s Stats
 	m := p.set.Maps[txqueueMapCounters]
 	sum := func(slot uint32) (uint64, error) {
-		var perCPU []uint64
-		if err := m.Lookup(slot, &perCPU); err != nil {
-			return 0, fmt.Errorf("%s: read counter %d: %w", Family, slot, err)
-		}
-		var n uint64
-		for _, v := range perCPU {
-			n += v
+		n, err := loader.SumPerCPU(m, slot)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", Family, err)
 		}
 		return n, nil
 	}
