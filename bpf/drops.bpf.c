@@ -268,10 +268,6 @@ static __always_inline int handle_tcp(bool typed, __u32 kind, const struct sock 
  * Variants differ in how many arguments they touch, because a program that reads an argument
  * the running kernel's tracepoint lacks is rejected at load ("doesn't have 4-th argument"):
  * the loader picks the variant from the tracepoint's arity in kernel BTF. */
-#define TCPACK_TRACEPOINT(tp, name, args, body)                                           \
-	SEC("tp_btf/" tp) int BPF_PROG(name##_btf, args) { const bool typed = true; body }  \
-	SEC("raw_tp/" tp) int BPF_PROG(name##_raw, args) { const bool typed = false; body }
-#define ARGS(...) __VA_ARGS__
 
 /* kfree_skb(skb, location, reason, rx_sk): 6.8+ */
 TCPACK_TRACEPOINT("kfree_skb", kfree_skb_rx_sk,

@@ -305,36 +305,33 @@ static __always_inline int drop(bool typed, const struct sk_buff *skb, void *loc
 }
 
 /* Each layer gets a typed entry (tp_btf or fentry: plain loads) and an untyped one (raw_tp or
- * kprobe: probe reads); `typed` tells the shared body which (see KREAD). Names start with fp_
- * so the programs can be found by name (the kernel keeps 15 characters). */
-#define FP_TRACEPOINT(tp, name, args, body)                                                  \
-	SEC("tp_btf/" tp) int BPF_PROG(fp_##name##_btf, args) { const bool typed = true; body }  \
-	SEC("raw_tp/" tp) int BPF_PROG(fp_##name##_raw, args) { const bool typed = false; body }
+ * kprobe: probe reads); `typed` tells the shared body which (see KREAD). Tracepoints use
+ * TCPACK_TRACEPOINT (common.h). Names start with fp_ so the programs can be found by name (the
+ * kernel keeps 15 characters). */
 #define FP_FUNCTION(fn, name, args, body)                                                       \
 	SEC("fentry/" fn) int BPF_PROG(fp_##name##_fentry, args) { const bool typed = true; body } \
 	SEC("kprobe/" fn) int BPF_KPROBE(fp_##name##_kprobe, args) { const bool typed = false; body }
-#define ARGS(...) __VA_ARGS__
 
 /* Transmit path. net_dev_queue fires inside __dev_queue_xmit, the seed's dev_queue_xmit. */
-FP_TRACEPOINT("net_dev_queue", net_dev_queue, ARGS(struct sk_buff *skb),
+TCPACK_TRACEPOINT("net_dev_queue", fp_net_dev_queue, ARGS(struct sk_buff *skb),
 	      return count_layer(typed, skb, L3_AT_NETWORK_HEADER, LAYER_NET_DEV_QUEUE, DIRECTION_TRANSMIT);)
 FP_FUNCTION("__dev_queue_xmit", dev_queue_xmit, ARGS(struct sk_buff *skb),
 	    return count_layer(typed, skb, L3_AT_NETWORK_HEADER, LAYER_NET_DEV_QUEUE, DIRECTION_TRANSMIT);)
-FP_TRACEPOINT("net_dev_start_xmit", start_xmit, ARGS(struct sk_buff *skb), return start_xmit(typed, skb);)
-FP_TRACEPOINT("net_dev_xmit", xmit, ARGS(struct sk_buff *skb, int rc), return xmit_done(typed, skb, rc);)
+TCPACK_TRACEPOINT("net_dev_start_xmit", fp_start_xmit, ARGS(struct sk_buff *skb), return start_xmit(typed, skb);)
+TCPACK_TRACEPOINT("net_dev_xmit", fp_xmit, ARGS(struct sk_buff *skb, int rc), return xmit_done(typed, skb, rc);)
 
 /* Receive path. */
 FP_FUNCTION("eth_type_trans", eth_type_trans, ARGS(struct sk_buff *skb),
 	    return count_layer(typed, skb, L3_AT_AFTER_ETH, LAYER_ETH_TYPE_TRANS, DIRECTION_RECEIVE);)
-FP_TRACEPOINT("napi_gro_receive_entry", napi_gro, ARGS(struct sk_buff *skb),
+TCPACK_TRACEPOINT("napi_gro_receive_entry", fp_napi_gro, ARGS(struct sk_buff *skb),
 	      return count_layer(typed, skb, L3_AT_DATA, LAYER_NAPI_GRO_RECEIVE, DIRECTION_RECEIVE);)
 FP_FUNCTION("napi_gro_receive", napi_gro_receive, ARGS(struct napi_struct *napi, struct sk_buff *skb),
 	    return count_layer(typed, skb, L3_AT_DATA, LAYER_NAPI_GRO_RECEIVE, DIRECTION_RECEIVE);)
-FP_TRACEPOINT("netif_rx", netif_rx, ARGS(struct sk_buff *skb),
+TCPACK_TRACEPOINT("netif_rx", fp_netif_rx, ARGS(struct sk_buff *skb),
 	      return count_layer(typed, skb, L3_AT_DATA, LAYER_NETIF_RX, DIRECTION_RECEIVE);)
 /* Fires at the top of __netif_receive_skb_core (the seed's hook), before it resets the
  * network header: data is where the header is. */
-FP_TRACEPOINT("netif_receive_skb", netif_receive_skb, ARGS(struct sk_buff *skb),
+TCPACK_TRACEPOINT("netif_receive_skb", fp_netif_receive_skb, ARGS(struct sk_buff *skb),
 	      return count_layer(typed, skb, L3_AT_DATA, LAYER_NETIF_RECEIVE_SKB, DIRECTION_RECEIVE);)
 FP_FUNCTION("tcp_v4_rcv", tcp_v4_rcv, ARGS(struct sk_buff *skb),
 	    return count_layer(typed, skb, L3_AT_NETWORK_HEADER, LAYER_TCP_V4_RCV, DIRECTION_RECEIVE);)
@@ -346,7 +343,7 @@ FP_FUNCTION("udpv6_rcv", udpv6_rcv, ARGS(struct sk_buff *skb),
 	    return count_layer(typed, skb, L3_AT_NETWORK_HEADER, LAYER_UDPV6_RCV, DIRECTION_RECEIVE);)
 FP_FUNCTION("sk_filter_trim_cap", sk_filter, ARGS(struct sock *sk, struct sk_buff *skb),
 	    return count_layer(typed, skb, L3_AT_NETWORK_HEADER, LAYER_SK_FILTER, DIRECTION_RECEIVE);)
-FP_TRACEPOINT("tcp_probe", tcp_probe, ARGS(struct sock *sk, struct sk_buff *skb),
+TCPACK_TRACEPOINT("tcp_probe", fp_tcp_probe, ARGS(struct sock *sk, struct sk_buff *skb),
 	      return count_layer(typed, skb, L3_AT_NETWORK_HEADER, LAYER_TCP_PROBE, DIRECTION_RECEIVE);)
 
 /* Where neither fentry nor kprobes work, the socket-delivery layer is the cgroup inet ingress
@@ -411,6 +408,6 @@ int fp_sk_filter_cgroup(struct __sk_buff *skb)
 
 /* The terminal layer: the kernel freed the packet without delivering it, and says why. Only
  * the first three arguments are read, which every kernel with drop reasons (5.17+) passes. */
-FP_TRACEPOINT("kfree_skb", kfree_skb,
+TCPACK_TRACEPOINT("kfree_skb", fp_kfree_skb,
 	      ARGS(struct sk_buff *skb, void *location, enum skb_drop_reason reason),
 	      return drop(typed, skb, location, reason);)

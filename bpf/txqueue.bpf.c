@@ -446,10 +446,6 @@ static __always_inline int handle_receive(bool typed, struct sk_buff *skb)
 	return 0;
 }
 
-#define TCPACK_TRACEPOINT(tp, name, args, body)                                           \
-	SEC("tp_btf/" tp) int BPF_PROG(name##_btf, args) { const bool typed = true; body }  \
-	SEC("raw_tp/" tp) int BPF_PROG(name##_raw, args) { const bool typed = false; body }
-#define ARGS(...) __VA_ARGS__
 
 TCPACK_TRACEPOINT("net_dev_start_xmit", net_dev_start_xmit,
 		  ARGS(struct sk_buff *skb, struct net_device *dev),

@@ -24,6 +24,14 @@
  * verifier sees it. */
 #define KREAD(typed, src, ...) ((typed) ? ___arrow(src, __VA_ARGS__) : BPF_CORE_READ(src, __VA_ARGS__))
 
+/* One tracepoint body, two programs: tp_btf (typed: plain loads) where the kernel has BTF for
+ * the tracepoint, raw_tp (probe reads) otherwise; the loader keeps whichever attaches. The
+ * argument list goes in ARGS() so its commas survive the macro. */
+#define TCPACK_TRACEPOINT(tp, name, args, body)                                           \
+	SEC("tp_btf/" tp) int BPF_PROG(name##_btf, args) { const bool typed = true; body }  \
+	SEC("raw_tp/" tp) int BPF_PROG(name##_raw, args) { const bool typed = false; body }
+#define ARGS(...) __VA_ARGS__
+
 enum direction {
 	DIRECTION_UNKNOWN = 0,
 	DIRECTION_RECEIVE = 1,

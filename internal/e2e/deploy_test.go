@@ -45,7 +45,6 @@ type workloadSpec struct {
 	Template       *podTemplate   `yaml:"template"`
 	Ports          []servicePort  `yaml:"ports"`
 	Type           string         `yaml:"type"`
-	_              struct{}       `yaml:"-"`
 }
 
 type servicePort struct {
