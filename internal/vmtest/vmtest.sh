@@ -99,7 +99,7 @@ copy_with_libs() {
 add_module() {
 	local kdir=$1 rootfs=$2 name=$3 file deps
 	grep -qx "$name.ko" "$rootfs/modules/order" 2>/dev/null && return
-	file=$(find "$kdir"/lib/modules/*/kernel -name "$name.ko" -o -name "$name.ko.xz" | head -n 1)
+	file=$(find "$kdir"/lib/modules/*/kernel -name "$name.ko" -o -name "$name.ko.xz" | sed -n 1p)
 	if [ -z "$file" ]; then
 		grep -q "/$name.ko" "$kdir"/lib/modules/*/modules.builtin && return # built in
 		log "module $name not found in $kdir"
@@ -111,7 +111,7 @@ add_module() {
 	*.xz) xz -dc "$file" >"$tmp" ;; # busybox insmod cannot decompress
 	*) cp "$file" "$tmp" ;;
 	esac
-	deps=$(tr '\0' '\n' <"$tmp" | sed -n 's/^depends=//p' | head -n 1 | tr ',' ' ')
+	deps=$(tr '\0' '\n' <"$tmp" | sed -n 's/^depends=//p' | sed -n 1p | tr ',' ' ')
 	for d in $deps; do
 		add_module "$kdir" "$rootfs" "$d"
 	done
@@ -119,7 +119,7 @@ add_module() {
 	# crc32c_generic, and without it libcrc32c's init fails (busybox says "unknown symbol").
 	for d in $(tr '\0' '\n' <"$tmp" | sed -n 's/^softdep=pre: *//p' | sed 's/ post:.*//'); do
 		for candidate in "$d" "${d}_generic"; do
-			if find "$kdir"/lib/modules/*/kernel -name "$candidate.ko*" | grep -q .; then
+			if [ -n "$(find "$kdir"/lib/modules/*/kernel -name "$candidate.ko*")" ]; then
 				add_module "$kdir" "$rootfs" "$candidate"
 				break
 			fi
@@ -185,13 +185,40 @@ verdict() {
 	return $ok
 }
 
+# failed_tests LOG: the output of each failed top-level test (its last $FAIL_LINES lines), of a
+# test binary that died mid-test, and the guest's last lines if it did not finish. Reads the
+# whole log: a reader that stops early (head) would SIGPIPE the writer, and under pipefail that
+# ends the script before it reports anything.
+FAIL_LINES=150
+failed_tests() {
+	awk -v keep="$FAIL_LINES" '
+		function reset() { n = 0 }
+		function add(line) { ring[n % keep] = line; n++ }
+		function dump(title,   i) {
+			print "[" pkg "] " title
+			if (n > keep) print "  ... (" n - keep " earlier lines left out)"
+			for (i = (n > keep ? n - keep : 0); i < n; i++) print ring[i % keep]
+		}
+		/^TCPACK-START / { pkg = $2; dumped = 0; reset(); next }
+		/^=== RUN   Test[^\/]*$/ { reset(); add($0); next }
+		/^--- FAIL: / { add($0); dump($3); dumped = 1; reset(); next }
+		/^--- (PASS|SKIP): / { reset(); next }
+		/^TCPACK-RESULT [^ ]* FAIL/ { if (!dumped) dump("failed outside a finished test; its last lines:"); print; reset(); next }
+		/^TCPACK-ERROR/ { print; next }
+		{ add($0) }' <(tr -d '\r' <"$1")
+	if ! grep -q '^TCPACK-DONE' "$1"; then
+		echo "[guest] last lines of the console:"
+		tail -n 60 "$1"
+	fi
+}
+
 # series KERNEL_RELEASE: 6.1.0-56-amd64 -> 6.1
 series() { echo "$1" | sed -E 's/^([0-9]+\.[0-9]+).*/\1/'; }
 
 # table LOG...: the README's kernel table from MATRIX lines, one column per log.
 table() {
 	local cols=() f
-	for f in "$@"; do cols+=("$(series "$(sed -n 's/^TCPACK-KERNEL \([^ ]*\).*/\1/p' "$f" | head -n 1)")"); done
+	for f in "$@"; do cols+=("$(series "$(sed -n 's/^TCPACK-KERNEL \([^ ]*\).*/\1/p' "$f" | sed -n 1p)")"); done
 	printf '| hook or mechanism |'
 	printf ' %s |' "${cols[@]}"
 	printf '\n|---|'
@@ -205,7 +232,7 @@ table() {
 			# "MATRIX family=F hook=H attached=STRATEGY[ (N args)]: PROGRAM", or for an
 			# optional hook the kernel lacks: "MATRIX family=F hook=H attached=no reason="...""
 			sed -n -e "s/^MATRIX family=${fh%%:*} hook=${fh#*:} attached=no reason=\"\(.*\)\"$/ no: \1 |/p" \
-				-e "s/^MATRIX family=${fh%%:*} hook=${fh#*:} attached=\(.*\): \([^ ]*\)$/ \1: \`\2\` |/p" <(tr -d '\r' <"$f") | head -n 1 | tr -d '\n'
+				-e "s/^MATRIX family=${fh%%:*} hook=${fh#*:} attached=\(.*\): \([^ ]*\)$/ \1: \`\2\` |/p" <(tr -d '\r' <"$f") | sed -n 1p | tr -d '\n'
 		done
 		printf '\n'
 	done
@@ -216,7 +243,7 @@ table() {
 			if grep -q "^MATRIX mechanism=$mech available=yes" "$f"; then
 				printf ' yes |'
 			else
-				printf ' no: %s |' "$(sed -n "s/^MATRIX mechanism=$mech available=no reason=\"\(.*\)\"/\1/p" "$f" | head -n 1)"
+				printf ' no: %s |' "$(sed -n "s/^MATRIX mechanism=$mech available=no reason=\"\(.*\)\"/\1/p" "$f" | sed -n 1p)"
 			fi
 		done
 		printf '\n'
@@ -261,11 +288,11 @@ main() {
 
 	echo "kernel matrix:"
 	for logf in "${logs[@]}"; do
-		echo "$(sed -n 's/^TCPACK-KERNEL //p' "$logf" | head -n 1) ($(basename "$logf"))"
+		echo "$(sed -n 's/^TCPACK-KERNEL //p' "$logf" | sed -n 1p) ($(basename "$logf"))"
 		if ! verdict "$logf"; then
 			failed=1
-			echo "---- guest output (tests that failed) ----"
-			grep -E -- '^(--- FAIL|FAIL|TCPACK-|panic:)|_test.go:[0-9]+:' "$logf" | head -n 200
+			echo "---- guest output of the tests that failed ----"
+			failed_tests "$logf"
 			echo "----"
 		fi
 	done
