@@ -231,7 +231,13 @@ func TestPortAlreadyOpenAtStart(t *testing.T) {
 	requireForced(t, ackStats(t, obs, pair.B.Inode, 5303, target))
 	applied := waitEvents(t, log, 1, func(e quickack.Event) bool { return e.Kind == quickack.EventApplied })
 	if len(applied) != 1 || applied[0].Origin != "existing" || applied[0].LocalPort != 5303 {
-		t.Errorf("applied events %+v, want one from the walk of existing sockets", applied)
+		// Seen once in a full run and never again: say all that the walk could have left.
+		sockets := "(no ss here)"
+		if _, err := exec.LookPath("ss"); err == nil {
+			sockets = pair.B.Exec(t, "ss", "-tnie")
+		}
+		t.Errorf("applied events %+v, want one from the walk of existing sockets; every event: %+v; sockets in B:\n%s",
+			applied, log.Matching(func(quickack.Event) bool { return true }), sockets)
 	}
 	if s := targetStats(t, f, "local_port:5303"); s.Forced() != 1 {
 		t.Errorf("target stats %+v", s)
