@@ -1,0 +1,169 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/collector/pdata/pcommon"
+
+	"github.com/tcpack/tcpack/internal/collectortest"
+	"github.com/tcpack/tcpack/internal/netnstest"
+)
+
+// txqueueConfig: the collector with the txqueue family alone.
+const txqueueConfig = `
+receivers:
+  tcpack:
+    collection_interval: 300ms
+    drops: {enabled: false}
+    txqueue: {enabled: true}
+processors:
+  batch: {timeout: 100ms}
+exporters:
+  file/metrics: {path: %[1]s/metrics.json, format: json, flush_interval: 100ms}
+  file/logs: {path: %[1]s/logs.json, format: json, flush_interval: 100ms}
+service:
+  telemetry:
+    metrics: {level: none}
+  pipelines:
+    metrics: {receivers: [tcpack], processors: [batch], exporters: [file/metrics]}
+    logs: {receivers: [tcpack], processors: [batch], exporters: [file/logs]}
+`
+
+// qdiscPerQueue reads the packets each tx queue's child qdisc of an mq root sent: the
+// kernel's own per-queue count, to hold the exported one against.
+func qdiscPerQueue(t *testing.T, ns *netnstest.NS) map[int64]int64 {
+	t.Helper()
+	var qdiscs []struct {
+		Kind    string `json:"kind"`
+		Parent  string `json:"parent"`
+		Packets int64  `json:"packets"`
+	}
+	out := ns.Exec(t, "tc", "-s", "-j", "qdisc", "show", "dev", ns.Veth)
+	if err := json.Unmarshal([]byte(out), &qdiscs); err != nil {
+		t.Fatalf("tc -j: %v\n%s", err, out)
+	}
+	sent := map[int64]int64{}
+	for _, q := range qdiscs {
+		if minor, ok := strings.CutPrefix(q.Parent, "1:"); ok && q.Kind != "mq" {
+			n, err := strconv.ParseInt(minor, 16, 64)
+			if err != nil || n == 0 {
+				t.Fatalf("tc: unexpected parent %q", q.Parent)
+			}
+			sent[n-1] = q.Packets
+		}
+	}
+	return sent
+}
+
+// TestCollectorExportsTxQueues runs the txqueue family in the built collector: TCP flows over
+// a 4-queue veth come out as tcpack.txqueue.packets per queue equal to the qdisc's own
+// per-queue counts, and frames for a foreign MAC into a promiscuous interface as
+// tcpack.packet.otherhost.count and events carrying the MACs.
+func TestCollectorExportsTxQueues(t *testing.T) {
+	netnstest.RequireRoot(t)
+	linksBefore := netnstest.CountLinks(t)
+	pair := netnstest.NewPairWith(t, netnstest.PairOptions{TxQueues: 4, NoIPv6: true})
+	macOf := func(ns *netnstest.NS) string {
+		return strings.TrimSpace(ns.Exec(t, "cat", filepath.Join("/sys/class/net", ns.Veth, "address")))
+	}
+	aMAC, bMAC := macOf(pair.A), macOf(pair.B)
+	// Permanent neighbours: no ARP packets on A's queues besides the flows.
+	pair.A.Exec(t, "ip", "neigh", "replace", pair.B.Addr, "lladdr", bMAC, "dev", pair.A.Veth, "nud", "permanent")
+	pair.B.Exec(t, "ip", "neigh", "replace", pair.A.Addr, "lladdr", aMAC, "dev", pair.B.Veth, "nud", "permanent")
+	pair.A.Exec(t, "tc", "qdisc", "add", "dev", pair.A.Veth, "root", "handle", "1:", "mq")
+
+	dir := t.TempDir()
+	c := &collector{collectortest.Start(t, collectortest.Binary(t), fmt.Sprintf(txqueueConfig, dir)), dir}
+	if !strings.Contains(c.Log(), "txqueue: net_dev_start_xmit attached") {
+		t.Fatalf("collector log lacks the txqueue attach report:\n%s", c.Log())
+	}
+
+	// The flows: 8 connections from A, each writing 200 KB; the hash spreads them over queues.
+	ln := pair.B.Listen(t, "tcp4", pair.B.Addr+":6100")
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer conn.Close(); io.Copy(io.Discard, conn) }()
+		}
+	}()
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		conn, err := pair.A.Dial("tcp4", pair.B.Addr+":6100", time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func(conn net.Conn) {
+			defer wg.Done()
+			defer conn.Close()
+			buf := make([]byte, 1000)
+			for j := 0; j < 200; j++ {
+				if _, err := conn.Write(buf); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}(conn)
+	}
+	wg.Wait()
+
+	onA := func(queue int64) func(pcommon.Map) bool {
+		return func(a pcommon.Map) bool {
+			return num(a, "tcpack.netns.inode") == int64(pair.A.Inode) && str(a, "network.interface.name") == pair.A.Veth &&
+				num(a, "tcpack.txqueue.queue") == queue
+		}
+	}
+	within(t, 20*time.Second, "tcpack.txqueue.packets per queue equal to the qdisc's", func() (bool, string) {
+		sent := qdiscPerQueue(t, pair.A)
+		metrics, _ := c.read(t)
+		used := 0
+		for q, n := range sent {
+			got, _ := latestSum(metrics, "tcpack.txqueue.packets", onA(q))
+			if got != n {
+				return false, fmt.Sprintf("queue %d: exported %d, qdisc %d (qdisc: %v)", q, got, n, sent)
+			}
+			if n > 0 {
+				used++
+			}
+		}
+		if used < 2 {
+			return false, fmt.Sprintf("8 flows on %d queue(s): %v", used, sent)
+		}
+		return true, ""
+	})
+
+	const foreignMAC, foreignAddr, n = "02:00:00:00:00:99", "198.18.0.3", 4
+	pair.A.Exec(t, "ip", "neigh", "replace", foreignAddr, "lladdr", foreignMAC, "dev", pair.A.Veth, "nud", "permanent")
+	pair.B.Exec(t, "ip", "link", "set", pair.B.Veth, "promisc", "on")
+	pair.A.SendUDP(t, foreignAddr+":5300", n)
+	onB := func(a pcommon.Map) bool {
+		return num(a, "tcpack.netns.inode") == int64(pair.B.Inode) && str(a, "network.interface.name") == pair.B.Veth
+	}
+	within(t, 20*time.Second, "tcpack.packet.otherhost.count on B", func() (bool, string) {
+		metrics, logs := c.read(t)
+		got, _ := latestSum(metrics, "tcpack.packet.otherhost.count", onB)
+		events := records(logs, "tcpack.packet.otherhost", func(a pcommon.Map) bool {
+			return onB(a) && str(a, "tcpack.packet.destination.mac") == foreignMAC && str(a, "tcpack.packet.source.mac") == aMAC &&
+				str(a, "tcpack.interface.mac") == bMAC && str(a, "destination.address") == foreignAddr &&
+				str(a, "tcpack.netns.name") == pair.B.Name
+		})
+		return got == n && len(events) == n, fmt.Sprintf("count %d, events %d, want %d each", got, len(events), n)
+	})
+
+	c.Stop(t)
+	if got := netnstest.CountLinks(t); got != linksBefore {
+		t.Errorf("BPF links after the collector exited: %d, before it started: %d", got, linksBefore)
+	}
+}
