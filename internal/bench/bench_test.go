@@ -17,15 +17,18 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/tcpack/tcpack/internal/collectortest"
+	"github.com/tcpack/tcpack/internal/kernel"
 	"github.com/tcpack/tcpack/internal/netnstest"
 )
 
 var (
-	runFor = flag.Duration("run", 4*time.Second, "duration of one workload run")
-	reps   = flag.Int("reps", 5, "repetitions of each workload and mode; medians are reported")
+	runFor    = flag.Duration("run", 4*time.Second, "duration of one workload run")
+	reps      = flag.Int("reps", 5, "repetitions of each workload and mode; medians are reported")
+	onlyModes = flag.String("modes", "", "comma-separated modes to run besides baseline (default: all)")
 )
 
 // benchConfig is the collector as a user would run it (default sampling, 10 s collection),
@@ -50,21 +53,61 @@ service:
 type mode struct {
 	name     string
 	receiver string
+	// attach, when set, attaches programs from the benchmark itself and returns their undo.
+	attach func(b *testing.B) func()
 }
 
 var modes = []mode{
-	{"baseline", ""},
-	{"drops", "tcpack: {}"},
+	{"baseline", "", nil},
+	{"drops", "tcpack: {}", nil},
 	// The ACK family on every socket: the cost issue 4 bounds at >= 95% of baseline.
-	{"acks_all", "tcpack: {drops: {enabled: false}, acks: {enabled: true}}"},
+	{"acks_all", "tcpack: {drops: {enabled: false}, acks: {enabled: true}}", nil},
 	// Scoped to a port with no traffic: >= 99%; only tcp_probe's storage lookup remains.
-	{"acks_idle_port", "tcpack: {drops: {enabled: false}, acks: {enabled: true, local_ports: [9]}}"},
+	{"acks_idle_port", "tcpack: {drops: {enabled: false}, acks: {enabled: true, local_ports: [9]}}", nil},
 	// Every packet sent (queue counts, flow map) and received (OTHERHOST check): issue 6
 	// bounds TCP bulk and RR at >= 98% of baseline.
-	{"txqueue", "tcpack: {drops: {enabled: false}, txqueue: {enabled: true}}"},
+	{"txqueue", "tcpack: {drops: {enabled: false}, txqueue: {enabled: true}}", nil},
 	// The footprint family with one flow no packet matches: every layer's program runs and
 	// parses, nothing counts. Issue 7 bounds it at >= 98% of baseline for RR and bulk.
-	{"footprint_idle", footprintIdle},
+	{"footprint_idle", footprintIdle, nil},
+	// Programs that return at once on the same hooks as footprint_idle, no collector: what the
+	// program runs cost before any work, the floor under footprint_idle's figure.
+	{"floor", "", attachFloor},
+}
+
+// attachFloor attaches bpf/floor.bpf.c's empty programs.
+func attachFloor(b *testing.B) func() {
+	var objs floorObjects
+	if err := loadFloorObjects(&objs, nil); err != nil {
+		b.Fatalf("floor: %v", err)
+	}
+	cgroup, err := kernel.CgroupV2Root()
+	if err != nil {
+		b.Fatalf("floor: %v", err)
+	}
+	var links []link.Link
+	undo := func() {
+		for _, l := range links {
+			l.Close()
+		}
+		objs.Close()
+	}
+	for _, p := range []*ebpf.Program{objs.FloorQueue, objs.FloorStartXmit, objs.FloorXmit, objs.FloorNetifRx,
+		objs.FloorReceiveSkb, objs.FloorTcpProbe} {
+		l, err := link.AttachTracing(link.TracingOptions{Program: p})
+		if err != nil {
+			undo()
+			b.Fatalf("floor: %v", err)
+		}
+		links = append(links, l)
+	}
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: ebpf.AttachCGroupInetIngress, Program: objs.FloorSkFilter})
+	if err != nil {
+		undo()
+		b.Fatalf("floor: %v", err)
+	}
+	links = append(links, l)
+	return undo
 }
 
 const footprintIdle = "tcpack: {drops: {enabled: false}, footprint: {flows: [{name: idle, protocol: tcp, local_port: 9}]}}"
@@ -87,6 +130,7 @@ func BenchmarkCollectorOverhead(b *testing.B) {
 	for _, w := range workloads {
 		results[w.name] = map[string][]float64{}
 	}
+	modes := selectedModes(b)
 	var rssKiB []int
 	for rep := 0; rep < *reps; rep++ {
 		for _, m := range modes {
@@ -94,6 +138,10 @@ func BenchmarkCollectorOverhead(b *testing.B) {
 			if m.receiver != "" {
 				c = startCollector(b, bin, m.receiver)
 				time.Sleep(time.Second) // let its start-up work settle before measuring
+			}
+			detach := func() {}
+			if m.attach != nil {
+				detach = m.attach(b)
 			}
 			// No flow named, no footprint program: the other modes must not pay for it. A
 			// previous collector's programs go an RCU grace period after it exits.
@@ -111,6 +159,7 @@ func BenchmarkCollectorOverhead(b *testing.B) {
 				results[w.name][m.name] = append(results[w.name][m.name], v)
 				fmt.Printf("rep %d %-16s %-15s %8.2f %s\n", rep, w.name, m.name, v, w.unit)
 			}
+			detach()
 			if c != nil {
 				rssKiB = append(rssKiB, c.PeakRSSKiB(b))
 				c.Stop(b)
@@ -118,24 +167,33 @@ func BenchmarkCollectorOverhead(b *testing.B) {
 		}
 	}
 
-	fmt.Printf("\n%-16s %14s", "workload", "baseline")
+	// Each repetition runs every mode back to back, so a mode's ratio to the baseline of its
+	// own repetition cancels the slow drift of a shared VM; the median of those paired ratios
+	// is the figure, and the quartiles say how far one run can be trusted.
+	fmt.Printf("\n%% of baseline: median of the per-repetition ratios [quartiles]\n%-16s %14s", "workload", "baseline")
 	for _, m := range modes[1:] {
-		fmt.Printf(" %15s", m.name)
+		fmt.Printf(" %22s", m.name)
 	}
 	fmt.Println()
 	for _, w := range workloads {
-		base := median(results[w.name]["baseline"])
-		fmt.Printf("%-16s %7.2f %-6s", w.name, base, w.unit)
+		base := results[w.name]["baseline"]
+		fmt.Printf("%-16s %7.2f %-6s", w.name, median(base), w.unit)
 		for _, m := range modes[1:] {
-			ratio := median(results[w.name][m.name]) / base
-			fmt.Printf(" %14.1f%%", 100*ratio)
-			b.ReportMetric(100*ratio, w.name+"_"+m.name+"_%_of_baseline")
+			ratios := make([]float64, len(base))
+			for i, v := range results[w.name][m.name] {
+				ratios[i] = 100 * v / base[i]
+			}
+			q1, med, q3 := quartiles(ratios)
+			fmt.Printf(" %6.1f%% [%5.1f-%5.1f]", med, q1, q3)
+			b.ReportMetric(med, w.name+"_"+m.name+"_%_of_baseline")
 		}
 		fmt.Println()
 	}
-	peak := slices.Max(rssKiB)
-	fmt.Printf("collector peak RSS: %.1f MiB (max over %d runs)\n", float64(peak)/1024, len(rssKiB))
-	b.ReportMetric(float64(peak)/1024, "collector_peak_RSS_MiB")
+	if len(rssKiB) > 0 {
+		peak := slices.Max(rssKiB)
+		fmt.Printf("collector peak RSS: %.1f MiB (max over %d runs)\n", float64(peak)/1024, len(rssKiB))
+		b.ReportMetric(float64(peak)/1024, "collector_peak_RSS_MiB")
+	}
 
 	programCosts(b, bin, workloads)
 }
@@ -326,9 +384,38 @@ func serve(ln net.Listener, handle func(net.Conn)) {
 }
 
 func median(v []float64) float64 {
+	_, m, _ := quartiles(v)
+	return m
+}
+
+// quartiles: the lower quartile, median and upper quartile, by nearest rank.
+func quartiles(v []float64) (q1, med, q3 float64) {
 	s := slices.Clone(v)
 	slices.Sort(s)
-	return s[len(s)/2]
+	return s[len(s)/4], s[len(s)/2], s[(3*len(s))/4]
+}
+
+// selectedModes is baseline and the modes -modes names, in their usual order.
+func selectedModes(b *testing.B) []mode {
+	if *onlyModes == "" {
+		return modes
+	}
+	want := map[string]bool{}
+	for _, name := range strings.Split(*onlyModes, ",") {
+		want[strings.TrimSpace(name)] = true
+	}
+	out := []mode{modes[0]}
+	for _, m := range modes[1:] {
+		if want[m.name] {
+			out = append(out, m)
+			delete(want, m.name)
+		}
+	}
+	delete(want, "baseline")
+	for name := range want {
+		b.Fatalf("-modes: no mode %q; modes are baseline, drops, acks_all, acks_idle_port, txqueue, footprint_idle, floor", name)
+	}
+	return out
 }
 
 func startCollector(b *testing.B, bin, receiver string) *collectortest.Process {
