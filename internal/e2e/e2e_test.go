@@ -22,16 +22,14 @@ import (
 	"github.com/tcpack/tcpack/internal/netnstest"
 )
 
-const configTemplate = `
+// fileConfig is a collector config: the tcpack receiver with the given settings (YAML lines
+// already indented under `tcpack:`), a batch processor, and metrics and logs written as JSON
+// lines to dir, where collector.read finds them.
+func fileConfig(dir, tcpack string) string {
+	return fmt.Sprintf(`
 receivers:
   tcpack:
-    collection_interval: 500ms
-    drops:
-      sampling: {rate_per_cpu: 1000, burst: 1000}
-    acks:
-      enabled: true
-      local_ports: [6010]
-    ring_buffer: {flush_interval: 50ms}
+%[2]s
 processors:
   batch: {timeout: 100ms}
 exporters:
@@ -43,7 +41,17 @@ service:
   pipelines:
     metrics: {receivers: [tcpack], processors: [batch], exporters: [file/metrics]}
     logs: {receivers: [tcpack], processors: [batch], exporters: [file/logs]}
-`
+`, dir, tcpack)
+}
+
+// dropsAndAcks: the drops family with generous sampling and the ACK family on port 6010.
+const dropsAndAcks = `    collection_interval: 500ms
+    drops:
+      sampling: {rate_per_cpu: 1000, burst: 1000}
+    acks:
+      enabled: true
+      local_ports: [6010]
+    ring_buffer: {flush_interval: 50ms}`
 
 // collector is a running otelcol-tcpack writing metrics and logs to JSON files in outDir.
 type collector struct {
@@ -54,7 +62,7 @@ type collector struct {
 func startCollector(t *testing.T) *collector {
 	t.Helper()
 	dir := t.TempDir()
-	return &collector{collectortest.Start(t, collectortest.Binary(t), fmt.Sprintf(configTemplate, dir)), dir}
+	return &collector{collectortest.Start(t, collectortest.Binary(t), fileConfig(dir, dropsAndAcks)), dir}
 }
 
 // output is everything both file exporters wrote so far.

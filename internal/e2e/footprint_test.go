@@ -14,26 +14,6 @@ import (
 	"github.com/tcpack/tcpack/internal/netnstest"
 )
 
-// footprintConfig is a collector with the drops family and, when flows is not empty, a
-// footprint block naming them.
-const footprintConfig = `
-receivers:
-  tcpack:
-    collection_interval: 300ms
-%[2]s
-processors:
-  batch: {timeout: 100ms}
-exporters:
-  file/metrics: {path: %[1]s/metrics.json, format: json, flush_interval: 100ms}
-  file/logs: {path: %[1]s/logs.json, format: json, flush_interval: 100ms}
-service:
-  telemetry:
-    metrics: {level: none}
-  pipelines:
-    metrics: {receivers: [tcpack], processors: [batch], exporters: [file/metrics]}
-    logs: {receivers: [tcpack], processors: [batch], exporters: [file/logs]}
-`
-
 // footprintPrograms counts the footprint family's programs loaded in the kernel, by name
 // (they all start with fp_).
 func footprintPrograms(t *testing.T) int {
@@ -116,8 +96,8 @@ func TestFootprintSwitchedBySIGHUP(t *testing.T) {
 	linksBefore := netnstest.CountLinks(t)
 	pair := netnstest.NewPairWith(t, netnstest.PairOptions{NoIPv6: true})
 	dir := t.TempDir()
-	flows := fmt.Sprintf("    footprint:\n      flows: [{name: e2e, protocol: udp, local: %s, local_port: 6020}]", pair.B.Addr)
-	withFlow, without := fmt.Sprintf(footprintConfig, dir, flows), fmt.Sprintf(footprintConfig, dir, "")
+	flows := fmt.Sprintf("\n    footprint:\n      flows: [{name: e2e, protocol: udp, local: %s, local_port: 6020}]", pair.B.Addr)
+	withFlow, without := fileConfig(dir, "    collection_interval: 300ms"+flows), fileConfig(dir, "    collection_interval: 300ms")
 	c := &collector{collectortest.Start(t, collectortest.Binary(t), withFlow), dir}
 
 	if !strings.Contains(c.Log(), "footprint: netif_receive_skb attached") {

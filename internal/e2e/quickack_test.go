@@ -12,27 +12,16 @@ import (
 	"github.com/tcpack/tcpack/internal/netnstest"
 )
 
-const quickackConfig = `
-receivers:
-  tcpack:
-    collection_interval: 300ms
+// quickackSettings: forcing on port 6020 of the namespace named %s, the ACK family judging
+// it and a control port.
+const quickackSettings = `    collection_interval: 300ms
     drops: {enabled: false}
     acks: {enabled: true, local_ports: [6020, 6021]}
     quickack:
       enabled: true
-      netns: [/run/netns/%[2]s]
+      netns: [/run/netns/%s]
       local_ports: [6020]
-    ring_buffer: {flush_interval: 50ms}
-exporters:
-  file/metrics: {path: %[1]s/metrics.json, format: json, flush_interval: 100ms}
-  file/logs: {path: %[1]s/logs.json, format: json, flush_interval: 100ms}
-service:
-  telemetry:
-    metrics: {level: none}
-  pipelines:
-    metrics: {receivers: [tcpack], exporters: [file/metrics]}
-    logs: {receivers: [tcpack], exporters: [file/logs]}
-`
+    ring_buffer: {flush_interval: 50ms}`
 
 // policyRouting is every rule and route of the namespace, both families, apart from the
 // kernel's own local table (IPv6 link-local addresses appear in it whenever DAD finishes).
@@ -60,7 +49,7 @@ func TestCollectorForcesQuickACKsAndCleansUp(t *testing.T) {
 	pair := netnstest.NewPair(t)
 	before := policyRouting(t, pair.B)
 	dir := t.TempDir()
-	config := fmt.Sprintf(quickackConfig, dir, pair.B.Name)
+	config := fileConfig(dir, fmt.Sprintf(quickackSettings, pair.B.Name))
 	bin := collectortest.Binary(t)
 	c := &collector{collectortest.Start(t, bin, config), dir}
 

@@ -1,12 +1,10 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -18,51 +16,10 @@ import (
 	"github.com/tcpack/tcpack/internal/netnstest"
 )
 
-// txqueueConfig: the collector with the txqueue family alone.
-const txqueueConfig = `
-receivers:
-  tcpack:
-    collection_interval: 300ms
+// txqueueAlone: the txqueue family without the default drops family.
+const txqueueAlone = `    collection_interval: 300ms
     drops: {enabled: false}
-    txqueue: {enabled: true}
-processors:
-  batch: {timeout: 100ms}
-exporters:
-  file/metrics: {path: %[1]s/metrics.json, format: json, flush_interval: 100ms}
-  file/logs: {path: %[1]s/logs.json, format: json, flush_interval: 100ms}
-service:
-  telemetry:
-    metrics: {level: none}
-  pipelines:
-    metrics: {receivers: [tcpack], processors: [batch], exporters: [file/metrics]}
-    logs: {receivers: [tcpack], processors: [batch], exporters: [file/logs]}
-`
-
-// qdiscPerQueue reads the packets each tx queue's child qdisc of an mq root sent: the
-// kernel's own per-queue count, to hold the exported one against.
-func qdiscPerQueue(t *testing.T, ns *netnstest.NS) map[int64]int64 {
-	t.Helper()
-	var qdiscs []struct {
-		Kind    string `json:"kind"`
-		Parent  string `json:"parent"`
-		Packets int64  `json:"packets"`
-	}
-	out := ns.Exec(t, "tc", "-s", "-j", "qdisc", "show", "dev", ns.Veth)
-	if err := json.Unmarshal([]byte(out), &qdiscs); err != nil {
-		t.Fatalf("tc -j: %v\n%s", err, out)
-	}
-	sent := map[int64]int64{}
-	for _, q := range qdiscs {
-		if minor, ok := strings.CutPrefix(q.Parent, "1:"); ok && q.Kind != "mq" {
-			n, err := strconv.ParseInt(minor, 16, 64)
-			if err != nil || n == 0 {
-				t.Fatalf("tc: unexpected parent %q", q.Parent)
-			}
-			sent[n-1] = q.Packets
-		}
-	}
-	return sent
-}
+    txqueue: {enabled: true}`
 
 // TestCollectorExportsTxQueues runs the txqueue family in the built collector: TCP flows over
 // a 4-queue veth come out as tcpack.txqueue.packets per queue equal to the qdisc's own
@@ -79,10 +36,10 @@ func TestCollectorExportsTxQueues(t *testing.T) {
 	// Permanent neighbours: no ARP packets on A's queues besides the flows.
 	pair.A.Exec(t, "ip", "neigh", "replace", pair.B.Addr, "lladdr", bMAC, "dev", pair.A.Veth, "nud", "permanent")
 	pair.B.Exec(t, "ip", "neigh", "replace", pair.A.Addr, "lladdr", aMAC, "dev", pair.B.Veth, "nud", "permanent")
-	pair.A.Exec(t, "tc", "qdisc", "add", "dev", pair.A.Veth, "root", "handle", "1:", "mq")
+	qdisc := netnstest.MQPerQueue(t, pair.A)
 
 	dir := t.TempDir()
-	c := &collector{collectortest.Start(t, collectortest.Binary(t), fmt.Sprintf(txqueueConfig, dir)), dir}
+	c := &collector{collectortest.Start(t, collectortest.Binary(t), fileConfig(dir, txqueueAlone)), dir}
 	if !strings.Contains(c.Log(), "txqueue: net_dev_start_xmit attached") {
 		t.Fatalf("collector log lacks the txqueue attach report:\n%s", c.Log())
 	}
@@ -126,12 +83,12 @@ func TestCollectorExportsTxQueues(t *testing.T) {
 		}
 	}
 	within(t, 20*time.Second, "tcpack.txqueue.packets per queue equal to the qdisc's", func() (bool, string) {
-		sent := qdiscPerQueue(t, pair.A)
+		sent := qdisc()
 		metrics, _ := c.read(t)
 		used := 0
 		for q, n := range sent {
-			got, _ := latestSum(metrics, "tcpack.txqueue.packets", onA(q))
-			if got != n {
+			got, _ := latestSum(metrics, "tcpack.txqueue.packets", onA(int64(q)))
+			if uint64(got) != n {
 				return false, fmt.Sprintf("queue %d: exported %d, qdisc %d (qdisc: %v)", q, got, n, sent)
 			}
 			if n > 0 {

@@ -1,7 +1,6 @@
 package txqueue_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -128,43 +127,13 @@ func multiqueuePair(t *testing.T) *netnstest.Pair {
 	return pair
 }
 
-// mqSent adds an mq qdisc to the namespace's veth and returns a function reading each tx
-// queue's packet count as the qdisc saw it: the kernel's own per-queue reference.
-func mqSent(t *testing.T, ns *netnstest.NS) func() map[uint32]uint64 {
-	t.Helper()
-	ns.Exec(t, "tc", "qdisc", "add", "dev", ns.Veth, "root", "handle", "1:", "mq")
-	return func() map[uint32]uint64 {
-		var qdiscs []struct {
-			Kind    string `json:"kind"`
-			Parent  string `json:"parent"`
-			Packets uint64 `json:"packets"`
-		}
-		out := ns.Exec(t, "tc", "-s", "-j", "qdisc", "show", "dev", ns.Veth)
-		if err := json.Unmarshal([]byte(out), &qdiscs); err != nil {
-			t.Fatalf("tc -j: %v\n%s", err, out)
-		}
-		sent := map[uint32]uint64{}
-		for _, q := range qdiscs {
-			// mq's children hang off 1:1 .. 1:N, one per tx queue.
-			if minor, ok := strings.CutPrefix(q.Parent, "1:"); ok && q.Kind != "mq" {
-				n, err := strconv.ParseUint(minor, 16, 32)
-				if err != nil || n == 0 {
-					t.Fatalf("tc: unexpected parent %q", q.Parent)
-				}
-				sent[uint32(n-1)] = q.Packets
-			}
-		}
-		return sent
-	}
-}
-
 // TestPerQueueCounts runs parallel TCP flows over a 4-queue veth: the per-queue counts equal the
 // qdisc's per-queue counts and, summed, the interface's own tx counter; the flows spread over
 // more than one queue; and each flow's queue in the flow map accounts for its queue's packets.
 func TestPerQueueCounts(t *testing.T) {
 	p, events := start(t, txqueue.DefaultConfig())
 	pair := multiqueuePair(t)
-	qdisc := mqSent(t, pair.A)
+	qdisc := netnstest.MQPerQueue(t, pair.A)
 	txBefore := sysfsUint(t, pair.A, "statistics/tx_packets")
 
 	const flows, messages, size = 8, 200, 1000
@@ -327,7 +296,7 @@ func flowMovesQueue(t *testing.T, run pickRun) {
 		}
 	}
 	pair := multiqueuePair(t)
-	qdisc := mqSent(t, pair.A)
+	qdisc := netnstest.MQPerQueue(t, pair.A)
 	sysfs(t, pair.A, "queues/tx-0/xps_cpus", allCPUs())
 	c := pair.Connect(t, 5200)
 	local := c.Client.LocalAddr().(*net.TCPAddr)
