@@ -197,6 +197,17 @@ func TestValidateNamesFieldAndFix(t *testing.T) {
 	}
 }
 
+// The loopback error points at bounded mode, so bounded mode must take a loopback peer.
+func TestLoopbackPeerAcceptedInBoundedMode(t *testing.T) {
+	cfg := createDefaultConfig()
+	cfg.Quickack.Enabled = true
+	cfg.Quickack.Peers = []string{"127.0.0.0/8"}
+	cfg.Quickack.Mode = "bounded"
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("bounded mode with a loopback peer: %v", err)
+	}
+}
+
 func TestUnknownKeysRejected(t *testing.T) {
 	cfg := createDefaultConfig()
 	err := confmap.NewFromStringMap(map[string]any{

@@ -86,7 +86,7 @@ func (q QuickackConfig) quickackConfig() (quickack.Config, error) {
 		if p.Addr().Is4In6() && p.Bits() >= 96 {
 			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
 		}
-		if p.Addr().IsLoopback() {
+		if p.Addr().IsLoopback() && quickack.Mode(q.Mode) == quickack.ModeRoute {
 			errs = append(errs, fmt.Errorf("quickack.peers[%d]: %s: loopback peers are routed by the local table before any fwmark rule and cannot be forced in route mode; name the port with quickack.mode: bounded instead", i, s))
 			continue
 		}
