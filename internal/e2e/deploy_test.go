@@ -504,6 +504,10 @@ func TestSidecarForcesWithItsCapabilities(t *testing.T) {
 	if strings.Contains(c.Log(), "not started") {
 		t.Fatalf("with capabilities %v a family did not start:\n%s", sidecar.c.SecurityContext.Capabilities.Add, c.Log())
 	}
+	// The same port in another namespace: a server in A on 8080 that B's client talks to. An
+	// unscoped ACK family would report its ACKs under A's inode.
+	other := netnstest.Connect(t, pair.B, pair.A, pair.A.Addr, 8080)
+	other.Exchange(t, 50, 2*time.Millisecond, 0)
 	app := pair.Connect(t, 8080)
 	app.Exchange(t, 300, 2*time.Millisecond, 50*time.Millisecond)
 	deadline := time.Now().Add(10 * time.Second)
@@ -521,7 +525,7 @@ func TestSidecarForcesWithItsCapabilities(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	// Other namespaces are not the sidecar's business.
+	// Other namespaces are not the sidecar's business: A's port 8080 was busy before B's.
 	metrics, _ := c.read(t)
 	if n, _ := ackDelay(metrics, 8080, pair.A.Inode); n != 0 {
 		t.Errorf("the sidecar reported %d ACKs of another namespace", n)

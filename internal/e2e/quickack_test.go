@@ -95,7 +95,16 @@ func TestCollectorForcesQuickACKsAndCleansUp(t *testing.T) {
 	if n := strings.Count(during, "fwmark"); n != 2 {
 		t.Errorf("%d fwmark rules after restart, want one per family:\n%s", n, during)
 	}
-	// The connection open across the restart is forced again (it still has the mark).
+	// The connection open across the restart is taken up again by the walk of existing
+	// sockets (it still carries the mark, which is ours).
+	within(t, 10*time.Second, "an existing-origin applied record for port 6020 after the restart", func() (bool, string) {
+		_, logs := c.read(t)
+		again := records(logs, "tcpack.quickack.socket", func(a pcommon.Map) bool {
+			return str(a, "tcpack.quickack.action") == "applied" && num(a, "network.local.port") == 6020 &&
+				str(a, "tcpack.quickack.origin") == "existing"
+		})
+		return len(again) == 1, fmt.Sprintf("%d records", len(again))
+	})
 	target.Exchange(t, 100, 2*time.Millisecond, 50*time.Millisecond)
 
 	c.Stop(t)
