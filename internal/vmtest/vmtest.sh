@@ -27,7 +27,8 @@ if [ -n "${VMTEST_PACKAGES:-}" ]; then
 	read -r -a PACKAGES <<<"$VMTEST_PACKAGES"
 fi
 MODULES=(veth nf_tables sch_tbf)
-# Per guest; a guest takes ~35 s here, and the whole matrix must stay under 10 minutes.
+# Per guest (each takes ~3.7 min here; they run one after the other). A test binary stops
+# itself after 3 min (init: -test.timeout), so a hang prints its goroutines before this fires.
 TIMEOUT=${VMTEST_TIMEOUT:-420}
 
 log() { printf 'vmtest: %s\n' "$*" >&2; }
@@ -39,6 +40,7 @@ install_deps() {
 	command -v cpio >/dev/null || need+=(cpio)
 	command -v xz >/dev/null || need+=(xz-utils)
 	command -v file >/dev/null || need+=(file)
+	command -v ethtool >/dev/null || need+=(ethtool) # copied into the guest for the txqueue tests
 	if [ ${#need[@]} -gt 0 ]; then
 		log "installing ${need[*]}"
 		export DEBIAN_FRONTEND=noninteractive
@@ -51,7 +53,8 @@ install_deps() {
 # on, after checking it is of that kernel series.
 fetch_kernel() {
 	local series=${1%%:*} meta=${1#*:} pkg
-	pkg=$(apt-cache depends "$meta" 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+	# apt-cache fails on a package it has never heard of: that is the case the update mends.
+	pkg=$(apt-cache depends "$meta" 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}' || true)
 	if [ -z "$pkg" ]; then
 		apt-get update -qq
 		pkg=$(apt-cache depends "$meta" | awk '/Depends: linux-image-/ {print $2; exit}')
@@ -185,10 +188,11 @@ verdict() {
 	return $ok
 }
 
-# failed_tests LOG: the output of each failed top-level test (its last $FAIL_LINES lines), of a
-# test binary that died mid-test, and the guest's last lines if it did not finish. Reads the
-# whole log: a reader that stops early (head) would SIGPIPE the writer, and under pipefail that
-# ends the script before it reports anything.
+# failed_tests LOG: the output of each failed top-level test (its last $FAIL_LINES lines), what
+# a failed test binary printed after its last test (a panic's stack follows "--- FAIL"), the
+# last lines of a binary the guest's end cut off, and the console's tail if the guest did not
+# finish. Reads the whole log: a reader that stops early (head) would SIGPIPE the writer, and
+# under pipefail that ends the script before it reports anything.
 FAIL_LINES=150
 failed_tests() {
 	awk -v keep="$FAIL_LINES" '
@@ -199,13 +203,14 @@ failed_tests() {
 			if (n > keep) print "  ... (" n - keep " earlier lines left out)"
 			for (i = (n > keep ? n - keep : 0); i < n; i++) print ring[i % keep]
 		}
-		/^TCPACK-START / { pkg = $2; dumped = 0; reset(); next }
+		/^TCPACK-START / { pkg = $2; running = 1; reset(); next }
 		/^=== RUN   Test[^\/]*$/ { reset(); add($0); next }
-		/^--- FAIL: / { add($0); dump($3); dumped = 1; reset(); next }
+		/^--- FAIL: / { add($0); dump($3); reset(); next }
 		/^--- (PASS|SKIP): / { reset(); next }
-		/^TCPACK-RESULT [^ ]* FAIL/ { if (!dumped) dump("failed outside a finished test; its last lines:"); print; reset(); next }
-		/^TCPACK-ERROR/ { print; next }
-		{ add($0) }' <(tr -d '\r' <"$1")
+		/^TCPACK-RESULT [^ ]* FAIL/ { if (n > 0) dump("after its last test:"); print; running = 0; reset(); next }
+		/^TCPACK-RESULT / { running = 0; reset(); next }
+		{ add($0) }
+		END { if (running && n > 0) dump("cut off; its last lines:") }' <(tr -d '\r' <"$1")
 	if ! grep -q '^TCPACK-DONE' "$1"; then
 		echo "[guest] last lines of the console:"
 		tail -n 60 "$1"
