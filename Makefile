@@ -63,7 +63,7 @@ vet:
 	@test -z "$$(gofmt -l bpf internal receiver)" || { gofmt -l bpf internal receiver; echo "gofmt needed"; exit 1; }
 
 ## bench: throughput with/without the collector and per-program cost (needs root);
-## BENCH_FLAGS="-modes=txqueue -reps=11 -run=3s" narrows or lengthens a run
+## BENCH_FLAGS="-modes=txqueue -reps=11 -duration=3s" narrows or lengthens a run
 bench: deps build
 	TCPACK_COLLECTOR=$(CURDIR)/$(COLLECTOR) $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./internal/bench $(if $(BENCH_FLAGS),-args $(BENCH_FLAGS))
 

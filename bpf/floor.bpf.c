@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Programs that do nothing, on the hooks the footprint family runs for every packet of a veth
- * path on a kernel without fentry or kprobes (this project's CI). `make bench` attaches them
+/* Programs that do nothing, on the hooks the footprint family attaches on a kernel without
+ * fentry or kprobes (this project's CI): seven run for every packet of a veth path, kfree_skb
+ * for every drop. `make bench` attaches them
  * in its `floor` mode: what a program run costs before it does any work, the floor under
  * every per-packet program of every family. */
 #include "common.h"
@@ -19,5 +20,9 @@ SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(floor_receive_skb) { return 0; }
 SEC("tp_btf/tcp_probe")
 int BPF_PROG(floor_tcp_probe) { return 0; }
+SEC("tp_btf/napi_gro_receive_entry")
+int BPF_PROG(floor_napi_gro) { return 0; }
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(floor_kfree_skb) { return 0; }
 SEC("cgroup_skb/ingress")
 int floor_sk_filter(struct __sk_buff *skb) { return 1; }

@@ -26,7 +26,7 @@ import (
 )
 
 var (
-	runFor    = flag.Duration("run", 4*time.Second, "duration of one workload run")
+	runFor    = flag.Duration("duration", 4*time.Second, "duration of one workload run")
 	reps      = flag.Int("reps", 5, "repetitions of each workload and mode; medians are reported")
 	onlyModes = flag.String("modes", "", "comma-separated modes to run besides baseline (default: all)")
 )
@@ -75,35 +75,38 @@ var modes = []mode{
 	{"floor", "", attachFloor},
 }
 
-// attachFloor attaches bpf/floor.bpf.c's empty programs.
+// attachFloor attaches bpf/floor.bpf.c's empty programs; the undo is also registered as a
+// cleanup, so a failing benchmark leaves none attached.
 func attachFloor(b *testing.B) func() {
-	var objs floorObjects
-	if err := loadFloorObjects(&objs, nil); err != nil {
-		b.Fatalf("floor: %v", err)
-	}
 	cgroup, err := kernel.CgroupV2Root()
 	if err != nil {
 		b.Fatalf("floor: %v", err)
 	}
-	var links []link.Link
-	undo := func() {
-		for _, l := range links {
-			l.Close()
-		}
-		objs.Close()
+	var objs floorObjects
+	if err := loadFloorObjects(&objs, nil); err != nil {
+		b.Fatalf("floor: %v", err)
 	}
+	var links []link.Link
+	var once sync.Once
+	undo := func() {
+		once.Do(func() {
+			for _, l := range links {
+				l.Close()
+			}
+			objs.Close()
+		})
+	}
+	b.Cleanup(undo)
 	for _, p := range []*ebpf.Program{objs.FloorQueue, objs.FloorStartXmit, objs.FloorXmit, objs.FloorNetifRx,
-		objs.FloorReceiveSkb, objs.FloorTcpProbe} {
+		objs.FloorReceiveSkb, objs.FloorTcpProbe, objs.FloorNapiGro, objs.FloorKfreeSkb} {
 		l, err := link.AttachTracing(link.TracingOptions{Program: p})
 		if err != nil {
-			undo()
 			b.Fatalf("floor: %v", err)
 		}
 		links = append(links, l)
 	}
 	l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: ebpf.AttachCGroupInetIngress, Program: objs.FloorSkFilter})
 	if err != nil {
-		undo()
 		b.Fatalf("floor: %v", err)
 	}
 	links = append(links, l)
@@ -129,6 +132,9 @@ func BenchmarkCollectorOverhead(b *testing.B) {
 	results := map[string]map[string][]float64{}
 	for _, w := range workloads {
 		results[w.name] = map[string][]float64{}
+	}
+	if *reps < 1 {
+		b.Fatalf("-reps %d: at least 1", *reps)
 	}
 	modes := selectedModes(b)
 	var rssKiB []int
@@ -388,11 +394,17 @@ func median(v []float64) float64 {
 	return m
 }
 
-// quartiles: the lower quartile, median and upper quartile, by nearest rank.
+// quartiles: the lower and upper quartile by nearest rank, and the median (the mean of the
+// middle two for an even count).
 func quartiles(v []float64) (q1, med, q3 float64) {
 	s := slices.Clone(v)
 	slices.Sort(s)
-	return s[len(s)/4], s[len(s)/2], s[(3*len(s))/4]
+	n := len(s)
+	med = s[n/2]
+	if n%2 == 0 {
+		med = (s[n/2-1] + s[n/2]) / 2
+	}
+	return s[n/4], med, s[(3*n)/4]
 }
 
 // selectedModes is baseline and the modes -modes names, in their usual order.
@@ -413,7 +425,11 @@ func selectedModes(b *testing.B) []mode {
 	}
 	delete(want, "baseline")
 	for name := range want {
-		b.Fatalf("-modes: no mode %q; modes are baseline, drops, acks_all, acks_idle_port, txqueue, footprint_idle, floor", name)
+		var names []string
+		for _, m := range modes {
+			names = append(names, m.name)
+		}
+		b.Fatalf("-modes: no mode %q; modes are %s", name, strings.Join(names, ", "))
 	}
 	return out
 }

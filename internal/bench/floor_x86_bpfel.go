@@ -16,6 +16,8 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	floorProgFloorKfreeSkb     = "floor_kfree_skb"
+	floorProgFloorNapiGro      = "floor_napi_gro"
 	floorProgFloorNetifRx      = "floor_netif_rx"
 	floorProgFloorQueue        = "floor_queue"
 	floorProgFloorReceiveSkb   = "floor_receive_skb"
@@ -72,6 +74,8 @@ type floorSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type floorProgramSpecs struct {
+	FloorKfreeSkb   *ebpf.ProgramSpec `ebpf:"floor_kfree_skb"`
+	FloorNapiGro    *ebpf.ProgramSpec `ebpf:"floor_napi_gro"`
 	FloorNetifRx    *ebpf.ProgramSpec `ebpf:"floor_netif_rx"`
 	FloorQueue      *ebpf.ProgramSpec `ebpf:"floor_queue"`
 	FloorReceiveSkb *ebpf.ProgramSpec `ebpf:"floor_receive_skb"`
@@ -139,6 +143,8 @@ type floorVariables struct {
 //
 // It can be passed to loadFloorObjects or ebpf.CollectionSpec.LoadAndAssign.
 type floorPrograms struct {
+	FloorKfreeSkb   *ebpf.Program `ebpf:"floor_kfree_skb"`
+	FloorNapiGro    *ebpf.Program `ebpf:"floor_napi_gro"`
 	FloorNetifRx    *ebpf.Program `ebpf:"floor_netif_rx"`
 	FloorQueue      *ebpf.Program `ebpf:"floor_queue"`
 	FloorReceiveSkb *ebpf.Program `ebpf:"floor_receive_skb"`
@@ -150,6 +156,8 @@ type floorPrograms struct {
 
 func (p *floorPrograms) Close() error {
 	return _FloorClose(
+		p.FloorKfreeSkb,
+		p.FloorNapiGro,
 		p.FloorNetifRx,
 		p.FloorQueue,
 		p.FloorReceiveSkb,
