@@ -41,9 +41,12 @@ func HZ() (int, error) {
 		if best != 0 {
 			return best, nil
 		}
+		if err == nil { // measured, but never within 100% of any CONFIG_HZ
+			err = errors.New("jiffies advance at no CONFIG_HZ rate")
+		}
 		errs = append(errs, err)
 	}
-	return 0, errors.Join(errs...)
+	return 0, fmt.Errorf("measure HZ: %w", errors.Join(errs...))
 }
 
 // timerListRate: jiffies against the clock in /proc/timer_list, 200 ms apart.
