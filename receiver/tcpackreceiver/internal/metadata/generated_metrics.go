@@ -1710,7 +1710,7 @@ type metricTcpackKernelMapOverflow struct {
 // init fills tcpack.kernel_map.overflow metric with initial data.
 func (m *metricTcpackKernelMapOverflow) init() {
 	m.data.SetName("tcpack.kernel_map.overflow")
-	m.data.SetDescription("Packets or events not counted because a counting map reached its configured size (raise drops.max_keys, drops.max_tcp_keys, acks.max_keys, txqueue.max_keys or txqueue.max_interfaces).")
+	m.data.SetDescription("Packets or events not counted because a counting map reached its configured size (tcpack.map names it; raise its setting, one of drops.max_keys, drops.max_tcp_keys, acks.max_keys, txqueue.max_keys, txqueue.max_interfaces or footprint.max_drop_keys).")
 	m.data.SetUnit("{packet}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)

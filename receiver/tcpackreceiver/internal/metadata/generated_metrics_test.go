@@ -984,7 +984,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.kernel_map.overflow"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Packets or events not counted because a counting map reached its configured size (raise drops.max_keys, drops.max_tcp_keys, acks.max_keys, txqueue.max_keys or txqueue.max_interfaces).", mi.Description())
+						assert.Equal(t, "Packets or events not counted because a counting map reached its configured size (tcpack.map names it; raise its setting, one of drops.max_keys, drops.max_tcp_keys, acks.max_keys, txqueue.max_keys, txqueue.max_interfaces or footprint.max_drop_keys).", mi.Description())
 						assert.Equal(t, "{packet}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -1001,7 +1001,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.kernel_map.overflow"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Packets or events not counted because a counting map reached its configured size (raise drops.max_keys, drops.max_tcp_keys, acks.max_keys, txqueue.max_keys or txqueue.max_interfaces).", mi.Description())
+						assert.Equal(t, "Packets or events not counted because a counting map reached its configured size (tcpack.map names it; raise its setting, one of drops.max_keys, drops.max_tcp_keys, acks.max_keys, txqueue.max_keys, txqueue.max_interfaces or footprint.max_drop_keys).", mi.Description())
 						assert.Equal(t, "{packet}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
