@@ -7,7 +7,14 @@
  * configured flows (const volatile, rewritten at load: the collector reloads by restarting)
  * and counts it in a per-CPU array indexed by (flow, layer, direction), so there is no key
  * to run out of. Counts are in segments (gso_segs), not skbs: GRO merges and GSO splits
- * packets between layers, and counting skbs would look like loss. */
+ * packets between layers, and counting skbs would look like loss.
+ *
+ * Arming (attach: on_traffic): until a flow's packet shows up, only the sentinel layers are
+ * attached (net_dev_queue, netif_receive_skb, and kfree_skb, which runs only for drops), so an
+ * idle flow costs two program runs per packet instead of one per layer. A sentinel that
+ * matches a packet while unarmed sets arm.wanted and counts the packet as unobserved; user
+ * space then attaches the other layers and sets arm.armed. Every layer counts only while armed,
+ * so all layers start counting at one moment and the loss view compares like with like. */
 #include "common.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -86,11 +93,30 @@ struct xmit_pending {
 };
 
 const volatile __u32 n_flows = 0;
+/* attach: always: every layer attached and counting from the start; no arming. */
+const volatile bool always_armed = false;
+/* last_match is refreshed at most every 16 jiffies (16-160 ms), so a busy flow does not write
+ * the shared arm state on every packet; user space detaches after seconds without a change. */
+#define TOUCH_JIFFIES 16
+
+struct arm_state {
+	__u32 armed;      /* set by user space once every layer is attached */
+	__u32 wanted;     /* set by a sentinel that matched a packet while unarmed */
+	__u64 last_match; /* jiffies of a recent matched packet, for idle detach */
+};
 const volatile struct flow_spec flows[MAX_FLOWS] = {};
 
 const struct flow_spec *unused_flow_spec __attribute__((unused));
 const struct layer_count *unused_layer_count __attribute__((unused));
 const struct drop_key *unused_drop_key __attribute__((unused));
+const struct arm_state *unused_arm_state __attribute__((unused));
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct arm_state);
+} arm SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -114,12 +140,53 @@ struct {
 } xmit_pending SEC(".maps");
 
 #define COUNTER_DROP_KEYS_FULL 0
+#define COUNTER_UNOBSERVED 1 /* packets a sentinel matched while the other layers were detached */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u64);
 } counters SEC(".maps");
+
+static __always_inline struct arm_state *arm_state(void)
+{
+	__u32 k = 0;
+
+	return bpf_map_lookup_elem(&arm, &k);
+}
+
+/* Layers other than the sentinels are attached only while armed, but may run in the moment
+ * between their attach and the arm flag: they check it first, before parsing. */
+static __always_inline bool counting(void)
+{
+	if (always_armed)
+		return true;
+	struct arm_state *a = arm_state();
+	return a && a->armed;
+}
+
+/* A packet of a named flow was seen: say whether to count it. While unarmed, a sentinel asks
+ * for the other layers (written once, not per packet) and counts the packet as unobserved. */
+static __always_inline bool note_match(bool sentinel)
+{
+	if (always_armed)
+		return true;
+	struct arm_state *a = arm_state();
+	if (!a)
+		return false;
+	__u64 now = bpf_jiffies64();
+	if (!a->armed) {
+		if (sentinel) {
+			if (!a->wanted)
+				a->wanted = 1;
+			count_in(&counters, COUNTER_UNOBSERVED);
+		}
+		return false;
+	}
+	if (now - a->last_match >= TOUCH_JIFFIES)
+		a->last_match = now;
+	return true;
+}
 
 static __always_inline bool addr_in(const __u8 *a, const volatile __u64 *net, const volatile __u64 *mask)
 {
@@ -219,10 +286,14 @@ static __always_inline void bump(__u32 flow, __u32 layer, __u8 dir, __u32 segs)
 static __always_inline int count_layer(bool typed, const struct sk_buff *skb, enum l3_at at, __u32 layer,
 				       __u8 path_dir)
 {
+	bool sentinel = layer == LAYER_NET_DEV_QUEUE || layer == LAYER_NETIF_RECEIVE_SKB;
 	__u8 dir = 0;
+
+	if (!sentinel && !counting())
+		return 0;
 	int flow = skb_flow(typed, skb, at, path_dir, &dir);
 
-	if (flow >= 0)
+	if (flow >= 0 && note_match(sentinel))
 		bump(flow, layer, dir, skb_segs(typed, skb));
 	return 0;
 }
@@ -230,9 +301,12 @@ static __always_inline int count_layer(bool typed, const struct sk_buff *skb, en
 static __always_inline int start_xmit(bool typed, const struct sk_buff *skb)
 {
 	__u8 dir = 0;
+
+	if (!counting())
+		return 0;
 	int flow = skb_flow(typed, skb, L3_AT_NETWORK_HEADER, DIRECTION_TRANSMIT, &dir);
 
-	if (flow < 0)
+	if (flow < 0 || !note_match(false))
 		return 0;
 	__u32 segs = skb_segs(typed, skb);
 	bump(flow, LAYER_NET_DEV_START_XMIT, dir, segs);
@@ -278,7 +352,8 @@ static __always_inline int drop(bool typed, const struct sk_buff *skb, void *loc
 	__u8 dir = 0;
 	int flow = skb_flow(typed, skb, L3_AT_NETWORK_HEADER, path_dir, &dir);
 
-	if (flow < 0)
+	/* A sentinel too: a flow whose packets all vanish before netif_receive_skb still arms. */
+	if (flow < 0 || !note_match(true))
 		return 0;
 	struct drop_key key = {
 		.location = (__u64)location,
@@ -353,6 +428,8 @@ TCPACK_TRACEPOINT("tcp_probe", fp_tcp_probe, ARGS(struct sock *sk, struct sk_buf
 SEC("cgroup_skb/ingress")
 int fp_sk_filter_cgroup(struct __sk_buff *skb)
 {
+	if (!counting())
+		return 1;
 	struct ip_tuple t = {};
 	__u16 proto = bpf_ntohs(skb->protocol);
 	__be16 ports[2] = {};
@@ -401,7 +478,7 @@ int fp_sk_filter_cgroup(struct __sk_buff *skb)
 	}
 	__u8 dir = 0;
 	int flow = match_flow(&t, proto, DIRECTION_RECEIVE, &dir);
-	if (flow >= 0)
+	if (flow >= 0 && note_match(false))
 		bump(flow, LAYER_SK_FILTER, dir, skb->gso_segs ? skb->gso_segs : 1);
 	return 1;
 }

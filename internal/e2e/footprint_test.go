@@ -69,6 +69,25 @@ func latestSum(metrics []pmetric.Metrics, name string, match func(pcommon.Map) b
 	return 0, false
 }
 
+// latestGauge is the newest value of a gauge with one point, from the newest batch that has it.
+func latestGauge(metrics []pmetric.Metrics, name string) (int64, bool) {
+	for i := len(metrics) - 1; i >= 0; i-- {
+		rms := metrics[i].ResourceMetrics()
+		for r := 0; r < rms.Len(); r++ {
+			sms := rms.At(r).ScopeMetrics()
+			for s := 0; s < sms.Len(); s++ {
+				ms := sms.At(s).Metrics()
+				for m := 0; m < ms.Len(); m++ {
+					if ms.At(m).Name() == name && ms.At(m).Type() == pmetric.MetricTypeGauge && ms.At(m).Gauge().DataPoints().Len() > 0 {
+						return ms.At(m).Gauge().DataPoints().At(0).IntValue(), true
+					}
+				}
+			}
+		}
+	}
+	return 0, false
+}
+
 func within(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(d)
@@ -110,6 +129,20 @@ func TestFootprintSwitchedBySIGHUP(t *testing.T) {
 		return str(a, "tcpack.footprint.flow") == "e2e" && str(a, "tcpack.footprint.layer") == "netif_receive_skb" &&
 			str(a, "network.io.direction") == "receive"
 	}
+	if !strings.Contains(c.Log(), "attach on_traffic: only kfree_skb, netif_receive_skb, net_dev_queue stay attached") {
+		t.Fatalf("collector log does not say which hooks stay attached while the flow is idle:\n%s", c.Log())
+	}
+	// The default attach mode: the flow's first packet attaches the other layers.
+	armed := func() {
+		t.Helper()
+		pair.A.SendUDP(t, fmt.Sprintf("%s:6020", pair.B.Addr), 1)
+		within(t, 20*time.Second, "tcpack.footprint.armed after the flow's first packet", func() (bool, string) {
+			metrics, _ := c.read(t)
+			v, ok := latestGauge(metrics, "tcpack.footprint.armed")
+			return v == 1, fmt.Sprintf("%d (found %v)", v, ok)
+		})
+	}
+	armed()
 	// B has no socket on the port: the packets reach the core and die at L4 (NO_SOCKET).
 	const n = 5
 	pair.A.SendUDP(t, fmt.Sprintf("%s:6020", pair.B.Addr), n)
@@ -146,6 +179,7 @@ func TestFootprintSwitchedBySIGHUP(t *testing.T) {
 		return k > 0, fmt.Sprintf("%d loaded", k)
 	})
 	// A new service starts its counters from zero: the new packets alone.
+	armed()
 	pair.A.SendUDP(t, fmt.Sprintf("%s:6020", pair.B.Addr), 3)
 	within(t, 20*time.Second, "counting again after the second reload", func() (bool, string) {
 		metrics, _ := c.read(t)

@@ -8,7 +8,10 @@
 //	flow=dns drop direction=transmit reason=QDISC_DROP symbol=__dev_queue_xmit packets=47
 //	loss flow=dns direction=transmit net_dev_queue -> net_dev_start_xmit packets=47 reason=QDISC_DROP
 //
-// Nothing is attached unless at least one flow is named: Start refuses an empty list.
+// Nothing is attached unless at least one flow is named: Start refuses an empty list. With
+// Attach "on_traffic" (the default) only the sentinel layers stay attached while the named flows
+// are idle; the others attach when a sentinel sees a flow's packet and detach again after
+// IdleDetach without one.
 package footprint
 
 import (
@@ -17,6 +20,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -52,10 +56,40 @@ type Config struct {
 	// Cgroup is the cgroup v2 directory whose sockets the cgroup_skb strategy observes; empty
 	// is the root of the hierarchy, which sees every socket.
 	Cgroup string
+	// Attach is AttachOnTraffic or AttachAlways.
+	Attach string
+	// IdleDetach is how long the flows may go without a packet before the layers other than
+	// the sentinels detach again (AttachOnTraffic only).
+	IdleDetach time.Duration
 }
 
+// Attach modes.
+const (
+	// AttachOnTraffic keeps only the sentinel layers attached (net_dev_queue,
+	// netif_receive_skb, and kfree_skb, which runs only for drops) until one of them sees a
+	// named flow's packet; then the other layers attach and every layer starts counting.
+	// The packets seen before that are counted as unobserved, not at any layer.
+	AttachOnTraffic = "on_traffic"
+	// AttachAlways attaches and counts at every layer from the start: exact from the first
+	// packet, at the cost of every layer's program running for every packet.
+	AttachAlways = "always"
+)
+
+// MinIdleDetach is the shortest IdleDetach: the kernel refreshes its last-match time at most
+// every 16 jiffies (up to 160 ms at HZ=100).
+const MinIdleDetach = time.Second
+
+// armPoll is how often user space looks at the arm state: the most a flow's first packets wait
+// for the other layers, besides the time attaching takes.
+const armPoll = 100 * time.Millisecond
+
+// sentinels are the hooks AttachOnTraffic keeps attached while the flows are idle.
+var sentinels = map[string]bool{NetDevQueue.String(): true, NetifReceiveSkb.String(): true, hookKfreeSkb: true}
+
 // DefaultConfig is what the receiver uses unless told otherwise; it names no flow.
-func DefaultConfig() Config { return Config{MaxDropKeys: 1024} }
+func DefaultConfig() Config {
+	return Config{MaxDropKeys: 1024, Attach: AttachOnTraffic, IdleDetach: time.Minute}
+}
 
 // Layer is a point of the receive or transmit path where packets are counted.
 type Layer uint32
@@ -176,15 +210,25 @@ func HookNames() []string {
 
 // Probe is the loaded footprint family.
 type Probe struct {
-	env      *kernel.Env
-	cfg      Config
-	set      *loader.Set
-	report   loader.Report
-	reasons  map[uint32]string
-	attached [layerCount]bool
+	env     *kernel.Env
+	cfg     Config
+	report  loader.Report
+	reasons map[uint32]string
+	// lazy are the hooks AttachOnTraffic attaches on traffic, in attach order.
+	lazy []string
+	stop chan struct{}
+	done chan struct{}
 
-	mu      sync.Mutex
-	tracker tracker
+	mu       sync.Mutex
+	set      *loader.Set
+	attached [layerCount]bool
+	tracker  tracker
+	// armed: every layer attached and counting. lastMatch is the kernel's last-match time
+	// as last read, and matchSeen when it last changed.
+	armed     bool
+	lastMatch uint64
+	matchSeen time.Time
+	armErr    error
 }
 
 // Start loads the family for cfg's flows and attaches it.
@@ -210,6 +254,22 @@ func Start(env *kernel.Env, cfg Config) (*Probe, error) {
 	if cfg.MaxDropKeys == 0 {
 		cfg.MaxDropKeys = DefaultConfig().MaxDropKeys
 	}
+	switch cfg.Attach {
+	case "":
+		cfg.Attach = AttachOnTraffic
+	case AttachOnTraffic, AttachAlways:
+	default:
+		return nil, fmt.Errorf("%s: attach %q, want %s or %s", Family, cfg.Attach, AttachOnTraffic, AttachAlways)
+	}
+	if cfg.IdleDetach == 0 {
+		cfg.IdleDetach = DefaultConfig().IdleDetach
+	}
+	if cfg.IdleDetach < MinIdleDetach {
+		return nil, fmt.Errorf("%s: idle detach %s, at least %s", Family, cfg.IdleDetach, MinIdleDetach)
+	}
+	if err := spec.Variables[footprintVarAlwaysArmed].Set(cfg.Attach == AttachAlways); err != nil {
+		return nil, fmt.Errorf("%s: set always_armed: %w", Family, err)
+	}
 	spec.Maps[footprintMapDropCounts].MaxEntries = cfg.MaxDropKeys
 	reasons, err := kernel.EnumNames(env.BTF, "skb_drop_reason", "SKB_DROP_REASON_")
 	if err != nil {
@@ -224,16 +284,109 @@ func Start(env *kernel.Env, cfg Config) (*Probe, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Probe{env: env, cfg: cfg, set: set, report: report, reasons: reasons}
+	p := &Probe{env: env, cfg: cfg, set: set, report: report, reasons: reasons, armed: cfg.Attach == AttachAlways}
 	for _, h := range report.Hooks {
 		for l := Layer(0); l < layerCount; l++ {
 			if h.Hook == l.String() && h.Attached != nil {
 				p.attached[l] = true
 			}
 		}
+		if h.Attached != nil && !sentinels[h.Hook] {
+			p.lazy = append(p.lazy, h.Hook)
+		}
 	}
 	p.tracker = newTracker(cfg.Flows, p.attached)
+	if p.armed {
+		return p, nil
+	}
+	// Loaded and attached once above, so a layer that cannot attach on this kernel is known
+	// now; detached until traffic, and counting nothing meanwhile (arm.armed is 0).
+	for _, h := range p.lazy {
+		if err := set.Suspend(h); err != nil {
+			set.Close()
+			return nil, fmt.Errorf("%s: detach %s until traffic: %w", Family, h, err)
+		}
+	}
+	p.stop, p.done = make(chan struct{}), make(chan struct{})
+	go p.watch()
 	return p, nil
+}
+
+// watch attaches the other layers when a sentinel asks, and detaches them after IdleDetach
+// without a matched packet.
+func (p *Probe) watch() {
+	defer close(p.done)
+	tick := time.NewTicker(armPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case now := <-tick.C:
+			p.mu.Lock()
+			if err := p.step(now); err != nil && p.armErr == nil {
+				p.armErr = err
+			}
+			p.mu.Unlock()
+		}
+	}
+}
+
+func (p *Probe) step(now time.Time) error {
+	m := p.set.Maps[footprintMapArm]
+	var st footprintArmState
+	if err := m.Lookup(uint32(0), &st); err != nil {
+		return fmt.Errorf("%s: read arm state: %w", Family, err)
+	}
+	switch {
+	case !p.armed && st.Wanted != 0:
+		return p.arm(m, now)
+	case p.armed && st.LastMatch != p.lastMatch:
+		p.lastMatch, p.matchSeen = st.LastMatch, now
+	case p.armed && now.Sub(p.matchSeen) >= p.cfg.IdleDetach:
+		return p.disarm(m)
+	}
+	return nil
+}
+
+// arm attaches the other layers deepest first, then starts every layer counting at once. The
+// loss view starts again from the counts at that moment: packets in flight when the layers
+// last stopped counting must not look lost.
+func (p *Probe) arm(m *ebpf.Map, now time.Time) error {
+	var errs []error
+	for _, h := range p.lazy {
+		if err := p.set.Resume(h); err != nil {
+			errs = append(errs, err)
+			for l := Layer(0); l < layerCount; l++ {
+				if l.String() == h {
+					p.attached[l] = false
+				}
+			}
+		}
+	}
+	counts, err := p.readCounts(p.set.Maps)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	p.tracker.rebase(counts, p.attached)
+	if err := m.Put(uint32(0), footprintArmState{Armed: 1}); err != nil {
+		return errors.Join(append(errs, fmt.Errorf("%s: arm: %w", Family, err))...)
+	}
+	p.armed, p.lastMatch, p.matchSeen = true, 0, now
+	return errors.Join(errs...)
+}
+
+// disarm stops every layer counting, then detaches all but the sentinels.
+func (p *Probe) disarm(m *ebpf.Map) error {
+	if err := m.Put(uint32(0), footprintArmState{}); err != nil {
+		return fmt.Errorf("%s: disarm: %w", Family, err)
+	}
+	p.armed = false
+	var errs []error
+	for _, h := range p.lazy {
+		errs = append(errs, p.set.Suspend(h))
+	}
+	return errors.Join(errs...)
 }
 
 // flowSpecs encodes the flows as the kernel side compares them: addresses and masks as two
@@ -304,11 +457,36 @@ func prefixWords(p netip.Prefix) (addr, mask [2]uint64) {
 // Report says which hooks attached and how.
 func (p *Probe) Report() loader.Report { return p.report }
 
-// Attached says whether a layer is counted on this kernel.
-func (p *Probe) Attached(l Layer) bool { return l < layerCount && p.attached[l] }
+// Attached says whether a layer is counted on this kernel (with AttachOnTraffic: once armed).
+func (p *Probe) Attached(l Layer) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return l < layerCount && p.attached[l]
+}
+
+// Sentinels lists the hooks that stay attached while the flows are idle; nil with AttachAlways.
+func (p *Probe) Sentinels() []string {
+	if p.cfg.Attach == AttachAlways {
+		return nil
+	}
+	var out []string
+	for _, h := range p.report.Hooks {
+		if sentinels[h.Hook] && h.Attached != nil {
+			out = append(out, h.Hook)
+		}
+	}
+	return out
+}
 
 // Close detaches everything. It is safe to call twice.
 func (p *Probe) Close() error {
+	if p.stop != nil {
+		close(p.stop)
+		<-p.done
+		p.stop = nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.set == nil {
 		return nil
 	}

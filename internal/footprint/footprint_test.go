@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
 	"github.com/tcpack/tcpack/internal/footprint"
 	"github.com/tcpack/tcpack/internal/kernel"
 	"github.com/tcpack/tcpack/internal/loader"
@@ -39,9 +42,12 @@ func start(t *testing.T, cfg footprint.Config) *probe {
 	return &probe{Probe: p}
 }
 
+// flowConfig counts at every layer from the start (AttachAlways), so tests compare counts
+// with packets sent from the first one; TestOnTraffic* cover the default, AttachOnTraffic.
 func flowConfig(flows ...footprint.Flow) footprint.Config {
 	cfg := footprint.DefaultConfig()
 	cfg.Flows = flows
+	cfg.Attach = footprint.AttachAlways
 	return cfg
 }
 
@@ -454,6 +460,127 @@ func TestUnnamedFlowNotCounted(t *testing.T) {
 }
 
 // TestNoFlowsAttachesNothing: an empty flow list is refused before anything is loaded.
+// programLinks counts the links in the kernel whose program is one of p's layers or
+// sentinels, by hook: what is attached, not what the family believes.
+func programLinks(t *testing.T, p *probe) map[string]int {
+	t.Helper()
+	byProgram := map[string]string{}
+	for _, h := range p.Report().Hooks {
+		if h.Attached != nil {
+			byProgram[h.Attached.Program] = h.Hook
+		}
+	}
+	out := map[string]int{}
+	it := new(link.Iterator)
+	defer it.Close()
+	for it.Next() {
+		info, err := it.Link.Info()
+		if err != nil {
+			continue
+		}
+		prog, err := ebpf.NewProgramFromID(info.Program)
+		if err != nil {
+			continue
+		}
+		pi, err := prog.Info()
+		prog.Close()
+		if err != nil {
+			continue
+		}
+		// The kernel keeps 15 characters of a program's name.
+		for name, hook := range byProgram {
+			if len(name) > 15 && pi.Name == name[:15] || pi.Name == name {
+				out[hook]++
+			}
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestOnTrafficAttachesLayersOnlyWhileTheFlowIsActive: with the default attach mode only the
+// sentinels are attached while the flow is idle; its first packet attaches the other layers,
+// every layer then counts each later packet once, and after idle_detach without a packet the
+// other layers detach again, until the flow's next packet.
+func TestOnTrafficAttachesLayersOnlyWhileTheFlowIsActive(t *testing.T) {
+	pair := netnstest.NewPairWith(t, netnstest.PairOptions{NoIPv6: true})
+	cfg := footprint.DefaultConfig()
+	cfg.Flows = []footprint.Flow{{Name: "app", Protocol: "udp", Local: host(pair.B.Addr), Peer: host(pair.A.Addr), LocalPort: 5310}}
+	// Long enough for a slow guest (TCG) to get from arming to the next exchange.
+	cfg.IdleDetach = 3 * time.Second
+	p := start(t, cfg)
+	hooks := 0
+	for _, h := range p.Report().Hooks {
+		if h.Attached != nil {
+			hooks++
+		}
+	}
+	sentinels := p.Sentinels()
+	if !slices.Contains(sentinels, "net_dev_queue") || !slices.Contains(sentinels, "netif_receive_skb") {
+		t.Fatalf("sentinels %v, want net_dev_queue and netif_receive_skb", sentinels)
+	}
+	onlySentinels := func() (bool, string) {
+		links := programLinks(t, p)
+		for hook, n := range links {
+			if !slices.Contains(sentinels, hook) {
+				return false, fmt.Sprintf("%s attached while idle (links %v)", hook, links)
+			}
+			if n != 1 {
+				return false, fmt.Sprintf("%s has %d links", hook, n)
+			}
+		}
+		return len(links) == len(sentinels), fmt.Sprintf("links %v, want the sentinels %v", links, sentinels)
+	}
+	eventually(t, "idle at start", onlySentinels)
+	if s := snapshot(t, p); s.Armed || s.Unobserved != 0 {
+		t.Fatalf("idle flow: armed %v, unobserved %d", s.Armed, s.Unobserved)
+	}
+	// Other traffic does not arm it.
+	udpExchange(t, pair, pair.A.Addr, pair.B.Addr, 5311, 5, 5)
+	time.Sleep(300 * time.Millisecond)
+	if ok, state := onlySentinels(); !ok {
+		t.Fatalf("after traffic of no named flow: %s", state)
+	}
+
+	armed := func() {
+		t.Helper()
+		udpExchange(t, pair, pair.A.Addr, pair.B.Addr, 5310, 1, 0)
+		eventually(t, "armed by the flow's packet", func() (bool, string) {
+			s := snapshot(t, p)
+			links := programLinks(t, p)
+			return s.Armed && len(links) == hooks && s.Unobserved > 0,
+				fmt.Sprintf("armed %v, unobserved %d, links %v", s.Armed, s.Unobserved, links)
+		})
+	}
+	armed()
+	const in, out = 12, 5
+	udpExchange(t, pair, pair.A.Addr, pair.B.Addr, 5310, in, out)
+	want := map[string]uint64{}
+	expectPath(p, want, footprint.Receive, in, false, footprint.UDPRcv)
+	expectPath(p, want, footprint.Transmit, out, false, footprint.UDPRcv)
+	wantCounts(t, p, "app", want)
+	snapshot(t, p)
+	if s := snapshot(t, p); len(s.Lost) != 0 || len(s.NewLosses) != 0 {
+		t.Fatalf("the packet that armed the layers counts nowhere, yet: lost %+v", s.Lost)
+	}
+
+	eventually(t, "idle again after idle_detach", func() (bool, string) {
+		if s := snapshot(t, p); s.Armed {
+			return false, "still armed"
+		}
+		return onlySentinels()
+	})
+	// Counting stopped with the layers; the next packet arms again and counting resumes.
+	armed()
+	udpExchange(t, pair, pair.A.Addr, pair.B.Addr, 5310, in, out)
+	for k, v := range want {
+		want[k] = 2 * v
+	}
+	wantCounts(t, p, "app", want)
+}
+
 func TestNoFlowsAttachesNothing(t *testing.T) {
 	env := openEnv(t)
 	links := netnstest.CountLinks(t)

@@ -13,6 +13,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type footprintArmState struct {
+	_         structs.HostLayout
+	Armed     uint32
+	Wanted    uint32
+	LastMatch uint64
+}
+
 type footprintDropKey struct {
 	_         structs.HostLayout
 	Location  uint64
@@ -59,6 +66,7 @@ type footprintXmitPending struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	footprintMapArm                     = "arm"
 	footprintMapCounters                = "counters"
 	footprintMapDropCounts              = "drop_counts"
 	footprintMapLayerCounts             = "layer_counts"
@@ -96,6 +104,7 @@ const (
 	footprintProgFpUdpv6RcvKprobe       = "fp_udpv6_rcv_kprobe"
 	footprintProgFpXmitBtf              = "fp_xmit_btf"
 	footprintProgFpXmitRaw              = "fp_xmit_raw"
+	footprintVarAlwaysArmed             = "always_armed"
 	footprintVarEventBurst              = "event_burst"
 	footprintVarEventKindsEnabled       = "event_kinds_enabled"
 	footprintVarEventRatePerSec         = "event_rate_per_sec"
@@ -103,6 +112,7 @@ const (
 	footprintVarFlows                   = "flows"
 	footprintVarN_flows                 = "n_flows"
 	footprintVarRingbufWakeupBytes      = "ringbuf_wakeup_bytes"
+	footprintVarUnusedArmState          = "unused_arm_state"
 	footprintVarUnusedDropKey           = "unused_drop_key"
 	footprintVarUnusedFlowSpec          = "unused_flow_spec"
 	footprintVarUnusedLayerCount        = "unused_layer_count"
@@ -189,6 +199,7 @@ type footprintProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type footprintMapSpecs struct {
+	Arm         *ebpf.MapSpec `ebpf:"arm"`
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
 	DropCounts  *ebpf.MapSpec `ebpf:"drop_counts"`
 	LayerCounts *ebpf.MapSpec `ebpf:"layer_counts"`
@@ -199,6 +210,7 @@ type footprintMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type footprintVariableSpecs struct {
+	AlwaysArmed        *ebpf.VariableSpec `ebpf:"always_armed"`
 	EventBurst         *ebpf.VariableSpec `ebpf:"event_burst"`
 	EventKindsEnabled  *ebpf.VariableSpec `ebpf:"event_kinds_enabled"`
 	EventRatePerSec    *ebpf.VariableSpec `ebpf:"event_rate_per_sec"`
@@ -206,6 +218,7 @@ type footprintVariableSpecs struct {
 	Flows              *ebpf.VariableSpec `ebpf:"flows"`
 	N_flows            *ebpf.VariableSpec `ebpf:"n_flows"`
 	RingbufWakeupBytes *ebpf.VariableSpec `ebpf:"ringbuf_wakeup_bytes"`
+	UnusedArmState     *ebpf.VariableSpec `ebpf:"unused_arm_state"`
 	UnusedDropKey      *ebpf.VariableSpec `ebpf:"unused_drop_key"`
 	UnusedFlowSpec     *ebpf.VariableSpec `ebpf:"unused_flow_spec"`
 	UnusedLayerCount   *ebpf.VariableSpec `ebpf:"unused_layer_count"`
@@ -231,6 +244,7 @@ func (o *footprintObjects) Close() error {
 //
 // It can be passed to loadFootprintObjects or ebpf.CollectionSpec.LoadAndAssign.
 type footprintMaps struct {
+	Arm         *ebpf.Map `ebpf:"arm"`
 	Counters    *ebpf.Map `ebpf:"counters"`
 	DropCounts  *ebpf.Map `ebpf:"drop_counts"`
 	LayerCounts *ebpf.Map `ebpf:"layer_counts"`
@@ -239,6 +253,7 @@ type footprintMaps struct {
 
 func (m *footprintMaps) Close() error {
 	return _FootprintClose(
+		m.Arm,
 		m.Counters,
 		m.DropCounts,
 		m.LayerCounts,
@@ -250,6 +265,7 @@ func (m *footprintMaps) Close() error {
 //
 // It can be passed to loadFootprintObjects or ebpf.CollectionSpec.LoadAndAssign.
 type footprintVariables struct {
+	AlwaysArmed        *ebpf.Variable `ebpf:"always_armed"`
 	EventBurst         *ebpf.Variable `ebpf:"event_burst"`
 	EventKindsEnabled  *ebpf.Variable `ebpf:"event_kinds_enabled"`
 	EventRatePerSec    *ebpf.Variable `ebpf:"event_rate_per_sec"`
@@ -257,6 +273,7 @@ type footprintVariables struct {
 	Flows              *ebpf.Variable `ebpf:"flows"`
 	N_flows            *ebpf.Variable `ebpf:"n_flows"`
 	RingbufWakeupBytes *ebpf.Variable `ebpf:"ringbuf_wakeup_bytes"`
+	UnusedArmState     *ebpf.Variable `ebpf:"unused_arm_state"`
 	UnusedDropKey      *ebpf.Variable `ebpf:"unused_drop_key"`
 	UnusedFlowSpec     *ebpf.Variable `ebpf:"unused_flow_spec"`
 	UnusedLayerCount   *ebpf.Variable `ebpf:"unused_layer_count"`

@@ -36,6 +36,18 @@ type tracker struct {
 	reported map[lossKey]uint64
 	// attributed is, per drop group and reason@symbol, the drops already given to a loss.
 	attributed map[dropGroup]map[string]uint64
+	// base is the counts when the layers last started counting (nil: zero), which update
+	// subtracts: with AttachOnTraffic each armed period is compared on its own.
+	base [][layerCount][2]footprintLayerCount
+}
+
+// rebase starts the loss view again from counts, with the layers attached now. Drops already
+// given to a loss stay given.
+func (t *tracker) rebase(counts [][layerCount][2]footprintLayerCount, attached [layerCount]bool) {
+	next := newTracker(t.flows, attached)
+	next.attributed = t.attributed
+	next.base = counts
+	*t = next
 }
 
 func newTracker(flows []Flow, attached [layerCount]bool) tracker {
@@ -59,6 +71,20 @@ func newTracker(flows []Flow, attached [layerCount]bool) tracker {
 }
 
 func (t *tracker) update(counts [][layerCount][2]footprintLayerCount, drops []Drop) (lost, fresh []Loss) {
+	if t.base != nil {
+		since := make([][layerCount][2]footprintLayerCount, len(counts))
+		for f := range counts {
+			for l := range counts[f] {
+				for d := range counts[f][l] {
+					b := t.base[f][l][d].Packets
+					if c := counts[f][l][d].Packets; c > b {
+						since[f][l][d].Packets = c - b
+					}
+				}
+			}
+		}
+		counts = since
+	}
 	for f := range t.flows {
 		for d, dir := range []string{Transmit, Receive} {
 			for _, path := range []struct {

@@ -67,6 +67,12 @@ type Snapshot struct {
 	NewLosses []Loss
 	// DropKeysFull counts drops not counted because the drop map was full.
 	DropKeysFull uint64
+	// Armed says every layer is attached and counting. With AttachOnTraffic it is false while
+	// the flows are idle; then Lost and NewLosses are empty.
+	Armed bool
+	// Unobserved counts the sentinel runs that matched a flow's packet while the other layers
+	// were detached: packets counted at no layer (one packet can pass two sentinels).
+	Unobserved uint64
 }
 
 // Snapshot reads the kernel counters and derives where packets were lost since the previous
@@ -79,23 +85,9 @@ func (p *Probe) Snapshot() (Snapshot, error) {
 	if err != nil {
 		return snap, err
 	}
-	counts := make([][layerCount][2]footprintLayerCount, len(p.cfg.Flows))
-	var idx uint32
-	var perCPU []footprintLayerCount
-	it := maps[footprintMapLayerCounts].Iterate()
-	for it.Next(&idx, &perCPU) {
-		flow, rest := int(idx)/(int(layerCount)*2), int(idx)%(int(layerCount)*2)
-		if flow >= len(counts) {
-			continue
-		}
-		c := &counts[flow][rest/2][rest%2]
-		for _, v := range perCPU {
-			c.Packets += v.Packets
-			c.Skbs += v.Skbs
-		}
-	}
-	if err := it.Err(); err != nil {
-		return snap, fmt.Errorf("%s: read layer counts: %w", Family, err)
+	counts, err := p.readCounts(maps)
+	if err != nil {
+		return snap, err
 	}
 	for f, flow := range p.cfg.Flows {
 		for l := Layer(0); l < layerCount; l++ {
@@ -112,15 +104,47 @@ func (p *Probe) Snapshot() (Snapshot, error) {
 	if snap.Drops, err = p.readDrops(maps); err != nil {
 		return snap, err
 	}
-	var full []uint64
-	if err := maps[footprintMapCounters].Lookup(uint32(0), &full); err != nil {
-		return snap, fmt.Errorf("%s: read counters: %w", Family, err)
+	for slot, into := range []*uint64{&snap.DropKeysFull, &snap.Unobserved} {
+		var perCPU []uint64
+		if err := maps[footprintMapCounters].Lookup(uint32(slot), &perCPU); err != nil {
+			return snap, fmt.Errorf("%s: read counters: %w", Family, err)
+		}
+		for _, v := range perCPU {
+			*into += v
+		}
 	}
-	for _, v := range full {
-		snap.DropKeysFull += v
+	snap.Armed = p.armed
+	if p.armed {
+		snap.Lost, snap.NewLosses = p.tracker.update(counts, snap.Drops)
 	}
-	snap.Lost, snap.NewLosses = p.tracker.update(counts, snap.Drops)
+	if err := p.armErr; err != nil {
+		p.armErr = nil
+		return snap, err
+	}
 	return snap, nil
+}
+
+// readCounts sums the per-CPU layer counts: [flow][layer][direction].
+func (p *Probe) readCounts(maps map[string]*ebpf.Map) ([][layerCount][2]footprintLayerCount, error) {
+	counts := make([][layerCount][2]footprintLayerCount, len(p.cfg.Flows))
+	var idx uint32
+	var perCPU []footprintLayerCount
+	it := maps[footprintMapLayerCounts].Iterate()
+	for it.Next(&idx, &perCPU) {
+		flow, rest := int(idx)/(int(layerCount)*2), int(idx)%(int(layerCount)*2)
+		if flow >= len(counts) {
+			continue
+		}
+		c := &counts[flow][rest/2][rest%2]
+		for _, v := range perCPU {
+			c.Packets += v.Packets
+			c.Skbs += v.Skbs
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("%s: read layer counts: %w", Family, err)
+	}
+	return counts, nil
 }
 
 func (p *Probe) readDrops(maps map[string]*ebpf.Map) ([]Drop, error) {

@@ -128,34 +128,70 @@ type Options struct {
 type Set struct {
 	Maps     map[string]*ebpf.Map
 	programs []*ebpf.Program
-	links    []link.Link
-	byHook   map[string]link.Link
+	byHook   map[string]*attachment
 }
 
-// Link is the link of an attached hook, or nil.
-func (s *Set) Link(hook string) link.Link { return s.byHook[hook] }
+// attachment is a hook's program and how it attached; link is nil while suspended.
+type attachment struct {
+	prog     *ebpf.Program
+	strategy Strategy
+	link     link.Link
+}
 
-// Detach detaches one hook now, keeping the rest; Close still frees its program.
+// Link is the link of an attached hook, or nil (never attached, detached or suspended).
+func (s *Set) Link(hook string) link.Link {
+	if a, ok := s.byHook[hook]; ok {
+		return a.link
+	}
+	return nil
+}
+
+// Detach detaches one hook for good, keeping the rest; Close still frees its program.
 func (s *Set) Detach(hook string) error {
-	l, ok := s.byHook[hook]
+	a, ok := s.byHook[hook]
 	if !ok {
 		return nil
 	}
 	delete(s.byHook, hook)
-	for i, other := range s.links {
-		if other == l {
-			s.links = append(s.links[:i], s.links[i+1:]...)
-			break
-		}
+	if a.link == nil {
+		return nil
 	}
-	return l.Close()
+	return a.link.Close()
+}
+
+// Suspend detaches a hook but keeps its program and strategy, so Resume attaches it again
+// without loading or verifying anything: the kernel runs nothing for it meanwhile.
+func (s *Set) Suspend(hook string) error {
+	a, ok := s.byHook[hook]
+	if !ok || a.link == nil {
+		return nil
+	}
+	err := a.link.Close()
+	a.link = nil
+	return err
+}
+
+// Resume attaches a suspended hook again with the strategy it attached with at load.
+func (s *Set) Resume(hook string) error {
+	a, ok := s.byHook[hook]
+	if !ok || a.link != nil {
+		return nil
+	}
+	l, err := attachProgram(a.prog, a.strategy)
+	if err != nil {
+		return fmt.Errorf("resume %s (%s): %s", hook, a.strategy, summarize(err))
+	}
+	a.link = l
+	return nil
 }
 
 // Close detaches every link and closes every program and map. It is safe to call twice.
 func (s *Set) Close() error {
 	var errs []error
-	for _, l := range s.links {
-		errs = append(errs, l.Close())
+	for _, a := range s.byHook {
+		if a.link != nil {
+			errs = append(errs, a.link.Close())
+		}
 	}
 	for _, p := range s.programs {
 		errs = append(errs, p.Close())
@@ -163,7 +199,7 @@ func (s *Set) Close() error {
 	for _, m := range s.Maps {
 		errs = append(errs, m.Close())
 	}
-	s.links, s.programs, s.Maps, s.byHook = nil, nil, nil, nil
+	s.programs, s.Maps, s.byHook = nil, nil, nil
 	return errors.Join(errs...)
 }
 
@@ -181,7 +217,7 @@ func Load(family string, env *kernel.Env, spec *ebpf.CollectionSpec, hooks []Hoo
 	if err != nil {
 		return nil, report, fmt.Errorf("%s: create maps: %w", family, err)
 	}
-	set := &Set{Maps: coll.Maps, byHook: map[string]link.Link{}}
+	set := &Set{Maps: coll.Maps, byHook: map[string]*attachment{}}
 
 	for _, hook := range hooks {
 		result := HookResult{Hook: hook.Name, Optional: hook.Optional}
@@ -196,8 +232,7 @@ func Load(family string, env *kernel.Env, spec *ebpf.CollectionSpec, hooks []Hoo
 				continue
 			}
 			set.programs = append(set.programs, prog)
-			set.links = append(set.links, l)
-			set.byHook[hook.Name] = l
+			set.byHook[hook.Name] = &attachment{prog: prog, strategy: s, link: l}
 			attached := s
 			result.Attached = &attached
 			break

@@ -127,3 +127,41 @@ func TestRequiredHookFailureUnloadsEverything(t *testing.T) {
 		t.Errorf("links left after a failed load: %d, want %d", got, before)
 	}
 }
+
+func TestSuspendAndResume(t *testing.T) {
+	env := open(t)
+	hooks := []loader.Hook{{Name: "reset", Strategies: []loader.Strategy{
+		{Kind: loader.TPBTF, Program: "tp_reset", Target: "tcp_receive_reset", Args: 1},
+		{Kind: loader.RawTP, Program: "raw_reset", Target: "tcp_receive_reset", Args: 1},
+	}}}
+	before := netnstest.CountLinks(t)
+	set, _, err := loader.Load("test", env, testSpec(), hooks, loader.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer set.Close()
+	for i := 0; i < 2; i++ {
+		if err := set.Suspend("reset"); err != nil {
+			t.Fatal(err)
+		}
+		if set.Link("reset") != nil || netnstest.CountLinks(t) != before {
+			t.Fatalf("suspended: link %v, %d links, want none of ours (%d)", set.Link("reset"), netnstest.CountLinks(t), before)
+		}
+		if err := set.Resume("reset"); err != nil {
+			t.Fatal(err)
+		}
+		if set.Link("reset") == nil || netnstest.CountLinks(t) != before+1 {
+			t.Fatalf("resumed: link %v, %d links, want %d", set.Link("reset"), netnstest.CountLinks(t), before+1)
+		}
+	}
+	// Suspended at Close: nothing left behind either way.
+	if err := set.Suspend("reset"); err != nil {
+		t.Fatal(err)
+	}
+	if err := set.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := netnstest.CountLinks(t); got != before {
+		t.Errorf("links after Close: %d, want %d", got, before)
+	}
+}

@@ -114,8 +114,8 @@ func TestLoadFootprintConfig(t *testing.T) {
 	if len(errs) > 0 {
 		t.Fatal(errs)
 	}
-	got := fmt.Sprintf("%v %+v", fc.Strategies, fc.Flows)
-	want := "[tp_btf cgroup_skb] [{Name:web Protocol:tcp Local:10.0.0.1/32 Peer:invalid Prefix LocalPort:8080 PeerPort:0} " +
+	got := fmt.Sprintf("%s %s %v %+v", fc.Attach, fc.IdleDetach, fc.Strategies, fc.Flows)
+	want := "on_traffic 2m0s [tp_btf cgroup_skb] [{Name:web Protocol:tcp Local:10.0.0.1/32 Peer:invalid Prefix LocalPort:8080 PeerPort:0} " +
 		"{Name:dns Protocol:udp Local:invalid Prefix Peer:2001:db8::/32 LocalPort:0 PeerPort:53} " +
 		"{Name:any Protocol: Local:invalid Prefix Peer:192.0.2.0/24 LocalPort:0 PeerPort:0}]"
 	if got != want {
@@ -180,6 +180,8 @@ func TestValidateNamesFieldAndFix(t *testing.T) {
 		}, []string{"footprint.flows", "footprint.max_flows (1)"}},
 		{"max flows", func(c *Config) { c.Footprint.MaxFlows = 65 }, []string{"footprint.max_flows", "1..64"}},
 		{"footprint strategy", func(c *Config) { c.Footprint.Strategies = []string{"xdp"} }, []string{"footprint.strategies[0]", "cgroup_skb"}},
+		{"footprint attach", func(c *Config) { c.Footprint.Attach = "lazy" }, []string{"footprint.attach", "on_traffic", "always"}},
+		{"footprint idle", func(c *Config) { c.Footprint.IdleDetach = 100 * time.Millisecond }, []string{"footprint.idle_detach", "at least 1s"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := createDefaultConfig()

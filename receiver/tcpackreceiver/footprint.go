@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"time"
 
 	"go.opentelemetry.io/collector/pdata/pcommon"
 
@@ -24,6 +25,12 @@ type FootprintConfig struct {
 	MaxFlows int `mapstructure:"max_flows"`
 	// MaxDropKeys bounds the kernel map of (flow, direction, reason, location) drop counters.
 	MaxDropKeys uint32 `mapstructure:"max_drop_keys"`
+	// Attach is on_traffic (the default: only the sentinel layers while the flows are idle)
+	// or always (every layer from the start).
+	Attach string `mapstructure:"attach"`
+	// IdleDetach is how long the flows go without a packet before on_traffic detaches the
+	// layers other than the sentinels.
+	IdleDetach time.Duration `mapstructure:"idle_detach"`
 }
 
 // FlowConfig is one named flow. Empty fields match anything; packets match in either
@@ -38,7 +45,8 @@ type FlowConfig struct {
 }
 
 func defaultFootprintConfig() FootprintConfig {
-	return FootprintConfig{MaxFlows: 16, MaxDropKeys: footprint.DefaultConfig().MaxDropKeys}
+	d := footprint.DefaultConfig()
+	return FootprintConfig{MaxFlows: 16, MaxDropKeys: d.MaxDropKeys, Attach: d.Attach, IdleDetach: d.IdleDetach}
 }
 
 var flowName = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,64}$`)
@@ -49,7 +57,16 @@ var footprintStrategies = []loader.Kind{loader.FEntry, loader.Kprobe, loader.TPB
 func (c FootprintConfig) footprintConfig() (footprint.Config, []error) {
 	cfg := footprint.DefaultConfig()
 	cfg.MaxDropKeys = c.MaxDropKeys
+	cfg.Attach, cfg.IdleDetach = c.Attach, c.IdleDetach
 	var errs []error
+	if c.Attach != footprint.AttachOnTraffic && c.Attach != footprint.AttachAlways {
+		errs = append(errs, fmt.Errorf("footprint.attach: %q, use %s (the default: layers attach while a named flow has traffic) or %s (every layer from the start)",
+			c.Attach, footprint.AttachOnTraffic, footprint.AttachAlways))
+	}
+	if c.IdleDetach < footprint.MinIdleDetach {
+		errs = append(errs, fmt.Errorf("footprint.idle_detach: %s is too short, use at least %s (default %s)",
+			c.IdleDetach, footprint.MinIdleDetach, footprint.DefaultConfig().IdleDetach))
+	}
 	if c.MaxFlows < 1 || c.MaxFlows > footprint.MaxFlows {
 		errs = append(errs, fmt.Errorf("footprint.max_flows: %d is out of range, use 1..%d (default 16)", c.MaxFlows, footprint.MaxFlows))
 	} else if len(c.Flows) > c.MaxFlows {
@@ -140,6 +157,12 @@ func (r *tcpackReceiver) recordFootprint(ctx context.Context, now pcommon.Timest
 			l.Layer, l.NextLayer)
 	}
 	r.mb.RecordTcpackKernelMapOverflowDataPoint(now, int64(snap.DropKeysFull), metadata.AttributeTcpackMapFootprintDrops)
+	armed := int64(0)
+	if snap.Armed {
+		armed = 1
+	}
+	r.mb.RecordTcpackFootprintArmedDataPoint(now, armed)
+	r.mb.RecordTcpackFootprintUnobservedDataPoint(now, int64(snap.Unobserved))
 	if len(snap.NewLosses) == 0 || r.logs == nil {
 		return nil
 	}

@@ -12,7 +12,8 @@ import (
 
 // TestReceiverReportsFootprint: a named flow blocked by nftables at the receiver shows up as
 // packets at the core receive layer, NETFILTER_DROP drops, a lost count and one loss event,
-// and nothing of the family stays attached after shutdown.
+// and nothing of the family stays attached after shutdown. The default attach mode
+// (on_traffic) is in use: the first packet arms the layers and counts as unobserved.
 func TestReceiverReportsFootprint(t *testing.T) {
 	netnstest.RequireRoot(t)
 	linksBefore := netnstest.CountLinks(t)
@@ -24,6 +25,12 @@ func TestReceiverReportsFootprint(t *testing.T) {
 	cfg.Drops.Enabled = false
 	cfg.Footprint.Flows = []FlowConfig{{Name: "blocked", Protocol: "udp", Local: pair.B.Addr, LocalPort: 5140}}
 	r := startReceiver(t, NewFactory(), cfg)
+	pair.A.SendUDP(t, fmt.Sprintf("%s:5140", pair.B.Addr), 1)
+	waitFor(t, "tcpack.footprint.armed 1 after the flow's first packet", func() (bool, string) {
+		armed, _ := latestPoint(r, "tcpack.footprint.armed", func(pmetric.NumberDataPoint) bool { return true })
+		unobserved, _ := latestPoint(r, "tcpack.footprint.unobserved", func(pmetric.NumberDataPoint) bool { return true })
+		return armed == 1 && unobserved >= 1, fmt.Sprintf("armed %d, unobserved %d", armed, unobserved)
+	})
 	const n = 6
 	pair.A.SendUDP(t, fmt.Sprintf("%s:5140", pair.B.Addr), n)
 

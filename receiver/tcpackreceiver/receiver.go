@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -275,6 +276,10 @@ func (r *tcpackReceiver) start() error {
 		} else {
 			r.footprint = p
 			r.reports = append(r.reports, p.Report())
+			if s := p.Sentinels(); s != nil {
+				log.Info(fmt.Sprintf("footprint: attach on_traffic: only %s stay attached while the named flows are idle; the other layers attach at a flow's first packet and detach after %s without one",
+					strings.Join(s, ", "), cfg.IdleDetach))
+			}
 		}
 	}
 	for _, rep := range r.reports {

@@ -459,6 +459,26 @@ func (ms *TcpackEventsSuppressedMetricConfig) Validate() error {
 	return nil
 }
 
+// TcpackFootprintArmedMetricConfig provides config for the tcpack.footprint.armed metric.
+type TcpackFootprintArmedMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+}
+
+func (ms *TcpackFootprintArmedMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
 // TcpackFootprintDropsMetricAttributeKey specifies the key of an attribute for the tcpack.footprint.drops metric.
 type TcpackFootprintDropsMetricAttributeKey string
 
@@ -608,6 +628,26 @@ func (ms *TcpackFootprintPacketsMetricConfig) Validate() error {
 		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
 	}
 
+	return nil
+}
+
+// TcpackFootprintUnobservedMetricConfig provides config for the tcpack.footprint.unobserved metric.
+type TcpackFootprintUnobservedMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+}
+
+func (ms *TcpackFootprintUnobservedMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
 	return nil
 }
 
@@ -1336,9 +1376,11 @@ type MetricsConfig struct {
 	TcpackDropBytes               TcpackDropBytesMetricConfig               `mapstructure:"tcpack.drop.bytes"`
 	TcpackDropCount               TcpackDropCountMetricConfig               `mapstructure:"tcpack.drop.count"`
 	TcpackEventsSuppressed        TcpackEventsSuppressedMetricConfig        `mapstructure:"tcpack.events.suppressed"`
+	TcpackFootprintArmed          TcpackFootprintArmedMetricConfig          `mapstructure:"tcpack.footprint.armed"`
 	TcpackFootprintDrops          TcpackFootprintDropsMetricConfig          `mapstructure:"tcpack.footprint.drops"`
 	TcpackFootprintLost           TcpackFootprintLostMetricConfig           `mapstructure:"tcpack.footprint.lost"`
 	TcpackFootprintPackets        TcpackFootprintPacketsMetricConfig        `mapstructure:"tcpack.footprint.packets"`
+	TcpackFootprintUnobserved     TcpackFootprintUnobservedMetricConfig     `mapstructure:"tcpack.footprint.unobserved"`
 	TcpackKernelMapOverflow       TcpackKernelMapOverflowMetricConfig       `mapstructure:"tcpack.kernel_map.overflow"`
 	TcpackPacketOtherhostCount    TcpackPacketOtherhostCountMetricConfig    `mapstructure:"tcpack.packet.otherhost.count"`
 	TcpackProbeAttached           TcpackProbeAttachedMetricConfig           `mapstructure:"tcpack.probe.attached"`
@@ -1403,6 +1445,9 @@ func DefaultMetricsConfig() MetricsConfig {
 			AggregationStrategy: AggregationStrategySum,
 			EnabledAttributes:   []TcpackEventsSuppressedMetricAttributeKey{TcpackEventsSuppressedMetricAttributeKeyTcpackEventKind, TcpackEventsSuppressedMetricAttributeKeyTcpackSuppressionCause},
 		},
+		TcpackFootprintArmed: TcpackFootprintArmedMetricConfig{
+			Enabled: true,
+		},
 		TcpackFootprintDrops: TcpackFootprintDropsMetricConfig{
 			Enabled:             true,
 			AggregationStrategy: AggregationStrategySum,
@@ -1417,6 +1462,9 @@ func DefaultMetricsConfig() MetricsConfig {
 			Enabled:             true,
 			AggregationStrategy: AggregationStrategySum,
 			EnabledAttributes:   []TcpackFootprintPacketsMetricAttributeKey{TcpackFootprintPacketsMetricAttributeKeyTcpackFootprintFlow, TcpackFootprintPacketsMetricAttributeKeyTcpackFootprintLayer, TcpackFootprintPacketsMetricAttributeKeyNetworkIoDirection},
+		},
+		TcpackFootprintUnobserved: TcpackFootprintUnobservedMetricConfig{
+			Enabled: true,
 		},
 		TcpackKernelMapOverflow: TcpackKernelMapOverflowMetricConfig{
 			Enabled:             true,

@@ -71,6 +71,9 @@ func TestMetricsBuilderConfig(t *testing.T) {
 						AggregationStrategy: AggregationStrategySum,
 						EnabledAttributes:   []TcpackEventsSuppressedMetricAttributeKey{TcpackEventsSuppressedMetricAttributeKeyTcpackEventKind, TcpackEventsSuppressedMetricAttributeKeyTcpackSuppressionCause},
 					},
+					TcpackFootprintArmed: TcpackFootprintArmedMetricConfig{
+						Enabled: true,
+					},
 					TcpackFootprintDrops: TcpackFootprintDropsMetricConfig{
 						Enabled:             true,
 						AggregationStrategy: AggregationStrategySum,
@@ -85,6 +88,9 @@ func TestMetricsBuilderConfig(t *testing.T) {
 						Enabled:             true,
 						AggregationStrategy: AggregationStrategySum,
 						EnabledAttributes:   []TcpackFootprintPacketsMetricAttributeKey{TcpackFootprintPacketsMetricAttributeKeyTcpackFootprintFlow, TcpackFootprintPacketsMetricAttributeKeyTcpackFootprintLayer, TcpackFootprintPacketsMetricAttributeKeyNetworkIoDirection},
+					},
+					TcpackFootprintUnobserved: TcpackFootprintUnobservedMetricConfig{
+						Enabled: true,
 					},
 					TcpackKernelMapOverflow: TcpackKernelMapOverflowMetricConfig{
 						Enabled:             true,
@@ -215,6 +221,9 @@ func TestMetricsBuilderConfig(t *testing.T) {
 						AggregationStrategy: AggregationStrategySum,
 						EnabledAttributes:   []TcpackEventsSuppressedMetricAttributeKey{TcpackEventsSuppressedMetricAttributeKeyTcpackEventKind, TcpackEventsSuppressedMetricAttributeKeyTcpackSuppressionCause},
 					},
+					TcpackFootprintArmed: TcpackFootprintArmedMetricConfig{
+						Enabled: false,
+					},
 					TcpackFootprintDrops: TcpackFootprintDropsMetricConfig{
 						Enabled:             false,
 						AggregationStrategy: AggregationStrategySum,
@@ -229,6 +238,9 @@ func TestMetricsBuilderConfig(t *testing.T) {
 						Enabled:             false,
 						AggregationStrategy: AggregationStrategySum,
 						EnabledAttributes:   []TcpackFootprintPacketsMetricAttributeKey{TcpackFootprintPacketsMetricAttributeKeyTcpackFootprintFlow, TcpackFootprintPacketsMetricAttributeKeyTcpackFootprintLayer, TcpackFootprintPacketsMetricAttributeKeyNetworkIoDirection},
+					},
+					TcpackFootprintUnobserved: TcpackFootprintUnobservedMetricConfig{
+						Enabled: false,
 					},
 					TcpackKernelMapOverflow: TcpackKernelMapOverflowMetricConfig{
 						Enabled:             false,
@@ -314,7 +326,7 @@ func TestMetricsBuilderConfig(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := loadMetricsBuilderConfig(t, tt.name)
-			diff := cmp.Diff(tt.want, cfg, cmpopts.IgnoreUnexported(TcpackAckCountMetricConfig{}, TcpackAckDelayDecisionsCountMetricConfig{}, TcpackAckForcedCountMetricConfig{}, TcpackAckOtherCountMetricConfig{}, TcpackAckQuotaExhaustedCountMetricConfig{}, TcpackAckSegmentsMetricConfig{}, TcpackDropBytesMetricConfig{}, TcpackDropCountMetricConfig{}, TcpackEventsSuppressedMetricConfig{}, TcpackFootprintDropsMetricConfig{}, TcpackFootprintLostMetricConfig{}, TcpackFootprintPacketsMetricConfig{}, TcpackKernelMapOverflowMetricConfig{}, TcpackPacketOtherhostCountMetricConfig{}, TcpackProbeAttachedMetricConfig{}, TcpackQuickackAppliedCountMetricConfig{}, TcpackQuickackPolicyErrorsMetricConfig{}, TcpackQuickackRefusedCountMetricConfig{}, TcpackQuickackSocketsMetricConfig{}, TcpackTCPResetCountMetricConfig{}, TcpackTCPRetransmitCountMetricConfig{}, TcpackTxqueueBytesMetricConfig{}, TcpackTxqueueFlowChangesCountMetricConfig{}, TcpackTxqueueFlowsMetricConfig{}, TcpackTxqueuePacketsMetricConfig{}, TcpackTxqueuePicksCountMetricConfig{}, TcpackTxqueueQueuesMetricConfig{}, ResourceAttributeConfig{}))
+			diff := cmp.Diff(tt.want, cfg, cmpopts.IgnoreUnexported(TcpackAckCountMetricConfig{}, TcpackAckDelayDecisionsCountMetricConfig{}, TcpackAckForcedCountMetricConfig{}, TcpackAckOtherCountMetricConfig{}, TcpackAckQuotaExhaustedCountMetricConfig{}, TcpackAckSegmentsMetricConfig{}, TcpackDropBytesMetricConfig{}, TcpackDropCountMetricConfig{}, TcpackEventsSuppressedMetricConfig{}, TcpackFootprintArmedMetricConfig{}, TcpackFootprintDropsMetricConfig{}, TcpackFootprintLostMetricConfig{}, TcpackFootprintPacketsMetricConfig{}, TcpackFootprintUnobservedMetricConfig{}, TcpackKernelMapOverflowMetricConfig{}, TcpackPacketOtherhostCountMetricConfig{}, TcpackProbeAttachedMetricConfig{}, TcpackQuickackAppliedCountMetricConfig{}, TcpackQuickackPolicyErrorsMetricConfig{}, TcpackQuickackRefusedCountMetricConfig{}, TcpackQuickackSocketsMetricConfig{}, TcpackTCPResetCountMetricConfig{}, TcpackTCPRetransmitCountMetricConfig{}, TcpackTxqueueBytesMetricConfig{}, TcpackTxqueueFlowChangesCountMetricConfig{}, TcpackTxqueueFlowsMetricConfig{}, TcpackTxqueuePacketsMetricConfig{}, TcpackTxqueuePicksCountMetricConfig{}, TcpackTxqueueQueuesMetricConfig{}, ResourceAttributeConfig{}))
 			require.Emptyf(t, diff, "Config mismatch (-expected +actual):\n%s", diff)
 		})
 	}

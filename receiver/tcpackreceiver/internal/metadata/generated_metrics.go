@@ -422,6 +422,9 @@ var MetricsInfo = metricsInfo{
 		Name:       "tcpack.events.suppressed",
 		Attributes: []string{"tcpack.event.kind", "tcpack.suppression.cause"},
 	},
+	TcpackFootprintArmed: metricInfo{
+		Name: "tcpack.footprint.armed",
+	},
 	TcpackFootprintDrops: metricInfo{
 		Name:       "tcpack.footprint.drops",
 		Attributes: []string{"tcpack.footprint.flow", "network.io.direction", "tcpack.drop.reason", "tcpack.drop.symbol"},
@@ -433,6 +436,9 @@ var MetricsInfo = metricsInfo{
 	TcpackFootprintPackets: metricInfo{
 		Name:       "tcpack.footprint.packets",
 		Attributes: []string{"tcpack.footprint.flow", "tcpack.footprint.layer", "network.io.direction"},
+	},
+	TcpackFootprintUnobserved: metricInfo{
+		Name: "tcpack.footprint.unobserved",
 	},
 	TcpackKernelMapOverflow: metricInfo{
 		Name:       "tcpack.kernel_map.overflow",
@@ -505,9 +511,11 @@ type metricsInfo struct {
 	TcpackDropBytes               metricInfo
 	TcpackDropCount               metricInfo
 	TcpackEventsSuppressed        metricInfo
+	TcpackFootprintArmed          metricInfo
 	TcpackFootprintDrops          metricInfo
 	TcpackFootprintLost           metricInfo
 	TcpackFootprintPackets        metricInfo
+	TcpackFootprintUnobserved     metricInfo
 	TcpackKernelMapOverflow       metricInfo
 	TcpackPacketOtherhostCount    metricInfo
 	TcpackProbeAttached           metricInfo
@@ -1403,6 +1411,56 @@ func newMetricTcpackEventsSuppressed(cfg TcpackEventsSuppressedMetricConfig) met
 	return m
 }
 
+type metricTcpackFootprintArmed struct {
+	data     pmetric.Metric                   // data buffer for generated metric.
+	config   TcpackFootprintArmedMetricConfig // metric config provided by user.
+	capacity int                              // max observed number of data points added to the metric.
+}
+
+// init fills tcpack.footprint.armed metric with initial data.
+func (m *metricTcpackFootprintArmed) init() {
+	m.data.SetName("tcpack.footprint.armed")
+	m.data.SetDescription("1 while every layer of the footprint family is attached and counting; 0 while the named flows are idle under footprint.attach on_traffic, when only the sentinel layers are attached.")
+	m.data.SetUnit("1")
+	m.data.SetEmptyGauge()
+}
+
+func (m *metricTcpackFootprintArmed) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64) {
+	if !m.config.Enabled {
+		return
+	}
+	dp := m.data.Gauge().DataPoints().AppendEmpty()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	dp.SetIntValue(val)
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackFootprintArmed) updateCapacity() {
+	if m.data.Gauge().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Gauge().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackFootprintArmed) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Gauge().DataPoints().Len() > 0 {
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackFootprintArmed(cfg TcpackFootprintArmedMetricConfig) metricTcpackFootprintArmed {
+	m := metricTcpackFootprintArmed{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
 type metricTcpackFootprintDrops struct {
 	data          pmetric.Metric                   // data buffer for generated metric.
 	config        TcpackFootprintDropsMetricConfig // metric config provided by user.
@@ -1692,6 +1750,58 @@ func (m *metricTcpackFootprintPackets) emit(metrics pmetric.MetricSlice) {
 
 func newMetricTcpackFootprintPackets(cfg TcpackFootprintPacketsMetricConfig) metricTcpackFootprintPackets {
 	m := metricTcpackFootprintPackets{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricTcpackFootprintUnobserved struct {
+	data     pmetric.Metric                        // data buffer for generated metric.
+	config   TcpackFootprintUnobservedMetricConfig // metric config provided by user.
+	capacity int                                   // max observed number of data points added to the metric.
+}
+
+// init fills tcpack.footprint.unobserved metric with initial data.
+func (m *metricTcpackFootprintUnobserved) init() {
+	m.data.SetName("tcpack.footprint.unobserved")
+	m.data.SetDescription("Sentinel runs (net_dev_queue, netif_receive_skb, kfree_skb) that saw a named flow's packet while the other layers were detached (footprint.attach on_traffic); such packets are counted at no layer. One packet can pass two sentinels.")
+	m.data.SetUnit("{packet}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+}
+
+func (m *metricTcpackFootprintUnobserved) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64) {
+	if !m.config.Enabled {
+		return
+	}
+	dp := m.data.Sum().DataPoints().AppendEmpty()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	dp.SetIntValue(val)
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackFootprintUnobserved) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackFootprintUnobserved) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackFootprintUnobserved(cfg TcpackFootprintUnobservedMetricConfig) metricTcpackFootprintUnobserved {
+	m := metricTcpackFootprintUnobserved{config: cfg}
 
 	if cfg.Enabled {
 		m.data = pmetric.NewMetric()
@@ -3103,9 +3213,11 @@ type MetricsBuilder struct {
 	metricTcpackDropBytes               metricTcpackDropBytes
 	metricTcpackDropCount               metricTcpackDropCount
 	metricTcpackEventsSuppressed        metricTcpackEventsSuppressed
+	metricTcpackFootprintArmed          metricTcpackFootprintArmed
 	metricTcpackFootprintDrops          metricTcpackFootprintDrops
 	metricTcpackFootprintLost           metricTcpackFootprintLost
 	metricTcpackFootprintPackets        metricTcpackFootprintPackets
+	metricTcpackFootprintUnobserved     metricTcpackFootprintUnobserved
 	metricTcpackKernelMapOverflow       metricTcpackKernelMapOverflow
 	metricTcpackPacketOtherhostCount    metricTcpackPacketOtherhostCount
 	metricTcpackProbeAttached           metricTcpackProbeAttached
@@ -3155,9 +3267,11 @@ func NewMetricsBuilder(mbc MetricsBuilderConfig, settings receiver.Settings, opt
 		metricTcpackDropBytes:               newMetricTcpackDropBytes(mbc.Metrics.TcpackDropBytes),
 		metricTcpackDropCount:               newMetricTcpackDropCount(mbc.Metrics.TcpackDropCount),
 		metricTcpackEventsSuppressed:        newMetricTcpackEventsSuppressed(mbc.Metrics.TcpackEventsSuppressed),
+		metricTcpackFootprintArmed:          newMetricTcpackFootprintArmed(mbc.Metrics.TcpackFootprintArmed),
 		metricTcpackFootprintDrops:          newMetricTcpackFootprintDrops(mbc.Metrics.TcpackFootprintDrops),
 		metricTcpackFootprintLost:           newMetricTcpackFootprintLost(mbc.Metrics.TcpackFootprintLost),
 		metricTcpackFootprintPackets:        newMetricTcpackFootprintPackets(mbc.Metrics.TcpackFootprintPackets),
+		metricTcpackFootprintUnobserved:     newMetricTcpackFootprintUnobserved(mbc.Metrics.TcpackFootprintUnobserved),
 		metricTcpackKernelMapOverflow:       newMetricTcpackKernelMapOverflow(mbc.Metrics.TcpackKernelMapOverflow),
 		metricTcpackPacketOtherhostCount:    newMetricTcpackPacketOtherhostCount(mbc.Metrics.TcpackPacketOtherhostCount),
 		metricTcpackProbeAttached:           newMetricTcpackProbeAttached(mbc.Metrics.TcpackProbeAttached),
@@ -3266,9 +3380,11 @@ func (mb *MetricsBuilder) EmitForResource(options ...ResourceMetricsOption) {
 	mb.metricTcpackDropBytes.emit(ils.Metrics())
 	mb.metricTcpackDropCount.emit(ils.Metrics())
 	mb.metricTcpackEventsSuppressed.emit(ils.Metrics())
+	mb.metricTcpackFootprintArmed.emit(ils.Metrics())
 	mb.metricTcpackFootprintDrops.emit(ils.Metrics())
 	mb.metricTcpackFootprintLost.emit(ils.Metrics())
 	mb.metricTcpackFootprintPackets.emit(ils.Metrics())
+	mb.metricTcpackFootprintUnobserved.emit(ils.Metrics())
 	mb.metricTcpackKernelMapOverflow.emit(ils.Metrics())
 	mb.metricTcpackPacketOtherhostCount.emit(ils.Metrics())
 	mb.metricTcpackProbeAttached.emit(ils.Metrics())
@@ -3360,6 +3476,11 @@ func (mb *MetricsBuilder) RecordTcpackEventsSuppressedDataPoint(ts pcommon.Times
 	mb.metricTcpackEventsSuppressed.recordDataPoint(mb.startTime, ts, val, tcpackEventKindAttributeValue.String(), tcpackSuppressionCauseAttributeValue.String())
 }
 
+// RecordTcpackFootprintArmedDataPoint adds a data point to tcpack.footprint.armed metric.
+func (mb *MetricsBuilder) RecordTcpackFootprintArmedDataPoint(ts pcommon.Timestamp, val int64) {
+	mb.metricTcpackFootprintArmed.recordDataPoint(mb.startTime, ts, val)
+}
+
 // RecordTcpackFootprintDropsDataPoint adds a data point to tcpack.footprint.drops metric.
 func (mb *MetricsBuilder) RecordTcpackFootprintDropsDataPoint(ts pcommon.Timestamp, val int64, tcpackFootprintFlowAttributeValue string, networkIoDirectionAttributeValue AttributeNetworkIoDirection, tcpackDropReasonAttributeValue string, tcpackDropSymbolAttributeValue string) {
 	mb.metricTcpackFootprintDrops.recordDataPoint(mb.startTime, ts, val, tcpackFootprintFlowAttributeValue, networkIoDirectionAttributeValue.String(), tcpackDropReasonAttributeValue, tcpackDropSymbolAttributeValue)
@@ -3373,6 +3494,11 @@ func (mb *MetricsBuilder) RecordTcpackFootprintLostDataPoint(ts pcommon.Timestam
 // RecordTcpackFootprintPacketsDataPoint adds a data point to tcpack.footprint.packets metric.
 func (mb *MetricsBuilder) RecordTcpackFootprintPacketsDataPoint(ts pcommon.Timestamp, val int64, tcpackFootprintFlowAttributeValue string, tcpackFootprintLayerAttributeValue string, networkIoDirectionAttributeValue AttributeNetworkIoDirection) {
 	mb.metricTcpackFootprintPackets.recordDataPoint(mb.startTime, ts, val, tcpackFootprintFlowAttributeValue, tcpackFootprintLayerAttributeValue, networkIoDirectionAttributeValue.String())
+}
+
+// RecordTcpackFootprintUnobservedDataPoint adds a data point to tcpack.footprint.unobserved metric.
+func (mb *MetricsBuilder) RecordTcpackFootprintUnobservedDataPoint(ts pcommon.Timestamp, val int64) {
+	mb.metricTcpackFootprintUnobserved.recordDataPoint(mb.startTime, ts, val)
 }
 
 // RecordTcpackKernelMapOverflowDataPoint adds a data point to tcpack.kernel_map.overflow metric.

@@ -157,6 +157,9 @@ func TestMetricsBuilder(t *testing.T) {
 			}
 			defaultMetricsCount++
 			allMetricsCount++
+			mb.RecordTcpackFootprintArmedDataPoint(ts, 1)
+			defaultMetricsCount++
+			allMetricsCount++
 			mb.RecordTcpackFootprintDropsDataPoint(ts, 1, "tcpack.footprint.flow-val", AttributeNetworkIoDirectionReceive, "tcpack.drop.reason-val", "tcpack.drop.symbol-val")
 			if tt.name == "reaggregate_set" {
 				mb.RecordTcpackFootprintDropsDataPoint(ts, 3, "tcpack.footprint.flow-val-2", AttributeNetworkIoDirectionTransmit, "tcpack.drop.reason-val-2", "tcpack.drop.symbol-val-2")
@@ -173,6 +176,9 @@ func TestMetricsBuilder(t *testing.T) {
 			if tt.name == "reaggregate_set" {
 				mb.RecordTcpackFootprintPacketsDataPoint(ts, 3, "tcpack.footprint.flow-val-2", "tcpack.footprint.layer-val-2", AttributeNetworkIoDirectionTransmit)
 			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackFootprintUnobservedDataPoint(ts, 1)
 			defaultMetricsCount++
 			allMetricsCount++
 			mb.RecordTcpackKernelMapOverflowDataPoint(ts, 1, AttributeTcpackMapDropCounts)
@@ -806,6 +812,18 @@ func TestMetricsBuilder(t *testing.T) {
 						_, ok = dp.Attributes().Get("tcpack.suppression.cause")
 						assert.False(t, ok)
 					}
+				case "tcpack.footprint.armed":
+					assert.False(t, validatedMetrics["tcpack.footprint.armed"], "Found a duplicate in the metrics slice: tcpack.footprint.armed")
+					validatedMetrics["tcpack.footprint.armed"] = true
+					assert.Equal(t, pmetric.MetricTypeGauge, mi.Type())
+					assert.Equal(t, 1, mi.Gauge().DataPoints().Len())
+					assert.Equal(t, "1 while every layer of the footprint family is attached and counting; 0 while the named flows are idle under footprint.attach on_traffic, when only the sentinel layers are attached.", mi.Description())
+					assert.Equal(t, "1", mi.Unit())
+					dp := mi.Gauge().DataPoints().At(0)
+					assert.Equal(t, start, dp.StartTimestamp())
+					assert.Equal(t, ts, dp.Timestamp())
+					assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+					assert.Equal(t, int64(1), dp.IntValue())
 				case "tcpack.footprint.drops":
 					if tt.name != "reaggregate_set" {
 						assert.False(t, validatedMetrics["tcpack.footprint.drops"], "Found a duplicate in the metrics slice: tcpack.footprint.drops")
@@ -978,6 +996,20 @@ func TestMetricsBuilder(t *testing.T) {
 						_, ok = dp.Attributes().Get("network.io.direction")
 						assert.False(t, ok)
 					}
+				case "tcpack.footprint.unobserved":
+					assert.False(t, validatedMetrics["tcpack.footprint.unobserved"], "Found a duplicate in the metrics slice: tcpack.footprint.unobserved")
+					validatedMetrics["tcpack.footprint.unobserved"] = true
+					assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+					assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+					assert.Equal(t, "Sentinel runs (net_dev_queue, netif_receive_skb, kfree_skb) that saw a named flow's packet while the other layers were detached (footprint.attach on_traffic); such packets are counted at no layer. One packet can pass two sentinels.", mi.Description())
+					assert.Equal(t, "{packet}", mi.Unit())
+					assert.True(t, mi.Sum().IsMonotonic())
+					assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+					dp := mi.Sum().DataPoints().At(0)
+					assert.Equal(t, start, dp.StartTimestamp())
+					assert.Equal(t, ts, dp.Timestamp())
+					assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+					assert.Equal(t, int64(1), dp.IntValue())
 				case "tcpack.kernel_map.overflow":
 					if tt.name != "reaggregate_set" {
 						assert.False(t, validatedMetrics["tcpack.kernel_map.overflow"], "Found a duplicate in the metrics slice: tcpack.kernel_map.overflow")
