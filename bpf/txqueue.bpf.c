@@ -7,7 +7,9 @@
  * flow's current queue in an LRU map, sampling an event when a flow changes queue. Where
  * fentry/fexit or kprobes exist, netdev_pick_tx itself is hooked too, which tells a queue kept
  * from the socket (sk_tx_queue_mapping) from a re-pick by XPS or by hash (__netdev_pick_tx).
- * netif_receive_skb sees every received skb after the driver classified it (eth_type_trans).
+ * Packets for another host are counted where IPv4 and IPv6 drop them, kfree_skb with reason
+ * OTHERHOST (ip_rcv_core, ip6_rcv_core): a drop, so nothing runs for the packets the host
+ * keeps. Kernels without that reason use netif_receive_skb, which runs for every received skb.
  * Counters are per-CPU; only rate-limited samples reach user space. */
 #include "common.h"
 
@@ -232,16 +234,24 @@ static __always_inline struct if_value *if_counts_for(bool typed, __u32 netns,
 }
 
 /* Segments in the skb, as qdisc_bstats_update counts them: gso_segs for a GSO skb, else 1.
- * skb_shinfo lies at head + end, past what BTF types: always a probe read. */
+ * skb_shinfo lies at head + end, past what BTF types: a probe read, one for both fields,
+ * which sit side by side (gso_size, gso_segs) in every kernel's skb_shared_info. */
 static __always_inline __u32 segments(bool typed, const struct sk_buff *skb)
 {
 	unsigned char *head = KREAD(typed, skb, head);
 	struct skb_shared_info *shinfo = (void *)(head + KREAD(typed, skb, end));
+	__u16 gso[2] = {};
 
-	if (!BPF_CORE_READ(shinfo, gso_size))
+	if (bpf_core_field_offset(shinfo->gso_segs) != bpf_core_field_offset(shinfo->gso_size) + 2) {
+		if (!BPF_CORE_READ(shinfo, gso_size))
+			return 1;
+		__u16 segs = BPF_CORE_READ(shinfo, gso_segs);
+		return segs ? segs : 1;
+	}
+	bpf_probe_read_kernel(gso, sizeof(gso), &shinfo->gso_size);
+	if (!gso[0])
 		return 1;
-	__u16 segs = BPF_CORE_READ(shinfo, gso_segs);
-	return segs ? segs : 1;
+	return gso[1] ? gso[1] : 1;
 }
 
 static __always_inline void count_queue(bool typed, const struct queue_key *key,
@@ -453,6 +463,20 @@ TCPACK_TRACEPOINT("net_dev_start_xmit", net_dev_start_xmit,
 
 TCPACK_TRACEPOINT("netif_receive_skb", netif_receive_skb, ARGS(struct sk_buff *skb),
 		  return handle_receive(typed, skb);)
+
+/* The drop IPv4 and IPv6 make of a packet for another host. The loader picks this only where
+ * enum skb_drop_reason has OTHERHOST; the first three arguments are on every such kernel. */
+static __always_inline int handle_drop(bool typed, struct sk_buff *skb, enum skb_drop_reason reason)
+{
+	if (!bpf_core_enum_value_exists(enum skb_drop_reason, SKB_DROP_REASON_OTHERHOST) ||
+	    reason != bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_OTHERHOST))
+		return 0;
+	return handle_receive(typed, skb);
+}
+
+TCPACK_TRACEPOINT("kfree_skb", kfree_skb_otherhost,
+		  ARGS(struct sk_buff *skb, void *location, enum skb_drop_reason reason),
+		  return handle_drop(typed, skb, reason);)
 
 /* netdev_pick_tx(dev, skb, sb_dev) runs __netdev_pick_tx's logic: keep the socket's queue
  * unless it has none, it is out of range, or skb->ooo_okay says nothing of the socket is still

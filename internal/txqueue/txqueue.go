@@ -13,6 +13,8 @@ package txqueue
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -28,7 +30,7 @@ const Family = "txqueue"
 // Hook names, as reported by the loader.
 const (
 	HookXmit       = "net_dev_start_xmit"
-	HookReceive    = "netif_receive_skb"
+	HookOtherhost  = "otherhost"
 	HookPick       = "netdev_pick_tx"
 	HookPickReturn = "netdev_pick_tx_return"
 )
@@ -48,8 +50,9 @@ type Config struct {
 	MaxInterfaces uint32
 	// MaxFlows bounds the flow map; it is an LRU: the least recently sending flows make room.
 	MaxFlows uint32
-	// Otherhost attaches netif_receive_skb to count packets received for another host. It
-	// runs for every received packet.
+	// Otherhost counts packets received for another host: at their drop (kfree_skb, reason
+	// OTHERHOST), or where the kernel has no such reason at netif_receive_skb, which runs for
+	// every received packet.
 	Otherhost bool
 	// RingBufferBytes is the event ring buffer size (a power of two, multiple of the page size).
 	RingBufferBytes uint32
@@ -80,7 +83,7 @@ func DefaultConfig() Config {
 // netdev_pick_tx is a function with no tracepoint: fentry/fexit, else kprobe/kretprobe, and on
 // kernels with neither the family still reports queues and moves, without the pick's reason.
 // Entry and exit are separate hooks; each works alone, the verdict needs both.
-func hooks(cfg Config) []loader.Hook {
+func hooks(cfg Config, otherhostReason bool) []loader.Hook {
 	hs := []loader.Hook{
 		{Name: HookXmit, Strategies: []loader.Strategy{
 			{Kind: loader.TPBTF, Program: txqueueProgNetDevStartXmitBtf, Target: "net_dev_start_xmit", Args: 2},
@@ -88,10 +91,17 @@ func hooks(cfg Config) []loader.Hook {
 		}},
 	}
 	if cfg.Otherhost {
-		hs = append(hs, loader.Hook{Name: HookReceive, Strategies: []loader.Strategy{
-			{Kind: loader.TPBTF, Program: txqueueProgNetifReceiveSkbBtf, Target: "netif_receive_skb", Args: 1},
-			{Kind: loader.RawTP, Program: txqueueProgNetifReceiveSkbRaw, Target: "netif_receive_skb", Args: 1},
-		}})
+		var strategies []loader.Strategy
+		if otherhostReason {
+			strategies = []loader.Strategy{
+				{Kind: loader.TPBTF, Program: txqueueProgKfreeSkbOtherhostBtf, Target: "kfree_skb", Args: 3},
+				{Kind: loader.RawTP, Program: txqueueProgKfreeSkbOtherhostRaw, Target: "kfree_skb", Args: 3},
+			}
+		}
+		hs = append(hs, loader.Hook{Name: HookOtherhost, Strategies: append(strategies,
+			loader.Strategy{Kind: loader.TPBTF, Program: txqueueProgNetifReceiveSkbBtf, Target: "netif_receive_skb", Args: 1},
+			loader.Strategy{Kind: loader.RawTP, Program: txqueueProgNetifReceiveSkbRaw, Target: "netif_receive_skb", Args: 1},
+		)})
 	}
 	return append(hs,
 		loader.Hook{Name: HookPick, Optional: true, Strategies: []loader.Strategy{
@@ -108,7 +118,7 @@ func hooks(cfg Config) []loader.Hook {
 // HookNames lists the family's hooks, for reporting a family that could not start.
 func HookNames() []string {
 	var names []string
-	for _, h := range hooks(Config{Otherhost: true}) {
+	for _, h := range hooks(Config{Otherhost: true}, true) {
 		names = append(names, h.Name)
 	}
 	return names
@@ -134,7 +144,9 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 	if err := configure(spec, cfg); err != nil {
 		return nil, err
 	}
-	set, report, err := loader.Load(Family, env, spec, hooks(cfg), loader.Options{Only: cfg.Strategies})
+	reasons, _ := kernel.EnumNames(env.BTF, "skb_drop_reason", "SKB_DROP_REASON_")
+	otherhostReason := slices.Contains(slices.Collect(maps.Values(reasons)), "OTHERHOST")
+	set, report, err := loader.Load(Family, env, spec, hooks(cfg, otherhostReason), loader.Options{Only: cfg.Strategies})
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tcpack/tcpack/internal/kernel"
 	"github.com/tcpack/tcpack/internal/loader"
 	"github.com/tcpack/tcpack/internal/netnstest"
 	"github.com/tcpack/tcpack/internal/txqueue"
@@ -376,6 +377,23 @@ func TestOtherhost(t *testing.T) {
 	})
 	if c := interfaceOf(t, p, pair.A); c.Otherhost != 0 {
 		t.Errorf("A counted %d OTHERHOST packets, want 0", c.Otherhost)
+	}
+	// Where the kernel names the drop, the count comes from it, not from a program run for
+	// every received packet.
+	reasons, _ := kernel.EnumNames(netnstest.KernelEnv(t).BTF, "skb_drop_reason", "SKB_DROP_REASON_")
+	for _, h := range p.Report().Hooks {
+		if h.Hook != txqueue.HookOtherhost {
+			continue
+		}
+		want := "netif_receive_skb"
+		for _, r := range reasons {
+			if r == "OTHERHOST" {
+				want = "kfree_skb"
+			}
+		}
+		if h.Attached == nil || h.Attached.Target != want {
+			t.Errorf("hook %s attached %+v, want on %s", h.Hook, h.Attached, want)
+		}
 	}
 	aMAC, bMAC := sysfs(t, pair.A, "address"), sysfs(t, pair.B, "address")
 	eventually(t, "OTHERHOST events", func() (bool, string) {

@@ -142,34 +142,36 @@ type txqueueQueueValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	txqueueMapCounters             = "counters"
-	txqueueMapEventBuckets         = "event_buckets"
-	txqueueMapEvents               = "events"
-	txqueueMapFlows                = "flows"
-	txqueueMapIfCounts             = "if_counts"
-	txqueueMapPickSlots            = "pick_slots"
-	txqueueMapQueueCounts          = "queue_counts"
-	txqueueProgNetDevStartXmitBtf  = "net_dev_start_xmit_btf"
-	txqueueProgNetDevStartXmitRaw  = "net_dev_start_xmit_raw"
-	txqueueProgNetifReceiveSkbBtf  = "netif_receive_skb_btf"
-	txqueueProgNetifReceiveSkbRaw  = "netif_receive_skb_raw"
-	txqueueProgPickTxFentry        = "pick_tx_fentry"
-	txqueueProgPickTxFexit         = "pick_tx_fexit"
-	txqueueProgPickTxKprobe        = "pick_tx_kprobe"
-	txqueueProgPickTxKretprobe     = "pick_tx_kretprobe"
-	txqueueVarEventBurst           = "event_burst"
-	txqueueVarEventKindsEnabled    = "event_kinds_enabled"
-	txqueueVarEventRatePerSec      = "event_rate_per_sec"
-	txqueueVarEventRefillCapNs     = "event_refill_cap_ns"
-	txqueueVarRingbufWakeupBytes   = "ringbuf_wakeup_bytes"
-	txqueueVarUnusedFlowKey        = "unused_flow_key"
-	txqueueVarUnusedFlowValue      = "unused_flow_value"
-	txqueueVarUnusedIfKey          = "unused_if_key"
-	txqueueVarUnusedIfValue        = "unused_if_value"
-	txqueueVarUnusedMovedEvent     = "unused_moved_event"
-	txqueueVarUnusedOtherhostEvent = "unused_otherhost_event"
-	txqueueVarUnusedQueueKey       = "unused_queue_key"
-	txqueueVarUnusedQueueValue     = "unused_queue_value"
+	txqueueMapCounters              = "counters"
+	txqueueMapEventBuckets          = "event_buckets"
+	txqueueMapEvents                = "events"
+	txqueueMapFlows                 = "flows"
+	txqueueMapIfCounts              = "if_counts"
+	txqueueMapPickSlots             = "pick_slots"
+	txqueueMapQueueCounts           = "queue_counts"
+	txqueueProgKfreeSkbOtherhostBtf = "kfree_skb_otherhost_btf"
+	txqueueProgKfreeSkbOtherhostRaw = "kfree_skb_otherhost_raw"
+	txqueueProgNetDevStartXmitBtf   = "net_dev_start_xmit_btf"
+	txqueueProgNetDevStartXmitRaw   = "net_dev_start_xmit_raw"
+	txqueueProgNetifReceiveSkbBtf   = "netif_receive_skb_btf"
+	txqueueProgNetifReceiveSkbRaw   = "netif_receive_skb_raw"
+	txqueueProgPickTxFentry         = "pick_tx_fentry"
+	txqueueProgPickTxFexit          = "pick_tx_fexit"
+	txqueueProgPickTxKprobe         = "pick_tx_kprobe"
+	txqueueProgPickTxKretprobe      = "pick_tx_kretprobe"
+	txqueueVarEventBurst            = "event_burst"
+	txqueueVarEventKindsEnabled     = "event_kinds_enabled"
+	txqueueVarEventRatePerSec       = "event_rate_per_sec"
+	txqueueVarEventRefillCapNs      = "event_refill_cap_ns"
+	txqueueVarRingbufWakeupBytes    = "ringbuf_wakeup_bytes"
+	txqueueVarUnusedFlowKey         = "unused_flow_key"
+	txqueueVarUnusedFlowValue       = "unused_flow_value"
+	txqueueVarUnusedIfKey           = "unused_if_key"
+	txqueueVarUnusedIfValue         = "unused_if_value"
+	txqueueVarUnusedMovedEvent      = "unused_moved_event"
+	txqueueVarUnusedOtherhostEvent  = "unused_otherhost_event"
+	txqueueVarUnusedQueueKey        = "unused_queue_key"
+	txqueueVarUnusedQueueValue      = "unused_queue_value"
 )
 
 // loadTxqueue returns the embedded CollectionSpec for txqueue.
@@ -214,14 +216,16 @@ type txqueueSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type txqueueProgramSpecs struct {
-	NetDevStartXmitBtf *ebpf.ProgramSpec `ebpf:"net_dev_start_xmit_btf"`
-	NetDevStartXmitRaw *ebpf.ProgramSpec `ebpf:"net_dev_start_xmit_raw"`
-	NetifReceiveSkbBtf *ebpf.ProgramSpec `ebpf:"netif_receive_skb_btf"`
-	NetifReceiveSkbRaw *ebpf.ProgramSpec `ebpf:"netif_receive_skb_raw"`
-	PickTxFentry       *ebpf.ProgramSpec `ebpf:"pick_tx_fentry"`
-	PickTxFexit        *ebpf.ProgramSpec `ebpf:"pick_tx_fexit"`
-	PickTxKprobe       *ebpf.ProgramSpec `ebpf:"pick_tx_kprobe"`
-	PickTxKretprobe    *ebpf.ProgramSpec `ebpf:"pick_tx_kretprobe"`
+	KfreeSkbOtherhostBtf *ebpf.ProgramSpec `ebpf:"kfree_skb_otherhost_btf"`
+	KfreeSkbOtherhostRaw *ebpf.ProgramSpec `ebpf:"kfree_skb_otherhost_raw"`
+	NetDevStartXmitBtf   *ebpf.ProgramSpec `ebpf:"net_dev_start_xmit_btf"`
+	NetDevStartXmitRaw   *ebpf.ProgramSpec `ebpf:"net_dev_start_xmit_raw"`
+	NetifReceiveSkbBtf   *ebpf.ProgramSpec `ebpf:"netif_receive_skb_btf"`
+	NetifReceiveSkbRaw   *ebpf.ProgramSpec `ebpf:"netif_receive_skb_raw"`
+	PickTxFentry         *ebpf.ProgramSpec `ebpf:"pick_tx_fentry"`
+	PickTxFexit          *ebpf.ProgramSpec `ebpf:"pick_tx_fexit"`
+	PickTxKprobe         *ebpf.ProgramSpec `ebpf:"pick_tx_kprobe"`
+	PickTxKretprobe      *ebpf.ProgramSpec `ebpf:"pick_tx_kretprobe"`
 }
 
 // txqueueMapSpecs contains maps before they are loaded into the kernel.
@@ -320,18 +324,22 @@ type txqueueVariables struct {
 //
 // It can be passed to loadTxqueueObjects or ebpf.CollectionSpec.LoadAndAssign.
 type txqueuePrograms struct {
-	NetDevStartXmitBtf *ebpf.Program `ebpf:"net_dev_start_xmit_btf"`
-	NetDevStartXmitRaw *ebpf.Program `ebpf:"net_dev_start_xmit_raw"`
-	NetifReceiveSkbBtf *ebpf.Program `ebpf:"netif_receive_skb_btf"`
-	NetifReceiveSkbRaw *ebpf.Program `ebpf:"netif_receive_skb_raw"`
-	PickTxFentry       *ebpf.Program `ebpf:"pick_tx_fentry"`
-	PickTxFexit        *ebpf.Program `ebpf:"pick_tx_fexit"`
-	PickTxKprobe       *ebpf.Program `ebpf:"pick_tx_kprobe"`
-	PickTxKretprobe    *ebpf.Program `ebpf:"pick_tx_kretprobe"`
+	KfreeSkbOtherhostBtf *ebpf.Program `ebpf:"kfree_skb_otherhost_btf"`
+	KfreeSkbOtherhostRaw *ebpf.Program `ebpf:"kfree_skb_otherhost_raw"`
+	NetDevStartXmitBtf   *ebpf.Program `ebpf:"net_dev_start_xmit_btf"`
+	NetDevStartXmitRaw   *ebpf.Program `ebpf:"net_dev_start_xmit_raw"`
+	NetifReceiveSkbBtf   *ebpf.Program `ebpf:"netif_receive_skb_btf"`
+	NetifReceiveSkbRaw   *ebpf.Program `ebpf:"netif_receive_skb_raw"`
+	PickTxFentry         *ebpf.Program `ebpf:"pick_tx_fentry"`
+	PickTxFexit          *ebpf.Program `ebpf:"pick_tx_fexit"`
+	PickTxKprobe         *ebpf.Program `ebpf:"pick_tx_kprobe"`
+	PickTxKretprobe      *ebpf.Program `ebpf:"pick_tx_kretprobe"`
 }
 
 func (p *txqueuePrograms) Close() error {
 	return _TxqueueClose(
+		p.KfreeSkbOtherhostBtf,
+		p.KfreeSkbOtherhostRaw,
 		p.NetDevStartXmitBtf,
 		p.NetDevStartXmitRaw,
 		p.NetifReceiveSkbBtf,
