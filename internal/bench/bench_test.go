@@ -64,14 +64,15 @@ var modes = []mode{
 	{"acks_all", "tcpack: {drops: {enabled: false}, acks: {enabled: true}}", nil},
 	// Scoped to a port with no traffic: >= 99%; only tcp_probe's storage lookup remains.
 	{"acks_idle_port", "tcpack: {drops: {enabled: false}, acks: {enabled: true, local_ports: [9]}}", nil},
-	// Every packet sent (queue counts, flow map) and received (OTHERHOST check): issue 6
-	// bounds TCP bulk and RR at >= 98% of baseline.
+	// Every packet sent (queue counts, flow map); OTHERHOST only at its drop: issue 6 bounds
+	// TCP bulk and RR at >= 98% of baseline.
 	{"txqueue", "tcpack: {drops: {enabled: false}, txqueue: {enabled: true}}", nil},
-	// The footprint family with one flow no packet matches: every layer's program runs and
-	// parses, nothing counts. Issue 7 bounds it at >= 98% of baseline for RR and bulk.
+	// The footprint family with one flow no packet matches, in its default attach mode
+	// (on_traffic): only the sentinels (net_dev_queue, netif_receive_skb) run and parse,
+	// nothing counts. Issue 7 bounds it at >= 98% of baseline for RR and bulk.
 	{"footprint_idle", footprintIdle, nil},
-	// Programs that return at once on the same hooks as footprint_idle, no collector: what the
-	// program runs cost before any work, the floor under footprint_idle's figure.
+	// Programs that return at once on every hook the footprint uses with attach: always, no
+	// collector: what the program runs alone cost, the floor under any per-layer design.
 	{"floor", "", attachFloor},
 }
 
