@@ -330,7 +330,7 @@ static __always_inline int xmit_done(bool typed, const struct sk_buff *skb, int 
 	struct xmit_pending *p = bpf_map_lookup_elem(&xmit_pending, &k);
 
 	(void)typed; /* the skb is never read here: see struct xmit_slot */
-	if (!p)
+	if (!p || !counting())
 		return 0;
 	for (int i = 0; i < XMIT_SLOTS; i++) {
 		struct xmit_slot *s = &p->slots[i];

@@ -29,6 +29,7 @@ var (
 	runFor    = flag.Duration("duration", 4*time.Second, "duration of one workload run")
 	reps      = flag.Int("reps", 5, "repetitions of each workload and mode; medians are reported")
 	onlyModes = flag.String("modes", "", "comma-separated modes to run besides baseline (default: all)")
+	onlyLoads = flag.String("workloads", "", "comma-separated workloads to run (default: all)")
 )
 
 // benchConfig is the collector as a user would run it (default sampling, 10 s collection),
@@ -129,6 +130,17 @@ func BenchmarkCollectorOverhead(b *testing.B) {
 		{"udp_closed_port", "kpkt/s", udpFlood(pair)},
 		{"tcp_rr_64B_x4", "ktrans/s", tcpRR(b, pair)},
 		{"tcp_bulk", "Gbit/s", tcpBulk(b, pair)},
+	}
+	if *onlyLoads != "" {
+		want := strings.Split(*onlyLoads, ",")
+		var names []string
+		workloads = slices.DeleteFunc(workloads, func(w workload) bool {
+			names = append(names, w.name)
+			return !slices.Contains(want, w.name)
+		})
+		if len(workloads) != len(want) {
+			b.Fatalf("-workloads %q: name one or more of %s", *onlyLoads, strings.Join(names, ", "))
+		}
 	}
 	results := map[string]map[string][]float64{}
 	for _, w := range workloads {

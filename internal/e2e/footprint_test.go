@@ -133,12 +133,15 @@ func TestFootprintSwitchedBySIGHUP(t *testing.T) {
 		t.Fatalf("collector log does not say which hooks stay attached while the flow is idle:\n%s", c.Log())
 	}
 	// The default attach mode: the flow's first packet attaches the other layers.
+	// The export file keeps every batch across reloads: only batches written after the packet
+	// was sent can say the current service armed.
 	armed := func() {
 		t.Helper()
+		before, _ := c.read(t)
 		pair.A.SendUDP(t, fmt.Sprintf("%s:6020", pair.B.Addr), 1)
 		within(t, 20*time.Second, "tcpack.footprint.armed after the flow's first packet", func() (bool, string) {
 			metrics, _ := c.read(t)
-			v, ok := latestGauge(metrics, "tcpack.footprint.armed")
+			v, ok := latestGauge(metrics[len(before):], "tcpack.footprint.armed")
 			return v == 1, fmt.Sprintf("%d (found %v)", v, ok)
 		})
 	}

@@ -214,10 +214,13 @@ type Probe struct {
 	cfg     Config
 	report  loader.Report
 	reasons map[uint32]string
-	// lazy are the hooks AttachOnTraffic attaches on traffic, in attach order.
-	lazy []string
-	stop chan struct{}
-	done chan struct{}
+	// lazy are the hooks AttachOnTraffic attaches on traffic, in attach order; loaded the
+	// layers whose hook attached at load.
+	lazy      []string
+	loaded    [layerCount]bool
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
 
 	mu       sync.Mutex
 	set      *loader.Set
@@ -264,7 +267,7 @@ func Start(env *kernel.Env, cfg Config) (*Probe, error) {
 	if cfg.IdleDetach == 0 {
 		cfg.IdleDetach = DefaultConfig().IdleDetach
 	}
-	if cfg.IdleDetach < MinIdleDetach {
+	if cfg.Attach == AttachOnTraffic && cfg.IdleDetach < MinIdleDetach {
 		return nil, fmt.Errorf("%s: idle detach %s, at least %s", Family, cfg.IdleDetach, MinIdleDetach)
 	}
 	if err := spec.Variables[footprintVarAlwaysArmed].Set(cfg.Attach == AttachAlways); err != nil {
@@ -295,6 +298,7 @@ func Start(env *kernel.Env, cfg Config) (*Probe, error) {
 			p.lazy = append(p.lazy, h.Hook)
 		}
 	}
+	p.loaded = p.attached
 	p.tracker = newTracker(cfg.Flows, p.attached)
 	if p.armed {
 		return p, nil
@@ -354,9 +358,10 @@ func (p *Probe) step(now time.Time) error {
 // last stopped counting must not look lost.
 func (p *Probe) arm(m *ebpf.Map, now time.Time) error {
 	var errs []error
+	p.attached = p.loaded
 	for _, h := range p.lazy {
 		if err := p.set.Resume(h); err != nil {
-			errs = append(errs, err)
+			errs = append(errs, fmt.Errorf("%s: %w; that layer is not counted (footprint.attach: always, or footprint.strategies without that mechanism, avoids re-attaching)", Family, err))
 			for l := Layer(0); l < layerCount; l++ {
 				if l.String() == h {
 					p.attached[l] = false
@@ -480,11 +485,12 @@ func (p *Probe) Sentinels() []string {
 
 // Close detaches everything. It is safe to call twice.
 func (p *Probe) Close() error {
-	if p.stop != nil {
-		close(p.stop)
-		<-p.done
-		p.stop = nil
-	}
+	p.closeOnce.Do(func() {
+		if p.stop != nil {
+			close(p.stop)
+			<-p.done
+		}
+	})
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.set == nil {

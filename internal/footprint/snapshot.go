@@ -71,8 +71,12 @@ type Snapshot struct {
 	// the flows are idle; then Lost and NewLosses are empty.
 	Armed bool
 	// Unobserved counts the sentinel runs that matched a flow's packet while the other layers
-	// were detached: packets counted at no layer (one packet can pass two sentinels).
+	// were detached: packets counted at no layer (one packet can pass up to three sentinels:
+	// net_dev_queue, netif_receive_skb and kfree_skb).
 	Unobserved uint64
+	// ArmErr is what went wrong attaching or detaching layers since the previous snapshot
+	// (nil if nothing); the snapshot is complete without the layers it names.
+	ArmErr error
 }
 
 // Snapshot reads the kernel counters and derives where packets were lost since the previous
@@ -117,10 +121,7 @@ func (p *Probe) Snapshot() (Snapshot, error) {
 	if p.armed {
 		snap.Lost, snap.NewLosses = p.tracker.update(counts, snap.Drops)
 	}
-	if err := p.armErr; err != nil {
-		p.armErr = nil
-		return snap, err
-	}
+	snap.ArmErr, p.armErr = p.armErr, nil
 	return snap, nil
 }
 

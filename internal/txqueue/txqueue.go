@@ -115,6 +115,15 @@ func hooks(cfg Config, otherhostReason bool) []loader.Hook {
 	)
 }
 
+// OtherhostAtDrop says whether the kernel drops packets for another host with a reason on both
+// IP versions: OTHERHOST came with ip_rcv_core's reasons in 5.18, ip6_rcv_core's (IPV6DISABLED
+// among them) in 5.19. Before that, only a program on every received packet sees them.
+func OtherhostAtDrop(env *kernel.Env) bool {
+	reasons, _ := kernel.EnumNames(env.BTF, "skb_drop_reason", "SKB_DROP_REASON_")
+	names := slices.Collect(maps.Values(reasons))
+	return slices.Contains(names, "OTHERHOST") && slices.Contains(names, "IPV6DISABLED")
+}
+
 // HookNames lists the family's hooks, for reporting a family that could not start.
 func HookNames() []string {
 	var names []string
@@ -144,9 +153,7 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 	if err := configure(spec, cfg); err != nil {
 		return nil, err
 	}
-	reasons, _ := kernel.EnumNames(env.BTF, "skb_drop_reason", "SKB_DROP_REASON_")
-	otherhostReason := slices.Contains(slices.Collect(maps.Values(reasons)), "OTHERHOST")
-	set, report, err := loader.Load(Family, env, spec, hooks(cfg, otherhostReason), loader.Options{Only: cfg.Strategies})
+	set, report, err := loader.Load(Family, env, spec, hooks(cfg, OtherhostAtDrop(env)), loader.Options{Only: cfg.Strategies})
 	if err != nil {
 		return nil, err
 	}

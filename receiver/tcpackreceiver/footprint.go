@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/collector/pdata/pcommon"
+	"go.uber.org/zap"
 
 	"github.com/tcpack/tcpack/internal/footprint"
 	"github.com/tcpack/tcpack/internal/loader"
@@ -63,7 +64,7 @@ func (c FootprintConfig) footprintConfig() (footprint.Config, []error) {
 		errs = append(errs, fmt.Errorf("footprint.attach: %q, use %s (the default: layers attach while a named flow has traffic) or %s (every layer from the start)",
 			c.Attach, footprint.AttachOnTraffic, footprint.AttachAlways))
 	}
-	if c.IdleDetach < footprint.MinIdleDetach {
+	if c.Attach == footprint.AttachOnTraffic && c.IdleDetach < footprint.MinIdleDetach {
 		errs = append(errs, fmt.Errorf("footprint.idle_detach: %s is too short, use at least %s (default %s)",
 			c.IdleDetach, footprint.MinIdleDetach, footprint.DefaultConfig().IdleDetach))
 	}
@@ -143,6 +144,9 @@ func (r *tcpackReceiver) recordFootprint(ctx context.Context, now pcommon.Timest
 	snap, err := r.footprint.Snapshot()
 	if err != nil {
 		return err
+	}
+	if snap.ArmErr != nil {
+		r.set.Logger.Warn("footprint: attaching the layers on traffic", zap.Error(snap.ArmErr))
 	}
 	for _, c := range snap.Counts {
 		r.mb.RecordTcpackFootprintPacketsDataPoint(now, int64(c.Packets), c.Flow, c.Layer.String(),

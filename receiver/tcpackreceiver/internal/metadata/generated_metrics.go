@@ -1767,7 +1767,7 @@ type metricTcpackFootprintUnobserved struct {
 // init fills tcpack.footprint.unobserved metric with initial data.
 func (m *metricTcpackFootprintUnobserved) init() {
 	m.data.SetName("tcpack.footprint.unobserved")
-	m.data.SetDescription("Sentinel runs (net_dev_queue, netif_receive_skb, kfree_skb) that saw a named flow's packet while the other layers were detached (footprint.attach on_traffic); such packets are counted at no layer. One packet can pass two sentinels.")
+	m.data.SetDescription("Sentinel runs (net_dev_queue, netif_receive_skb, kfree_skb) that saw a named flow's packet while the other layers were detached (footprint.attach on_traffic); such packets are counted at no layer. One packet can pass up to three sentinels.")
 	m.data.SetUnit("{packet}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)

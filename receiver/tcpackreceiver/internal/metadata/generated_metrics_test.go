@@ -1001,7 +1001,7 @@ func TestMetricsBuilder(t *testing.T) {
 					validatedMetrics["tcpack.footprint.unobserved"] = true
 					assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 					assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-					assert.Equal(t, "Sentinel runs (net_dev_queue, netif_receive_skb, kfree_skb) that saw a named flow's packet while the other layers were detached (footprint.attach on_traffic); such packets are counted at no layer. One packet can pass two sentinels.", mi.Description())
+					assert.Equal(t, "Sentinel runs (net_dev_queue, netif_receive_skb, kfree_skb) that saw a named flow's packet while the other layers were detached (footprint.attach on_traffic); such packets are counted at no layer. One packet can pass up to three sentinels.", mi.Description())
 					assert.Equal(t, "{packet}", mi.Unit())
 					assert.True(t, mi.Sum().IsMonotonic())
 					assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
