@@ -238,6 +238,15 @@ func TestPortAlreadyOpenAtStart(t *testing.T) {
 		}
 		t.Errorf("applied events %+v, want one from the walk of existing sockets; every event: %+v; sockets in B:\n%s",
 			applied, log.Matching(func(quickack.Event) bool { return true }), sockets)
+		// Tell a socket the walk could not see then from one it never sees.
+		info := netnstest.TCPInfo(t, target.Server)
+		mark := -1
+		if raw, err := target.Server.SyscallConn(); err == nil {
+			raw.Control(func(fd uintptr) { mark, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK) })
+		}
+		err := f.WalkExisting()
+		again := waitEvents(t, log, 1, func(e quickack.Event) bool { return e.Kind == quickack.EventApplied })
+		t.Errorf("server socket: state %d, mark %#x; a second walk (err %v) gave applied events %+v", info.State, mark, err, again)
 	}
 	if s := targetStats(t, f, "local_port:5303"); s.Forced() != 1 {
 		t.Errorf("target stats %+v", s)
