@@ -476,21 +476,19 @@ func programLinks(t *testing.T, p *probe) map[string]int {
 		}
 	}
 	out := map[string]int{}
-	it := new(link.Iterator)
-	defer it.Close()
-	for it.Next() {
-		info, err := it.Link.Info()
+	netnstest.EachLink(t, func(l link.Link) {
+		info, err := l.Info()
 		if err != nil {
-			continue
+			return
 		}
 		prog, err := ebpf.NewProgramFromID(info.Program)
 		if err != nil {
-			continue
+			return
 		}
 		pi, err := prog.Info()
 		prog.Close()
 		if err != nil {
-			continue
+			return
 		}
 		// The kernel keeps 15 characters of a program's name.
 		for name, hook := range byProgram {
@@ -498,10 +496,7 @@ func programLinks(t *testing.T, p *probe) map[string]int {
 				out[hook]++
 			}
 		}
-	}
-	if err := it.Err(); err != nil {
-		t.Fatal(err)
-	}
+	})
 	return out
 }
 

@@ -316,15 +316,38 @@ func inode(path string) (uint32, error) {
 // in parallel with each other: `make test` runs them with -p 1.
 func CountLinks(t testing.TB) int {
 	t.Helper()
-	var it link.Iterator
 	n := 0
-	for it.Next() {
-		n++
-	}
-	if err := it.Err(); err != nil {
-		t.Fatal(err)
-	}
+	EachLink(t, func(link.Link) { n++ })
 	return n
+}
+
+// EachLink calls fn for every BPF link in the kernel. A link being freed while the walk passes
+// it makes the kernel answer EAGAIN (seen on 6.1); the walk then starts again, a few times.
+func EachLink(t testing.TB, fn func(link.Link)) {
+	t.Helper()
+	var links []link.Link
+	for attempt := 0; ; attempt++ {
+		var it link.Iterator
+		for it.Next() {
+			links = append(links, it.Take())
+		}
+		err := it.Err()
+		if err == nil {
+			break
+		}
+		for _, l := range links {
+			l.Close()
+		}
+		links = nil
+		if !errors.Is(err, unix.EAGAIN) || attempt == 10 {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, l := range links {
+		fn(l)
+		l.Close()
+	}
 }
 
 // CountFDs counts this process's open file descriptors, to check for leaked maps and programs.
