@@ -37,8 +37,8 @@ func footprintPrograms(t *testing.T) int {
 	}
 }
 
-// latestSum is the newest value of a metric, summed over the points matching, from the
-// newest batch that has any.
+// latestSum is the newest value of a metric (a sum or a gauge), summed over the points
+// matching, from the newest batch that has any.
 func latestSum(metrics []pmetric.Metrics, name string, match func(pcommon.Map) bool) (int64, bool) {
 	for i := len(metrics) - 1; i >= 0; i-- {
 		var total int64
@@ -53,6 +53,9 @@ func latestSum(metrics []pmetric.Metrics, name string, match func(pcommon.Map) b
 						continue
 					}
 					dps := ms.At(m).Sum().DataPoints()
+					if ms.At(m).Type() == pmetric.MetricTypeGauge {
+						dps = ms.At(m).Gauge().DataPoints()
+					}
 					for d := 0; d < dps.Len(); d++ {
 						if match(dps.At(d).Attributes()) {
 							total += dps.At(d).IntValue()
@@ -64,25 +67,6 @@ func latestSum(metrics []pmetric.Metrics, name string, match func(pcommon.Map) b
 		}
 		if found {
 			return total, true
-		}
-	}
-	return 0, false
-}
-
-// latestGauge is the newest value of a gauge with one point, from the newest batch that has it.
-func latestGauge(metrics []pmetric.Metrics, name string) (int64, bool) {
-	for i := len(metrics) - 1; i >= 0; i-- {
-		rms := metrics[i].ResourceMetrics()
-		for r := 0; r < rms.Len(); r++ {
-			sms := rms.At(r).ScopeMetrics()
-			for s := 0; s < sms.Len(); s++ {
-				ms := sms.At(s).Metrics()
-				for m := 0; m < ms.Len(); m++ {
-					if ms.At(m).Name() == name && ms.At(m).Type() == pmetric.MetricTypeGauge && ms.At(m).Gauge().DataPoints().Len() > 0 {
-						return ms.At(m).Gauge().DataPoints().At(0).IntValue(), true
-					}
-				}
-			}
 		}
 	}
 	return 0, false
@@ -141,7 +125,7 @@ func TestFootprintSwitchedBySIGHUP(t *testing.T) {
 		pair.A.SendUDP(t, fmt.Sprintf("%s:6020", pair.B.Addr), 1)
 		within(t, 20*time.Second, "tcpack.footprint.armed after the flow's first packet", func() (bool, string) {
 			metrics, _ := c.read(t)
-			v, ok := latestGauge(metrics[len(before):], "tcpack.footprint.armed")
+			v, ok := latestSum(metrics[len(before):], "tcpack.footprint.armed", func(pcommon.Map) bool { return true })
 			return v == 1, fmt.Sprintf("%d (found %v)", v, ok)
 		})
 	}

@@ -356,8 +356,11 @@ func TestReceiverReportsACKDelays(t *testing.T) {
 	if dp.ExplicitBounds().Len()+1 != dp.BucketCounts().Len() || dp.ExplicitBounds().At(0) != 1e-6 {
 		t.Errorf("histogram bounds: %v, buckets %d", dp.ExplicitBounds().AsRaw(), dp.BucketCounts().Len())
 	}
-	if counts["quick"] == 0 || counts["quick"] > 16 {
-		t.Errorf("quick-mode ACKs %d, want the initial quota", counts["quick"])
+	// The quota (16) is spent at the start; the kernel refills it when data stalls for longer
+	// than the RTO, which a busy host can cause (seen once in make test: 32). Exported either
+	// way, but never the bulk of a slow reader's ACKs.
+	if counts["quick"] == 0 || counts["quick"] > 3*16 {
+		t.Errorf("quick-mode ACKs %d, want the initial quota (a refill or two at most)", counts["quick"])
 	}
 
 	var delayed int
