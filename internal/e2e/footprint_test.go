@@ -52,9 +52,14 @@ func latestSum(metrics []pmetric.Metrics, name string, match func(pcommon.Map) b
 					if ms.At(m).Name() != name {
 						continue
 					}
-					dps := ms.At(m).Sum().DataPoints()
-					if ms.At(m).Type() == pmetric.MetricTypeGauge {
+					var dps pmetric.NumberDataPointSlice
+					switch ms.At(m).Type() {
+					case pmetric.MetricTypeSum:
+						dps = ms.At(m).Sum().DataPoints()
+					case pmetric.MetricTypeGauge:
 						dps = ms.At(m).Gauge().DataPoints()
+					default:
+						continue
 					}
 					for d := 0; d < dps.Len(); d++ {
 						if match(dps.At(d).Attributes()) {
