@@ -327,16 +327,22 @@ func TestBoundedMode(t *testing.T) {
 	control.Exchange(t, messages, every, readEvery)
 	s := ackStats(t, obs, pair.B.Inode, 5308, target)
 	c := ackStats(t, obs, pair.B.Inode, 5309, control)
-	// Two jiffies bound every delay (8 ms at HZ 250) but ACKs are still delayed.
+	// Two jiffies bound every delay (8 ms at HZ 250) but ACKs are still delayed. Where the
+	// host loses time (a TCG guest on a busy host: the quota refills, quick > 16, show the
+	// stalls) a stall adds to any ACK pending across it, so the bound is judged against the
+	// control, which the same stalls hit: far fewer ACKs over twice the bound, and few at all.
 	limit := 2 * time.Second / time.Duration(cfg.HZ)
-	var over uint64
-	for i, b := range s.Delay.Bounds {
-		if b > 2*limit.Seconds() {
-			over += s.Delay.Counts[i+1]
+	overShare := func(st acks.Stats) float64 {
+		var over uint64
+		for i, b := range st.Delay.Bounds {
+			if b > 2*limit.Seconds() {
+				over += st.Delay.Counts[i+1]
+			}
 		}
+		return float64(over) / float64(max(st.Delay.Count, 1))
 	}
-	if over > s.Delay.Count/20 {
-		t.Errorf("bounded: %d of %d ACKs waited over twice the %v bound", over, s.Delay.Count, limit)
+	if bs, cs := overShare(s), overShare(c); bs > 0.25 || bs > cs/2 {
+		t.Errorf("bounded: %.0f%% of ACKs waited over twice the %v bound (control: %.0f%%)", 100*bs, limit, 100*cs)
 	}
 	if meanDelay(s) >= meanDelay(c) {
 		t.Errorf("bounded mean delay %v not below the control's %v", meanDelay(s), meanDelay(c))
