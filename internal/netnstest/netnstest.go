@@ -488,6 +488,24 @@ func (c *Paced) Exchange(t testing.TB, count int, every, readEvery time.Duration
 }
 
 // TCPInfo returns the kernel's TCP_INFO for a connection.
+// Covered says whether an ACK count covers the data segments the server of c received:
+// exactly, or short by no more than the segments the client retransmitted. A retransmission
+// (a tail-loss probe while the server delays its ACK) can arrive as a duplicate whose ACK
+// acknowledges nothing new.
+func (c *Paced) Covered(t testing.TB, acked uint64) (bool, string) {
+	t.Helper()
+	in := uint64(TCPInfo(t, c.Server).Data_segs_in)
+	retrans := uint64(TCPInfo(t, c.Client).Total_retrans)
+	return acked <= in && acked+retrans >= in, fmt.Sprintf("%d data segments received, %d retransmitted", in, retrans)
+}
+
+// Retransmits is how many segments the client of c retransmitted: each duplicate that reaches
+// the server puts it back in quick-ACK mode with a fresh quota.
+func (c *Paced) Retransmits(t testing.TB) uint64 {
+	t.Helper()
+	return uint64(TCPInfo(t, c.Client).Total_retrans)
+}
+
 func TCPInfo(t testing.TB, c *net.TCPConn) *unix.TCPInfo {
 	t.Helper()
 	raw, err := c.SyscallConn()
