@@ -408,13 +408,9 @@ type Losses struct {
 
 // Losses reads the family's loss counters.
 func (p *Probe) Losses() (Losses, error) {
-	var l Losses
-	for slot, dst := range []*uint64{&l.SampledOut, &l.RingBufferFull, &l.KeysFull} {
-		n, err := loader.SumPerCPU(p.set.Maps[acksMapCounters], uint32(slot))
-		if err != nil {
-			return l, fmt.Errorf("%s: %w", Family, err)
-		}
-		*dst = n
+	c, err := loader.SumPerCPUSlots(p.set.Maps[acksMapCounters])
+	if err != nil {
+		return Losses{}, fmt.Errorf("%s: %w", Family, err)
 	}
-	return l, nil
+	return Losses{SampledOut: c[0], RingBufferFull: c[1], KeysFull: c[2]}, nil
 }

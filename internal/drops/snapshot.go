@@ -184,28 +184,15 @@ const (
 
 func (p *Probe) readStats() (Stats, error) {
 	var s Stats
-	m := p.set.Maps[dropsMapCounters]
-	sum := func(slot uint32) (uint64, error) {
-		n, err := loader.SumPerCPU(m, slot)
-		if err != nil {
-			return 0, fmt.Errorf("%s: %w", Family, err)
-		}
-		return n, nil
+	c, err := loader.SumPerCPUSlots(p.set.Maps[dropsMapCounters])
+	if err != nil {
+		return s, fmt.Errorf("%s: %w", Family, err)
 	}
-	var err error
 	for k := uint32(0); k < kindCount; k++ {
-		if s.SampledOut[k], err = sum(counterSampledOut + k); err != nil {
-			return s, err
-		}
-		if s.RingBufferFull[k], err = sum(counterRingbufFull + k); err != nil {
-			return s, err
-		}
+		s.SampledOut[k], s.RingBufferFull[k] = c[counterSampledOut+k], c[counterRingbufFull+k]
 	}
-	if s.DropKeysFull, err = sum(counterDropKeysFull); err != nil {
-		return s, err
-	}
-	s.TCPKeysFull, err = sum(counterTCPKeysFull)
-	return s, err
+	s.DropKeysFull, s.TCPKeysFull = c[counterDropKeysFull], c[counterTCPKeysFull]
+	return s, nil
 }
 
 func int8sToBytes(s []int8) []byte {

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
+	"github.com/tcpack/tcpack/internal/loader"
 )
 
 // Directions of a packet relative to its flow.
@@ -79,6 +80,12 @@ type Snapshot struct {
 	ArmErr error
 }
 
+// Counter slots, as in bpf/footprint.bpf.c.
+const (
+	counterDropKeysFull = 0
+	counterUnobserved   = 1
+)
+
 // Snapshot reads the kernel counters and derives where packets were lost since the previous
 // call. Call it from one goroutine at a regular interval (the receiver's collection interval).
 func (p *Probe) Snapshot() (Snapshot, error) {
@@ -108,15 +115,11 @@ func (p *Probe) Snapshot() (Snapshot, error) {
 	if snap.Drops, err = p.readDrops(maps); err != nil {
 		return snap, err
 	}
-	for slot, into := range []*uint64{&snap.DropKeysFull, &snap.Unobserved} {
-		var perCPU []uint64
-		if err := maps[footprintMapCounters].Lookup(uint32(slot), &perCPU); err != nil {
-			return snap, fmt.Errorf("%s: read counters: %w", Family, err)
-		}
-		for _, v := range perCPU {
-			*into += v
-		}
+	c, err := loader.SumPerCPUSlots(maps[footprintMapCounters])
+	if err != nil {
+		return snap, fmt.Errorf("%s: %w", Family, err)
 	}
+	snap.DropKeysFull, snap.Unobserved = c[counterDropKeysFull], c[counterUnobserved]
 	snap.Armed = p.armed
 	if p.armed {
 		snap.Lost, snap.NewLosses = p.tracker.update(counts, snap.Drops)

@@ -380,3 +380,21 @@ func SumPerCPU(m *ebpf.Map, slot uint32) (uint64, error) {
 	}
 	return n, nil
 }
+
+// SumPerCPUSlots reads every slot of a per-CPU array of uint64 counters, each summed over the
+// CPUs, indexed by slot: one call for a family's whole set of loss counters.
+func SumPerCPUSlots(m *ebpf.Map) ([]uint64, error) {
+	sums := make([]uint64, m.MaxEntries())
+	var slot uint32
+	var perCPU []uint64
+	it := m.Iterate()
+	for it.Next(&slot, &perCPU) {
+		for _, v := range perCPU {
+			sums[slot] += v
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read counters: %w", err)
+	}
+	return sums, nil
+}

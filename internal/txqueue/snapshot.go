@@ -192,28 +192,15 @@ const (
 
 func (p *Probe) readStats() (Stats, error) {
 	var s Stats
-	m := p.set.Maps[txqueueMapCounters]
-	sum := func(slot uint32) (uint64, error) {
-		n, err := loader.SumPerCPU(m, slot)
-		if err != nil {
-			return 0, fmt.Errorf("%s: %w", Family, err)
-		}
-		return n, nil
+	c, err := loader.SumPerCPUSlots(p.set.Maps[txqueueMapCounters])
+	if err != nil {
+		return s, fmt.Errorf("%s: %w", Family, err)
 	}
-	var err error
 	for k := uint32(0); k < kindCount; k++ {
-		if s.SampledOut[k], err = sum(counterSampledOut + k); err != nil {
-			return s, err
-		}
-		if s.RingBufferFull[k], err = sum(counterRingbufFull + k); err != nil {
-			return s, err
-		}
+		s.SampledOut[k], s.RingBufferFull[k] = c[counterSampledOut+k], c[counterRingbufFull+k]
 	}
-	if s.QueueKeysFull, err = sum(counterQueueKeysFull); err != nil {
-		return s, err
-	}
-	s.InterfaceKeysFull, err = sum(counterIfKeysFull)
-	return s, err
+	s.QueueKeysFull, s.InterfaceKeysFull = c[counterQueueKeysFull], c[counterIfKeysFull]
+	return s, nil
 }
 
 // Flows reads the flow map: every flow the LRU still holds, most recently sending first.
