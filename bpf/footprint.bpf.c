@@ -63,8 +63,7 @@ struct flow_spec {
 };
 
 struct layer_count {
-	__u64 packets; /* segments: max(1, gso_segs) per skb */
-	__u64 skbs;
+	__u64 packets; /* segments: skb_segs */
 };
 
 struct drop_key {
@@ -95,14 +94,10 @@ struct xmit_pending {
 const volatile __u32 n_flows = 0;
 /* attach: always: every layer attached and counting from the start; no arming. */
 const volatile bool always_armed = false;
-/* last_match is refreshed at most every 16 jiffies (16-160 ms), so a busy flow does not write
- * the shared arm state on every packet; user space detaches after seconds without a change. */
-#define TOUCH_JIFFIES 16
 
 struct arm_state {
-	__u32 armed;      /* set by user space once every layer is attached */
-	__u32 wanted;     /* set by a sentinel that matched a packet while unarmed */
-	__u64 last_match; /* jiffies of a recent matched packet, for idle detach */
+	__u32 armed;  /* set by user space once every layer is attached */
+	__u32 wanted; /* set by a sentinel that matched a packet while unarmed */
 };
 const volatile struct flow_spec flows[MAX_FLOWS] = {};
 
@@ -174,18 +169,14 @@ static __always_inline bool note_match(bool sentinel)
 	struct arm_state *a = arm_state();
 	if (!a)
 		return false;
-	__u64 now = bpf_jiffies64();
-	if (!a->armed) {
-		if (sentinel) {
-			if (!a->wanted)
-				a->wanted = 1;
-			count_in(&counters, COUNTER_UNOBSERVED);
-		}
-		return false;
+	if (a->armed)
+		return true; /* idle is seen from user space: the counts stop changing */
+	if (sentinel) {
+		if (!a->wanted)
+			a->wanted = 1;
+		count_in(&counters, COUNTER_UNOBSERVED);
 	}
-	if (now - a->last_match >= TOUCH_JIFFIES)
-		a->last_match = now;
-	return true;
+	return false;
 }
 
 static __always_inline bool addr_in(const __u8 *a, const volatile __u64 *net, const volatile __u64 *mask)
@@ -260,27 +251,13 @@ static __always_inline int skb_flow(bool typed, const struct sk_buff *skb, enum 
 	return match_flow(&t, proto, path_dir, dir);
 }
 
-/* Wire packets in the skb: a GRO-merged or GSO skb carries gso_segs of them. */
-static __always_inline __u32 skb_segs(bool typed, const struct sk_buff *skb)
-{
-	unsigned char *head = KREAD(typed, skb, head);
-	__u32 end = KREAD(typed, skb, end); /* an offset from head on 64-bit kernels */
-	struct skb_shared_info *shinfo = (void *)(head + end);
-	__u16 segs = 0;
-
-	bpf_probe_read_kernel(&segs, sizeof(segs), &shinfo->gso_segs);
-	return segs ? segs : 1;
-}
-
 static __always_inline void bump(__u32 flow, __u32 layer, __u8 dir, __u32 segs)
 {
 	__u32 idx = (flow * LAYER_MAX + layer) * 2 + (dir == DIRECTION_RECEIVE ? 1 : 0);
 	struct layer_count *c = bpf_map_lookup_elem(&layer_counts, &idx);
 
-	if (c) {
+	if (c)
 		c->packets += segs;
-		c->skbs++;
-	}
 }
 
 static __always_inline int count_layer(bool typed, const struct sk_buff *skb, enum l3_at at, __u32 layer,

@@ -233,27 +233,6 @@ static __always_inline struct if_value *if_counts_for(bool typed, __u32 netns,
 	return v;
 }
 
-/* Segments in the skb, as qdisc_bstats_update counts them: gso_segs for a GSO skb, else 1.
- * skb_shinfo lies at head + end, past what BTF types: a probe read, one for both fields,
- * which sit side by side (gso_size, gso_segs) in every kernel's skb_shared_info. */
-static __always_inline __u32 segments(bool typed, const struct sk_buff *skb)
-{
-	unsigned char *head = KREAD(typed, skb, head);
-	struct skb_shared_info *shinfo = (void *)(head + KREAD(typed, skb, end));
-	__u16 gso[2] = {};
-
-	if (bpf_core_field_offset(shinfo->gso_segs) != bpf_core_field_offset(shinfo->gso_size) + 2) {
-		if (!BPF_CORE_READ(shinfo, gso_size))
-			return 1;
-		__u16 segs = BPF_CORE_READ(shinfo, gso_segs);
-		return segs ? segs : 1;
-	}
-	bpf_probe_read_kernel(gso, sizeof(gso), &shinfo->gso_size);
-	if (!gso[0])
-		return 1;
-	return gso[1] ? gso[1] : 1;
-}
-
 static __always_inline void count_queue(bool typed, const struct queue_key *key,
 					const struct net_device *dev, __u32 segs, __u32 len)
 {
@@ -384,7 +363,7 @@ static __always_inline int handle_xmit(bool typed, struct sk_buff *skb, struct n
 		return 0;
 	__u32 netns = netns_of_dev(typed, dev);
 	__u16 queue = KREAD(typed, skb, queue_mapping);
-	__u32 segs = segments(typed, skb);
+	__u32 segs = skb_segs(typed, skb);
 	struct queue_key key = {
 		.netns = netns,
 		.ifindex = KREAD(typed, dev, ifindex),

@@ -218,6 +218,28 @@ static __always_inline bool read_ip_tuple(const unsigned char *l3, __u16 proto, 
 	return true;
 }
 
+/* Wire packets in the skb, as qdisc_bstats_update counts them: gso_segs for a GSO or GRO-merged
+ * skb, else 1.
+ * skb_shinfo lies at head + end, past what BTF types: a probe read, one for both fields,
+ * which sit side by side (gso_size, gso_segs) in every kernel's skb_shared_info. */
+static __always_inline __u32 skb_segs(bool typed, const struct sk_buff *skb)
+{
+	unsigned char *head = KREAD(typed, skb, head);
+	struct skb_shared_info *shinfo = (void *)(head + KREAD(typed, skb, end));
+	__u16 gso[2] = {};
+
+	if (bpf_core_field_offset(shinfo->gso_segs) != bpf_core_field_offset(shinfo->gso_size) + 2) {
+		if (!BPF_CORE_READ(shinfo, gso_size))
+			return 1;
+		__u16 segs = BPF_CORE_READ(shinfo, gso_segs);
+		return segs ? segs : 1;
+	}
+	bpf_probe_read_kernel(gso, sizeof(gso), &shinfo->gso_size);
+	if (!gso[0])
+		return 1;
+	return gso[1] ? gso[1] : 1;
+}
+
 /* Parse the IP and L4 headers of the skb. skb_iif is set only when the packet arrived on an
  * interface (__netif_receive_skb_core), which tells whether the source is the peer or us. */
 static __always_inline bool flow_from_skb(bool typed, struct flow *f, const struct sk_buff *skb)

@@ -213,8 +213,11 @@ func TestScopeToNetns(t *testing.T) {
 	cfg := acks.DefaultConfig()
 	cfg.Netns = []string{"/run/netns/" + pair.B.Name}
 	p, _ := start(t, cfg)
-	// Both ends exchange data: A's client socket ACKs too, but A is out of scope.
+	// A server in each namespace: A's would have statistics (it receives data and ACKs it)
+	// if the netns filter were ignored.
 	in := pair.PacedTraffic(t, 5108, 50, 2*time.Millisecond, 0)
+	out := netnstest.Connect(t, pair.B, pair.A, pair.A.Addr, 5108)
+	out.Exchange(t, 50, 2*time.Millisecond, 0)
 	statsFor(t, p, pair.B.Inode, 5108, in)
 	snap, err := p.Snapshot()
 	if err != nil {
@@ -232,6 +235,8 @@ func TestScopeToNetns(t *testing.T) {
 	p, _ = start(t, cfg)
 	in = pair.PacedTraffic(t, 5109, 50, 2*time.Millisecond, 0)
 	pair.PacedTraffic(t, 5110, 50, 2*time.Millisecond, 0)
+	// The right port in the wrong namespace.
+	netnstest.Connect(t, pair.B, pair.A, pair.A.Addr, 5109).Exchange(t, 50, 2*time.Millisecond, 0)
 	statsFor(t, p, pair.B.Inode, 5109, in)
 	if snap, err = p.Snapshot(); err != nil {
 		t.Fatal(err)

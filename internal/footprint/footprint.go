@@ -75,8 +75,7 @@ const (
 	AttachAlways = "always"
 )
 
-// MinIdleDetach is the shortest IdleDetach: the kernel refreshes its last-match time at most
-// every 16 jiffies (up to 160 ms at HZ=100).
+// MinIdleDetach is the shortest IdleDetach: ten polls of the counts.
 const MinIdleDetach = time.Second
 
 // armPoll is how often user space looks at the arm state: the most a flow's first packets wait
@@ -226,12 +225,13 @@ type Probe struct {
 	set      *loader.Set
 	attached [layerCount]bool
 	tracker  tracker
-	// armed: every layer attached and counting. lastMatch is the kernel's last-match time
-	// as last read, and matchSeen when it last changed.
-	armed     bool
-	lastMatch uint64
-	matchSeen time.Time
-	armErr    error
+	// armed: every layer attached and counting. activity is the flows' packets and drops
+	// counted so far, as last read, and activeAt when it last changed: idle is told in user
+	// space, so the kernel writes nothing shared per packet.
+	armed    bool
+	activity uint64
+	activeAt time.Time
+	armErr   error
 }
 
 // Start loads the family for cfg's flows and attaches it.
@@ -342,15 +342,43 @@ func (p *Probe) step(now time.Time) error {
 	if err := m.Lookup(uint32(0), &st); err != nil {
 		return fmt.Errorf("%s: read arm state: %w", Family, err)
 	}
+	if !p.armed {
+		if st.Wanted != 0 {
+			return p.arm(m, now)
+		}
+		return nil
+	}
+	n, err := p.activityNow()
+	if err != nil {
+		return err
+	}
 	switch {
-	case !p.armed && st.Wanted != 0:
-		return p.arm(m, now)
-	case p.armed && st.LastMatch != p.lastMatch:
-		p.lastMatch, p.matchSeen = st.LastMatch, now
-	case p.armed && now.Sub(p.matchSeen) >= p.cfg.IdleDetach:
+	case n != p.activity:
+		p.activity, p.activeAt = n, now
+	case now.Sub(p.activeAt) >= p.cfg.IdleDetach:
 		return p.disarm(m)
 	}
 	return nil
+}
+
+// activityNow sums every count of the flows' packets and drops: it changes while any named
+// flow has packets on any attached layer, including one whose packets are all dropped.
+func (p *Probe) activityNow() (uint64, error) {
+	var n uint64
+	for _, name := range []string{footprintMapLayerCounts, footprintMapDropCounts} {
+		var key []byte
+		var perCPU []uint64
+		it := p.set.Maps[name].Iterate()
+		for it.Next(&key, &perCPU) {
+			for _, v := range perCPU {
+				n += v
+			}
+		}
+		if err := it.Err(); err != nil {
+			return 0, fmt.Errorf("%s: read %s: %w", Family, name, err)
+		}
+	}
+	return n, nil
 }
 
 // arm attaches the other layers deepest first, then starts every layer counting at once. The
@@ -377,7 +405,10 @@ func (p *Probe) arm(m *ebpf.Map, now time.Time) error {
 	if err := m.Put(uint32(0), footprintArmState{Armed: 1}); err != nil {
 		return errors.Join(append(errs, fmt.Errorf("%s: arm: %w", Family, err))...)
 	}
-	p.armed, p.lastMatch, p.matchSeen = true, 0, now
+	p.armed, p.activeAt = true, now
+	if p.activity, err = p.activityNow(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 

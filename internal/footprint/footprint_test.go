@@ -422,7 +422,7 @@ func TestQdiscDrop(t *testing.T) {
 		s := snapshot(t, p)
 		var lost uint64
 		for _, l := range s.Lost {
-			if l.Layer == "net_dev_queue" { // B has no socket on the port: the 2 sent die there
+			if l.Layer == "net_dev_queue" {
 				lost += l.Packets
 			}
 		}
@@ -464,7 +464,6 @@ func TestUnnamedFlowNotCounted(t *testing.T) {
 	}
 }
 
-// TestNoFlowsAttachesNothing: an empty flow list is refused before anything is loaded.
 // programLinks counts the links in the kernel whose program is one of p's layers or
 // sentinels, by hook: what is attached, not what the family believes.
 func programLinks(t *testing.T, p *probe) map[string]int {
@@ -595,6 +594,7 @@ func onTraffic(t *testing.T, pair *netnstest.Pair, p *probe, idle time.Duration)
 	wantCounts(t, p, "app", want)
 }
 
+// TestNoFlowsAttachesNothing: an empty flow list is refused before anything is loaded.
 func TestNoFlowsAttachesNothing(t *testing.T) {
 	env := openEnv(t)
 	links := netnstest.CountLinks(t)

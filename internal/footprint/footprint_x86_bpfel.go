@@ -14,10 +14,9 @@ import (
 )
 
 type footprintArmState struct {
-	_         structs.HostLayout
-	Armed     uint32
-	Wanted    uint32
-	LastMatch uint64
+	_      structs.HostLayout
+	Armed  uint32
+	Wanted uint32
 }
 
 type footprintDropKey struct {
@@ -45,7 +44,6 @@ type footprintFlowSpec struct {
 type footprintLayerCount struct {
 	_       structs.HostLayout
 	Packets uint64
-	Skbs    uint64
 }
 
 type footprintXmitPending struct {

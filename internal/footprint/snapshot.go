@@ -23,8 +23,6 @@ type Count struct {
 	Direction string
 	// Packets counts wire packets (segments): a GRO-merged or GSO skb counts gso_segs.
 	Packets uint64
-	// SKBs counts socket buffers as the layer saw them.
-	SKBs uint64
 }
 
 // Drop is the cumulative number of a flow's packets the kernel freed for one reason at one
@@ -107,7 +105,7 @@ func (p *Probe) Snapshot() (Snapshot, error) {
 			}
 			for d, dir := range []string{Transmit, Receive} {
 				c := counts[f][l][d]
-				snap.Counts = append(snap.Counts, Count{Flow: flow.Name, Layer: l, Direction: dir, Packets: c.Packets, SKBs: c.Skbs})
+				snap.Counts = append(snap.Counts, Count{Flow: flow.Name, Layer: l, Direction: dir, Packets: c.Packets})
 			}
 		}
 	}
@@ -142,7 +140,6 @@ func (p *Probe) readCounts(maps map[string]*ebpf.Map) ([][layerCount][2]footprin
 		c := &counts[flow][rest/2][rest%2]
 		for _, v := range perCPU {
 			c.Packets += v.Packets
-			c.Skbs += v.Skbs
 		}
 	}
 	if err := it.Err(); err != nil {

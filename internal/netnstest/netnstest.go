@@ -487,15 +487,13 @@ func (c *Paced) Exchange(t testing.TB, count int, every, readEvery time.Duration
 	}
 }
 
-// TCPInfo returns the kernel's TCP_INFO for a connection.
 // Covered says whether an ACK count covers the data segments the server of c received:
 // exactly, or short by no more than the segments the client retransmitted. A retransmission
 // (a tail-loss probe while the server delays its ACK) can arrive as a duplicate whose ACK
 // acknowledges nothing new.
 func (c *Paced) Covered(t testing.TB, acked uint64) (bool, string) {
 	t.Helper()
-	in := uint64(TCPInfo(t, c.Server).Data_segs_in)
-	retrans := uint64(TCPInfo(t, c.Client).Total_retrans)
+	in, retrans := uint64(TCPInfo(t, c.Server).Data_segs_in), c.Retransmits(t)
 	return acked <= in && acked+retrans >= in, fmt.Sprintf("%d data segments received, %d retransmitted", in, retrans)
 }
 
@@ -506,6 +504,7 @@ func (c *Paced) Retransmits(t testing.TB) uint64 {
 	return uint64(TCPInfo(t, c.Client).Total_retrans)
 }
 
+// TCPInfo returns the kernel's TCP_INFO for a connection.
 func TCPInfo(t testing.TB, c *net.TCPConn) *unix.TCPInfo {
 	t.Helper()
 	raw, err := c.SyscallConn()

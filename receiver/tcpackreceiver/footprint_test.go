@@ -45,8 +45,9 @@ func TestReceiverReportsFootprint(t *testing.T) {
 		v, ok := latestPoint(r, "tcpack.footprint.packets", flowPoint("netif_receive_skb", "receive"))
 		return ok && v == n, fmt.Sprintf("%d (%v)", v, ok)
 	})
-	if v, ok := latestPoint(r, "tcpack.footprint.packets", flowPoint("sk_filter_trim_cap", "receive")); ok && v != 0 {
-		t.Errorf("sk_filter_trim_cap counted %d packets of a flow dropped before it", v)
+	// Every attached layer is reported, 0 included: a missing point is a failure too.
+	if v, ok := latestPoint(r, "tcpack.footprint.packets", flowPoint("sk_filter_trim_cap", "receive")); !ok || v != 0 {
+		t.Errorf("sk_filter_trim_cap counted %d packets (reported: %v) of a flow dropped before it, want 0", v, ok)
 	}
 	waitFor(t, "tcpack.footprint.drops NETFILTER_DROP", func() (bool, string) {
 		v, ok := latestPoint(r, "tcpack.footprint.drops", func(dp pmetric.NumberDataPoint) bool {

@@ -28,7 +28,8 @@ type TxqueueConfig struct {
 	MaxInterfaces uint32 `mapstructure:"max_interfaces"`
 	// MaxFlows bounds the kernel's LRU of socket flows and their current queue.
 	MaxFlows uint32 `mapstructure:"max_flows"`
-	// Otherhost hooks every received packet to count those for another host.
+	// Otherhost counts packets received for another host: at their drop on 5.19+, else by a
+	// program on every received packet.
 	Otherhost bool           `mapstructure:"otherhost"`
 	Sampling  SamplingConfig `mapstructure:"sampling"`
 }

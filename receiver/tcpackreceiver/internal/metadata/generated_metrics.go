@@ -1768,7 +1768,7 @@ type metricTcpackFootprintUnobserved struct {
 func (m *metricTcpackFootprintUnobserved) init() {
 	m.data.SetName("tcpack.footprint.unobserved")
 	m.data.SetDescription("Sentinel runs (net_dev_queue, netif_receive_skb, kfree_skb) that saw a named flow's packet while the other layers were detached (footprint.attach on_traffic); such packets are counted at no layer. One packet can pass up to three sentinels.")
-	m.data.SetUnit("{packet}")
+	m.data.SetUnit("{run}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)
 	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
@@ -1911,7 +1911,7 @@ type metricTcpackPacketOtherhostCount struct {
 // init fills tcpack.packet.otherhost.count metric with initial data.
 func (m *metricTcpackPacketOtherhostCount) init() {
 	m.data.SetName("tcpack.packet.otherhost.count")
-	m.data.SetDescription("Packets received for another host (pkt_type PACKET_OTHERHOST, set by the driver when the destination MAC is not the interface's); routine on bridge ports and in promiscuous capture, a sign of flooding or a stale neighbour entry elsewhere.")
+	m.data.SetDescription("Packets received for another host (pkt_type PACKET_OTHERHOST, set by the driver when the destination MAC is not the interface's), counted where the IP layer drops them on 5.19+; routine under promiscuous capture, elsewhere a sign of flooding or a stale neighbour entry.")
 	m.data.SetUnit("{packet}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)

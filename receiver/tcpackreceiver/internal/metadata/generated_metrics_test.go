@@ -1002,7 +1002,7 @@ func TestMetricsBuilder(t *testing.T) {
 					assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 					assert.Equal(t, 1, mi.Sum().DataPoints().Len())
 					assert.Equal(t, "Sentinel runs (net_dev_queue, netif_receive_skb, kfree_skb) that saw a named flow's packet while the other layers were detached (footprint.attach on_traffic); such packets are counted at no layer. One packet can pass up to three sentinels.", mi.Description())
-					assert.Equal(t, "{packet}", mi.Unit())
+					assert.Equal(t, "{run}", mi.Unit())
 					assert.True(t, mi.Sum().IsMonotonic())
 					assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
 					dp := mi.Sum().DataPoints().At(0)
@@ -1060,7 +1060,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.packet.otherhost.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Packets received for another host (pkt_type PACKET_OTHERHOST, set by the driver when the destination MAC is not the interface's); routine on bridge ports and in promiscuous capture, a sign of flooding or a stale neighbour entry elsewhere.", mi.Description())
+						assert.Equal(t, "Packets received for another host (pkt_type PACKET_OTHERHOST, set by the driver when the destination MAC is not the interface's), counted where the IP layer drops them on 5.19+; routine under promiscuous capture, elsewhere a sign of flooding or a stale neighbour entry.", mi.Description())
 						assert.Equal(t, "{packet}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -1080,7 +1080,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.packet.otherhost.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Packets received for another host (pkt_type PACKET_OTHERHOST, set by the driver when the destination MAC is not the interface's); routine on bridge ports and in promiscuous capture, a sign of flooding or a stale neighbour entry elsewhere.", mi.Description())
+						assert.Equal(t, "Packets received for another host (pkt_type PACKET_OTHERHOST, set by the driver when the destination MAC is not the interface's), counted where the IP layer drops them on 5.19+; routine under promiscuous capture, elsewhere a sign of flooding or a stale neighbour entry.", mi.Description())
 						assert.Equal(t, "{packet}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
