@@ -329,11 +329,15 @@ func TestBoundedMode(t *testing.T) {
 	control.Exchange(t, messages, every, readEvery)
 	s := ackStats(t, obs, pair.B.Inode, 5308, target)
 	c := ackStats(t, obs, pair.B.Inode, 5309, control)
-	// Two jiffies bound every delay (8 ms at HZ 250) but ACKs are still delayed. Where the
-	// host loses time (a TCG guest on a busy host: the quota refills, quick > 16, show the
-	// stalls) a stall adds to any ACK pending across it, so the bound is judged against the
-	// control, which the same stalls hit: far fewer ACKs over twice the bound, and few at all.
+	// Two jiffies bound every delay (8 ms at HZ 250) but ACKs are still delayed. Both are
+	// judged on the ACKs outside quick mode: a tail-loss probe refills the quota (the control
+	// once had 112 quick ACKs of 125 in the 6.1 guest, which pulled its mean under the
+	// target's). Where the host loses time (a TCG guest) a stall adds to any ACK pending across
+	// it, so the bound is judged against the control, which the same stalls hit.
 	limit := 2 * time.Second / time.Duration(cfg.HZ)
+	delayed := func(st acks.Stats) float64 {
+		return float64(max(st.Delay.Count-min(st.ByCause[acks.CauseQuick], st.Delay.Count), 1))
+	}
 	overShare := func(st acks.Stats) float64 {
 		var over uint64
 		for i, b := range st.Delay.Bounds {
@@ -341,13 +345,13 @@ func TestBoundedMode(t *testing.T) {
 				over += st.Delay.Counts[i+1]
 			}
 		}
-		return float64(over) / float64(max(st.Delay.Count, 1))
+		return float64(over) / delayed(st)
 	}
 	if bs, cs := overShare(s), overShare(c); bs > 0.25 || bs > cs/2 {
-		t.Errorf("bounded: %.0f%% of ACKs waited over twice the %v bound (control: %.0f%%)", 100*bs, limit, 100*cs)
+		t.Errorf("bounded: %.0f%% of the delayed ACKs waited over twice the %v bound (control: %.0f%%)", 100*bs, limit, 100*cs)
 	}
-	if meanDelay(s) >= meanDelay(c) {
-		t.Errorf("bounded mean delay %v not below the control's %v", meanDelay(s), meanDelay(c))
+	if ms, mc := s.Delay.Sum/delayed(s), c.Delay.Sum/delayed(c); ms >= mc {
+		t.Errorf("bounded: mean delay outside quick mode %.2f ms, not below the control's %.2f ms", ms*1000, mc*1000)
 	}
 	if st := targetStats(t, f, "local_port:5308"); st.Applied != 1 {
 		t.Errorf("target stats %+v", st)
