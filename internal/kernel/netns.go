@@ -1,12 +1,59 @@
 package kernel
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/vishvananda/netns"
 )
+
+// OwnNetns names the process's own network namespace. Not /proc/self/ns/net: that is the
+// namespace of the first thread, and Go parks (never ends) the first thread when a goroutine
+// that locked it exits, so a library that entered another namespace there leaves
+// /proc/self/ns/net naming that one for good. A goroutine that has not locked its thread
+// always runs on a thread of the process's own namespace.
+const OwnNetns = "/proc/thread-self/ns/net"
+
+// NetnsPath is the path to open for a configured netns path: /proc/self/ns/net, the usual
+// way to say "the namespace tcpack runs in", is read as OwnNetns.
+func NetnsPath(path string) string {
+	if filepath.Clean(path) == "/proc/self/ns/net" {
+		return OwnNetns
+	}
+	return path
+}
+
+// InNetns runs fn on a thread switched into the namespace, then switches the thread back
+// before handing it back to the Go scheduler. A thread that cannot be switched back is never
+// handed back: it ends with the goroutine, so no other code runs in the wrong namespace.
+func InNetns(h netns.NsHandle, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		home, err := netns.Get()
+		if err != nil {
+			errc <- fmt.Errorf("netns of this thread: %w", err)
+			return
+		}
+		defer home.Close()
+		if err := netns.Set(h); err != nil {
+			runtime.UnlockOSThread() // still at home
+			errc <- fmt.Errorf("setns: %w", err)
+			return
+		}
+		err = fn()
+		if netns.Set(home) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
+	}()
+	return <-errc
+}
 
 // netnsDirs are where iproute2 (and most CNIs, via bind mounts) name network namespaces.
 var netnsDirs = []string{"/run/netns", "/var/run/netns"}
@@ -15,7 +62,7 @@ var netnsDirs = []string{"/run/netns", "/var/run/netns"}
 // (/proc/<pid>/ns/net, /run/netns/<name>); BPF programs key on the same number.
 func NetnsInode(path string) (uint32, error) {
 	var st syscall.Stat_t
-	if err := syscall.Stat(path, &st); err != nil {
+	if err := syscall.Stat(NetnsPath(path), &st); err != nil {
 		return 0, err
 	}
 	return uint32(st.Ino), nil

@@ -13,7 +13,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,6 +21,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/tcpack/tcpack/internal/kernel"
@@ -162,25 +162,12 @@ func (ns *NS) Run(t testing.TB, fn func()) {
 
 // Do is Run returning its error, for use outside a test goroutine.
 func (ns *NS) Do(fn func()) error {
-	errc := make(chan error, 1)
-	go func() {
-		// The thread is never returned to the pool: if restoring failed it would leak the
-		// namespace into unrelated goroutines, so it simply dies with this goroutine.
-		runtime.LockOSThread()
-		target, err := os.Open("/run/netns/" + ns.Name)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns %s: %w", ns.Name, err)
-			return
-		}
-		fn()
-		errc <- nil
-	}()
-	return <-errc
+	h, err := netns.GetFromPath("/run/netns/" + ns.Name)
+	if err != nil {
+		return fmt.Errorf("netns %s: %w", ns.Name, err)
+	}
+	defer h.Close()
+	return kernel.InNetns(h, func() error { fn(); return nil })
 }
 
 // Dial connects from inside the namespace.
@@ -236,13 +223,18 @@ func (ns *NS) sendUDP(t testing.TB, addr string, n, size, cpu int) int {
 	payload := make([]byte, size)
 	ns.Run(t, func() {
 		if cpu >= 0 {
-			// Run's thread is never reused, so the affinity dies with it.
-			var set unix.CPUSet
+			// Run hands its thread back to the scheduler: give it back unpinned.
+			var was, set unix.CPUSet
+			if err := unix.SchedGetaffinity(0, &was); err != nil {
+				t.Errorf("CPU affinity: %v", err)
+				return
+			}
 			set.Set(cpu)
 			if err := unix.SchedSetaffinity(0, &set); err != nil {
 				t.Errorf("pin to CPU %d: %v", cpu, err)
 				return
 			}
+			defer unix.SchedSetaffinity(0, &was)
 		}
 		c, err := net.ListenUDP("udp4", nil)
 		if err != nil {

@@ -16,7 +16,6 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -321,8 +320,8 @@ func (f *Force) openNamespace(path string, seen map[uint32]string) (*namespace, 
 	// Our own namespace gets no handle: setns needs CAP_SYS_ADMIN even into the namespace a
 	// thread is already in, and a sidecar forcing in its own pod's namespace has no need for it.
 	h := netns.None()
-	if own, err := kernel.NetnsInode("/proc/self/ns/net"); err != nil || own != inode {
-		if h, err = netns.GetFromPath(path); err != nil {
+	if own, err := kernel.NetnsInode(kernel.OwnNetns); err != nil || own != inode {
+		if h, err = netns.GetFromPath(kernel.NetnsPath(path)); err != nil {
 			return nil, fmt.Errorf("quickack.netns: %s: %w", path, err)
 		}
 	}
@@ -344,23 +343,12 @@ func (f *Force) openNamespace(path string, seen map[uint32]string) (*namespace, 
 	return ns, nil
 }
 
-// inNetns runs fn on a thread switched into the namespace (none: our own). The thread is
-// never handed back to the Go scheduler (it exits with the goroutine), so no other code runs
-// in the wrong netns.
+// inNetns runs fn in the namespace (none: our own, on the calling thread).
 func inNetns(h netns.NsHandle, fn func() error) error {
 	if !h.IsOpen() {
 		return fn()
 	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := netns.Set(h); err != nil {
-			errc <- fmt.Errorf("setns: %w", err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
+	return kernel.InNetns(h, fn)
 }
 
 func hooks(cgroup string, optIn bool) []loader.Hook {
