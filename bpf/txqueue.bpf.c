@@ -81,16 +81,16 @@ struct flow_key {
 	__u32 netns;
 };
 
+/* Written only when the flow first appears, moves, or first sends in a new epoch: a packet
+ * that changes nothing writes nothing, so the entry's cache line is not bounced between the
+ * CPUs one flow sends from. */
 struct flow_value {
 	struct flow flow;
 	__u64 ident; /* local port, peer port, low 32 bits of the peer address: see sock_ident */
-	__u64 last_ns;
-	__u64 packets; /* segments, as in queue_value */
 	__u64 moves;
+	__u32 epoch; /* flow_epoch when it last sent: user space advances it at each read */
 	__u16 queue;
-	__u8 ooo_okay; /* of the last skb */
-	__u8 selector; /* enum pick_selector of the last skb */
-	__u32 _pad;
+	__u16 _pad;
 };
 
 struct moved_event {
@@ -171,6 +171,14 @@ struct {
 	__type(key, __u32);
 	__type(value, struct pick_slot);
 } pick_slots SEC(".maps");
+
+/* One entry, the current epoch: which flows sent since user space last read the flow map. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} flow_epoch SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -258,16 +266,13 @@ static __always_inline void count_queue(bool typed, const struct queue_key *key,
 	v->real_num_tx_queues = KREAD(typed, dev, real_num_tx_queues);
 }
 
-/* Flows are connected sockets (TCP, connected UDP): those whose queue the kernel records in
- * sk_tx_queue_mapping. Unconnected UDP sockets and the per-netns control socket that sends
+/* Flows are connected full sockets (TCP, connected UDP): those whose queue the kernel records
+ * in sk_tx_queue_mapping. Unconnected UDP sockets and the per-netns control socket that sends
  * resets and timewait ACKs have no peer port; their packets are counted per queue only. */
 static __always_inline void fill_flow(bool typed, struct flow *f, const struct sock *sk)
 {
 	flow_from_sock(typed, f, sk);
-	__u8 state = KREAD(typed, sk, __sk_common.skc_state);
-	/* request and timewait sockets end at sock_common: no sk_protocol to read */
-	f->l4proto = (state == TCP_NEW_SYN_RECV || state == TCP_TIME_WAIT) ? IPPROTO_TCP :
-									     KREAD(typed, sk, sk_protocol);
+	f->l4proto = KREAD(typed, sk, sk_protocol);
 	f->direction = DIRECTION_TRANSMIT;
 }
 
@@ -296,10 +301,15 @@ static __always_inline __u64 sock_ident(bool typed, const struct sock *sk, __u16
 }
 
 static __always_inline void track_flow(bool typed, __u32 netns, const struct net_device *dev,
-				       const struct sk_buff *skb, struct sock *sk, __u16 queue,
-				       __u32 segs)
+				       const struct sk_buff *skb, struct sock *sk, __u16 queue)
 {
 	if (!KREAD(typed, sk, __sk_common.skc_dport))
+		return;
+	/* A timewait or request socket is a socket of its own at another address, and the kernel
+	 * keeps no queue in it: its packets (a SYN-ACK, the last ACK) count per queue only, so
+	 * that one connection stays one flow. */
+	__u8 state = KREAD(typed, sk, __sk_common.skc_state);
+	if (state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV)
 		return;
 	__u16 family = KREAD(typed, sk, __sk_common.skc_family);
 	if (family != AF_INET && family != AF_INET6)
@@ -309,31 +319,27 @@ static __always_inline void track_flow(bool typed, __u32 netns, const struct net
 		.ifindex = KREAD(typed, dev, ifindex),
 		.netns = netns,
 	};
-	__u8 ooo = KREAD_BITFIELD(typed, skb, ooo_okay);
 	__u8 selector = pick_selector_for(skb);
-	__u64 now = bpf_ktime_get_ns();
+	__u32 zero = 0;
+	__u32 *epoch = bpf_map_lookup_elem(&flow_epoch, &zero);
+	if (!epoch)
+		return;
 
 	__u64 ident = sock_ident(typed, sk, family);
 	struct flow_value *v = bpf_map_lookup_elem(&flows, &key);
 	if (!v || v->ident != ident) {
-		struct flow_value nv = {
-			.ident = ident, .last_ns = now, .packets = segs, .queue = queue, .ooo_okay = ooo,
-			.selector = selector,
-		};
+		struct flow_value nv = {.ident = ident, .queue = queue, .epoch = *epoch};
 		fill_flow(typed, &nv.flow, sk);
 		bpf_map_update_elem(&flows, &key, &nv, BPF_ANY);
 		return;
 	}
+	if (v->epoch != *epoch)
+		v->epoch = *epoch;
 	__u16 old = v->queue;
-	v->queue = queue;
-	v->last_ns = now;
-	v->ooo_okay = ooo;
-	v->selector = selector;
-	/* Atomic: one flow's packets leave from several CPUs at once (the application's, and
-	 * softirqs sending on incoming ACKs). */
-	__sync_fetch_and_add(&v->packets, segs);
 	if (old == queue)
 		return;
+	/* Two CPUs may see the move at once: each counts and reports it, as each saw it. */
+	v->queue = queue;
 	__sync_fetch_and_add(&v->moves, 1);
 	struct if_value *iv = if_counts_for(typed, netns, dev);
 	if (iv)
@@ -343,14 +349,14 @@ static __always_inline void track_flow(bool typed, __u32 netns, const struct net
 	if (!e)
 		return;
 	__builtin_memset(e, 0, sizeof(*e));
-	e->ts_ns = now;
+	e->ts_ns = bpf_ktime_get_ns();
 	e->kind = EVENT_FLOW_MOVED;
 	e->netns = netns;
 	e->ifindex = key.ifindex;
 	e->old_queue = old;
 	e->new_queue = queue;
 	e->real_num_tx_queues = KREAD(typed, dev, real_num_tx_queues);
-	e->ooo_okay = ooo;
+	e->ooo_okay = KREAD_BITFIELD(typed, skb, ooo_okay);
 	e->selector = selector;
 	e->flow = v->flow;
 	BPF_CORE_READ_STR_INTO(&e->ifname, dev, name);
@@ -374,7 +380,7 @@ static __always_inline int handle_xmit(bool typed, struct sk_buff *skb, struct n
 	/* Loaded once: re-reading skb->sk is an rcu pointer the verifier will not offset. */
 	struct sock *sk = KREAD(typed, skb, sk);
 	if (sk)
-		track_flow(typed, netns, dev, skb, sk, queue, segs);
+		track_flow(typed, netns, dev, skb, sk, queue);
 	return 0;
 }
 

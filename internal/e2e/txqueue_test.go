@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/collector/pdata/pcommon"
+	"go.opentelemetry.io/collector/pdata/pmetric"
 
 	"github.com/tcpack/tcpack/internal/collectortest"
 	"github.com/tcpack/tcpack/internal/netnstest"
@@ -61,10 +62,12 @@ func TestCollectorExportsTxQueues(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// Open until the test ends: a closed socket's memory can hold the next one, which
+		// the flow map, keyed by socket, would then take for the same flow.
+		t.Cleanup(func() { conn.Close() })
 		wg.Add(1)
 		go func(conn net.Conn) {
 			defer wg.Done()
-			defer conn.Close()
 			buf := make([]byte, 1000)
 			for j := 0; j < 200; j++ {
 				if _, err := conn.Write(buf); err != nil {
@@ -101,6 +104,54 @@ func TestCollectorExportsTxQueues(t *testing.T) {
 		return true, ""
 	})
 
+	// tcpack.txqueue.flows counts the flows that sent since the previous collection. Points
+	// are grouped by scrape (timestamp), as a batch may hold several: no scrape counts more
+	// than the 8 flows, only on queues that carried packets; together the scrapes count each
+	// flow at least once; the last, with A idle, counts none.
+	onAnyQueue := func(a pcommon.Map) bool {
+		return num(a, "tcpack.netns.inode") == int64(pair.A.Inode) && str(a, "network.interface.name") == pair.A.Veth
+	}
+	within(t, 20*time.Second, "tcpack.txqueue.flows: the 8 flows, then none once idle", func() (bool, string) {
+		metrics, _ := c.read(t)
+		sent := qdisc()
+		flowsAt := map[pcommon.Timestamp]int64{}
+		var scrapes []pcommon.Timestamp
+		for _, m := range metrics {
+			eachPoint(m, "tcpack.txqueue.packets", onAnyQueue, func(p pmetric.NumberDataPoint) {
+				if _, ok := flowsAt[p.Timestamp()]; !ok {
+					flowsAt[p.Timestamp()] = 0
+					scrapes = append(scrapes, p.Timestamp())
+				}
+			})
+			var bad string
+			eachPoint(m, "tcpack.txqueue.flows", onAnyQueue, func(p pmetric.NumberDataPoint) {
+				flowsAt[p.Timestamp()] += p.IntValue()
+				if q := num(p.Attributes(), "tcpack.txqueue.queue"); sent[uint32(q)] == 0 {
+					bad = fmt.Sprintf("%d flows on queue %d, which sent nothing (qdisc %v)", p.IntValue(), q, sent)
+				}
+			})
+			if bad != "" {
+				return false, bad
+			}
+		}
+		var total int64
+		for ts, n := range flowsAt {
+			if n > 8 {
+				return false, fmt.Sprintf("scrape at %v counted %d flows, there are 8", ts, n)
+			}
+			total += n
+		}
+		if len(scrapes) == 0 {
+			return false, "no scrape yet"
+		}
+		last := flowsAt[scrapes[len(scrapes)-1]]
+		var seq []int64
+		for _, ts := range scrapes {
+			seq = append(seq, flowsAt[ts])
+		}
+		return total >= 8 && last == 0, fmt.Sprintf("flows over all %d scrapes %d (want >= 8), in the last %d (want 0): %v", len(scrapes), total, last, seq)
+	})
+
 	const foreignMAC, foreignAddr, n = "02:00:00:00:00:99", "198.18.0.3", 4
 	pair.A.Exec(t, "ip", "neigh", "replace", foreignAddr, "lladdr", foreignMAC, "dev", pair.A.Veth, "nud", "permanent")
 	pair.B.Exec(t, "ip", "link", "set", pair.B.Veth, "promisc", "on")
@@ -122,5 +173,35 @@ func TestCollectorExportsTxQueues(t *testing.T) {
 	c.Stop(t)
 	if got := netnstest.CountLinks(t); got != linksBefore {
 		t.Errorf("BPF links after the collector exited: %d, before it started: %d", got, linksBefore)
+	}
+}
+
+// eachPoint calls fn for every point of a sum or gauge in one batch whose attributes match.
+func eachPoint(m pmetric.Metrics, name string, match func(pcommon.Map) bool, fn func(pmetric.NumberDataPoint)) {
+	rms := m.ResourceMetrics()
+	for r := 0; r < rms.Len(); r++ {
+		sms := rms.At(r).ScopeMetrics()
+		for s := 0; s < sms.Len(); s++ {
+			ms := sms.At(s).Metrics()
+			for i := 0; i < ms.Len(); i++ {
+				if ms.At(i).Name() != name {
+					continue
+				}
+				var dps pmetric.NumberDataPointSlice
+				switch ms.At(i).Type() {
+				case pmetric.MetricTypeSum:
+					dps = ms.At(i).Sum().DataPoints()
+				case pmetric.MetricTypeGauge:
+					dps = ms.At(i).Gauge().DataPoints()
+				default:
+					continue
+				}
+				for d := 0; d < dps.Len(); d++ {
+					if match(dps.At(d).Attributes()) {
+						fn(dps.At(d))
+					}
+				}
+			}
+		}
 	}
 }

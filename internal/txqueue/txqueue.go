@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -141,6 +142,8 @@ type Probe struct {
 	report loader.Report
 	reader *ringbuf.Reader
 	done   chan struct{}
+
+	flowsMu sync.Mutex // Flows advances the epoch: one read at a time
 }
 
 // Start loads and attaches the family. Sampled events are decoded and passed to sink in

@@ -183,25 +183,47 @@ func TestPerQueueCounts(t *testing.T) {
 	}
 
 	// Every packet A sent belongs to a test flow, and none moved (the hash of a flow is
-	// fixed): the flows' packets, summed by their queue, are each queue's packets.
-	byQueue := map[uint32]uint64{}
+	// fixed): the queues the flows sit on are the queues the qdisc counted packets on.
+	onQueue := map[uint32]int{}
 	got := flowsOf(t, p, pair.A)
 	for _, f := range got {
 		if f.LocalAddr != netip.MustParseAddr(pair.A.Addr) || f.PeerAddr != netip.MustParseAddr(pair.B.Addr) ||
 			f.PeerPort < 5100 || f.PeerPort >= 5100+flows || f.Transport != "tcp" || f.Network != "ipv4" {
 			t.Errorf("flow %+v: want %s -> %s:5100..%d tcp", f, pair.A.Addr, pair.B.Addr, 5100+flows-1)
 		}
-		if f.Moves != 0 {
-			t.Errorf("flow %+v moved: nothing should re-pick it elsewhere", f)
+		if f.Moves != 0 || !f.Active {
+			t.Errorf("flow %+v: want active and not moved: nothing should re-pick it elsewhere", f)
 		}
-		byQueue[uint32(f.Queue)] += f.Packets
+		onQueue[uint32(f.Queue)]++
 	}
 	if len(got) != flows {
 		t.Errorf("%d flows in the map, want %d: %+v", len(got), flows, got)
 	}
 	for q, n := range sent {
-		if byQueue[q] != n {
-			t.Errorf("queue %d: flows on it sent %d packets, the qdisc counted %d", q, byQueue[q], n)
+		if (n > 0) != (onQueue[q] > 0) {
+			t.Errorf("queue %d: %d flows on it, the qdisc counted %d packets", q, onQueue[q], n)
+		}
+	}
+
+	// One flow at a time: the one queue the qdisc sees grow is the flow's queue in the map,
+	// and that flow alone is active since the previous read.
+	for i, c := range conns {
+		before := qdisc()
+		bulk(t, c, 20, size)
+		var grew []uint32
+		for q, n := range qdisc() {
+			if n != before[q] {
+				grew = append(grew, q)
+			}
+		}
+		var active []txqueue.Flow
+		for _, f := range flowsOf(t, p, pair.A) {
+			if f.Active {
+				active = append(active, f)
+			}
+		}
+		if len(grew) != 1 || len(active) != 1 || active[0].PeerPort != uint16(5100+i) || uint32(active[0].Queue) != grew[0] {
+			t.Errorf("flow to port %d alone: qdisc queues that grew %v, active flows %+v; want one, the same", 5100+i, grew, active)
 		}
 	}
 	if moved := events.Matching(func(e txqueue.Event) bool { return e.Netns == pair.A.Inode }); len(moved) != 0 {
@@ -313,7 +335,7 @@ func flowMovesQueue(t *testing.T, run pickRun) {
 	}
 
 	c.Exchange(t, 5, 20*time.Millisecond, 0)
-	if f := flow(); f.Packets == 0 || f.Queue != 0 || f.Moves != 0 {
+	if f := flow(); !f.Active || f.Queue != 0 || f.Moves != 0 {
 		t.Fatalf("before the XPS change: flow %+v, want on queue 0, not moved", f)
 	}
 	before := qdisc()

@@ -40,15 +40,12 @@ type txqueueFlowValue struct {
 		Source    uint8
 		Pad       [3]uint8
 	}
-	_        [4]byte
-	Ident    uint64
-	LastNs   uint64
-	Packets  uint64
-	Moves    uint64
-	Queue    uint16
-	OooOkay  uint8
-	Selector uint8
-	Pad      uint32
+	_     [4]byte
+	Ident uint64
+	Moves uint64
+	Epoch uint32
+	Queue uint16
+	Pad   uint16
 }
 
 type txqueueIfKey struct {
@@ -145,6 +142,7 @@ const (
 	txqueueMapCounters              = "counters"
 	txqueueMapEventBuckets          = "event_buckets"
 	txqueueMapEvents                = "events"
+	txqueueMapFlowEpoch             = "flow_epoch"
 	txqueueMapFlows                 = "flows"
 	txqueueMapIfCounts              = "if_counts"
 	txqueueMapPickSlots             = "pick_slots"
@@ -235,6 +233,7 @@ type txqueueMapSpecs struct {
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
 	EventBuckets *ebpf.MapSpec `ebpf:"event_buckets"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
+	FlowEpoch    *ebpf.MapSpec `ebpf:"flow_epoch"`
 	Flows        *ebpf.MapSpec `ebpf:"flows"`
 	IfCounts     *ebpf.MapSpec `ebpf:"if_counts"`
 	PickSlots    *ebpf.MapSpec `ebpf:"pick_slots"`
@@ -283,6 +282,7 @@ type txqueueMaps struct {
 	Counters     *ebpf.Map `ebpf:"counters"`
 	EventBuckets *ebpf.Map `ebpf:"event_buckets"`
 	Events       *ebpf.Map `ebpf:"events"`
+	FlowEpoch    *ebpf.Map `ebpf:"flow_epoch"`
 	Flows        *ebpf.Map `ebpf:"flows"`
 	IfCounts     *ebpf.Map `ebpf:"if_counts"`
 	PickSlots    *ebpf.Map `ebpf:"pick_slots"`
@@ -294,6 +294,7 @@ func (m *txqueueMaps) Close() error {
 		m.Counters,
 		m.EventBuckets,
 		m.Events,
+		m.FlowEpoch,
 		m.Flows,
 		m.IfCounts,
 		m.PickSlots,

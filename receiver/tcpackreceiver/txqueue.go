@@ -123,6 +123,15 @@ type ifSeries struct {
 
 // recordTxqueue reads the family's counters and flows into the metrics builder.
 func (r *tcpackReceiver) recordTxqueue(now pcommon.Timestamp) error {
+	var flows []txqueue.Flow
+	if r.cfg.Metrics.TcpackTxqueueFlows.Enabled {
+		// Read before the counters: the kernel counts a packet on its queue before it marks
+		// the flow, so every flow read here has its interface, and name, in the snapshot.
+		var err error
+		if flows, err = r.txqueue.Flows(); err != nil {
+			return err
+		}
+	}
 	snap, err := r.txqueue.Snapshot()
 	if err != nil {
 		return err
@@ -151,9 +160,7 @@ func (r *tcpackReceiver) recordTxqueue(now pcommon.Timestamp) error {
 			}
 		}
 	}
-	if err := r.recordTxqueueFlows(now, snap); err != nil {
-		return err
-	}
+	r.recordTxqueueFlows(now, snap, flows)
 	for kind, name := range map[txqueue.Kind]metadata.AttributeTcpackEventKind{
 		txqueue.KindFlowMoved: metadata.AttributeTcpackEventKindFlowMoved,
 		txqueue.KindOtherhost: metadata.AttributeTcpackEventKindOtherhost,
@@ -166,16 +173,10 @@ func (r *tcpackReceiver) recordTxqueue(now pcommon.Timestamp) error {
 	return nil
 }
 
-// recordTxqueueFlows reports how many flows each queue carried in the last collection interval:
-// the flow map holds every flow the LRU has room for, closed ones included.
-func (r *tcpackReceiver) recordTxqueueFlows(now pcommon.Timestamp, snap txqueue.Snapshot) error {
-	if !r.cfg.Metrics.TcpackTxqueueFlows.Enabled {
-		return nil
-	}
-	flows, err := r.txqueue.Flows()
-	if err != nil {
-		return err
-	}
+// recordTxqueueFlows reports how many flows each queue carried since the last collection: the
+// flow map holds every flow the LRU has room for, closed ones included, and marks those that
+// sent since the previous read.
+func (r *tcpackReceiver) recordTxqueueFlows(now pcommon.Timestamp, snap txqueue.Snapshot, flows []txqueue.Flow) {
 	type queueSeries struct {
 		netns, ifindex uint32
 		queue          uint16
@@ -184,18 +185,16 @@ func (r *tcpackReceiver) recordTxqueueFlows(now pcommon.Timestamp, snap txqueue.
 	for _, q := range snap.Queues {
 		names[[2]uint32{q.Netns, q.Ifindex}] = q.Interface
 	}
-	since := now.AsTime().Add(-r.cfg.CollectionInterval)
 	counts := map[queueSeries]int64{}
 	for _, f := range flows {
-		if f.LastSeen.Before(since) {
-			break // most recent first
+		if !f.Active {
+			continue
 		}
 		counts[queueSeries{f.Netns, f.Ifindex, f.Queue}]++
 	}
 	for s, n := range counts {
 		r.mb.RecordTcpackTxqueueFlowsDataPoint(now, n, names[[2]uint32{s.netns, s.ifindex}], int64(s.queue), int64(s.netns))
 	}
-	return nil
 }
 
 // consumeTxqueueEvents turns sampled queue changes and OTHERHOST packets into log records.

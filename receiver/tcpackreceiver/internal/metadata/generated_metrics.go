@@ -2823,7 +2823,7 @@ type metricTcpackTxqueueFlows struct {
 // init fills tcpack.txqueue.flows metric with initial data.
 func (m *metricTcpackTxqueueFlows) init() {
 	m.data.SetName("tcpack.txqueue.flows")
-	m.data.SetDescription("Socket flows whose last packet left on this transmit queue within the last collection interval (flows tracked in the kernel's bounded LRU, txqueue.max_flows).")
+	m.data.SetDescription("Socket flows that sent since the previous collection, by the transmit queue of their last packet (flows tracked in the kernel's bounded LRU, txqueue.max_flows).")
 	m.data.SetUnit("{flow}")
 	m.data.SetEmptyGauge()
 	m.data.Gauge().DataPoints().EnsureCapacity(m.capacity)

@@ -1537,7 +1537,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.txqueue.flows"] = true
 						assert.Equal(t, pmetric.MetricTypeGauge, mi.Type())
 						assert.Equal(t, 1, mi.Gauge().DataPoints().Len())
-						assert.Equal(t, "Socket flows whose last packet left on this transmit queue within the last collection interval (flows tracked in the kernel's bounded LRU, txqueue.max_flows).", mi.Description())
+						assert.Equal(t, "Socket flows that sent since the previous collection, by the transmit queue of their last packet (flows tracked in the kernel's bounded LRU, txqueue.max_flows).", mi.Description())
 						assert.Equal(t, "{flow}", mi.Unit())
 						dp := mi.Gauge().DataPoints().At(0)
 						assert.Equal(t, start, dp.StartTimestamp())
@@ -1558,7 +1558,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.txqueue.flows"] = true
 						assert.Equal(t, pmetric.MetricTypeGauge, mi.Type())
 						assert.Equal(t, 1, mi.Gauge().DataPoints().Len())
-						assert.Equal(t, "Socket flows whose last packet left on this transmit queue within the last collection interval (flows tracked in the kernel's bounded LRU, txqueue.max_flows).", mi.Description())
+						assert.Equal(t, "Socket flows that sent since the previous collection, by the transmit queue of their last packet (flows tracked in the kernel's bounded LRU, txqueue.max_flows).", mi.Description())
 						assert.Equal(t, "{flow}", mi.Unit())
 						dp := mi.Gauge().DataPoints().At(0)
 						assert.Equal(t, start, dp.StartTimestamp())
