@@ -61,6 +61,8 @@ struct ack_sock {
 	__u64 read_task;        /* the task that read */
 	__u32 unacked;          /* data segments received since the last ACK */
 	__u32 netns;
+	__u8 live;              /* counted in live_socks until it closes */
+	__u8 _pad[7];
 };
 
 struct ack_event {
@@ -177,7 +179,8 @@ enum counter {
 	COUNTER_SAMPLED_OUT = 0,
 	COUNTER_RINGBUF_FULL = 1,
 	COUNTER_KEYS_FULL = 2,
-	COUNTER_MAX = 3,
+	COUNTER_UNOBSERVED = 3, /* ACKs of in-scope sockets sent while the per-segment hooks were off */
+	COUNTER_MAX = 4,
 };
 
 struct {
@@ -186,6 +189,25 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } counters SEC(".maps");
+
+/* With attach: on_traffic the per-segment hooks (tcp_probe, tcp_rcv_space_adjust, the
+ * delayed-ACK hooks) are attached only while an in-scope socket is open: live_socks counts
+ * them, from establishment to close. User space attaches the hooks when it rises above 0, then
+ * sets armed; it clears armed before it detaches them after an idle spell. Two maps: user
+ * space writes one, the kernel the other. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __s64);
+} live_socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} armed SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -316,8 +338,28 @@ int ack_sockops(struct bpf_sock_ops *skops)
 			return 1;
 		if (tp)
 			as->netns = netns_of_sock(true, (struct sock *)tp);
-		/* HDR_OPT_LEN_CB then runs for every segment this socket transmits. */
-		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+		/* HDR_OPT_LEN_CB then runs for every segment this socket transmits, STATE_CB at
+		 * each state change, which tells when it closes. */
+		long err = bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG |
+								    BPF_SOCK_OPS_STATE_CB_FLAG);
+		__u32 k = 0;
+		__s64 *live = bpf_map_lookup_elem(&live_socks, &k);
+		if (!err && live && !as->live) {
+			as->live = 1;
+			__sync_fetch_and_add(live, 1);
+		}
+		return 1;
+	}
+	case BPF_SOCK_OPS_STATE_CB: {
+		if (skops->args[1] != BPF_TCP_CLOSE)
+			return 1;
+		struct ack_sock *as = bpf_sk_storage_get(&ack_socks, bsk, 0, 0);
+		__u32 k = 0;
+		__s64 *live = bpf_map_lookup_elem(&live_socks, &k);
+		if (as && as->live && live) {
+			as->live = 0;
+			__sync_fetch_and_add(live, -1);
+		}
 		return 1;
 	}
 	case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
@@ -335,6 +377,14 @@ int ack_sockops(struct bpf_sock_ops *skops)
 	__u32 flags = skops->skb_tcp_flags;
 	if (!(flags & TCP_FLAG_ACK))
 		return 1;
+	__u32 ak = 0;
+	__u32 *is_armed = bpf_map_lookup_elem(&armed, &ak);
+	if (!is_armed || !*is_armed) {
+		/* tcp_probe has not counted what this ACK acknowledges: no statistics. */
+		count_in(&counters, COUNTER_UNOBSERVED);
+		as->unacked = 0;
+		return 1;
+	}
 	bool pure = skops->skb_len == 0 && flags == TCP_FLAG_ACK;
 	if (skops->skb_len == 0 && !pure)
 		return 1; /* FIN, RST: not what this family is about */

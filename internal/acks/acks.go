@@ -53,7 +53,26 @@ type Config struct {
 	FlushInterval   time.Duration
 	// Strategies restricts attach mechanisms (see loader.Options.Only).
 	Strategies []loader.Kind
+	// Attach is AttachOnTraffic (also when empty) or AttachAlways.
+	Attach string
+	// IdleDetach is how long no in-scope socket may be open before the per-segment hooks
+	// detach again (AttachOnTraffic only).
+	IdleDetach time.Duration
 }
+
+// Attach modes.
+const (
+	// AttachOnTraffic attaches the per-segment hooks (tcp_probe, tcp_rcv_space_adjust, the
+	// delayed-ACK hooks) only while an in-scope socket established since the start is open:
+	// sock_ops counts them. ACKs sent before the hooks are in place (within about a poll,
+	// 100 ms, of the first such socket) are counted as unobserved, not in the statistics.
+	AttachOnTraffic = "on_traffic"
+	// AttachAlways keeps every hook attached: statistics exact from the first segment.
+	AttachAlways = "always"
+)
+
+// MinIdleDetach is the shortest IdleDetach: ten polls.
+const MinIdleDetach = time.Second
 
 // DefaultConfig observes every socket and samples ACKs delayed by 10 ms or more.
 func DefaultConfig() Config {
@@ -65,6 +84,8 @@ func DefaultConfig() Config {
 		RingBufferBytes: 1 << 20,
 		WakeupBytes:     64 << 10,
 		FlushInterval:   200 * time.Millisecond,
+		Attach:          AttachOnTraffic,
+		IdleDetach:      time.Minute,
 	}
 }
 
@@ -117,6 +138,7 @@ type Probe struct {
 	report loader.Report
 	reader *ringbuf.Reader
 	done   chan struct{}
+	arming *arming // nil with AttachAlways
 }
 
 // Start loads and attaches the family; sampled delayed-ACK events go to sink in batches.
@@ -131,6 +153,9 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 	}
 	if err := configure(spec, cfg); err != nil {
 		return nil, err
+	}
+	if cfg.IdleDetach == 0 {
+		cfg.IdleDetach = DefaultConfig().IdleDetach
 	}
 	set, report, err := loader.Load(Family, env, spec, hooks(cgroup), loader.Options{Only: cfg.Strategies})
 	if err != nil {
@@ -147,7 +172,17 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 		}
 	}
 	p := &Probe{env: env, set: set, report: report, done: make(chan struct{})}
+	if cfg.Attach == AttachAlways {
+		if err := setArmed(set, true); err != nil {
+			set.Close()
+			return nil, err
+		}
+	} else if p.arming, err = startArming(set, report, cfg.IdleDetach); err != nil {
+		set.Close()
+		return nil, err
+	}
 	if p.reader, err = ringbuf.NewReader(set.Maps[acksMapEvents]); err != nil {
+		p.arming.stop()
 		set.Close()
 		return nil, fmt.Errorf("%s: ring buffer reader: %w", Family, err)
 	}
@@ -159,6 +194,15 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 }
 
 func configure(spec *ebpf.CollectionSpec, cfg Config) error {
+	switch cfg.Attach {
+	case "", AttachOnTraffic:
+		if cfg.IdleDetach != 0 && cfg.IdleDetach < MinIdleDetach {
+			return fmt.Errorf("%s: idle detach %s, at least %s", Family, cfg.IdleDetach, MinIdleDetach)
+		}
+	case AttachAlways:
+	default:
+		return fmt.Errorf("%s: attach %q, want %s or %s", Family, cfg.Attach, AttachOnTraffic, AttachAlways)
+	}
 	rate, burst := uint64(cfg.EventsPerSecond), max(uint64(cfg.EventBurst), 1)
 	refill := uint64(0)
 	if rate > 0 {
@@ -255,6 +299,7 @@ func (p *Probe) Close() error {
 	if p.reader == nil {
 		return nil
 	}
+	p.arming.stop()
 	err := p.reader.Close()
 	<-p.done
 	p.reader = nil
@@ -404,6 +449,9 @@ type Losses struct {
 	SampledOut     uint64 // delayed-ACK events the rate limit suppressed
 	RingBufferFull uint64 // events lost to a full ring buffer
 	KeysFull       uint64 // ACKs not counted: no room in the statistics map
+	// Unobserved are ACKs of in-scope sockets sent while the per-segment hooks were detached
+	// (AttachOnTraffic, before they attached): not in the statistics.
+	Unobserved uint64
 }
 
 // Losses reads the family's loss counters.
@@ -412,5 +460,5 @@ func (p *Probe) Losses() (Losses, error) {
 	if err != nil {
 		return Losses{}, fmt.Errorf("%s: %w", Family, err)
 	}
-	return Losses{SampledOut: c[0], RingBufferFull: c[1], KeysFull: c[2]}, nil
+	return Losses{SampledOut: c[0], RingBufferFull: c[1], KeysFull: c[2], Unobserved: c[3]}, nil
 }

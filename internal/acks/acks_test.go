@@ -20,7 +20,15 @@ func openEnv(t *testing.T) *kernel.Env { return netnstest.KernelEnv(t) }
 
 type eventLog = netnstest.Events[acks.Event]
 
+// start starts the family with every hook attached from the start, so that statistics cover
+// every segment; TestOnTraffic* tests the default, acks.AttachOnTraffic.
 func start(t *testing.T, cfg acks.Config) (*acks.Probe, *eventLog) {
+	t.Helper()
+	cfg.Attach = acks.AttachAlways
+	return startAs(t, cfg)
+}
+
+func startAs(t *testing.T, cfg acks.Config) (*acks.Probe, *eventLog) {
 	t.Helper()
 	log := &eventLog{}
 	p, err := acks.Start(openEnv(t), cfg, log.Add)
@@ -257,7 +265,9 @@ func TestRestartLeavesNothingBehind(t *testing.T) {
 	e := openEnv(t)
 	links, fds := netnstest.CountLinks(t), netnstest.CountFDs(t)
 	for i := 0; i < 2; i++ {
-		p, err := acks.Start(e, acks.DefaultConfig(), nil)
+		cfg := acks.DefaultConfig()
+		cfg.Attach = acks.AttachAlways // every hook attached, so every link to count
+		p, err := acks.Start(e, cfg, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -480,4 +490,90 @@ func delayedACKs(t *testing.T, ns *netnstest.NS) uint64 {
 	}
 	t.Fatal("no TcpExt DelayedACKs in /proc/net/netstat")
 	return 0
+}
+
+// With attach on_traffic and a scope no open socket is in, only sock_ops is attached; an
+// in-scope connection attaches the per-segment hooks, which then count every segment; after
+// the last one closes and idle_detach passes, they detach again. Another port's connection
+// attaches nothing.
+func TestOnTrafficAttachesPerSegmentHooksOnlyWhileSocketsInScopeAreOpen(t *testing.T) {
+	cfg := acks.DefaultConfig()
+	cfg.LocalPorts = []uint16{5130, 5132}
+	cfg.IdleDetach = time.Second
+	p, _ := startAs(t, cfg)
+	pair := netnstest.NewPair(t)
+
+	perSegment := func() []string {
+		var on []string
+		for hook, n := range netnstest.ProgramLinks(t, p.Report()) {
+			if hook != "sock_ops" && n > 0 {
+				on = append(on, hook)
+			}
+		}
+		return on
+	}
+	waitArmed := func(want bool, within time.Duration) {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for {
+			armed, err := p.Armed()
+			if err != nil {
+				t.Fatalf("arming: %v", err)
+			}
+			if armed == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("armed %v after %s, want %v (per-segment hooks attached: %v)", armed, within, want, perSegment())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if on := perSegment(); len(on) != 0 {
+		t.Fatalf("with no socket in scope, per-segment hooks attached: %v", on)
+	}
+	if links := netnstest.ProgramLinks(t, p.Report()); links["sock_ops"] != 1 {
+		t.Fatalf("sock_ops links %d, want 1", links["sock_ops"])
+	}
+
+	other := pair.Connect(t, 5131)
+	other.Exchange(t, 5, 2*time.Millisecond, 0)
+	time.Sleep(300 * time.Millisecond) // three polls
+	if armed, _ := p.Armed(); armed || len(perSegment()) != 0 {
+		t.Fatalf("a connection out of scope armed the family: armed %v, hooks %v", armed, perSegment())
+	}
+
+	c := pair.Connect(t, 5130)
+	waitArmed(true, 2*time.Second)
+	if on := perSegment(); !slices.Contains(on, "tcp_probe") {
+		t.Fatalf("armed, but tcp_probe is not attached: %v", on)
+	}
+	before, err := p.Losses()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Exchange(t, 40, 2*time.Millisecond, 0)
+	s := statsFor(t, p, pair.B.Inode, 5130, c)
+	logStats(t, s)
+	after, err := p.Losses()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Unobserved != before.Unobserved {
+		t.Errorf("%d ACKs unobserved while armed", after.Unobserved-before.Unobserved)
+	}
+
+	c.Client.Close()
+	c.Server.Close()
+	// Closed, the socket leaves scope; idle_detach (1 s) later the hooks go.
+	waitArmed(false, 3*time.Second)
+	if on := perSegment(); len(on) != 0 {
+		t.Fatalf("disarmed, but per-segment hooks still attached: %v", on)
+	}
+
+	// And come back for the next connection.
+	c = pair.Connect(t, 5132)
+	waitArmed(true, 2*time.Second)
+	c.Exchange(t, 10, 2*time.Millisecond, 0)
+	statsFor(t, p, pair.B.Inode, 5132, c)
 }

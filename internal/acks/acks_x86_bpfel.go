@@ -57,6 +57,8 @@ type acksAckSock struct {
 	ReadTask       uint64
 	Unacked        uint32
 	Netns          uint32
+	Live           uint8
+	Pad            [7]uint8
 }
 
 type acksAckStats struct {
@@ -94,11 +96,13 @@ type acksScopePeerKey struct {
 const (
 	acksMapAckCounts               = "ack_counts"
 	acksMapAckSocks                = "ack_socks"
+	acksMapArmed                   = "armed"
 	acksMapCounters                = "counters"
 	acksMapDelackFiring            = "delack_firing"
 	acksMapEventBuckets            = "event_buckets"
 	acksMapEvents                  = "events"
 	acksMapHooked                  = "hooked"
+	acksMapLiveSocks               = "live_socks"
 	acksMapScopeNetns              = "scope_netns"
 	acksMapScopePeers              = "scope_peers"
 	acksMapScopePorts              = "scope_ports"
@@ -183,11 +187,13 @@ type acksProgramSpecs struct {
 type acksMapSpecs struct {
 	AckCounts    *ebpf.MapSpec `ebpf:"ack_counts"`
 	AckSocks     *ebpf.MapSpec `ebpf:"ack_socks"`
+	Armed        *ebpf.MapSpec `ebpf:"armed"`
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
 	DelackFiring *ebpf.MapSpec `ebpf:"delack_firing"`
 	EventBuckets *ebpf.MapSpec `ebpf:"event_buckets"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Hooked       *ebpf.MapSpec `ebpf:"hooked"`
+	LiveSocks    *ebpf.MapSpec `ebpf:"live_socks"`
 	ScopeNetns   *ebpf.MapSpec `ebpf:"scope_netns"`
 	ScopePeers   *ebpf.MapSpec `ebpf:"scope_peers"`
 	ScopePorts   *ebpf.MapSpec `ebpf:"scope_ports"`
@@ -236,11 +242,13 @@ func (o *acksObjects) Close() error {
 type acksMaps struct {
 	AckCounts    *ebpf.Map `ebpf:"ack_counts"`
 	AckSocks     *ebpf.Map `ebpf:"ack_socks"`
+	Armed        *ebpf.Map `ebpf:"armed"`
 	Counters     *ebpf.Map `ebpf:"counters"`
 	DelackFiring *ebpf.Map `ebpf:"delack_firing"`
 	EventBuckets *ebpf.Map `ebpf:"event_buckets"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Hooked       *ebpf.Map `ebpf:"hooked"`
+	LiveSocks    *ebpf.Map `ebpf:"live_socks"`
 	ScopeNetns   *ebpf.Map `ebpf:"scope_netns"`
 	ScopePeers   *ebpf.Map `ebpf:"scope_peers"`
 	ScopePorts   *ebpf.Map `ebpf:"scope_ports"`
@@ -250,11 +258,13 @@ func (m *acksMaps) Close() error {
 	return _AcksClose(
 		m.AckCounts,
 		m.AckSocks,
+		m.Armed,
 		m.Counters,
 		m.DelackFiring,
 		m.EventBuckets,
 		m.Events,
 		m.Hooked,
+		m.LiveSocks,
 		m.ScopeNetns,
 		m.ScopePeers,
 		m.ScopePorts,

@@ -460,7 +460,15 @@ func TestAgentWorksWithItsCapabilities(t *testing.T) {
 	pair := netnstest.NewPair(t)
 	const synN = 3
 	pair.A.SendSYNs(t, fmt.Sprintf("%s:6131", pair.B.Addr), synN, 45000)
-	pair.PacedTraffic(t, 6130, 50, 2*time.Millisecond, 0)
+	// acks.attach on_traffic (the default): the connection attaches the per-segment hooks,
+	// which the agent's capabilities must allow at run time too.
+	conn := pair.Connect(t, 6130)
+	within(t, 10*time.Second, "tcpack.ack.armed 1 once a socket in scope is open", func() (bool, string) {
+		metrics, _ := c.read(t)
+		armed, ok := latestSum(metrics, "tcpack.ack.armed", func(pcommon.Map) bool { return true })
+		return ok && armed == 1, fmt.Sprintf("armed %d (reported: %v); log:\n%s", armed, ok, c.Log())
+	})
+	conn.Exchange(t, 50, 2*time.Millisecond, 0)
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		metrics, _ := c.read(t)

@@ -12,9 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
-
 	"github.com/tcpack/tcpack/internal/footprint"
 	"github.com/tcpack/tcpack/internal/kernel"
 	"github.com/tcpack/tcpack/internal/loader"
@@ -467,36 +464,7 @@ func TestUnnamedFlowNotCounted(t *testing.T) {
 // programLinks counts the links in the kernel whose program is one of p's layers or
 // sentinels, by hook: what is attached, not what the family believes.
 func programLinks(t *testing.T, p *probe) map[string]int {
-	t.Helper()
-	byProgram := map[string]string{}
-	for _, h := range p.Report().Hooks {
-		if h.Attached != nil {
-			byProgram[h.Attached.Program] = h.Hook
-		}
-	}
-	out := map[string]int{}
-	netnstest.EachLink(t, func(l link.Link) {
-		info, err := l.Info()
-		if err != nil {
-			return
-		}
-		prog, err := ebpf.NewProgramFromID(info.Program)
-		if err != nil {
-			return
-		}
-		pi, err := prog.Info()
-		prog.Close()
-		if err != nil {
-			return
-		}
-		// The kernel keeps 15 characters of a program's name.
-		for name, hook := range byProgram {
-			if len(name) > 15 && pi.Name == name[:15] || pi.Name == name {
-				out[hook]++
-			}
-		}
-	})
-	return out
+	return netnstest.ProgramLinks(t, p.Report())
 }
 
 // TestOnTrafficAttachesLayersOnlyWhileTheFlowIsActive: with the default attach mode only the

@@ -20,11 +20,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/tcpack/tcpack/internal/kernel"
+	"github.com/tcpack/tcpack/internal/loader"
 )
 
 // Addresses of the pair: inside the benchmarking range (RFC 2544), reachable only inside the
@@ -555,5 +557,40 @@ func (e *Events[T]) Matching(f func(T) bool) []T {
 			out = append(out, ev)
 		}
 	}
+	return out
+}
+
+// ProgramLinks counts the links in the kernel whose program is one of the report's attached
+// programs, by hook: what is attached, not what the family believes.
+func ProgramLinks(t testing.TB, report loader.Report) map[string]int {
+	t.Helper()
+	byProgram := map[string]string{}
+	for _, h := range report.Hooks {
+		if h.Attached != nil {
+			byProgram[h.Attached.Program] = h.Hook
+		}
+	}
+	out := map[string]int{}
+	EachLink(t, func(l link.Link) {
+		info, err := l.Info()
+		if err != nil {
+			return
+		}
+		prog, err := ebpf.NewProgramFromID(info.Program)
+		if err != nil {
+			return
+		}
+		pi, err := prog.Info()
+		prog.Close()
+		if err != nil {
+			return
+		}
+		// The kernel keeps 15 characters of a program's name.
+		for name, hook := range byProgram {
+			if len(name) > 15 && pi.Name == name[:15] || pi.Name == name {
+				out[hook]++
+			}
+		}
+	})
 	return out
 }

@@ -82,6 +82,12 @@ type AcksConfig struct {
 	// DelayAttributes are the attributes of the tcpack.ack.delay histogram; the others are
 	// aggregated away (the other ACK metrics choose theirs under metrics:).
 	DelayAttributes []string `mapstructure:"delay_attributes"`
+	// Attach is on_traffic (the default: the per-segment hooks attach only while a socket in
+	// scope is open) or always (exact statistics from the first segment).
+	Attach string `mapstructure:"attach"`
+	// IdleDetach is how long no socket in scope may be open before on_traffic detaches the
+	// per-segment hooks again.
+	IdleDetach time.Duration `mapstructure:"idle_detach"`
 }
 
 // SamplingConfig rate-limits sampled events in the kernel, per CPU and event kind.
@@ -196,6 +202,13 @@ func (a AcksConfig) validate() []error {
 	if a.MaxSeries < 1 {
 		errs = append(errs, fmt.Errorf("acks.max_series: %d must be at least 1 (default 1000)", a.MaxSeries))
 	}
+	if a.Attach != acks.AttachOnTraffic && a.Attach != acks.AttachAlways {
+		errs = append(errs, fmt.Errorf("acks.attach: %q is not a mode, use %s or %s", a.Attach, acks.AttachOnTraffic, acks.AttachAlways))
+	}
+	if a.Attach == acks.AttachOnTraffic && a.IdleDetach < acks.MinIdleDetach {
+		errs = append(errs, fmt.Errorf("acks.idle_detach: %s is too short, use at least %s (default %s)",
+			a.IdleDetach, acks.MinIdleDetach, acks.DefaultConfig().IdleDetach))
+	}
 	for i, attr := range a.DelayAttributes {
 		if !slices.Contains(delayAttributes, attr) {
 			errs = append(errs, fmt.Errorf("acks.delay_attributes[%d]: unknown attribute %q, use %s", i, attr, strings.Join(delayAttributes, " or ")))
@@ -229,6 +242,7 @@ func (c *Config) acksConfig(withLogs bool, hz int) acks.Config {
 		cfg.EventsPerSecond = 0
 	}
 	cfg.MaxKeys = c.Acks.MaxKeys
+	cfg.Attach, cfg.IdleDetach = c.Acks.Attach, c.Acks.IdleDetach
 	cfg.RingBufferBytes, cfg.WakeupBytes, cfg.FlushInterval = c.RingBuffer.SizeBytes, c.RingBuffer.WakeupBytes, c.RingBuffer.FlushInterval
 	return cfg
 }
@@ -285,6 +299,8 @@ func createDefaultConfig() *Config {
 			MaxKeys:         a.MaxKeys,
 			MaxSeries:       1000,
 			DelayAttributes: slices.Clone(delayAttributes),
+			Attach:          a.Attach,
+			IdleDetach:      a.IdleDetach,
 		},
 		Quickack:  defaultQuickackConfig(),
 		Txqueue:   defaultTxqueueConfig(),

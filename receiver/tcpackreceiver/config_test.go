@@ -147,6 +147,8 @@ func TestValidateNamesFieldAndFix(t *testing.T) {
 		{"ack netns", func(c *Config) { c.Acks.Netns = []string{"run/netns/x"} }, []string{"acks.netns[0]", "absolute path"}},
 		{"ack delay", func(c *Config) { c.Acks.EventMinDelay = -time.Second }, []string{"acks.event_min_delay"}},
 		{"ack series", func(c *Config) { c.Acks.MaxSeries = 0 }, []string{"acks.max_series", "at least 1"}},
+		{"ack attach", func(c *Config) { c.Acks.Attach = "lazy" }, []string{"acks.attach", "on_traffic or always"}},
+		{"ack idle detach", func(c *Config) { c.Acks.IdleDetach = 100 * time.Millisecond }, []string{"acks.idle_detach", "at least 1s"}},
 		{"ack attributes", func(c *Config) { c.Acks.DelayAttributes = []string{"network.peer.port"} }, []string{"acks.delay_attributes[0]", "network.local.port or tcpack.netns.inode"}},
 		{"quickack no target", func(c *Config) { c.Quickack.Enabled = true }, []string{"quickack: no target", "local_ports"}},
 		{"quickack port", func(c *Config) { c.Quickack.Enabled = true; c.Quickack.LocalPorts = []int{0} }, []string{"quickack.local_ports[0]", "1..65535"}},

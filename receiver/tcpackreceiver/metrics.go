@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/collector/pdata/pcommon"
+	"go.uber.org/zap"
 
 	"github.com/tcpack/tcpack/internal/acks"
 	"github.com/tcpack/tcpack/internal/drops"
@@ -37,6 +38,16 @@ func (r *tcpackReceiver) collect(ctx context.Context) error {
 		r.mb.RecordTcpackEventsSuppressedDataPoint(now, int64(losses.SampledOut), metadata.AttributeTcpackEventKindAckDelayed, metadata.AttributeTcpackSuppressionCauseRateLimit)
 		r.mb.RecordTcpackEventsSuppressedDataPoint(now, int64(losses.RingBufferFull), metadata.AttributeTcpackEventKindAckDelayed, metadata.AttributeTcpackSuppressionCauseRingBufferFull)
 		r.mb.RecordTcpackKernelMapOverflowDataPoint(now, int64(losses.KeysFull), metadata.AttributeTcpackMapAckCounts)
+		r.mb.RecordTcpackAckUnobservedCountDataPoint(now, int64(losses.Unobserved))
+		armed, err := r.acks.Armed()
+		if err != nil {
+			r.set.Logger.Warn("acks: attaching the per-segment hooks on traffic", zap.Error(err))
+		}
+		armedValue := int64(0)
+		if armed {
+			armedValue = 1
+		}
+		r.mb.RecordTcpackAckArmedDataPoint(now, armedValue)
 	}
 	if r.quickack != nil {
 		if err := r.recordQuickack(now); err != nil {

@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/collector/receiver"
 	"go.opentelemetry.io/collector/receiver/receivertest"
 
+	"github.com/tcpack/tcpack/internal/acks"
 	"github.com/tcpack/tcpack/internal/netnstest"
 	"github.com/tcpack/tcpack/receiver/tcpackreceiver/internal/metadata"
 )
@@ -67,6 +68,9 @@ func fastConfig() *Config {
 	cfg := createDefaultConfig()
 	cfg.CollectionInterval = 200 * time.Millisecond
 	cfg.RingBuffer.FlushInterval = 50 * time.Millisecond
+	// ACK statistics from a connection's first segment; TestACKsAttachOnTraffic tests the
+	// default.
+	cfg.Acks.Attach = acks.AttachAlways
 	return cfg
 }
 
@@ -378,6 +382,44 @@ func TestReceiverReportsACKDelays(t *testing.T) {
 			delayed++
 		})
 		return delayed > 0, "none yet"
+	})
+}
+
+// With the default acks.attach, tcpack.ack.armed is 0 until a socket in scope opens, then 1,
+// and the statistics count once it is 1.
+func TestACKsAttachOnTraffic(t *testing.T) {
+	netnstest.RequireRoot(t)
+	cfg := fastConfig()
+	cfg.Drops.Enabled = false
+	cfg.Acks.Enabled = true
+	cfg.Acks.Attach = acks.AttachOnTraffic
+	cfg.Acks.LocalPorts = []int{5123}
+	r := startReceiver(t, NewFactory(), cfg)
+	latestArmed := func() (int64, bool) {
+		all := r.metrics.AllMetrics()
+		for i := len(all) - 1; i >= 0; i-- {
+			v, found := int64(0), false
+			forEachPoint(all[i], "tcpack.ack.armed", func(dp pmetric.NumberDataPoint) { v, found = dp.IntValue(), true })
+			if found {
+				return v, true
+			}
+		}
+		return 0, false
+	}
+	waitFor(t, "tcpack.ack.armed 0 with no socket in scope", func() (bool, string) {
+		v, ok := latestArmed()
+		return ok && v == 0, fmt.Sprintf("armed %d (reported: %v)", v, ok)
+	})
+	pair := netnstest.NewPair(t)
+	c := pair.Connect(t, 5123)
+	waitFor(t, "tcpack.ack.armed 1 with a socket in scope open", func() (bool, string) {
+		v, ok := latestArmed()
+		return ok && v == 1, fmt.Sprintf("armed %d (reported: %v)", v, ok)
+	})
+	c.Exchange(t, 20, time.Millisecond, 0)
+	waitFor(t, "tcpack.ack.delay for port 5123", func() (bool, string) {
+		dp, ok := histogramPoint(r.metrics, 5123, pair.B.Inode)
+		return ok && dp.Count() > 0, "no ACK counted"
 	})
 }
 

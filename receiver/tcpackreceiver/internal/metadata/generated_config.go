@@ -9,6 +9,26 @@ import (
 	"go.opentelemetry.io/collector/filter"
 )
 
+// TcpackAckArmedMetricConfig provides config for the tcpack.ack.armed metric.
+type TcpackAckArmedMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+}
+
+func (ms *TcpackAckArmedMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
 // TcpackAckCountMetricAttributeKey specifies the key of an attribute for the tcpack.ack.count metric.
 type TcpackAckCountMetricAttributeKey string
 
@@ -301,6 +321,26 @@ func (ms *TcpackAckSegmentsMetricConfig) Validate() error {
 		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
 	}
 
+	return nil
+}
+
+// TcpackAckUnobservedCountMetricConfig provides config for the tcpack.ack.unobserved.count metric.
+type TcpackAckUnobservedCountMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+}
+
+func (ms *TcpackAckUnobservedCountMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
 	return nil
 }
 
@@ -1367,12 +1407,14 @@ func (ms *TcpackTxqueueQueuesMetricConfig) Validate() error {
 
 // MetricsConfig provides config for tcpack metrics.
 type MetricsConfig struct {
+	TcpackAckArmed                TcpackAckArmedMetricConfig                `mapstructure:"tcpack.ack.armed"`
 	TcpackAckCount                TcpackAckCountMetricConfig                `mapstructure:"tcpack.ack.count"`
 	TcpackAckDelayDecisionsCount  TcpackAckDelayDecisionsCountMetricConfig  `mapstructure:"tcpack.ack.delay_decisions.count"`
 	TcpackAckForcedCount          TcpackAckForcedCountMetricConfig          `mapstructure:"tcpack.ack.forced.count"`
 	TcpackAckOtherCount           TcpackAckOtherCountMetricConfig           `mapstructure:"tcpack.ack.other.count"`
 	TcpackAckQuotaExhaustedCount  TcpackAckQuotaExhaustedCountMetricConfig  `mapstructure:"tcpack.ack.quota_exhausted.count"`
 	TcpackAckSegments             TcpackAckSegmentsMetricConfig             `mapstructure:"tcpack.ack.segments"`
+	TcpackAckUnobservedCount      TcpackAckUnobservedCountMetricConfig      `mapstructure:"tcpack.ack.unobserved.count"`
 	TcpackDropBytes               TcpackDropBytesMetricConfig               `mapstructure:"tcpack.drop.bytes"`
 	TcpackDropCount               TcpackDropCountMetricConfig               `mapstructure:"tcpack.drop.count"`
 	TcpackEventsSuppressed        TcpackEventsSuppressedMetricConfig        `mapstructure:"tcpack.events.suppressed"`
@@ -1400,6 +1442,9 @@ type MetricsConfig struct {
 
 func DefaultMetricsConfig() MetricsConfig {
 	return MetricsConfig{
+		TcpackAckArmed: TcpackAckArmedMetricConfig{
+			Enabled: true,
+		},
 		TcpackAckCount: TcpackAckCountMetricConfig{
 			Enabled:             true,
 			AggregationStrategy: AggregationStrategySum,
@@ -1429,6 +1474,9 @@ func DefaultMetricsConfig() MetricsConfig {
 			Enabled:             true,
 			AggregationStrategy: AggregationStrategySum,
 			EnabledAttributes:   []TcpackAckSegmentsMetricAttributeKey{TcpackAckSegmentsMetricAttributeKeyNetworkLocalPort, TcpackAckSegmentsMetricAttributeKeyTcpackNetnsInode},
+		},
+		TcpackAckUnobservedCount: TcpackAckUnobservedCountMetricConfig{
+			Enabled: true,
 		},
 		TcpackDropBytes: TcpackDropBytesMetricConfig{
 			Enabled:             false,

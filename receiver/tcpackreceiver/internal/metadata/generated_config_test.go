@@ -26,6 +26,9 @@ func TestMetricsBuilderConfig(t *testing.T) {
 			name: "all_set",
 			want: MetricsBuilderConfig{
 				Metrics: MetricsConfig{
+					TcpackAckArmed: TcpackAckArmedMetricConfig{
+						Enabled: true,
+					},
 					TcpackAckCount: TcpackAckCountMetricConfig{
 						Enabled:             true,
 						AggregationStrategy: AggregationStrategySum,
@@ -55,6 +58,9 @@ func TestMetricsBuilderConfig(t *testing.T) {
 						Enabled:             true,
 						AggregationStrategy: AggregationStrategySum,
 						EnabledAttributes:   []TcpackAckSegmentsMetricAttributeKey{TcpackAckSegmentsMetricAttributeKeyNetworkLocalPort, TcpackAckSegmentsMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackAckUnobservedCount: TcpackAckUnobservedCountMetricConfig{
+						Enabled: true,
 					},
 					TcpackDropBytes: TcpackDropBytesMetricConfig{
 						Enabled:             true,
@@ -176,6 +182,9 @@ func TestMetricsBuilderConfig(t *testing.T) {
 			name: "none_set",
 			want: MetricsBuilderConfig{
 				Metrics: MetricsConfig{
+					TcpackAckArmed: TcpackAckArmedMetricConfig{
+						Enabled: false,
+					},
 					TcpackAckCount: TcpackAckCountMetricConfig{
 						Enabled:             false,
 						AggregationStrategy: AggregationStrategySum,
@@ -205,6 +214,9 @@ func TestMetricsBuilderConfig(t *testing.T) {
 						Enabled:             false,
 						AggregationStrategy: AggregationStrategySum,
 						EnabledAttributes:   []TcpackAckSegmentsMetricAttributeKey{TcpackAckSegmentsMetricAttributeKeyNetworkLocalPort, TcpackAckSegmentsMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackAckUnobservedCount: TcpackAckUnobservedCountMetricConfig{
+						Enabled: false,
 					},
 					TcpackDropBytes: TcpackDropBytesMetricConfig{
 						Enabled:             false,
@@ -326,11 +338,12 @@ func TestMetricsBuilderConfig(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := loadMetricsBuilderConfig(t, tt.name)
-			diff := cmp.Diff(tt.want, cfg, cmpopts.IgnoreUnexported(TcpackAckCountMetricConfig{}, TcpackAckDelayDecisionsCountMetricConfig{}, TcpackAckForcedCountMetricConfig{}, TcpackAckOtherCountMetricConfig{}, TcpackAckQuotaExhaustedCountMetricConfig{}, TcpackAckSegmentsMetricConfig{}, TcpackDropBytesMetricConfig{}, TcpackDropCountMetricConfig{}, TcpackEventsSuppressedMetricConfig{}, TcpackFootprintArmedMetricConfig{}, TcpackFootprintDropsMetricConfig{}, TcpackFootprintLostMetricConfig{}, TcpackFootprintPacketsMetricConfig{}, TcpackFootprintUnobservedMetricConfig{}, TcpackKernelMapOverflowMetricConfig{}, TcpackPacketOtherhostCountMetricConfig{}, TcpackProbeAttachedMetricConfig{}, TcpackQuickackAppliedCountMetricConfig{}, TcpackQuickackPolicyErrorsMetricConfig{}, TcpackQuickackRefusedCountMetricConfig{}, TcpackQuickackSocketsMetricConfig{}, TcpackTCPResetCountMetricConfig{}, TcpackTCPRetransmitCountMetricConfig{}, TcpackTxqueueBytesMetricConfig{}, TcpackTxqueueFlowChangesCountMetricConfig{}, TcpackTxqueueFlowsMetricConfig{}, TcpackTxqueuePacketsMetricConfig{}, TcpackTxqueuePicksCountMetricConfig{}, TcpackTxqueueQueuesMetricConfig{}, ResourceAttributeConfig{}))
+			diff := cmp.Diff(tt.want, cfg, cmpopts.IgnoreUnexported(TcpackAckArmedMetricConfig{}, TcpackAckCountMetricConfig{}, TcpackAckDelayDecisionsCountMetricConfig{}, TcpackAckForcedCountMetricConfig{}, TcpackAckOtherCountMetricConfig{}, TcpackAckQuotaExhaustedCountMetricConfig{}, TcpackAckSegmentsMetricConfig{}, TcpackAckUnobservedCountMetricConfig{}, TcpackDropBytesMetricConfig{}, TcpackDropCountMetricConfig{}, TcpackEventsSuppressedMetricConfig{}, TcpackFootprintArmedMetricConfig{}, TcpackFootprintDropsMetricConfig{}, TcpackFootprintLostMetricConfig{}, TcpackFootprintPacketsMetricConfig{}, TcpackFootprintUnobservedMetricConfig{}, TcpackKernelMapOverflowMetricConfig{}, TcpackPacketOtherhostCountMetricConfig{}, TcpackProbeAttachedMetricConfig{}, TcpackQuickackAppliedCountMetricConfig{}, TcpackQuickackPolicyErrorsMetricConfig{}, TcpackQuickackRefusedCountMetricConfig{}, TcpackQuickackSocketsMetricConfig{}, TcpackTCPResetCountMetricConfig{}, TcpackTCPRetransmitCountMetricConfig{}, TcpackTxqueueBytesMetricConfig{}, TcpackTxqueueFlowChangesCountMetricConfig{}, TcpackTxqueueFlowsMetricConfig{}, TcpackTxqueuePacketsMetricConfig{}, TcpackTxqueuePicksCountMetricConfig{}, TcpackTxqueueQueuesMetricConfig{}, ResourceAttributeConfig{}))
 			require.Emptyf(t, diff, "Config mismatch (-expected +actual):\n%s", diff)
 		})
 	}
 }
+
 func TestTcpackAckCountMetricsConfig_Validate(t *testing.T) {
 	cfg := DefaultMetricsConfig().TcpackAckCount
 	require.NoError(t, cfg.Validate())

@@ -386,6 +386,9 @@ var MapAttributeTcpackTxqueuePick = map[string]AttributeTcpackTxqueuePick{
 }
 
 var MetricsInfo = metricsInfo{
+	TcpackAckArmed: metricInfo{
+		Name: "tcpack.ack.armed",
+	},
 	TcpackAckCount: metricInfo{
 		Name:       "tcpack.ack.count",
 		Attributes: []string{"tcpack.ack.cause", "network.local.port", "tcpack.netns.inode"},
@@ -409,6 +412,9 @@ var MetricsInfo = metricsInfo{
 	TcpackAckSegments: metricInfo{
 		Name:       "tcpack.ack.segments",
 		Attributes: []string{"network.local.port", "tcpack.netns.inode"},
+	},
+	TcpackAckUnobservedCount: metricInfo{
+		Name: "tcpack.ack.unobserved.count",
 	},
 	TcpackDropBytes: metricInfo{
 		Name:       "tcpack.drop.bytes",
@@ -502,12 +508,14 @@ var MetricsInfo = metricsInfo{
 }
 
 type metricsInfo struct {
+	TcpackAckArmed                metricInfo
 	TcpackAckCount                metricInfo
 	TcpackAckDelayDecisionsCount  metricInfo
 	TcpackAckForcedCount          metricInfo
 	TcpackAckOtherCount           metricInfo
 	TcpackAckQuotaExhaustedCount  metricInfo
 	TcpackAckSegments             metricInfo
+	TcpackAckUnobservedCount      metricInfo
 	TcpackDropBytes               metricInfo
 	TcpackDropCount               metricInfo
 	TcpackEventsSuppressed        metricInfo
@@ -536,6 +544,56 @@ type metricsInfo struct {
 type metricInfo struct {
 	Name       string
 	Attributes []string
+}
+
+type metricTcpackAckArmed struct {
+	data     pmetric.Metric             // data buffer for generated metric.
+	config   TcpackAckArmedMetricConfig // metric config provided by user.
+	capacity int                        // max observed number of data points added to the metric.
+}
+
+// init fills tcpack.ack.armed metric with initial data.
+func (m *metricTcpackAckArmed) init() {
+	m.data.SetName("tcpack.ack.armed")
+	m.data.SetDescription("1 while the ACK family's per-segment hooks (tcp_probe, tcp_rcv_space_adjust, the delayed-ACK hooks) are attached and its statistics count; 0 while no socket in scope is open under acks.attach on_traffic.")
+	m.data.SetUnit("1")
+	m.data.SetEmptyGauge()
+}
+
+func (m *metricTcpackAckArmed) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64) {
+	if !m.config.Enabled {
+		return
+	}
+	dp := m.data.Gauge().DataPoints().AppendEmpty()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	dp.SetIntValue(val)
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackAckArmed) updateCapacity() {
+	if m.data.Gauge().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Gauge().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackAckArmed) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Gauge().DataPoints().Len() > 0 {
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackAckArmed(cfg TcpackAckArmedMetricConfig) metricTcpackAckArmed {
+	m := metricTcpackAckArmed{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
 }
 
 type metricTcpackAckCount struct {
@@ -1097,6 +1155,58 @@ func (m *metricTcpackAckSegments) emit(metrics pmetric.MetricSlice) {
 
 func newMetricTcpackAckSegments(cfg TcpackAckSegmentsMetricConfig) metricTcpackAckSegments {
 	m := metricTcpackAckSegments{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricTcpackAckUnobservedCount struct {
+	data     pmetric.Metric                       // data buffer for generated metric.
+	config   TcpackAckUnobservedCountMetricConfig // metric config provided by user.
+	capacity int                                  // max observed number of data points added to the metric.
+}
+
+// init fills tcpack.ack.unobserved.count metric with initial data.
+func (m *metricTcpackAckUnobservedCount) init() {
+	m.data.SetName("tcpack.ack.unobserved.count")
+	m.data.SetDescription("ACKs sent by sockets in scope while the per-segment hooks were still detached (acks.attach on_traffic, within about 100 ms of the first such socket opening); they are in no other ACK metric.")
+	m.data.SetUnit("{ack}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+}
+
+func (m *metricTcpackAckUnobservedCount) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64) {
+	if !m.config.Enabled {
+		return
+	}
+	dp := m.data.Sum().DataPoints().AppendEmpty()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	dp.SetIntValue(val)
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackAckUnobservedCount) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackAckUnobservedCount) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackAckUnobservedCount(cfg TcpackAckUnobservedCountMetricConfig) metricTcpackAckUnobservedCount {
+	m := metricTcpackAckUnobservedCount{config: cfg}
 
 	if cfg.Enabled {
 		m.data = pmetric.NewMetric()
@@ -3204,12 +3314,14 @@ type MetricsBuilder struct {
 	buildInfo                           component.BuildInfo  // contains version information.
 	resourceAttributeIncludeFilter      map[string]filter.Filter
 	resourceAttributeExcludeFilter      map[string]filter.Filter
+	metricTcpackAckArmed                metricTcpackAckArmed
 	metricTcpackAckCount                metricTcpackAckCount
 	metricTcpackAckDelayDecisionsCount  metricTcpackAckDelayDecisionsCount
 	metricTcpackAckForcedCount          metricTcpackAckForcedCount
 	metricTcpackAckOtherCount           metricTcpackAckOtherCount
 	metricTcpackAckQuotaExhaustedCount  metricTcpackAckQuotaExhaustedCount
 	metricTcpackAckSegments             metricTcpackAckSegments
+	metricTcpackAckUnobservedCount      metricTcpackAckUnobservedCount
 	metricTcpackDropBytes               metricTcpackDropBytes
 	metricTcpackDropCount               metricTcpackDropCount
 	metricTcpackEventsSuppressed        metricTcpackEventsSuppressed
@@ -3258,12 +3370,14 @@ func NewMetricsBuilder(mbc MetricsBuilderConfig, settings receiver.Settings, opt
 		startTime:                           pcommon.NewTimestampFromTime(time.Now()),
 		metricsBuffer:                       pmetric.NewMetrics(),
 		buildInfo:                           settings.BuildInfo,
+		metricTcpackAckArmed:                newMetricTcpackAckArmed(mbc.Metrics.TcpackAckArmed),
 		metricTcpackAckCount:                newMetricTcpackAckCount(mbc.Metrics.TcpackAckCount),
 		metricTcpackAckDelayDecisionsCount:  newMetricTcpackAckDelayDecisionsCount(mbc.Metrics.TcpackAckDelayDecisionsCount),
 		metricTcpackAckForcedCount:          newMetricTcpackAckForcedCount(mbc.Metrics.TcpackAckForcedCount),
 		metricTcpackAckOtherCount:           newMetricTcpackAckOtherCount(mbc.Metrics.TcpackAckOtherCount),
 		metricTcpackAckQuotaExhaustedCount:  newMetricTcpackAckQuotaExhaustedCount(mbc.Metrics.TcpackAckQuotaExhaustedCount),
 		metricTcpackAckSegments:             newMetricTcpackAckSegments(mbc.Metrics.TcpackAckSegments),
+		metricTcpackAckUnobservedCount:      newMetricTcpackAckUnobservedCount(mbc.Metrics.TcpackAckUnobservedCount),
 		metricTcpackDropBytes:               newMetricTcpackDropBytes(mbc.Metrics.TcpackDropBytes),
 		metricTcpackDropCount:               newMetricTcpackDropCount(mbc.Metrics.TcpackDropCount),
 		metricTcpackEventsSuppressed:        newMetricTcpackEventsSuppressed(mbc.Metrics.TcpackEventsSuppressed),
@@ -3371,12 +3485,14 @@ func (mb *MetricsBuilder) EmitForResource(options ...ResourceMetricsOption) {
 	ils.Scope().SetName(ScopeName)
 	ils.Scope().SetVersion(mb.buildInfo.Version)
 	ils.Metrics().EnsureCapacity(mb.metricsCapacity)
+	mb.metricTcpackAckArmed.emit(ils.Metrics())
 	mb.metricTcpackAckCount.emit(ils.Metrics())
 	mb.metricTcpackAckDelayDecisionsCount.emit(ils.Metrics())
 	mb.metricTcpackAckForcedCount.emit(ils.Metrics())
 	mb.metricTcpackAckOtherCount.emit(ils.Metrics())
 	mb.metricTcpackAckQuotaExhaustedCount.emit(ils.Metrics())
 	mb.metricTcpackAckSegments.emit(ils.Metrics())
+	mb.metricTcpackAckUnobservedCount.emit(ils.Metrics())
 	mb.metricTcpackDropBytes.emit(ils.Metrics())
 	mb.metricTcpackDropCount.emit(ils.Metrics())
 	mb.metricTcpackEventsSuppressed.emit(ils.Metrics())
@@ -3431,6 +3547,11 @@ func (mb *MetricsBuilder) Emit(options ...ResourceMetricsOption) pmetric.Metrics
 	return metrics
 }
 
+// RecordTcpackAckArmedDataPoint adds a data point to tcpack.ack.armed metric.
+func (mb *MetricsBuilder) RecordTcpackAckArmedDataPoint(ts pcommon.Timestamp, val int64) {
+	mb.metricTcpackAckArmed.recordDataPoint(mb.startTime, ts, val)
+}
+
 // RecordTcpackAckCountDataPoint adds a data point to tcpack.ack.count metric.
 func (mb *MetricsBuilder) RecordTcpackAckCountDataPoint(ts pcommon.Timestamp, val int64, tcpackAckCauseAttributeValue AttributeTcpackAckCause, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
 	mb.metricTcpackAckCount.recordDataPoint(mb.startTime, ts, val, tcpackAckCauseAttributeValue.String(), networkLocalPortAttributeValue, tcpackNetnsInodeAttributeValue)
@@ -3459,6 +3580,11 @@ func (mb *MetricsBuilder) RecordTcpackAckQuotaExhaustedCountDataPoint(ts pcommon
 // RecordTcpackAckSegmentsDataPoint adds a data point to tcpack.ack.segments metric.
 func (mb *MetricsBuilder) RecordTcpackAckSegmentsDataPoint(ts pcommon.Timestamp, val int64, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
 	mb.metricTcpackAckSegments.recordDataPoint(mb.startTime, ts, val, networkLocalPortAttributeValue, tcpackNetnsInodeAttributeValue)
+}
+
+// RecordTcpackAckUnobservedCountDataPoint adds a data point to tcpack.ack.unobserved.count metric.
+func (mb *MetricsBuilder) RecordTcpackAckUnobservedCountDataPoint(ts pcommon.Timestamp, val int64) {
+	mb.metricTcpackAckUnobservedCount.recordDataPoint(mb.startTime, ts, val)
 }
 
 // RecordTcpackDropBytesDataPoint adds a data point to tcpack.drop.bytes metric.

@@ -103,6 +103,9 @@ func TestMetricsBuilder(t *testing.T) {
 			allMetricsCount := 0
 			defaultMetricsCount++
 			allMetricsCount++
+			mb.RecordTcpackAckArmedDataPoint(ts, 1)
+			defaultMetricsCount++
+			allMetricsCount++
 			mb.RecordTcpackAckCountDataPoint(ts, 1, AttributeTcpackAckCausePiggyback, 18, 18)
 			if tt.name == "reaggregate_set" {
 				mb.RecordTcpackAckCountDataPoint(ts, 3, AttributeTcpackAckCauseRoute, 19, 19)
@@ -137,6 +140,9 @@ func TestMetricsBuilder(t *testing.T) {
 			if tt.name == "reaggregate_set" {
 				mb.RecordTcpackAckSegmentsDataPoint(ts, 3, 19, 19)
 			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackAckUnobservedCountDataPoint(ts, 1)
 
 			allMetricsCount++
 			mb.RecordTcpackDropBytesDataPoint(ts, 1, "tcpack.drop.reason-val", "tcpack.drop.symbol-val", "network.transport-val", "network.type-val", "network.interface.name-val", 18)
@@ -326,6 +332,18 @@ func TestMetricsBuilder(t *testing.T) {
 			validatedMetrics := make(map[string]bool)
 			for _, mi := range allMetricsList {
 				switch mi.Name() {
+				case "tcpack.ack.armed":
+					assert.False(t, validatedMetrics["tcpack.ack.armed"], "Found a duplicate in the metrics slice: tcpack.ack.armed")
+					validatedMetrics["tcpack.ack.armed"] = true
+					assert.Equal(t, pmetric.MetricTypeGauge, mi.Type())
+					assert.Equal(t, 1, mi.Gauge().DataPoints().Len())
+					assert.Equal(t, "1 while the ACK family's per-segment hooks (tcp_probe, tcp_rcv_space_adjust, the delayed-ACK hooks) are attached and its statistics count; 0 while no socket in scope is open under acks.attach on_traffic.", mi.Description())
+					assert.Equal(t, "1", mi.Unit())
+					dp := mi.Gauge().DataPoints().At(0)
+					assert.Equal(t, start, dp.StartTimestamp())
+					assert.Equal(t, ts, dp.Timestamp())
+					assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+					assert.Equal(t, int64(1), dp.IntValue())
 				case "tcpack.ack.count":
 					if tt.name != "reaggregate_set" {
 						assert.False(t, validatedMetrics["tcpack.ack.count"], "Found a duplicate in the metrics slice: tcpack.ack.count")
@@ -625,6 +643,20 @@ func TestMetricsBuilder(t *testing.T) {
 						_, ok = dp.Attributes().Get("tcpack.netns.inode")
 						assert.False(t, ok)
 					}
+				case "tcpack.ack.unobserved.count":
+					assert.False(t, validatedMetrics["tcpack.ack.unobserved.count"], "Found a duplicate in the metrics slice: tcpack.ack.unobserved.count")
+					validatedMetrics["tcpack.ack.unobserved.count"] = true
+					assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+					assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+					assert.Equal(t, "ACKs sent by sockets in scope while the per-segment hooks were still detached (acks.attach on_traffic, within about 100 ms of the first such socket opening); they are in no other ACK metric.", mi.Description())
+					assert.Equal(t, "{ack}", mi.Unit())
+					assert.True(t, mi.Sum().IsMonotonic())
+					assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+					dp := mi.Sum().DataPoints().At(0)
+					assert.Equal(t, start, dp.StartTimestamp())
+					assert.Equal(t, ts, dp.Timestamp())
+					assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+					assert.Equal(t, int64(1), dp.IntValue())
 				case "tcpack.drop.bytes":
 					if tt.name != "reaggregate_set" {
 						assert.False(t, validatedMetrics["tcpack.drop.bytes"], "Found a duplicate in the metrics slice: tcpack.drop.bytes")
