@@ -53,26 +53,17 @@ type Config struct {
 	FlushInterval   time.Duration
 	// Strategies restricts attach mechanisms (see loader.Options.Only).
 	Strategies []loader.Kind
-	// Attach is AttachOnTraffic (also when empty) or AttachAlways.
+	// Attach is loader.AttachOnTraffic (also when empty) or loader.AttachAlways. On traffic,
+	// the per-segment hooks (tcp_probe, tcp_rcv_space_adjust, the delayed-ACK hooks) are
+	// attached only while an in-scope socket established since the start is open: sock_ops
+	// counts them. ACKs sent before the hooks are in place (within about a poll, 100 ms, of the
+	// first such socket) are counted as unobserved, not in the statistics. Always: every hook
+	// stays attached, statistics exact from the first segment.
 	Attach string
 	// IdleDetach is how long no in-scope socket may be open before the per-segment hooks
-	// detach again (AttachOnTraffic only).
+	// detach again (on traffic only).
 	IdleDetach time.Duration
 }
-
-// Attach modes.
-const (
-	// AttachOnTraffic attaches the per-segment hooks (tcp_probe, tcp_rcv_space_adjust, the
-	// delayed-ACK hooks) only while an in-scope socket established since the start is open:
-	// sock_ops counts them. ACKs sent before the hooks are in place (within about a poll,
-	// 100 ms, of the first such socket) are counted as unobserved, not in the statistics.
-	AttachOnTraffic = "on_traffic"
-	// AttachAlways keeps every hook attached: statistics exact from the first segment.
-	AttachAlways = "always"
-)
-
-// MinIdleDetach is the shortest IdleDetach: ten polls.
-const MinIdleDetach = time.Second
 
 // DefaultConfig observes every socket and samples ACKs delayed by 10 ms or more.
 func DefaultConfig() Config {
@@ -84,7 +75,7 @@ func DefaultConfig() Config {
 		RingBufferBytes: 1 << 20,
 		WakeupBytes:     64 << 10,
 		FlushInterval:   200 * time.Millisecond,
-		Attach:          AttachOnTraffic,
+		Attach:          loader.AttachOnTraffic,
 		IdleDetach:      time.Minute,
 	}
 }
@@ -138,7 +129,7 @@ type Probe struct {
 	report loader.Report
 	reader *ringbuf.Reader
 	done   chan struct{}
-	arming *arming // nil with AttachAlways
+	arming *arming // nil with loader.AttachAlways
 }
 
 // Start loads and attaches the family; sampled delayed-ACK events go to sink in batches.
@@ -172,7 +163,7 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 		}
 	}
 	p := &Probe{env: env, set: set, report: report, done: make(chan struct{})}
-	if cfg.Attach == AttachAlways {
+	if cfg.Attach == loader.AttachAlways {
 		if err := setArmed(set, true); err != nil {
 			set.Close()
 			return nil, err
@@ -195,13 +186,13 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 
 func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 	switch cfg.Attach {
-	case "", AttachOnTraffic:
-		if cfg.IdleDetach != 0 && cfg.IdleDetach < MinIdleDetach {
-			return fmt.Errorf("%s: idle detach %s, at least %s", Family, cfg.IdleDetach, MinIdleDetach)
+	case "", loader.AttachOnTraffic:
+		if cfg.IdleDetach != 0 && cfg.IdleDetach < loader.MinIdleDetach {
+			return fmt.Errorf("%s: idle detach %s, at least %s", Family, cfg.IdleDetach, loader.MinIdleDetach)
 		}
-	case AttachAlways:
+	case loader.AttachAlways:
 	default:
-		return fmt.Errorf("%s: attach %q, want %s or %s", Family, cfg.Attach, AttachOnTraffic, AttachAlways)
+		return fmt.Errorf("%s: attach %q, want %s or %s", Family, cfg.Attach, loader.AttachOnTraffic, loader.AttachAlways)
 	}
 	rate, burst := uint64(cfg.EventsPerSecond), max(uint64(cfg.EventBurst), 1)
 	refill := uint64(0)
@@ -450,7 +441,7 @@ type Losses struct {
 	RingBufferFull uint64 // events lost to a full ring buffer
 	KeysFull       uint64 // ACKs not counted: no room in the statistics map
 	// Unobserved are ACKs of in-scope sockets sent while the per-segment hooks were detached
-	// (AttachOnTraffic, before they attached): not in the statistics.
+	// (loader.AttachOnTraffic, before they attached): not in the statistics.
 	Unobserved uint64
 }
 

@@ -21,10 +21,10 @@ func openEnv(t *testing.T) *kernel.Env { return netnstest.KernelEnv(t) }
 type eventLog = netnstest.Events[acks.Event]
 
 // start starts the family with every hook attached from the start, so that statistics cover
-// every segment; TestOnTraffic* tests the default, acks.AttachOnTraffic.
+// every segment; TestOnTraffic* tests the default, loader.AttachOnTraffic.
 func start(t *testing.T, cfg acks.Config) (*acks.Probe, *eventLog) {
 	t.Helper()
-	cfg.Attach = acks.AttachAlways
+	cfg.Attach = loader.AttachAlways
 	return startAs(t, cfg)
 }
 
@@ -266,7 +266,7 @@ func TestRestartLeavesNothingBehind(t *testing.T) {
 	links, fds := netnstest.CountLinks(t), netnstest.CountFDs(t)
 	for i := 0; i < 2; i++ {
 		cfg := acks.DefaultConfig()
-		cfg.Attach = acks.AttachAlways // every hook attached, so every link to count
+		cfg.Attach = loader.AttachAlways // every hook attached, so every link to count
 		p, err := acks.Start(e, cfg, nil)
 		if err != nil {
 			t.Fatal(err)

@@ -12,7 +12,7 @@ import (
 // armPoll is how often the arming watcher reads the count of open in-scope sockets.
 const armPoll = 100 * time.Millisecond
 
-// perSegment are the hooks AttachOnTraffic detaches while no in-scope socket is open: each
+// perSegment are the hooks loader.AttachOnTraffic detaches while no in-scope socket is open: each
 // runs for segments or reads of every TCP socket, in scope or not. sock_ops stays: it runs at
 // a connection's establishment and, after that, only for in-scope sockets.
 var perSegment = map[string]bool{
@@ -148,7 +148,7 @@ func setArmed(set *loader.Set, on bool) error {
 }
 
 // Armed says whether the per-segment hooks are attached and the statistics count (always
-// true with AttachAlways), and the last error attaching or detaching them, if the last
+// true with loader.AttachAlways), and the last error attaching or detaching them, if the last
 // attempt failed.
 func (p *Probe) Armed() (bool, error) {
 	if p.arming == nil {

@@ -43,33 +43,10 @@ func latestSum(metrics []pmetric.Metrics, name string, match func(pcommon.Map) b
 	for i := len(metrics) - 1; i >= 0; i-- {
 		var total int64
 		found := false
-		rms := metrics[i].ResourceMetrics()
-		for r := 0; r < rms.Len(); r++ {
-			sms := rms.At(r).ScopeMetrics()
-			for s := 0; s < sms.Len(); s++ {
-				ms := sms.At(s).Metrics()
-				for m := 0; m < ms.Len(); m++ {
-					if ms.At(m).Name() != name {
-						continue
-					}
-					var dps pmetric.NumberDataPointSlice
-					switch ms.At(m).Type() {
-					case pmetric.MetricTypeSum:
-						dps = ms.At(m).Sum().DataPoints()
-					case pmetric.MetricTypeGauge:
-						dps = ms.At(m).Gauge().DataPoints()
-					default:
-						continue
-					}
-					for d := 0; d < dps.Len(); d++ {
-						if match(dps.At(d).Attributes()) {
-							total += dps.At(d).IntValue()
-							found = true
-						}
-					}
-				}
-			}
-		}
+		eachPoint(metrics[i], name, match, func(p pmetric.NumberDataPoint) {
+			total += p.IntValue()
+			found = true
+		})
 		if found {
 			return total, true
 		}

@@ -56,38 +56,28 @@ type Config struct {
 	// Cgroup is the cgroup v2 directory whose sockets the cgroup_skb strategy observes; empty
 	// is the root of the hierarchy, which sees every socket.
 	Cgroup string
-	// Attach is AttachOnTraffic or AttachAlways.
+	// Attach is loader.AttachOnTraffic (also when empty) or loader.AttachAlways. On traffic,
+	// only the sentinel layers stay attached (net_dev_queue, netif_receive_skb, and
+	// kfree_skb, which runs only for drops) until one of them sees a named flow's packet;
+	// then the other layers attach and every layer starts counting. The packets seen before
+	// that are counted as unobserved, not at any layer. Always: every layer counts from the
+	// first packet, at the cost of every layer's program running for every packet.
 	Attach string
 	// IdleDetach is how long the flows may go without a packet before the layers other than
-	// the sentinels detach again (AttachOnTraffic only).
+	// the sentinels detach again (on traffic only).
 	IdleDetach time.Duration
 }
-
-// Attach modes.
-const (
-	// AttachOnTraffic keeps only the sentinel layers attached (net_dev_queue,
-	// netif_receive_skb, and kfree_skb, which runs only for drops) until one of them sees a
-	// named flow's packet; then the other layers attach and every layer starts counting.
-	// The packets seen before that are counted as unobserved, not at any layer.
-	AttachOnTraffic = "on_traffic"
-	// AttachAlways attaches and counts at every layer from the start: exact from the first
-	// packet, at the cost of every layer's program running for every packet.
-	AttachAlways = "always"
-)
-
-// MinIdleDetach is the shortest IdleDetach: ten polls of the counts.
-const MinIdleDetach = time.Second
 
 // armPoll is how often user space looks at the arm state: the most a flow's first packets wait
 // for the other layers, besides the time attaching takes.
 const armPoll = 100 * time.Millisecond
 
-// sentinels are the hooks AttachOnTraffic keeps attached while the flows are idle.
+// sentinels are the hooks loader.AttachOnTraffic keeps attached while the flows are idle.
 var sentinels = map[string]bool{NetDevQueue.String(): true, NetifReceiveSkb.String(): true, hookKfreeSkb: true}
 
 // DefaultConfig is what the receiver uses unless told otherwise; it names no flow.
 func DefaultConfig() Config {
-	return Config{MaxDropKeys: 1024, Attach: AttachOnTraffic, IdleDetach: time.Minute}
+	return Config{MaxDropKeys: 1024, Attach: loader.AttachOnTraffic, IdleDetach: time.Minute}
 }
 
 // Layer is a point of the receive or transmit path where packets are counted.
@@ -213,7 +203,7 @@ type Probe struct {
 	cfg     Config
 	report  loader.Report
 	reasons map[uint32]string
-	// lazy are the hooks AttachOnTraffic attaches on traffic, in attach order; loaded the
+	// lazy are the hooks loader.AttachOnTraffic attaches on traffic, in attach order; loaded the
 	// layers whose hook attached at load.
 	lazy      []string
 	loaded    [layerCount]bool
@@ -259,18 +249,18 @@ func Start(env *kernel.Env, cfg Config) (*Probe, error) {
 	}
 	switch cfg.Attach {
 	case "":
-		cfg.Attach = AttachOnTraffic
-	case AttachOnTraffic, AttachAlways:
+		cfg.Attach = loader.AttachOnTraffic
+	case loader.AttachOnTraffic, loader.AttachAlways:
 	default:
-		return nil, fmt.Errorf("%s: attach %q, want %s or %s", Family, cfg.Attach, AttachOnTraffic, AttachAlways)
+		return nil, fmt.Errorf("%s: attach %q, want %s or %s", Family, cfg.Attach, loader.AttachOnTraffic, loader.AttachAlways)
 	}
 	if cfg.IdleDetach == 0 {
 		cfg.IdleDetach = DefaultConfig().IdleDetach
 	}
-	if cfg.Attach == AttachOnTraffic && cfg.IdleDetach < MinIdleDetach {
-		return nil, fmt.Errorf("%s: idle detach %s, at least %s", Family, cfg.IdleDetach, MinIdleDetach)
+	if cfg.Attach == loader.AttachOnTraffic && cfg.IdleDetach < loader.MinIdleDetach {
+		return nil, fmt.Errorf("%s: idle detach %s, at least %s", Family, cfg.IdleDetach, loader.MinIdleDetach)
 	}
-	if err := spec.Variables[footprintVarAlwaysArmed].Set(cfg.Attach == AttachAlways); err != nil {
+	if err := spec.Variables[footprintVarAlwaysArmed].Set(cfg.Attach == loader.AttachAlways); err != nil {
 		return nil, fmt.Errorf("%s: set always_armed: %w", Family, err)
 	}
 	spec.Maps[footprintMapDropCounts].MaxEntries = cfg.MaxDropKeys
@@ -287,7 +277,7 @@ func Start(env *kernel.Env, cfg Config) (*Probe, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Probe{env: env, cfg: cfg, set: set, report: report, reasons: reasons, armed: cfg.Attach == AttachAlways}
+	p := &Probe{env: env, cfg: cfg, set: set, report: report, reasons: reasons, armed: cfg.Attach == loader.AttachAlways}
 	for _, h := range report.Hooks {
 		for l := Layer(0); l < layerCount; l++ {
 			if h.Hook == l.String() && h.Attached != nil {
@@ -493,16 +483,16 @@ func prefixWords(p netip.Prefix) (addr, mask [2]uint64) {
 // Report says which hooks attached and how.
 func (p *Probe) Report() loader.Report { return p.report }
 
-// Attached says whether a layer is counted on this kernel (with AttachOnTraffic: once armed).
+// Attached says whether a layer is counted on this kernel (with loader.AttachOnTraffic: once armed).
 func (p *Probe) Attached(l Layer) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return l < layerCount && p.attached[l]
 }
 
-// Sentinels lists the hooks that stay attached while the flows are idle; nil with AttachAlways.
+// Sentinels lists the hooks that stay attached while the flows are idle; nil with loader.AttachAlways.
 func (p *Probe) Sentinels() []string {
-	if p.cfg.Attach == AttachAlways {
+	if p.cfg.Attach == loader.AttachAlways {
 		return nil
 	}
 	var out []string

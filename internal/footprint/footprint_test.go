@@ -39,12 +39,12 @@ func start(t *testing.T, cfg footprint.Config) *probe {
 	return &probe{Probe: p}
 }
 
-// flowConfig counts at every layer from the start (AttachAlways), so tests compare counts
-// with packets sent from the first one; TestOnTraffic* cover the default, AttachOnTraffic.
+// flowConfig counts at every layer from the start (loader.AttachAlways), so tests compare counts
+// with packets sent from the first one; TestOnTraffic* cover the default, loader.AttachOnTraffic.
 func flowConfig(flows ...footprint.Flow) footprint.Config {
 	cfg := footprint.DefaultConfig()
 	cfg.Flows = flows
-	cfg.Attach = footprint.AttachAlways
+	cfg.Attach = loader.AttachAlways
 	return cfg
 }
 

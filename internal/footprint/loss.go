@@ -37,7 +37,7 @@ type tracker struct {
 	// attributed is, per drop group and reason@symbol, the drops already given to a loss.
 	attributed map[dropGroup]map[string]uint64
 	// base is the counts when the layers last started counting (nil: zero), which update
-	// subtracts: with AttachOnTraffic each armed period is compared on its own.
+	// subtracts: with loader.AttachOnTraffic each armed period is compared on its own.
 	base [][layerCount][2]footprintLayerCount
 }
 

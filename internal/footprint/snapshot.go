@@ -66,7 +66,7 @@ type Snapshot struct {
 	NewLosses []Loss
 	// DropKeysFull counts drops not counted because the drop map was full.
 	DropKeysFull uint64
-	// Armed says every layer is attached and counting. With AttachOnTraffic it is false while
+	// Armed says every layer is attached and counting. With loader.AttachOnTraffic it is false while
 	// the flows are idle; then Lost and NewLosses are empty.
 	Armed bool
 	// Unobserved counts the sentinel runs that matched a flow's packet while the other layers

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
@@ -398,3 +399,16 @@ func SumPerCPUSlots(m *ebpf.Map) ([]uint64, error) {
 	}
 	return sums, nil
 }
+
+// Attach modes of the families that can leave hooks detached while there is nothing to
+// observe (acks, footprint): each family says what it keeps detached, and until when.
+const (
+	// AttachOnTraffic attaches the costly hooks only while there is something to observe.
+	AttachOnTraffic = "on_traffic"
+	// AttachAlways keeps every hook attached from the start.
+	AttachAlways = "always"
+)
+
+// MinIdleDetach is the shortest idle spell after which an AttachOnTraffic family detaches:
+// ten polls of its watcher.
+const MinIdleDetach = time.Second

@@ -66,7 +66,7 @@ func observe(t *testing.T, ports ...uint16) *acks.Probe {
 	t.Helper()
 	cfg := acks.DefaultConfig()
 	cfg.LocalPorts = ports
-	cfg.Attach = acks.AttachAlways // statistics from the first segment
+	cfg.Attach = loader.AttachAlways // statistics from the first segment
 	cfg.ForcedMark = quickack.DefaultMark
 	hz, err := kernel.HZ()
 	if err != nil {

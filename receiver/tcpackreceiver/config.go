@@ -202,12 +202,12 @@ func (a AcksConfig) validate() []error {
 	if a.MaxSeries < 1 {
 		errs = append(errs, fmt.Errorf("acks.max_series: %d must be at least 1 (default 1000)", a.MaxSeries))
 	}
-	if a.Attach != acks.AttachOnTraffic && a.Attach != acks.AttachAlways {
-		errs = append(errs, fmt.Errorf("acks.attach: %q is not a mode, use %s or %s", a.Attach, acks.AttachOnTraffic, acks.AttachAlways))
+	if a.Attach != loader.AttachOnTraffic && a.Attach != loader.AttachAlways {
+		errs = append(errs, fmt.Errorf("acks.attach: %q is not a mode, use %s or %s", a.Attach, loader.AttachOnTraffic, loader.AttachAlways))
 	}
-	if a.Attach == acks.AttachOnTraffic && a.IdleDetach < acks.MinIdleDetach {
+	if a.Attach == loader.AttachOnTraffic && a.IdleDetach < loader.MinIdleDetach {
 		errs = append(errs, fmt.Errorf("acks.idle_detach: %s is too short, use at least %s (default %s)",
-			a.IdleDetach, acks.MinIdleDetach, acks.DefaultConfig().IdleDetach))
+			a.IdleDetach, loader.MinIdleDetach, acks.DefaultConfig().IdleDetach))
 	}
 	for i, attr := range a.DelayAttributes {
 		if !slices.Contains(delayAttributes, attr) {

@@ -60,13 +60,13 @@ func (c FootprintConfig) footprintConfig() (footprint.Config, []error) {
 	cfg.MaxDropKeys = c.MaxDropKeys
 	cfg.Attach, cfg.IdleDetach = c.Attach, c.IdleDetach
 	var errs []error
-	if c.Attach != footprint.AttachOnTraffic && c.Attach != footprint.AttachAlways {
+	if c.Attach != loader.AttachOnTraffic && c.Attach != loader.AttachAlways {
 		errs = append(errs, fmt.Errorf("footprint.attach: %q, use %s (the default: layers attach while a named flow has traffic) or %s (every layer from the start)",
-			c.Attach, footprint.AttachOnTraffic, footprint.AttachAlways))
+			c.Attach, loader.AttachOnTraffic, loader.AttachAlways))
 	}
-	if c.Attach == footprint.AttachOnTraffic && c.IdleDetach < footprint.MinIdleDetach {
+	if c.Attach == loader.AttachOnTraffic && c.IdleDetach < loader.MinIdleDetach {
 		errs = append(errs, fmt.Errorf("footprint.idle_detach: %s is too short, use at least %s (default %s)",
-			c.IdleDetach, footprint.MinIdleDetach, footprint.DefaultConfig().IdleDetach))
+			c.IdleDetach, loader.MinIdleDetach, footprint.DefaultConfig().IdleDetach))
 	}
 	if c.MaxFlows < 1 || c.MaxFlows > footprint.MaxFlows {
 		errs = append(errs, fmt.Errorf("footprint.max_flows: %d is out of range, use 1..%d (default 16)", c.MaxFlows, footprint.MaxFlows))

@@ -15,7 +15,7 @@ import (
 	"go.opentelemetry.io/collector/receiver"
 	"go.opentelemetry.io/collector/receiver/receivertest"
 
-	"github.com/tcpack/tcpack/internal/acks"
+	"github.com/tcpack/tcpack/internal/loader"
 	"github.com/tcpack/tcpack/internal/netnstest"
 	"github.com/tcpack/tcpack/receiver/tcpackreceiver/internal/metadata"
 )
@@ -70,7 +70,7 @@ func fastConfig() *Config {
 	cfg.RingBuffer.FlushInterval = 50 * time.Millisecond
 	// ACK statistics from a connection's first segment; TestACKsAttachOnTraffic tests the
 	// default.
-	cfg.Acks.Attach = acks.AttachAlways
+	cfg.Acks.Attach = loader.AttachAlways
 	return cfg
 }
 
@@ -392,7 +392,7 @@ func TestACKsAttachOnTraffic(t *testing.T) {
 	cfg := fastConfig()
 	cfg.Drops.Enabled = false
 	cfg.Acks.Enabled = true
-	cfg.Acks.Attach = acks.AttachOnTraffic
+	cfg.Acks.Attach = loader.AttachOnTraffic
 	cfg.Acks.LocalPorts = []int{5123}
 	r := startReceiver(t, NewFactory(), cfg)
 	latestArmed := func() (int64, bool) {
