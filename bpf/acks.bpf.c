@@ -61,7 +61,7 @@ struct ack_sock {
 	__u64 read_task;        /* the task that read */
 	__u32 unacked;          /* data segments received since the last ACK */
 	__u32 netns;
-	__u8 live;              /* counted in live_socks until it closes */
+	__u8 live;              /* counted open in socks_in_scope until it closes */
 	__u8 _pad[7];
 };
 
@@ -179,7 +179,7 @@ enum counter {
 	COUNTER_SAMPLED_OUT = 0,
 	COUNTER_RINGBUF_FULL = 1,
 	COUNTER_KEYS_FULL = 2,
-	COUNTER_UNOBSERVED = 3, /* ACKs of in-scope sockets sent while the per-segment hooks were off */
+	COUNTER_UNOBSERVED = 3, /* pure ACKs of in-scope sockets sent while the per-segment hooks were off */
 	COUNTER_MAX = 4,
 };
 
@@ -191,16 +191,23 @@ struct {
 } counters SEC(".maps");
 
 /* With attach: on_traffic the per-segment hooks (tcp_probe, tcp_rcv_space_adjust, the
- * delayed-ACK hooks) are attached only while an in-scope socket is open: live_socks counts
- * them, from establishment to close. User space attaches the hooks when it rises above 0, then
- * sets armed; it clears armed before it detaches them after an idle spell. Two maps: user
- * space writes one, the kernel the other. */
+ * delayed-ACK hooks) are attached only while in-scope sockets come and go: socks_in_scope
+ * counts those open (from establishment to close) and those ever opened, so that user space,
+ * polling, also sees connections shorter than its poll. It attaches the hooks, then sets
+ * armed; it clears armed before it detaches them after an idle spell. Two maps: user space
+ * writes one, the kernel the other. */
+enum socks_slot {
+	SOCKS_OPEN = 0,
+	SOCKS_OPENED = 1,
+	SOCKS_SLOTS = 2,
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, SOCKS_SLOTS);
 	__type(key, __u32);
 	__type(value, __s64);
-} live_socks SEC(".maps");
+} socks_in_scope SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -342,11 +349,15 @@ int ack_sockops(struct bpf_sock_ops *skops)
 		 * each state change, which tells when it closes. */
 		long err = bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG |
 								    BPF_SOCK_OPS_STATE_CB_FLAG);
-		__u32 k = 0;
-		__s64 *live = bpf_map_lookup_elem(&live_socks, &k);
-		if (!err && live && !as->live) {
+		__u32 open_slot = SOCKS_OPEN, opened_slot = SOCKS_OPENED;
+		__s64 *open = bpf_map_lookup_elem(&socks_in_scope, &open_slot);
+		__s64 *opened = bpf_map_lookup_elem(&socks_in_scope, &opened_slot);
+		if (opened)
+			__sync_fetch_and_add(opened, 1);
+		/* Without STATE_CB its close would go unseen: then it is not counted open. */
+		if (!err && open && !as->live) {
 			as->live = 1;
-			__sync_fetch_and_add(live, 1);
+			__sync_fetch_and_add(open, 1);
 		}
 		return 1;
 	}
@@ -354,11 +365,11 @@ int ack_sockops(struct bpf_sock_ops *skops)
 		if (skops->args[1] != BPF_TCP_CLOSE)
 			return 1;
 		struct ack_sock *as = bpf_sk_storage_get(&ack_socks, bsk, 0, 0);
-		__u32 k = 0;
-		__s64 *live = bpf_map_lookup_elem(&live_socks, &k);
-		if (as && as->live && live) {
+		__u32 open_slot = SOCKS_OPEN;
+		__s64 *open = bpf_map_lookup_elem(&socks_in_scope, &open_slot);
+		if (as && as->live && open) {
 			as->live = 0;
-			__sync_fetch_and_add(live, -1);
+			__sync_fetch_and_add(open, -1);
 		}
 		return 1;
 	}
@@ -377,17 +388,18 @@ int ack_sockops(struct bpf_sock_ops *skops)
 	__u32 flags = skops->skb_tcp_flags;
 	if (!(flags & TCP_FLAG_ACK))
 		return 1;
+	bool pure = skops->skb_len == 0 && flags == TCP_FLAG_ACK;
+	if (skops->skb_len == 0 && !pure)
+		return 1; /* FIN, RST: not what this family is about */
 	__u32 ak = 0;
 	__u32 *is_armed = bpf_map_lookup_elem(&armed, &ak);
 	if (!is_armed || !*is_armed) {
 		/* tcp_probe has not counted what this ACK acknowledges: no statistics. */
-		count_in(&counters, COUNTER_UNOBSERVED);
+		if (pure)
+			count_in(&counters, COUNTER_UNOBSERVED);
 		as->unacked = 0;
 		return 1;
 	}
-	bool pure = skops->skb_len == 0 && flags == TCP_FLAG_ACK;
-	if (skops->skb_len == 0 && !pure)
-		return 1; /* FIN, RST: not what this family is about */
 	/* The handler sends nothing but a pure ACK, so data segments (a bulk sender's many)
 	 * skip the lookup. */
 	bool by_timer = pure && sent_by_delack_timer(bsk);

@@ -498,7 +498,7 @@ func delayedACKs(t *testing.T, ns *netnstest.NS) uint64 {
 // attaches nothing.
 func TestOnTrafficAttachesPerSegmentHooksOnlyWhileSocketsInScopeAreOpen(t *testing.T) {
 	cfg := acks.DefaultConfig()
-	cfg.LocalPorts = []uint16{5130, 5132}
+	cfg.LocalPorts = []uint16{5130, 5132, 5133}
 	cfg.IdleDetach = time.Second
 	p, _ := startAs(t, cfg)
 	pair := netnstest.NewPair(t)
@@ -571,9 +571,16 @@ func TestOnTrafficAttachesPerSegmentHooksOnlyWhileSocketsInScopeAreOpen(t *testi
 		t.Fatalf("disarmed, but per-segment hooks still attached: %v", on)
 	}
 
-	// And come back for the next connection.
-	c = pair.Connect(t, 5132)
+	// A connection that opens and closes between two polls arms it too...
+	short := pair.Connect(t, 5132)
+	short.Client.Close()
+	short.Server.Close()
+	waitArmed(true, 2*time.Second)
+	waitArmed(false, 3*time.Second)
+
+	// ...and so does the next one, which is then counted in full.
+	c = pair.Connect(t, 5133)
 	waitArmed(true, 2*time.Second)
 	c.Exchange(t, 10, 2*time.Millisecond, 0)
-	statsFor(t, p, pair.B.Inode, 5132, c)
+	statsFor(t, p, pair.B.Inode, 5133, c)
 }

@@ -102,10 +102,10 @@ const (
 	acksMapEventBuckets            = "event_buckets"
 	acksMapEvents                  = "events"
 	acksMapHooked                  = "hooked"
-	acksMapLiveSocks               = "live_socks"
 	acksMapScopeNetns              = "scope_netns"
 	acksMapScopePeers              = "scope_peers"
 	acksMapScopePorts              = "scope_ports"
+	acksMapSocksInScope            = "socks_in_scope"
 	acksProgAckAppRead             = "ack_app_read"
 	acksProgAckDataArrival         = "ack_data_arrival"
 	acksProgAckDelackTimerFentry   = "ack_delack_timer_fentry"
@@ -193,10 +193,10 @@ type acksMapSpecs struct {
 	EventBuckets *ebpf.MapSpec `ebpf:"event_buckets"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Hooked       *ebpf.MapSpec `ebpf:"hooked"`
-	LiveSocks    *ebpf.MapSpec `ebpf:"live_socks"`
 	ScopeNetns   *ebpf.MapSpec `ebpf:"scope_netns"`
 	ScopePeers   *ebpf.MapSpec `ebpf:"scope_peers"`
 	ScopePorts   *ebpf.MapSpec `ebpf:"scope_ports"`
+	SocksInScope *ebpf.MapSpec `ebpf:"socks_in_scope"`
 }
 
 // acksVariableSpecs contains global variables before they are loaded into the kernel.
@@ -248,10 +248,10 @@ type acksMaps struct {
 	EventBuckets *ebpf.Map `ebpf:"event_buckets"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Hooked       *ebpf.Map `ebpf:"hooked"`
-	LiveSocks    *ebpf.Map `ebpf:"live_socks"`
 	ScopeNetns   *ebpf.Map `ebpf:"scope_netns"`
 	ScopePeers   *ebpf.Map `ebpf:"scope_peers"`
 	ScopePorts   *ebpf.Map `ebpf:"scope_ports"`
+	SocksInScope *ebpf.Map `ebpf:"socks_in_scope"`
 }
 
 func (m *acksMaps) Close() error {
@@ -264,10 +264,10 @@ func (m *acksMaps) Close() error {
 		m.EventBuckets,
 		m.Events,
 		m.Hooked,
-		m.LiveSocks,
 		m.ScopeNetns,
 		m.ScopePeers,
 		m.ScopePorts,
+		m.SocksInScope,
 	)
 }
 

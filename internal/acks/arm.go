@@ -19,8 +19,8 @@ var perSegment = map[string]bool{
 	"tcp_probe": true, "tcp_rcv_space_adjust": true, "tcp_send_delayed_ack": true, hookDelackTimer: true,
 }
 
-// arming attaches the per-segment hooks while sock_ops counts an open in-scope socket and
-// detaches them after idleDetach without one.
+// arming attaches the per-segment hooks while sock_ops sees in-scope sockets come and go, and
+// detaches them after idleDetach with none open and none opened.
 type arming struct {
 	set        *loader.Set
 	hooks      []string // attached at load, so known to work on this kernel
@@ -28,8 +28,9 @@ type arming struct {
 
 	mu       sync.Mutex
 	armed    bool
-	idleFrom time.Time // when the count of open sockets was last seen at 0 while armed
-	err      error     // the last arming error, until one succeeds
+	opened   int64     // in-scope sockets ever opened, as of the last poll
+	idleFrom time.Time // when the last poll saw none open and none newly opened, while armed
+	err      error     // the last attach or detach attempt's error, until the next attempt
 
 	stopOnce sync.Once
 	quit     chan struct{}
@@ -63,39 +64,57 @@ func (a *arming) watch() {
 			return
 		case now := <-tick.C:
 			a.mu.Lock()
-			a.err = a.step(now)
+			a.step(now)
 			a.mu.Unlock()
 		}
 	}
 }
 
-func (a *arming) step(now time.Time) error {
-	var live int64
-	if err := a.set.Maps[acksMapLiveSocks].Lookup(uint32(0), &live); err != nil {
-		return fmt.Errorf("%s: read open sockets in scope: %w", Family, err)
+func (a *arming) step(now time.Time) {
+	var open, opened int64
+	m := a.set.Maps[acksMapSocksInScope]
+	if err := errors.Join(m.Lookup(uint32(0), &open), m.Lookup(uint32(1), &opened)); err != nil {
+		a.err = fmt.Errorf("%s: read sockets in scope: %w", Family, err)
+		return
 	}
+	// A connection shorter than a poll shows only as a change of opened.
+	busy := open > 0 || opened != a.opened
+	a.opened = opened
 	switch {
-	case !a.armed && live > 0:
-		return a.arm()
-	case a.armed && live > 0:
+	case !a.armed && busy:
+		a.err = a.arm()
+	case a.armed && busy:
 		a.idleFrom = time.Time{}
 	case a.armed && a.idleFrom.IsZero():
 		a.idleFrom = now
 	case a.armed && now.Sub(a.idleFrom) >= a.idleDetach:
-		return a.disarm()
+		a.err = a.disarm()
 	}
-	return nil
 }
 
-// arm attaches the hooks, then lets sock_ops count: an ACK whose segments tcp_probe could not
-// see is then never in the statistics. A hook that fails to attach again is left out until
-// the next arming.
+// arm attaches the hooks, then lets sock_ops judge ACKs: an ACK whose segments tcp_probe could
+// not see is then never in the statistics. Without tcp_probe nothing can be judged, so the
+// family stays unarmed and tries again at the next poll; a missing delayed-ACK timer hook makes
+// sock_ops infer timer ACKs from timing, as on kernels without it.
 func (a *arming) arm() error {
 	var errs []error
+	hooked := uint32(0)
 	for _, h := range a.hooks {
-		if err := a.set.Resume(h); err != nil {
+		err := a.set.Resume(h)
+		switch {
+		case err != nil && h == "tcp_probe":
+			for _, h := range a.hooks {
+				a.set.Suspend(h) // all or none, so that disarm has nothing to undo
+			}
+			return fmt.Errorf("%s: %w; ACK statistics wait until it attaches (acks.attach: always avoids re-attaching)", Family, err)
+		case err != nil:
 			errs = append(errs, fmt.Errorf("%s: %w; that hook is missing until the next idle spell (acks.attach: always avoids re-attaching)", Family, err))
+		case h == hookDelackTimer:
+			hooked = hookedDelackTimer
 		}
+	}
+	if err := a.set.Maps[acksMapHooked].Put(uint32(0), hooked); err != nil {
+		return errors.Join(append(errs, fmt.Errorf("%s: record attached hooks: %w", Family, err))...)
 	}
 	if err := setArmed(a.set, true); err != nil {
 		return errors.Join(append(errs, err)...)
@@ -104,7 +123,7 @@ func (a *arming) arm() error {
 	return errors.Join(errs...)
 }
 
-// disarm stops sock_ops counting first, then detaches the hooks.
+// disarm stops sock_ops judging first, then detaches the hooks.
 func (a *arming) disarm() error {
 	if err := setArmed(a.set, false); err != nil {
 		return err
@@ -128,7 +147,7 @@ func (a *arming) stop() {
 	})
 }
 
-// state reports whether the hooks are attached, and the last arming error.
+// state reports whether the hooks are attached, and the last attempt's error.
 func (a *arming) state() (bool, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()

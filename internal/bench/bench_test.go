@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"slices"
 	"strings"
@@ -124,6 +125,11 @@ type workload struct {
 
 func BenchmarkCollectorOverhead(b *testing.B) {
 	netnstest.RequireRoot(b)
+	// A leftover collector or test would run its programs in baseline and every mode alike.
+	if loaded := programStats(b, ""); len(loaded) > 0 {
+		names := slices.Sorted(maps.Keys(loaded))
+		b.Fatalf("tcpack programs already loaded (%s): stop the collector or test that runs them first", strings.Join(names, ", "))
+	}
 	bin := collectortest.Binary(b)
 	pair := netnstest.NewPair(b)
 	workloads := []workload{

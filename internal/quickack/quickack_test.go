@@ -224,10 +224,8 @@ func TestPortForcedAtEstablishment(t *testing.T) {
 }
 
 // TestPortAlreadyOpenAtStart: a connection open before Start is forced by the walk of open
-// sockets. The walk (iter/tcp) was seen to miss an established socket in about one full test
-// run in four, on 6.1, 6.12 and 6.18 alike, and a second walk missed it too (README, Limits):
-// so a miss is reported and the test tries once more with a new connection, which lands in
-// another hash bucket. Two misses in a row fail.
+// sockets, which runs in the socket's namespace (it once ran in the host's whenever Go's first
+// thread had been left in the target namespace: kernel.InNetns).
 func TestPortAlreadyOpenAtStart(t *testing.T) {
 	pair := netnstest.NewPair(t)
 	obs := observe(t, 5303)

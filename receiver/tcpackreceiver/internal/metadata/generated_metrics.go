@@ -555,7 +555,7 @@ type metricTcpackAckArmed struct {
 // init fills tcpack.ack.armed metric with initial data.
 func (m *metricTcpackAckArmed) init() {
 	m.data.SetName("tcpack.ack.armed")
-	m.data.SetDescription("1 while the ACK family's per-segment hooks (tcp_probe, tcp_rcv_space_adjust, the delayed-ACK hooks) are attached and its statistics count; 0 while no socket in scope is open under acks.attach on_traffic.")
+	m.data.SetDescription("1 while the ACK family's per-segment hooks (tcp_probe, tcp_rcv_space_adjust, the delayed-ACK hooks) are attached and its statistics count; under acks.attach on_traffic, 0 from acks.idle_detach after the last socket in scope closed until the next one opens.")
 	m.data.SetUnit("1")
 	m.data.SetEmptyGauge()
 }
@@ -1172,7 +1172,7 @@ type metricTcpackAckUnobservedCount struct {
 // init fills tcpack.ack.unobserved.count metric with initial data.
 func (m *metricTcpackAckUnobservedCount) init() {
 	m.data.SetName("tcpack.ack.unobserved.count")
-	m.data.SetDescription("ACKs sent by sockets in scope while the per-segment hooks were still detached (acks.attach on_traffic, within about 100 ms of the first such socket opening); they are in no other ACK metric.")
+	m.data.SetDescription("Pure ACKs sent by sockets in scope while the per-segment hooks were still detached (acks.attach on_traffic, within about 100 ms of the first such socket after an idle spell); they are in no other ACK metric.")
 	m.data.SetUnit("{ack}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)

@@ -337,7 +337,7 @@ func TestMetricsBuilder(t *testing.T) {
 					validatedMetrics["tcpack.ack.armed"] = true
 					assert.Equal(t, pmetric.MetricTypeGauge, mi.Type())
 					assert.Equal(t, 1, mi.Gauge().DataPoints().Len())
-					assert.Equal(t, "1 while the ACK family's per-segment hooks (tcp_probe, tcp_rcv_space_adjust, the delayed-ACK hooks) are attached and its statistics count; 0 while no socket in scope is open under acks.attach on_traffic.", mi.Description())
+					assert.Equal(t, "1 while the ACK family's per-segment hooks (tcp_probe, tcp_rcv_space_adjust, the delayed-ACK hooks) are attached and its statistics count; under acks.attach on_traffic, 0 from acks.idle_detach after the last socket in scope closed until the next one opens.", mi.Description())
 					assert.Equal(t, "1", mi.Unit())
 					dp := mi.Gauge().DataPoints().At(0)
 					assert.Equal(t, start, dp.StartTimestamp())
@@ -648,7 +648,7 @@ func TestMetricsBuilder(t *testing.T) {
 					validatedMetrics["tcpack.ack.unobserved.count"] = true
 					assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 					assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-					assert.Equal(t, "ACKs sent by sockets in scope while the per-segment hooks were still detached (acks.attach on_traffic, within about 100 ms of the first such socket opening); they are in no other ACK metric.", mi.Description())
+					assert.Equal(t, "Pure ACKs sent by sockets in scope while the per-segment hooks were still detached (acks.attach on_traffic, within about 100 ms of the first such socket after an idle spell); they are in no other ACK metric.", mi.Description())
 					assert.Equal(t, "{ack}", mi.Unit())
 					assert.True(t, mi.Sum().IsMonotonic())
 					assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
