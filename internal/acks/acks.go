@@ -55,13 +55,13 @@ type Config struct {
 	Strategies []loader.Kind
 	// Attach is loader.AttachOnTraffic (also when empty) or loader.AttachAlways. On traffic,
 	// the per-segment hooks (tcp_probe, tcp_rcv_space_adjust, the delayed-ACK hooks) are
-	// attached only while an in-scope socket established since the start is open: sock_ops
-	// counts them. ACKs sent before the hooks are in place (within about a poll, 100 ms, of the
-	// first such socket) are counted as unobserved, not in the statistics. Always: every hook
-	// stays attached, statistics exact from the first segment.
+	// attached only while in-scope sockets established since the start come and go: sock_ops
+	// counts those open and those opened. Pure ACKs sent before the hooks are in place (within
+	// about a poll, 100 ms, of the first such socket) are counted as unobserved, not in the
+	// statistics. Always: every hook stays attached, statistics exact from the first segment.
 	Attach string
-	// IdleDetach is how long no in-scope socket may be open before the per-segment hooks
-	// detach again (on traffic only).
+	// IdleDetach is how long no in-scope socket may be open, or opened, before the
+	// per-segment hooks detach again (on traffic only).
 	IdleDetach time.Duration
 }
 
@@ -185,14 +185,8 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 }
 
 func configure(spec *ebpf.CollectionSpec, cfg Config) error {
-	switch cfg.Attach {
-	case "", loader.AttachOnTraffic:
-		if cfg.IdleDetach != 0 && cfg.IdleDetach < loader.MinIdleDetach {
-			return fmt.Errorf("%s: idle detach %s, at least %s", Family, cfg.IdleDetach, loader.MinIdleDetach)
-		}
-	case loader.AttachAlways:
-	default:
-		return fmt.Errorf("%s: attach %q, want %s or %s", Family, cfg.Attach, loader.AttachOnTraffic, loader.AttachAlways)
+	if err := loader.CheckAttach(cfg.Attach, cfg.IdleDetach); err != nil {
+		return fmt.Errorf("%s: %w", Family, err)
 	}
 	rate, burst := uint64(cfg.EventsPerSecond), max(uint64(cfg.EventBurst), 1)
 	refill := uint64(0)
@@ -440,8 +434,8 @@ type Losses struct {
 	SampledOut     uint64 // delayed-ACK events the rate limit suppressed
 	RingBufferFull uint64 // events lost to a full ring buffer
 	KeysFull       uint64 // ACKs not counted: no room in the statistics map
-	// Unobserved are ACKs of in-scope sockets sent while the per-segment hooks were detached
-	// (loader.AttachOnTraffic, before they attached): not in the statistics.
+	// Unobserved are pure ACKs of in-scope sockets sent while the per-segment hooks were
+	// detached (loader.AttachOnTraffic, before they attached): not in the statistics.
 	Unobserved uint64
 }
 

@@ -9,10 +9,10 @@ import (
 	"github.com/tcpack/tcpack/internal/loader"
 )
 
-// armPoll is how often the arming watcher reads the count of open in-scope sockets.
+// armPoll is how often the arming watcher reads the counts of in-scope sockets.
 const armPoll = 100 * time.Millisecond
 
-// perSegment are the hooks loader.AttachOnTraffic detaches while no in-scope socket is open: each
+// perSegment are the hooks loader.AttachOnTraffic detaches while in-scope sockets are idle: each
 // runs for segments or reads of every TCP socket, in scope or not. sock_ops stays: it runs at
 // a connection's establishment and, after that, only for in-scope sockets.
 var perSegment = map[string]bool{

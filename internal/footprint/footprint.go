@@ -247,18 +247,14 @@ func Start(env *kernel.Env, cfg Config) (*Probe, error) {
 	if cfg.MaxDropKeys == 0 {
 		cfg.MaxDropKeys = DefaultConfig().MaxDropKeys
 	}
-	switch cfg.Attach {
-	case "":
+	if err := loader.CheckAttach(cfg.Attach, cfg.IdleDetach); err != nil {
+		return nil, fmt.Errorf("%s: %w", Family, err)
+	}
+	if cfg.Attach == "" {
 		cfg.Attach = loader.AttachOnTraffic
-	case loader.AttachOnTraffic, loader.AttachAlways:
-	default:
-		return nil, fmt.Errorf("%s: attach %q, want %s or %s", Family, cfg.Attach, loader.AttachOnTraffic, loader.AttachAlways)
 	}
 	if cfg.IdleDetach == 0 {
 		cfg.IdleDetach = DefaultConfig().IdleDetach
-	}
-	if cfg.Attach == loader.AttachOnTraffic && cfg.IdleDetach < loader.MinIdleDetach {
-		return nil, fmt.Errorf("%s: idle detach %s, at least %s", Family, cfg.IdleDetach, loader.MinIdleDetach)
 	}
 	if err := spec.Variables[footprintVarAlwaysArmed].Set(cfg.Attach == loader.AttachAlways); err != nil {
 		return nil, fmt.Errorf("%s: set always_armed: %w", Family, err)

@@ -412,3 +412,18 @@ const (
 // MinIdleDetach is the shortest idle spell after which an AttachOnTraffic family detaches:
 // ten polls of its watcher.
 const MinIdleDetach = time.Second
+
+// CheckAttach validates a family's attach mode ("" means AttachOnTraffic) and idle spell (0
+// means the family's default).
+func CheckAttach(mode string, idleDetach time.Duration) error {
+	switch mode {
+	case "", AttachOnTraffic:
+		if idleDetach != 0 && idleDetach < MinIdleDetach {
+			return fmt.Errorf("idle detach %s, at least %s", idleDetach, MinIdleDetach)
+		}
+	case AttachAlways:
+	default:
+		return fmt.Errorf("attach %q, want %s or %s", mode, AttachOnTraffic, AttachAlways)
+	}
+	return nil
+}

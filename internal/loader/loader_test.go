@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -163,5 +164,28 @@ func TestSuspendAndResume(t *testing.T) {
 	}
 	if got := netnstest.CountLinks(t); got != before {
 		t.Errorf("links after Close: %d, want %d", got, before)
+	}
+}
+
+func TestCheckAttach(t *testing.T) {
+	for _, tc := range []struct {
+		mode string
+		idle time.Duration
+		want string // "" means accepted
+	}{
+		{"", 0, ""},
+		{loader.AttachOnTraffic, time.Minute, ""},
+		{loader.AttachOnTraffic, loader.MinIdleDetach, ""},
+		{loader.AttachOnTraffic, loader.MinIdleDetach - 1, "at least 1s"},
+		{loader.AttachAlways, time.Millisecond, ""}, // idle_detach means nothing without detaching
+		{"lazy", 0, `attach "lazy", want on_traffic or always`},
+	} {
+		err := loader.CheckAttach(tc.mode, tc.idle)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("CheckAttach(%q, %s): %v, want accepted", tc.mode, tc.idle, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("CheckAttach(%q, %s): %v, want an error with %q", tc.mode, tc.idle, err, tc.want)
+		}
 	}
 }

@@ -202,13 +202,8 @@ func (a AcksConfig) validate() []error {
 	if a.MaxSeries < 1 {
 		errs = append(errs, fmt.Errorf("acks.max_series: %d must be at least 1 (default 1000)", a.MaxSeries))
 	}
-	if a.Attach != loader.AttachOnTraffic && a.Attach != loader.AttachAlways {
-		errs = append(errs, fmt.Errorf("acks.attach: %q is not a mode, use %s or %s", a.Attach, loader.AttachOnTraffic, loader.AttachAlways))
-	}
-	if a.Attach == loader.AttachOnTraffic && a.IdleDetach < loader.MinIdleDetach {
-		errs = append(errs, fmt.Errorf("acks.idle_detach: %s is too short, use at least %s (default %s)",
-			a.IdleDetach, loader.MinIdleDetach, acks.DefaultConfig().IdleDetach))
-	}
+	errs = append(errs, validateAttach("acks", a.Attach, a.IdleDetach, acks.DefaultConfig().IdleDetach,
+		"per-segment hooks while sockets in scope come and go", "every hook from the start")...)
 	for i, attr := range a.DelayAttributes {
 		if !slices.Contains(delayAttributes, attr) {
 			errs = append(errs, fmt.Errorf("acks.delay_attributes[%d]: unknown attribute %q, use %s", i, attr, strings.Join(delayAttributes, " or ")))
@@ -313,4 +308,19 @@ func createDefaultConfig() *Config {
 		MetricsBuilderConfig: metadata.NewDefaultMetricsBuilderConfig(),
 		Events:               metadata.DefaultEventsConfig(),
 	}
+}
+
+// validateAttach checks a family's attach and idle_detach; onTraffic and always say what each
+// mode attaches, for the error.
+func validateAttach(family, mode string, idle, defaultIdle time.Duration, onTraffic, always string) []error {
+	var errs []error
+	if mode != loader.AttachOnTraffic && mode != loader.AttachAlways {
+		errs = append(errs, fmt.Errorf("%s.attach: %q, use %s (the default: %s) or %s (%s)",
+			family, mode, loader.AttachOnTraffic, onTraffic, loader.AttachAlways, always))
+	}
+	if mode == loader.AttachOnTraffic && idle < loader.MinIdleDetach {
+		errs = append(errs, fmt.Errorf("%s.idle_detach: %s is too short, use at least %s (default %s)",
+			family, idle, loader.MinIdleDetach, defaultIdle))
+	}
+	return errs
 }

@@ -147,7 +147,7 @@ func TestValidateNamesFieldAndFix(t *testing.T) {
 		{"ack netns", func(c *Config) { c.Acks.Netns = []string{"run/netns/x"} }, []string{"acks.netns[0]", "absolute path"}},
 		{"ack delay", func(c *Config) { c.Acks.EventMinDelay = -time.Second }, []string{"acks.event_min_delay"}},
 		{"ack series", func(c *Config) { c.Acks.MaxSeries = 0 }, []string{"acks.max_series", "at least 1"}},
-		{"ack attach", func(c *Config) { c.Acks.Attach = "lazy" }, []string{"acks.attach", "on_traffic or always"}},
+		{"ack attach", func(c *Config) { c.Acks.Attach = "lazy" }, []string{"acks.attach", "use on_traffic", "or always"}},
 		{"ack idle detach", func(c *Config) { c.Acks.IdleDetach = 100 * time.Millisecond }, []string{"acks.idle_detach", "at least 1s"}},
 		{"ack attributes", func(c *Config) { c.Acks.DelayAttributes = []string{"network.peer.port"} }, []string{"acks.delay_attributes[0]", "network.local.port or tcpack.netns.inode"}},
 		{"quickack no target", func(c *Config) { c.Quickack.Enabled = true }, []string{"quickack: no target", "local_ports"}},

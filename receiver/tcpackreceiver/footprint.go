@@ -59,15 +59,8 @@ func (c FootprintConfig) footprintConfig() (footprint.Config, []error) {
 	cfg := footprint.DefaultConfig()
 	cfg.MaxDropKeys = c.MaxDropKeys
 	cfg.Attach, cfg.IdleDetach = c.Attach, c.IdleDetach
-	var errs []error
-	if c.Attach != loader.AttachOnTraffic && c.Attach != loader.AttachAlways {
-		errs = append(errs, fmt.Errorf("footprint.attach: %q, use %s (the default: layers attach while a named flow has traffic) or %s (every layer from the start)",
-			c.Attach, loader.AttachOnTraffic, loader.AttachAlways))
-	}
-	if c.Attach == loader.AttachOnTraffic && c.IdleDetach < loader.MinIdleDetach {
-		errs = append(errs, fmt.Errorf("footprint.idle_detach: %s is too short, use at least %s (default %s)",
-			c.IdleDetach, loader.MinIdleDetach, footprint.DefaultConfig().IdleDetach))
-	}
+	errs := validateAttach("footprint", c.Attach, c.IdleDetach, footprint.DefaultConfig().IdleDetach,
+		"layers attach while a named flow has traffic", "every layer from the start")
 	if c.MaxFlows < 1 || c.MaxFlows > footprint.MaxFlows {
 		errs = append(errs, fmt.Errorf("footprint.max_flows: %d is out of range, use 1..%d (default 16)", c.MaxFlows, footprint.MaxFlows))
 	} else if len(c.Flows) > c.MaxFlows {
