@@ -59,6 +59,18 @@ struct queue_value {
 	char ifname[16];
 };
 
+/* A direct-mapped per-CPU cache in front of queue_counts: a packet whose (netns, interface,
+ * queue) holds its slot is counted there with no hash lookup. A slot is claimed by the first
+ * key, already in queue_counts, that finds it empty, and kept until user space clears it for
+ * a namespace that is gone; keys that find their slot taken count in queue_counts. User
+ * space adds a slot's counts to its key's entry there. */
+#define QUEUE_SLOTS 256
+
+struct queue_slot {
+	struct queue_key key; /* key.ifindex 0: empty (no interface has index 0) */
+	struct queue_value value;
+};
+
 struct if_key {
 	__u32 netns;
 	__u32 ifindex;
@@ -91,6 +103,23 @@ struct flow_value {
 	__u32 epoch; /* flow_epoch when it last sent: user space advances it at each read */
 	__u16 queue;
 	__u16 _pad;
+};
+
+/* A direct-mapped per-CPU memory of the flows this CPU sent last, so that a packet that changes
+ * nothing costs no lookup in the shared flow map. An entry is trusted only while flow_writes
+ * still holds the count it saw: every write of a queue into the flow map (a new flow, a move)
+ * advances that count, so no CPU keeps believing in a queue another CPU has seen change. */
+#define FLOW_CACHE_SLOTS 256
+
+struct flow_cache_entry {
+	__u64 sock;
+	__u64 ident;
+	__u32 ifindex;
+	__u32 netns;
+	__u32 epoch;
+	__u32 writes; /* flow_writes when this CPU last checked the flow map */
+	__u16 queue;
+	__u16 _pad[3];
 };
 
 struct moved_event {
@@ -133,6 +162,7 @@ struct pick_slot {
 	__u64 dev;       /* for the kretprobe, which has no arguments */
 };
 
+const struct queue_slot *unused_queue_slot __attribute__((unused));
 const struct queue_key *unused_queue_key __attribute__((unused));
 const struct queue_value *unused_queue_value __attribute__((unused));
 const struct if_key *unused_if_key __attribute__((unused));
@@ -148,6 +178,13 @@ struct {
 	__type(key, struct queue_key);
 	__type(value, struct queue_value);
 } queue_counts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, QUEUE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct queue_slot);
+} queue_slots SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -179,6 +216,21 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } flow_epoch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FLOW_CACHE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct flow_cache_entry);
+} flow_cache SEC(".maps");
+
+/* One entry: how many times a queue was written into the flow map (see flow_cache_entry). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} flow_writes SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -241,9 +293,29 @@ static __always_inline struct if_value *if_counts_for(bool typed, __u32 netns,
 	return v;
 }
 
+static __always_inline void add_to_queue(bool typed, struct queue_value *v, const struct net_device *dev,
+					 __u32 segs, __u32 len)
+{
+	/* per-CPU: no atomics needed */
+	v->packets += segs;
+	v->xmits++;
+	v->bytes += len;
+	v->real_num_tx_queues = KREAD(typed, dev, real_num_tx_queues);
+}
+
 static __always_inline void count_queue(bool typed, const struct queue_key *key,
 					const struct net_device *dev, __u32 segs, __u32 len)
 {
+	__u32 idx = (key->ifindex * 16 + key->queue + key->netns * 7) & (QUEUE_SLOTS - 1);
+	struct queue_slot *slot = bpf_map_lookup_elem(&queue_slots, &idx);
+
+	if (slot && slot->key.ifindex == key->ifindex && slot->key.queue == key->queue &&
+	    slot->key.netns == key->netns) {
+		add_to_queue(typed, &slot->value, dev, segs, len);
+		return;
+	}
+	/* queue_counts holds every key, so its bound is the family's: a slot only caches the
+	 * counting of a key that has its entry there. */
 	struct queue_value *v = bpf_map_lookup_elem(&queue_counts, key);
 
 	if (!v) {
@@ -259,11 +331,12 @@ static __always_inline void count_queue(bool typed, const struct queue_key *key,
 			return;
 		BPF_CORE_READ_STR_INTO(&v->ifname, dev, name);
 	}
-	/* per-CPU slot: no atomics needed */
-	v->packets += segs;
-	v->xmits++;
-	v->bytes += len;
-	v->real_num_tx_queues = KREAD(typed, dev, real_num_tx_queues);
+	if (slot && !slot->key.ifindex) {
+		slot->key = *key;
+		add_to_queue(typed, &slot->value, dev, segs, len);
+		return;
+	}
+	add_to_queue(typed, v, dev, segs, len);
 }
 
 /* Flows are connected full sockets (TCP, connected UDP): those whose queue the kernel records
@@ -322,24 +395,47 @@ static __always_inline void track_flow(bool typed, __u32 netns, const struct net
 	__u8 selector = pick_selector_for(skb);
 	__u32 zero = 0;
 	__u32 *epoch = bpf_map_lookup_elem(&flow_epoch, &zero);
-	if (!epoch)
+	__u32 *writes = bpf_map_lookup_elem(&flow_writes, &zero);
+	if (!epoch || !writes)
 		return;
 
 	__u64 ident = sock_ident(typed, sk, family);
+	/* Read once: the entry is filled below with the count this check was made under, so a
+	 * write by another CPU in between makes the next packet check again. */
+	__u32 seen_writes = *writes;
+	__u32 idx = (__u32)(ident ^ ident >> 32 ^ ident >> 48 ^ key.ifindex) & (FLOW_CACHE_SLOTS - 1);
+	struct flow_cache_entry *c = bpf_map_lookup_elem(&flow_cache, &idx);
+	if (c && c->sock == key.sock && c->ident == ident && c->ifindex == key.ifindex &&
+	    c->netns == netns && c->queue == queue && c->epoch == *epoch && c->writes == seen_writes)
+		return;
+
 	struct flow_value *v = bpf_map_lookup_elem(&flows, &key);
 	if (!v || v->ident != ident) {
 		struct flow_value nv = {.ident = ident, .queue = queue, .epoch = *epoch};
 		fill_flow(typed, &nv.flow, sk);
 		bpf_map_update_elem(&flows, &key, &nv, BPF_ANY);
+		/* An entry evicted and written again may hold another queue than a CPU remembers. */
+		__sync_fetch_and_add(writes, 1);
 		return;
 	}
 	if (v->epoch != *epoch)
 		v->epoch = *epoch;
 	__u16 old = v->queue;
-	if (old == queue)
+	if (old == queue) {
+		if (c) {
+			c->sock = key.sock;
+			c->ident = ident;
+			c->ifindex = key.ifindex;
+			c->netns = netns;
+			c->queue = queue;
+			c->epoch = *epoch;
+			c->writes = seen_writes;
+		}
 		return;
+	}
 	/* Two CPUs may see the move at once: each counts and reports it, as each saw it. */
 	v->queue = queue;
+	__sync_fetch_and_add(writes, 1);
 	__sync_fetch_and_add(&v->moves, 1);
 	struct if_value *iv = if_counts_for(typed, netns, dev);
 	if (iv)

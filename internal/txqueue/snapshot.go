@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/tcpack/tcpack/internal/kernel"
@@ -127,26 +128,52 @@ func (p *Probe) Snapshot() (Snapshot, error) {
 	return snap, err
 }
 
+// readQueues sums each queue's entry in queue_counts, where it counts on CPUs whose slot
+// another queue took first, and the per-CPU slots that hold it. A slot whose key has no entry
+// (pruned, its namespace gone) is not reported.
 func (p *Probe) readQueues() ([]QueueCount, error) {
-	var out []QueueCount
+	byKey := map[txqueueQueueKey]*QueueCount{}
+	add := func(key txqueueQueueKey, v txqueueQueueValue) {
+		q := byKey[key]
+		if q == nil {
+			return
+		}
+		q.Packets += v.Packets
+		q.Xmits += v.Xmits
+		q.Bytes += v.Bytes
+		q.TxQueues = max(q.TxQueues, v.RealNumTxQueues)
+		if q.Interface == "" {
+			q.Interface = cString(v.Ifname[:])
+		}
+	}
 	var key txqueueQueueKey
 	var perCPU []txqueueQueueValue
 	it := p.set.Maps[txqueueMapQueueCounts].Iterate()
 	for it.Next(&key, &perCPU) {
-		q := QueueCount{Netns: key.Netns, Ifindex: key.Ifindex, Queue: key.Queue}
+		byKey[key] = &QueueCount{Netns: key.Netns, Ifindex: key.Ifindex, Queue: key.Queue}
 		for _, v := range perCPU {
-			q.Packets += v.Packets
-			q.Xmits += v.Xmits
-			q.Bytes += v.Bytes
-			q.TxQueues = max(q.TxQueues, v.RealNumTxQueues)
-			if q.Interface == "" {
-				q.Interface = cString(v.Ifname[:])
-			}
+			add(key, v)
 		}
-		out = append(out, q)
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("%s: read queue counts: %w", Family, err)
+	}
+	var slot uint32
+	var slots []txqueueQueueSlot
+	it = p.set.Maps[txqueueMapQueueSlots].Iterate()
+	for it.Next(&slot, &slots) {
+		for _, s := range slots {
+			if s.Key.Ifindex != 0 {
+				add(s.Key, s.Value)
+			}
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("%s: read queue slots: %w", Family, err)
+	}
+	out := make([]QueueCount, 0, len(byKey))
+	for _, q := range byKey {
+		out = append(out, *q)
 	}
 	slices.SortFunc(out, func(a, b QueueCount) int {
 		return cmp.Or(cmp.Compare(a.Netns, b.Netns), cmp.Compare(a.Ifindex, b.Ifindex), cmp.Compare(a.Queue, b.Queue))
@@ -260,6 +287,40 @@ func (p *Probe) PruneDeadNetns() (int, error) {
 		if p.set.Maps[txqueueMapQueueCounts].Delete(&deadQ[i]) == nil {
 			deleted++
 		}
+	}
+	// A slot is cleared only when every CPU's copy of it is empty or held by a namespace that
+	// is gone: those see no packets, and a live copy rewritten from this read would lose what
+	// it counted since. An empty copy claimed between the read and the write loses the few
+	// packets it counted in that time, and is claimed again at the next.
+	slotsMap := p.set.Maps[txqueueMapQueueSlots]
+	var slot uint32
+	var slots []txqueueQueueSlot
+	var staleSlots []uint32
+	it = slotsMap.Iterate()
+	for it.Next(&slot, &slots) {
+		stale, held := false, false
+		for _, s := range slots {
+			switch {
+			case s.Key.Ifindex == 0:
+			case s.Key.Netns != 0 && !live[s.Key.Netns]:
+				stale = true
+			default:
+				held = true
+			}
+		}
+		if stale && !held {
+			staleSlots = append(staleSlots, slot)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return deleted, fmt.Errorf("%s: prune queue slots: %w", Family, err)
+	}
+	empty := make([]txqueueQueueSlot, len(slots))
+	for _, slot := range staleSlots {
+		if err := slotsMap.Update(slot, empty, ebpf.UpdateExist); err != nil {
+			return deleted, fmt.Errorf("%s: prune queue slot %d: %w", Family, slot, err)
+		}
+		deleted++
 	}
 	var ik txqueueIfKey
 	var iv []txqueueIfValue

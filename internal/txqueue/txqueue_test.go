@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tcpack/tcpack/internal/loader"
 	"github.com/tcpack/tcpack/internal/netnstest"
 	"github.com/tcpack/tcpack/internal/txqueue"
@@ -378,6 +380,61 @@ func flowMovesQueue(t *testing.T, run pickRun) {
 	} else if e.Selector != txqueue.SelectorUnknown {
 		t.Errorf("no pick hooks, yet event selector %s", e.Selector)
 	}
+
+	// Back and forth across CPUs. Each CPU remembers the flows it sent last, and must not
+	// trust that memory once another CPU saw the flow change queue: CPU 0 sends on queue 0,
+	// CPU 1 moves the flow to queue 2, and when it comes back to queue 0, CPU 0 must see
+	// that as a move. Flows() is not called in between: a new epoch would hide a stale memory.
+	if runtime.NumCPU() < 2 {
+		return
+	}
+	moveTo := func(queue, cpu int) {
+		for q := range 4 {
+			sysfs(t, pair.A, fmt.Sprintf("queues/tx-%d/xps_cpus", q), map[bool]string{true: allCPUs(), false: "0"}[q == queue])
+		}
+		time.Sleep(50 * time.Millisecond) // idle: nothing of the socket left in the device
+		for range 3 {
+			writeFromCPU(t, c.Client, cpu)
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	moveTo(0, 0)
+	moveTo(2, 1)
+	moveTo(0, 0)
+	if f := flow(); f.Queue != 0 || f.Moves != 4 {
+		t.Errorf("after moving 2 -> 0 -> 2 -> 0 from CPUs 0, 1, 0: flow %+v, want on queue 0 after 4 moves", f)
+	}
+	if n := interfaceOf(t, p, pair.A).FlowMoves; n != 4 {
+		t.Errorf("queue changes on %s: %d, want 4", pair.A.Veth, n)
+	}
+}
+
+// writeFromCPU writes one small message on c from a thread pinned to cpu, and gives the thread
+// back unpinned.
+func writeFromCPU(t *testing.T, c *net.TCPConn, cpu int) {
+	t.Helper()
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var was, set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &was); err != nil {
+		t.Fatal(err)
+	}
+	set.Set(cpu)
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		t.Fatalf("pin to CPU %d: %v", cpu, err)
+	}
+	defer unix.SchedSetaffinity(0, &was)
+	var werr error
+	if err := raw.Write(func(fd uintptr) bool {
+		_, werr = unix.Write(int(fd), make([]byte, 64))
+		return werr != unix.EAGAIN
+	}); err != nil || werr != nil {
+		t.Fatalf("write from CPU %d: %v %v", cpu, err, werr)
+	}
 }
 
 // TestOtherhost sends frames addressed to a MAC that is not B's (A's neighbour entry for a third
@@ -443,6 +500,58 @@ func TestQueueKeysBounded(t *testing.T) {
 		s := snapshot(t, p)
 		return len(s.Queues) == 1 && s.Stats.QueueKeysFull > 0, fmt.Sprintf("%d keys, overflow %d", len(s.Queues), s.Stats.QueueKeysFull)
 	})
+}
+
+// TestPruneDeadNetns: the counts of a namespace that is gone are forgotten, in the hash and in
+// the per-CPU slots that cache it, so namespaces that come and go cannot fill either for good;
+// those of a live one stay.
+func TestPruneDeadNetns(t *testing.T) {
+	p, _ := start(t, txqueue.DefaultConfig())
+	noIPv6 := netnstest.PairOptions{NoIPv6: true} // no router solicitations in the counts
+	gone, alive := netnstest.NewPairWith(t, noIPv6), netnstest.NewPairWith(t, noIPv6)
+	sent := func(ns *netnstest.NS) func() uint64 {
+		return func() uint64 {
+			var xmits uint64
+			for _, q := range snapshot(t, p).Queues {
+				if q.Netns == ns.Inode && q.Interface == ns.Veth {
+					xmits += q.Xmits
+				}
+			}
+			return xmits
+		}
+	}
+	for _, pair := range []*netnstest.Pair{gone, alive} {
+		pair.A.SendUDP(t, pair.B.Addr+":5450", 6)
+	}
+	// At least: a link coming up may send a frame of its own.
+	for _, ns := range []*netnstest.NS{gone.A, alive.A} {
+		eventually(t, "datagrams counted in "+ns.Name, func() (bool, string) {
+			n := sent(ns)()
+			return n >= 6, fmt.Sprintf("%d xmits, want at least 6", n)
+		})
+	}
+	aliveBefore := sent(alive.A)()
+	if held, err := txqueue.QueueSlotsHeld(p, gone.A.Inode); err != nil || held == 0 {
+		t.Fatalf("no per-CPU slot caches the namespace's queue (%d, %v): the test would not see them cleared", held, err)
+	}
+
+	gone.Close(t)
+	deleted, err := p.PruneDeadNetns()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if deleted == 0 {
+		t.Fatal("nothing pruned after deleting a namespace with counters")
+	}
+	if n := sent(gone.A)(); n != 0 {
+		t.Errorf("deleted namespace still has %d xmits counted", n)
+	}
+	if held, err := txqueue.QueueSlotsHeld(p, gone.A.Inode); err != nil || held != 0 {
+		t.Errorf("deleted namespace still holds %d per-CPU slots (%v)", held, err)
+	}
+	if n := sent(alive.A)(); n != aliveBefore {
+		t.Errorf("live namespace's counts changed: %d xmits, was %d", n, aliveBefore)
+	}
 }
 
 func TestEventRateLimit(t *testing.T) {

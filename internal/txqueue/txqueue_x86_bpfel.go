@@ -19,6 +19,18 @@ type txqueueEventBucket struct {
 	LastNs uint64
 }
 
+type txqueueFlowCacheEntry struct {
+	_       structs.HostLayout
+	Sock    uint64
+	Ident   uint64
+	Ifindex uint32
+	Netns   uint32
+	Epoch   uint32
+	Writes  uint32
+	Queue   uint16
+	Pad     [3]uint16
+}
+
 type txqueueFlowKey struct {
 	_       structs.HostLayout
 	Sock    uint64
@@ -125,6 +137,12 @@ type txqueueQueueKey struct {
 	Pad     uint32
 }
 
+type txqueueQueueSlot struct {
+	_     structs.HostLayout
+	Key   txqueueQueueKey
+	Value txqueueQueueValue
+}
+
 type txqueueQueueValue struct {
 	_               structs.HostLayout
 	Packets         uint64
@@ -142,11 +160,14 @@ const (
 	txqueueMapCounters              = "counters"
 	txqueueMapEventBuckets          = "event_buckets"
 	txqueueMapEvents                = "events"
+	txqueueMapFlowCache             = "flow_cache"
 	txqueueMapFlowEpoch             = "flow_epoch"
+	txqueueMapFlowWrites            = "flow_writes"
 	txqueueMapFlows                 = "flows"
 	txqueueMapIfCounts              = "if_counts"
 	txqueueMapPickSlots             = "pick_slots"
 	txqueueMapQueueCounts           = "queue_counts"
+	txqueueMapQueueSlots            = "queue_slots"
 	txqueueProgKfreeSkbOtherhostBtf = "kfree_skb_otherhost_btf"
 	txqueueProgKfreeSkbOtherhostRaw = "kfree_skb_otherhost_raw"
 	txqueueProgNetDevStartXmitBtf   = "net_dev_start_xmit_btf"
@@ -169,6 +190,7 @@ const (
 	txqueueVarUnusedMovedEvent      = "unused_moved_event"
 	txqueueVarUnusedOtherhostEvent  = "unused_otherhost_event"
 	txqueueVarUnusedQueueKey        = "unused_queue_key"
+	txqueueVarUnusedQueueSlot       = "unused_queue_slot"
 	txqueueVarUnusedQueueValue      = "unused_queue_value"
 )
 
@@ -233,11 +255,14 @@ type txqueueMapSpecs struct {
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
 	EventBuckets *ebpf.MapSpec `ebpf:"event_buckets"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
+	FlowCache    *ebpf.MapSpec `ebpf:"flow_cache"`
 	FlowEpoch    *ebpf.MapSpec `ebpf:"flow_epoch"`
+	FlowWrites   *ebpf.MapSpec `ebpf:"flow_writes"`
 	Flows        *ebpf.MapSpec `ebpf:"flows"`
 	IfCounts     *ebpf.MapSpec `ebpf:"if_counts"`
 	PickSlots    *ebpf.MapSpec `ebpf:"pick_slots"`
 	QueueCounts  *ebpf.MapSpec `ebpf:"queue_counts"`
+	QueueSlots   *ebpf.MapSpec `ebpf:"queue_slots"`
 }
 
 // txqueueVariableSpecs contains global variables before they are loaded into the kernel.
@@ -256,6 +281,7 @@ type txqueueVariableSpecs struct {
 	UnusedMovedEvent     *ebpf.VariableSpec `ebpf:"unused_moved_event"`
 	UnusedOtherhostEvent *ebpf.VariableSpec `ebpf:"unused_otherhost_event"`
 	UnusedQueueKey       *ebpf.VariableSpec `ebpf:"unused_queue_key"`
+	UnusedQueueSlot      *ebpf.VariableSpec `ebpf:"unused_queue_slot"`
 	UnusedQueueValue     *ebpf.VariableSpec `ebpf:"unused_queue_value"`
 }
 
@@ -282,11 +308,14 @@ type txqueueMaps struct {
 	Counters     *ebpf.Map `ebpf:"counters"`
 	EventBuckets *ebpf.Map `ebpf:"event_buckets"`
 	Events       *ebpf.Map `ebpf:"events"`
+	FlowCache    *ebpf.Map `ebpf:"flow_cache"`
 	FlowEpoch    *ebpf.Map `ebpf:"flow_epoch"`
+	FlowWrites   *ebpf.Map `ebpf:"flow_writes"`
 	Flows        *ebpf.Map `ebpf:"flows"`
 	IfCounts     *ebpf.Map `ebpf:"if_counts"`
 	PickSlots    *ebpf.Map `ebpf:"pick_slots"`
 	QueueCounts  *ebpf.Map `ebpf:"queue_counts"`
+	QueueSlots   *ebpf.Map `ebpf:"queue_slots"`
 }
 
 func (m *txqueueMaps) Close() error {
@@ -294,11 +323,14 @@ func (m *txqueueMaps) Close() error {
 		m.Counters,
 		m.EventBuckets,
 		m.Events,
+		m.FlowCache,
 		m.FlowEpoch,
+		m.FlowWrites,
 		m.Flows,
 		m.IfCounts,
 		m.PickSlots,
 		m.QueueCounts,
+		m.QueueSlots,
 	)
 }
 
@@ -318,6 +350,7 @@ type txqueueVariables struct {
 	UnusedMovedEvent     *ebpf.Variable `ebpf:"unused_moved_event"`
 	UnusedOtherhostEvent *ebpf.Variable `ebpf:"unused_otherhost_event"`
 	UnusedQueueKey       *ebpf.Variable `ebpf:"unused_queue_key"`
+	UnusedQueueSlot      *ebpf.Variable `ebpf:"unused_queue_slot"`
 	UnusedQueueValue     *ebpf.Variable `ebpf:"unused_queue_value"`
 }
 
