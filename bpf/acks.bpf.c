@@ -522,9 +522,16 @@ int BPF_PROG(ack_data_arrival, struct sock *sk, const struct sk_buff *skb)
 
 	if (!as)
 		return 0;
-	/* tcp_skb_cb (skb->cb) starts with seq and end_seq: no payload, no data to ACK. */
+	/* tcp_skb_cb (skb->cb): seq == end_seq is no payload, no data to ACK. */
 	__u32 seq[2] = {};
-	bpf_probe_read_kernel(seq, sizeof(seq), (void *)skb->cb);
+	if (tcpack_ksym_exists(bpf_rdonly_cast)) {
+		struct tcp_skb_cb *cb =
+			bpf_rdonly_cast((void *)skb->cb, bpf_core_type_id_kernel(struct tcp_skb_cb));
+		seq[0] = cb->seq;
+		seq[1] = cb->end_seq;
+	} else {
+		bpf_probe_read_kernel(seq, sizeof(seq), (void *)skb->cb);
+	}
 	if (seq[1] == seq[0])
 		return 0;
 	__u64 now = bpf_ktime_get_ns();
