@@ -246,7 +246,7 @@ static __always_inline int skb_flow(bool typed, const struct sk_buff *skb, enum 
 		proto = bpf_ntohs(KREAD(typed, skb, protocol));
 		l3 = KREAD(typed, skb, head) + nh;
 	}
-	if (!read_ip_tuple(l3, proto, &t))
+	if (!read_ip_tuple(typed, l3, proto, &t))
 		return -1;
 	return match_flow(&t, proto, path_dir, dir);
 }

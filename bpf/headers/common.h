@@ -151,6 +151,13 @@ static __always_inline void flow_from_sock(bool typed, struct flow *f, const str
 	f->source = TUPLE_SOCKET;
 }
 
+/* Since 6.2: a typed, read-only view of any kernel address, which the verifier turns into a
+ * plain load guarded by the exception table instead of a helper call (~25 ns less per packet
+ * on this project's VMs). Weak: on older kernels the loader leaves it unresolved and the
+ * branch that uses it is dead code the verifier never walks. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+#define tcpack_ksym_exists(sym) (!!(sym))
+
 /* Addresses, ports and protocol of an IPv4 or IPv6 packet. */
 struct ip_tuple {
 	__u8 src[16]; /* IPv4 in the first 4 bytes, the rest 0 */
@@ -161,12 +168,58 @@ struct ip_tuple {
 	__u8 _pad[3];
 } __attribute__((aligned(8)));
 
+/* read_ip_tuple with plain loads through bpf_rdonly_cast (typed programs on 6.2+): no helper
+ * call per header. */
+static __always_inline bool read_ip_tuple_cast(const unsigned char *l3, __u16 proto, struct ip_tuple *t)
+{
+	__u32 l4off = 0;
+
+	if (proto == ETH_P_IP) {
+		struct iphdr *ip = bpf_rdonly_cast(l3, bpf_core_type_id_kernel(struct iphdr));
+
+		if (BPF_CORE_READ_BITFIELD(ip, version) != 4)
+			return false;
+		__u32 saddr = ip->saddr, daddr = ip->daddr;
+		__builtin_memcpy(t->src, &saddr, 4);
+		__builtin_memcpy(t->dst, &daddr, 4);
+		t->l4proto = ip->protocol;
+		if (!(ip->frag_off & bpf_htons(0x1fff))) /* else not the first fragment: no L4 header */
+			l4off = BPF_CORE_READ_BITFIELD(ip, ihl) * 4;
+	} else if (proto == ETH_P_IPV6) {
+		struct ipv6hdr *ip6 = bpf_rdonly_cast(l3, bpf_core_type_id_kernel(struct ipv6hdr));
+		__u32 *src = (__u32 *)t->src, *dst = (__u32 *)t->dst;
+
+		if (BPF_CORE_READ_BITFIELD(ip6, version) != 6)
+			return false;
+		/* 32-bit loads: the verifier allows no load wider than the array element. */
+		for (int i = 0; i < 4; i++) {
+			src[i] = ip6->saddr.in6_u.u6_addr32[i];
+			dst[i] = ip6->daddr.in6_u.u6_addr32[i];
+		}
+		t->l4proto = ip6->nexthdr;
+		l4off = sizeof(struct ipv6hdr);
+	} else {
+		return false;
+	}
+	if (l4off && (t->l4proto == IPPROTO_TCP || t->l4proto == IPPROTO_UDP)) {
+		/* TCP and UDP both start with the two ports. */
+		struct udphdr *uh = bpf_rdonly_cast(l3 + l4off, bpf_core_type_id_kernel(struct udphdr));
+
+		t->sport = uh->source;
+		t->dport = uh->dest;
+	}
+	return true;
+}
+
 /* Read the IP and L4 headers of a packet whose network header is at l3 in kernel memory;
  * proto is the ethertype (host order). Shared by every family that parses packets at
  * different layers: each knows where its layer keeps the network header.
  * IPv6 extension headers are not walked: l4proto is the first next-header. */
-static __always_inline bool read_ip_tuple(const unsigned char *l3, __u16 proto, struct ip_tuple *t)
+static __always_inline bool read_ip_tuple(bool typed, const unsigned char *l3, __u16 proto, struct ip_tuple *t)
 {
+	if (typed && tcpack_ksym_exists(bpf_rdonly_cast))
+		return read_ip_tuple_cast(l3, proto, t);
+
 	/* One probe read takes the ports too when they follow a 20-byte IPv4 header or the IPv6
 	 * header: a helper call is most of what parsing costs, and footprint parses every packet
 	 * at every layer. The 4 bytes past a short packet's end are still skb memory (the linear
@@ -222,13 +275,6 @@ static __always_inline bool read_ip_tuple(const unsigned char *l3, __u16 proto, 
  * skb, else 1.
  * skb_shinfo lies at head + end, past what BTF types: a probe read, one for both fields,
  * which sit side by side (gso_size, gso_segs) in every kernel's skb_shared_info. */
-/* Since 6.2: a typed, read-only view of any kernel address, which the verifier turns into a
- * plain load guarded by the exception table instead of a helper call (~25 ns less per packet
- * on this project's VMs). Weak: on older kernels the loader leaves it unresolved and the
- * branch that uses it is dead code the verifier never walks. */
-extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
-#define tcpack_ksym_exists(sym) (!!(sym))
-
 static __always_inline __u32 skb_segs(bool typed, const struct sk_buff *skb)
 {
 	unsigned char *head = KREAD(typed, skb, head);
@@ -266,7 +312,7 @@ static __always_inline bool flow_from_skb(bool typed, struct flow *f, const stru
 
 	if (nh == (__u16)~0U || !head)
 		return false;
-	if (!read_ip_tuple(head + nh, proto, &t))
+	if (!read_ip_tuple(typed, head + nh, proto, &t))
 		return false;
 
 	f->l3proto = proto;
