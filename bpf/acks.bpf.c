@@ -8,8 +8,8 @@
  *   - sock_ops at establishment puts in-scope sockets in scope (sk_storage) and asks for the
  *     header-option callback, which then runs for every segment they transmit;
  *   - tp_btf/tcp_probe (start of tcp_rcv_established) timestamps data arrivals;
- *   - tp_btf/tcp_rcv_space_adjust (inside tcp_recvmsg) marks the application's reads;
- *   - at each ACK the socket's icsk_ack state says which rule sent it.
+ *   - at each ACK the socket's icsk_ack state says which rule sent it, and its lock whether
+ *     the application's own call (its read) sent it.
  * Where fentry or kprobes exist, two decision points are observed as well:
  *   - tcp_send_delayed_ack: __tcp_ack_snd_check chose to delay the ACK (counted);
  *   - tcp_delack_timer_handler: the delayed-ACK timer is about to send it, which turns the
@@ -28,7 +28,7 @@ enum ack_cause {
 	CAUSE_PIGGYBACK = 0,  /* carried on a data segment */
 	CAUSE_ROUTE = 1,      /* the route says quickack (icsk_ack.dst_quick_ack or the dst metric) */
 	CAUSE_QUICK = 2,      /* quick-ACK mode: quota left and not pingpong */
-	CAUSE_APP_READ = 3,   /* the application's read (tcp_cleanup_rbuf) */
+	CAUSE_APP_READ = 3,   /* the application's read (tcp_cleanup_rbuf), sent with the socket owned */
 	CAUSE_TIMER = 4,      /* the delayed-ACK timer fired */
 	CAUSE_ARRIVAL = 5,    /* on data arrival: two full segments, out of order, ACK_NOW */
 	CAUSE_MAX = 6,
@@ -57,8 +57,6 @@ struct ack_stats {
 struct ack_sock {
 	__u64 first_unacked_ns; /* arrival of the oldest data not yet acknowledged */
 	__u64 last_rx_ns;
-	__u64 read_ns;          /* last application read (tcp_rcv_space_adjust) */
-	__u64 read_task;        /* the task that read */
 	__u32 unacked;          /* data segments received since the last ACK */
 	__u32 netns;
 	__u8 live;              /* counted open in socks_in_scope until it closes */
@@ -420,13 +418,14 @@ int ack_sockops(struct bpf_sock_ops *skops)
 
 	__u64 now = bpf_ktime_get_ns();
 	__u64 delay = now - as->first_unacked_ns;
-	__u8 pending = 0, quick = 0, pingpong = 0, dst_quick_ack = 0;
+	__u8 pending = 0, quick = 0, pingpong = 0, dst_quick_ack = 0, owned = 0;
 	__u32 ato = 0;
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(bsk);
 	if (tp) {
 		pending = tp->inet_conn.icsk_ack.pending;
 		quick = tp->inet_conn.icsk_ack.quick;
 		pingpong = tp->inet_conn.icsk_ack.pingpong;
+		owned = tp->inet_conn.icsk_inet.sk.sk_lock.owned != 0;
 		/* The 32-bit word after `retry` holds ato (a u32 before 6.x, then an 8-bit field of
 		 * ato:8 | lrcv_flowlabel:20 | dst_quick_ack:1). BPF_CORE_READ_BITFIELD returned
 		 * garbage for these under clang 14 + cilium/ebpf (ato 103 jiffies, dst_quick_ack
@@ -465,10 +464,14 @@ int ack_sockops(struct bpf_sock_ops *skops)
 		cause = CAUSE_ROUTE;
 	else if (quick && !pingpong) /* quick is decremented after this ACK leaves */
 		cause = CAUSE_QUICK;
-	else if (as->read_task == bpf_get_current_task() && now - as->read_ns < 100 * NSEC_PER_USEC)
-		cause = CAUSE_APP_READ;
 	else if (!timer_exact && !(pending & ICSK_ACK_TIMER) && now - as->last_rx_ns >= 1000 * NSEC_PER_USEC)
 		cause = CAUSE_TIMER; /* tcp_delack_timer_handler clears ICSK_ACK_TIMER, then ACKs */
+	else if (owned)
+		/* The socket's owner sends it from its own call: tcp_recvmsg's tcp_cleanup_rbuf, or
+		 * data that arrived while it held the socket (backlog), which its read then takes.
+		 * Arrivals in softirq and the timer handler run with the socket not owned; a timer
+		 * deferred to release_sock is owned, hence the timer test first. */
+		cause = CAUSE_APP_READ;
 	else
 		cause = CAUSE_ARRIVAL;
 
@@ -539,21 +542,6 @@ int BPF_PROG(ack_data_arrival, struct sock *sk, const struct sk_buff *skb)
 		as->first_unacked_ns = now;
 	as->unacked++;
 	as->last_rx_ns = now;
-	return 0;
-}
-
-/* tcp_rcv_space_adjust runs in tcp_recvmsg just before tcp_cleanup_rbuf, which sends the
- * ACK an application read makes due: remember who read and when. */
-SEC("tp_btf/tcp_rcv_space_adjust")
-int BPF_PROG(ack_app_read, struct sock *sk)
-{
-	struct ack_sock *as = bpf_sk_storage_get(&ack_socks, sk, 0, 0);
-
-	/* Only a read with data still unacknowledged can be the cause of the next ACK. */
-	if (!as || !as->unacked)
-		return 0;
-	as->read_ns = bpf_ktime_get_ns();
-	as->read_task = bpf_get_current_task();
 	return 0;
 }
 

@@ -54,7 +54,7 @@ type Config struct {
 	// Strategies restricts attach mechanisms (see loader.Options.Only).
 	Strategies []loader.Kind
 	// Attach is loader.AttachOnTraffic (also when empty) or loader.AttachAlways. On traffic,
-	// the per-segment hooks (tcp_probe, tcp_rcv_space_adjust, the delayed-ACK hooks) are
+	// the per-segment hooks (tcp_probe, the delayed-ACK hooks) are
 	// attached only while in-scope sockets established since the start come and go: sock_ops
 	// counts those open and those opened. Pure ACKs sent before the hooks are in place (within
 	// about a poll, 100 ms, of the first such socket) are counted as unobserved, not in the
@@ -89,10 +89,6 @@ func hooks(cgroup string) []loader.Hook {
 		}},
 		{Name: "tcp_probe", Strategies: []loader.Strategy{
 			{Kind: loader.TPBTF, Program: acksProgAckDataArrival, Target: "tcp_probe", Args: 2},
-		}},
-		// Without it, ACKs due to the application's reads are reported as timer or arrival.
-		{Name: "tcp_rcv_space_adjust", Optional: true, Strategies: []loader.Strategy{
-			{Kind: loader.TPBTF, Program: acksProgAckAppRead, Target: "tcp_rcv_space_adjust", Args: 1},
 		}},
 		// The kernel's own delayed-ACK decisions. No tracepoint reaches them, so they need
 		// fentry or kprobes (absent on kernels built without kprobes or under lockdown);
@@ -299,7 +295,7 @@ const (
 	CausePiggyback Cause = iota // carried on a data segment
 	CauseRoute                  // the route has quickack 1 (dst_quick_ack)
 	CauseQuick                  // quick-ACK mode: quota left, not pingpong
-	CauseAppRead                // the application's read
+	CauseAppRead                // sent from the application's own call on the socket (its read)
 	CauseTimer                  // the delayed-ACK timer
 	CauseArrival                // on data arrival: two full segments, out of order, ACK_NOW
 	causeCount

@@ -53,8 +53,6 @@ type acksAckSock struct {
 	_              structs.HostLayout
 	FirstUnackedNs uint64
 	LastRxNs       uint64
-	ReadNs         uint64
-	ReadTask       uint64
 	Unacked        uint32
 	Netns          uint32
 	Live           uint8
@@ -106,7 +104,6 @@ const (
 	acksMapScopePeers              = "scope_peers"
 	acksMapScopePorts              = "scope_ports"
 	acksMapSocksInScope            = "socks_in_scope"
-	acksProgAckAppRead             = "ack_app_read"
 	acksProgAckDataArrival         = "ack_data_arrival"
 	acksProgAckDelackTimerFentry   = "ack_delack_timer_fentry"
 	acksProgAckDelackTimerKprobe   = "ack_delack_timer_kprobe"
@@ -172,7 +169,6 @@ type acksSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type acksProgramSpecs struct {
-	AckAppRead           *ebpf.ProgramSpec `ebpf:"ack_app_read"`
 	AckDataArrival       *ebpf.ProgramSpec `ebpf:"ack_data_arrival"`
 	AckDelackTimerFentry *ebpf.ProgramSpec `ebpf:"ack_delack_timer_fentry"`
 	AckDelackTimerKprobe *ebpf.ProgramSpec `ebpf:"ack_delack_timer_kprobe"`
@@ -296,7 +292,6 @@ type acksVariables struct {
 //
 // It can be passed to loadAcksObjects or ebpf.CollectionSpec.LoadAndAssign.
 type acksPrograms struct {
-	AckAppRead           *ebpf.Program `ebpf:"ack_app_read"`
 	AckDataArrival       *ebpf.Program `ebpf:"ack_data_arrival"`
 	AckDelackTimerFentry *ebpf.Program `ebpf:"ack_delack_timer_fentry"`
 	AckDelackTimerKprobe *ebpf.Program `ebpf:"ack_delack_timer_kprobe"`
@@ -307,7 +302,6 @@ type acksPrograms struct {
 
 func (p *acksPrograms) Close() error {
 	return _AcksClose(
-		p.AckAppRead,
 		p.AckDataArrival,
 		p.AckDelackTimerFentry,
 		p.AckDelackTimerKprobe,

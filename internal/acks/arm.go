@@ -13,10 +13,10 @@ import (
 const armPoll = 100 * time.Millisecond
 
 // perSegment are the hooks loader.AttachOnTraffic detaches while in-scope sockets are idle: each
-// runs for segments or reads of every TCP socket, in scope or not. sock_ops stays: it runs at
+// runs for segments of every TCP socket, in scope or not. sock_ops stays: it runs at
 // a connection's establishment and, after that, only for in-scope sockets.
 var perSegment = map[string]bool{
-	"tcp_probe": true, "tcp_rcv_space_adjust": true, "tcp_send_delayed_ack": true, hookDelackTimer: true,
+	"tcp_probe": true, "tcp_send_delayed_ack": true, hookDelackTimer: true,
 }
 
 // arming attaches the per-segment hooks while sock_ops sees in-scope sockets come and go, and

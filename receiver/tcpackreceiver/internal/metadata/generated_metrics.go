@@ -555,7 +555,7 @@ type metricTcpackAckArmed struct {
 // init fills tcpack.ack.armed metric with initial data.
 func (m *metricTcpackAckArmed) init() {
 	m.data.SetName("tcpack.ack.armed")
-	m.data.SetDescription("1 while the ACK family's per-segment hooks (tcp_probe, tcp_rcv_space_adjust, the delayed-ACK hooks) are attached and its statistics count; under acks.attach on_traffic, 0 from acks.idle_detach after the last socket in scope closed until the next one opens.")
+	m.data.SetDescription("1 while the ACK family's per-segment hooks (tcp_probe, the delayed-ACK hooks) are attached and its statistics count; under acks.attach on_traffic, 0 from acks.idle_detach after the last socket in scope closed until the next one opens.")
 	m.data.SetUnit("1")
 	m.data.SetEmptyGauge()
 }

@@ -337,7 +337,7 @@ func TestMetricsBuilder(t *testing.T) {
 					validatedMetrics["tcpack.ack.armed"] = true
 					assert.Equal(t, pmetric.MetricTypeGauge, mi.Type())
 					assert.Equal(t, 1, mi.Gauge().DataPoints().Len())
-					assert.Equal(t, "1 while the ACK family's per-segment hooks (tcp_probe, tcp_rcv_space_adjust, the delayed-ACK hooks) are attached and its statistics count; under acks.attach on_traffic, 0 from acks.idle_detach after the last socket in scope closed until the next one opens.", mi.Description())
+					assert.Equal(t, "1 while the ACK family's per-segment hooks (tcp_probe, the delayed-ACK hooks) are attached and its statistics count; under acks.attach on_traffic, 0 from acks.idle_detach after the last socket in scope closed until the next one opens.", mi.Description())
 					assert.Equal(t, "1", mi.Unit())
 					dp := mi.Gauge().DataPoints().At(0)
 					assert.Equal(t, start, dp.StartTimestamp())
