@@ -124,6 +124,9 @@ type workload struct {
 }
 
 func BenchmarkCollectorOverhead(b *testing.B) {
+	if *abObjects != "" {
+		b.Skip("-ab-objects given: only BenchmarkProgramAB runs")
+	}
 	netnstest.RequireRoot(b)
 	// A leftover collector or test would run its programs in baseline and every mode alike.
 	if loaded := programStats(b, ""); len(loaded) > 0 {
