@@ -426,6 +426,10 @@ int ack_sockops(struct bpf_sock_ops *skops)
 		quick = tp->inet_conn.icsk_ack.quick;
 		pingpong = tp->inet_conn.icsk_ack.pingpong;
 		owned = tp->inet_conn.icsk_inet.sk.sk_lock.owned != 0;
+	}
+	/* ato and the route's verdict only tell a pure ACK's cause and fill its event: a data
+	 * segment (every request and response of an RR exchange) skips their reads. */
+	if (tp && pure) {
 		/* The 32-bit word after `retry` holds ato (a u32 before 6.x, then an 8-bit field of
 		 * ato:8 | lrcv_flowlabel:20 | dst_quick_ack:1). BPF_CORE_READ_BITFIELD returned
 		 * garbage for these under clang 14 + cilium/ebpf (ato 103 jiffies, dst_quick_ack
@@ -452,7 +456,7 @@ int ack_sockops(struct bpf_sock_ops *skops)
 	}
 
 	__u32 k = 0;
-	__u32 *hooks = bpf_map_lookup_elem(&hooked, &k);
+	__u32 *hooks = pure ? bpf_map_lookup_elem(&hooked, &k) : NULL;
 	bool timer_exact = hooks && (*hooks & HOOKED_DELACK_TIMER);
 
 	__u8 cause;

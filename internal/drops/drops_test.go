@@ -498,14 +498,7 @@ func TestPruneDeadNetns(t *testing.T) {
 	equalCount(t, "drops in the namespace to delete", 2, inNetns(gone.B.Inode))
 	equalCount(t, "drops in the namespace that stays", 2, inNetns(alive.B.Inode))
 
-	gone.Close(t)
-	deleted, err := p.PruneDeadNetns()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if deleted == 0 {
-		t.Fatal("nothing pruned after deleting a namespace with counters")
-	}
+	netnstest.PruneAfterClose(t, gone, p.PruneDeadNetns)
 	if n := inNetns(gone.B.Inode)(); n != 0 {
 		t.Errorf("deleted namespace still has %d drops counted", n)
 	}

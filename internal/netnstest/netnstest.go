@@ -305,6 +305,20 @@ func inode(path string) (uint32, error) {
 	return uint32(st.Ino), nil
 }
 
+// PruneAfterClose deletes the pair, so its namespaces are gone, and calls a family's prune,
+// which must delete something: the pair's counters.
+func PruneAfterClose(t testing.TB, gone *Pair, prune func() (int, error)) {
+	t.Helper()
+	gone.Close(t)
+	deleted, err := prune()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if deleted == 0 {
+		t.Fatal("nothing pruned after deleting a namespace with counters")
+	}
+}
+
 // CountLinks counts the BPF links attached in the whole kernel, to check that what a test
 // started left nothing attached. The count is global, so kernel test packages must not run
 // in parallel with each other: `make test` runs them with -p 1.

@@ -535,14 +535,7 @@ func TestPruneDeadNetns(t *testing.T) {
 		t.Fatalf("no per-CPU slot caches the namespace's queue (%d, %v): the test would not see them cleared", held, err)
 	}
 
-	gone.Close(t)
-	deleted, err := p.PruneDeadNetns()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if deleted == 0 {
-		t.Fatal("nothing pruned after deleting a namespace with counters")
-	}
+	netnstest.PruneAfterClose(t, gone, p.PruneDeadNetns)
 	if n := sent(gone.A)(); n != 0 {
 		t.Errorf("deleted namespace still has %d xmits counted", n)
 	}
