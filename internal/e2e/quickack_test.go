@@ -13,10 +13,10 @@ import (
 )
 
 // quickackSettings: forcing on port 6020 of the namespace named %s, the ACK family judging
-// it and a control port.
+// it and a control port, attached always: the test counts every ACK from the first segment.
 const quickackSettings = `    collection_interval: 300ms
     drops: {enabled: false}
-    acks: {enabled: true, local_ports: [6020, 6021]}
+    acks: {enabled: true, local_ports: [6020, 6021], attach: always}
     quickack:
       enabled: true
       netns: [/run/netns/%s]
