@@ -54,11 +54,11 @@ type Config struct {
 	// Strategies restricts attach mechanisms (see loader.Options.Only).
 	Strategies []loader.Kind
 	// Attach is loader.AttachOnTraffic (also when empty) or loader.AttachAlways. On traffic,
-	// the per-segment hooks (tcp_probe, the delayed-ACK hooks) are
-	// attached only while in-scope sockets established since the start come and go: sock_ops
-	// counts those open and those opened. Pure ACKs sent before the hooks are in place (within
-	// about a poll, 100 ms, of the first such socket) are counted as unobserved, not in the
-	// statistics. Always: every hook stays attached, statistics exact from the first segment.
+	// the per-segment hooks (tcp_probe, the delayed-ACK hooks) are attached only while
+	// in-scope sockets established since the start come and go: sock_ops counts those open and
+	// those opened. Pure ACKs sent before the hooks are in place (within about a poll, 100 ms,
+	// of the first such socket) are counted as unobserved, not in the statistics. Always: every
+	// hook stays attached, statistics exact from the first segment.
 	Attach string
 	// IdleDetach is how long no in-scope socket may be open, or opened, before the
 	// per-segment hooks detach again (on traffic only).
