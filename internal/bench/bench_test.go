@@ -75,12 +75,49 @@ var modes = []mode{
 	{"footprint_idle", footprintIdle, nil},
 	// Programs that return at once on every hook the footprint uses with attach: always, no
 	// collector: what the program runs alone cost, the floor under any per-layer design.
-	{"floor", "", attachFloor},
+	{"floor", "", func(b *testing.B) func() { return attachFloor(b, footprintFloor) }},
+	// The same for the ACK family's design on every socket: tcp_probe for each segment
+	// received, sock_ops twice for each segment sent. What acks_all pays before its
+	// programs do any work.
+	{"floor_acks", "", func(b *testing.B) func() { return attachFloor(b, acksFloor) }},
+	// And for footprint_idle's two sentinels and txqueue's per-packet hook.
+	{"floor_footprint_idle", "", func(b *testing.B) func() { return attachFloor(b, footprintIdleFloor) }},
+	{"floor_txqueue", "", func(b *testing.B) func() { return attachFloor(b, txqueueFloor) }},
 }
 
-// attachFloor attaches bpf/floor.bpf.c's empty programs; the undo is also registered as a
-// cleanup, so a failing benchmark leaves none attached.
-func attachFloor(b *testing.B) func() {
+// floorHooks are the empty programs of one floor mode: tracepoints, and cgroup programs
+// by attach type.
+type floorHooks struct {
+	tracing []*ebpf.Program
+	cgroup  map[ebpf.AttachType]*ebpf.Program
+}
+
+func footprintFloor(objs *floorObjects) floorHooks {
+	return floorHooks{
+		tracing: []*ebpf.Program{objs.FloorQueue, objs.FloorStartXmit, objs.FloorXmit, objs.FloorNetifRx,
+			objs.FloorReceiveSkb, objs.FloorTcpProbe, objs.FloorNapiGro, objs.FloorKfreeSkb},
+		cgroup: map[ebpf.AttachType]*ebpf.Program{ebpf.AttachCGroupInetIngress: objs.FloorSkFilter},
+	}
+}
+
+func acksFloor(objs *floorObjects) floorHooks {
+	return floorHooks{
+		tracing: []*ebpf.Program{objs.FloorTcpProbe},
+		cgroup:  map[ebpf.AttachType]*ebpf.Program{ebpf.AttachCGroupSockOps: objs.FloorSockops},
+	}
+}
+
+func footprintIdleFloor(objs *floorObjects) floorHooks {
+	return floorHooks{tracing: []*ebpf.Program{objs.FloorQueue, objs.FloorReceiveSkb}}
+}
+
+func txqueueFloor(objs *floorObjects) floorHooks {
+	return floorHooks{tracing: []*ebpf.Program{objs.FloorStartXmit}}
+}
+
+// attachFloor attaches the empty programs from bpf/floor.bpf.c that hooks picks; the undo is
+// also registered as a cleanup, so a failing benchmark leaves none attached.
+func attachFloor(b *testing.B, hooks func(*floorObjects) floorHooks) func() {
 	cgroup, err := kernel.CgroupV2Root()
 	if err != nil {
 		b.Fatalf("floor: %v", err)
@@ -100,19 +137,21 @@ func attachFloor(b *testing.B) func() {
 		})
 	}
 	b.Cleanup(undo)
-	for _, p := range []*ebpf.Program{objs.FloorQueue, objs.FloorStartXmit, objs.FloorXmit, objs.FloorNetifRx,
-		objs.FloorReceiveSkb, objs.FloorTcpProbe, objs.FloorNapiGro, objs.FloorKfreeSkb} {
+	h := hooks(&objs)
+	for _, p := range h.tracing {
 		l, err := link.AttachTracing(link.TracingOptions{Program: p})
 		if err != nil {
 			b.Fatalf("floor: %v", err)
 		}
 		links = append(links, l)
 	}
-	l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: ebpf.AttachCGroupInetIngress, Program: objs.FloorSkFilter})
-	if err != nil {
-		b.Fatalf("floor: %v", err)
+	for attach, p := range h.cgroup {
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: attach, Program: p})
+		if err != nil {
+			b.Fatalf("floor: %v", err)
+		}
+		links = append(links, l)
 	}
-	links = append(links, l)
 	return undo
 }
 

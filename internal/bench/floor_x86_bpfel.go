@@ -22,6 +22,7 @@ const (
 	floorProgFloorQueue        = "floor_queue"
 	floorProgFloorReceiveSkb   = "floor_receive_skb"
 	floorProgFloorSkFilter     = "floor_sk_filter"
+	floorProgFloorSockops      = "floor_sockops"
 	floorProgFloorStartXmit    = "floor_start_xmit"
 	floorProgFloorTcpProbe     = "floor_tcp_probe"
 	floorProgFloorXmit         = "floor_xmit"
@@ -80,6 +81,7 @@ type floorProgramSpecs struct {
 	FloorQueue      *ebpf.ProgramSpec `ebpf:"floor_queue"`
 	FloorReceiveSkb *ebpf.ProgramSpec `ebpf:"floor_receive_skb"`
 	FloorSkFilter   *ebpf.ProgramSpec `ebpf:"floor_sk_filter"`
+	FloorSockops    *ebpf.ProgramSpec `ebpf:"floor_sockops"`
 	FloorStartXmit  *ebpf.ProgramSpec `ebpf:"floor_start_xmit"`
 	FloorTcpProbe   *ebpf.ProgramSpec `ebpf:"floor_tcp_probe"`
 	FloorXmit       *ebpf.ProgramSpec `ebpf:"floor_xmit"`
@@ -149,6 +151,7 @@ type floorPrograms struct {
 	FloorQueue      *ebpf.Program `ebpf:"floor_queue"`
 	FloorReceiveSkb *ebpf.Program `ebpf:"floor_receive_skb"`
 	FloorSkFilter   *ebpf.Program `ebpf:"floor_sk_filter"`
+	FloorSockops    *ebpf.Program `ebpf:"floor_sockops"`
 	FloorStartXmit  *ebpf.Program `ebpf:"floor_start_xmit"`
 	FloorTcpProbe   *ebpf.Program `ebpf:"floor_tcp_probe"`
 	FloorXmit       *ebpf.Program `ebpf:"floor_xmit"`
@@ -162,6 +165,7 @@ func (p *floorPrograms) Close() error {
 		p.FloorQueue,
 		p.FloorReceiveSkb,
 		p.FloorSkFilter,
+		p.FloorSockops,
 		p.FloorStartXmit,
 		p.FloorTcpProbe,
 		p.FloorXmit,
