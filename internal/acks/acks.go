@@ -202,12 +202,14 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 		acksVarEventBurst:              burst,
 		acksVarEventRefillCapNs:        refill,
 		acksVarRingbufWakeupBytes:      uint64(cfg.WakeupBytes),
+		acksVarMaxKeys:                 cfg.MaxKeys,
 	}
 	for name, v := range vars {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return fmt.Errorf("%s: set %s: %w", Family, name, err)
 		}
 	}
+	spec.Maps[acksMapAckIds].MaxEntries = cfg.MaxKeys
 	spec.Maps[acksMapAckCounts].MaxEntries = cfg.MaxKeys
 	spec.Maps[acksMapEvents].MaxEntries = cfg.RingBufferBytes
 	return nil
@@ -362,9 +364,14 @@ var histBounds = func() []float64 {
 func (p *Probe) Snapshot() ([]Stats, error) {
 	var out []Stats
 	var key acksAckKey
+	var id uint32
 	var perCPU []acksAckStats
-	it := p.set.Maps[acksMapAckCounts].Iterate()
-	for it.Next(&key, &perCPU) {
+	counts := p.set.Maps[acksMapAckCounts]
+	it := p.set.Maps[acksMapAckIds].Iterate()
+	for it.Next(&key, &id) {
+		if err := counts.Lookup(id-1, &perCPU); err != nil {
+			return nil, fmt.Errorf("%s: read statistics of %+v: %w", Family, key, err)
+		}
 		s := Stats{Netns: key.Netns, LocalPort: key.LocalPort,
 			Delay: Histogram{Bounds: histBounds, Counts: make([]uint64, len(histBounds)+1)}}
 		var sumNs uint64

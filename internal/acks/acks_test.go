@@ -2,6 +2,7 @@ package acks_test
 
 import (
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"slices"
@@ -170,6 +171,124 @@ func TestContinuousReaderACKsOnRead(t *testing.T) {
 	// keeps the two apart even under qemu's emulation, where 1 ms was too tight.
 	if got := share(s.Delay, 10*time.Millisecond); got < 0.9 {
 		t.Errorf("%.0f%% of ACKs under 10 ms for a continuous reader", 100*got)
+	}
+}
+
+// requestResponse sends requests 64-byte requests from A to a server in B that answers each
+// after think, one at a time.
+func requestResponse(t *testing.T, pair *netnstest.Pair, port, requests int, think time.Duration) {
+	t.Helper()
+	ln := pair.B.Listen(t, "tcp4", fmt.Sprintf("%s:%d", pair.B.Addr, port))
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 64)
+		for {
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return
+			}
+			time.Sleep(think)
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	c, err := pair.A.Dial("tcp4", fmt.Sprintf("%s:%d", pair.B.Addr, port), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 64)
+	for range requests {
+		if _, err := c.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// max_keys bounds the statistics: keys get their room in the order their first socket is
+// established, and the ACKs of a key with no room are counted as lost.
+func TestMaxKeysBoundsTheStatistics(t *testing.T) {
+	cfg := acks.DefaultConfig()
+	cfg.LocalPorts = []uint16{5111, 5112, 5113}
+	cfg.MaxKeys = 2
+	p, _ := start(t, cfg)
+	pair := netnstest.NewPair(t)
+	for _, port := range cfg.LocalPorts {
+		requestResponse(t, pair, int(port), 20, 0)
+	}
+	var ports []uint16
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		snap, err := p.Snapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports = ports[:0]
+		complete := true
+		for _, s := range snap {
+			ports = append(ports, s.LocalPort)
+			complete = complete && s.Acks() >= 20
+		}
+		if complete && len(ports) >= 2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	slices.Sort(ports)
+	if !slices.Equal(ports, []uint16{5111, 5112}) {
+		t.Errorf("statistics for ports %v, want the first two established, [5111 5112]", ports)
+	}
+	losses, err := p.Losses()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if losses.KeysFull < 20 {
+		t.Errorf("%d ACKs counted as lost to max_keys, want at least the 20 of port 5113", losses.KeysFull)
+	}
+}
+
+// A server that answers each request after a fixed think time: its ACKs ride on the answers
+// (piggyback), each as late as the think time. Their delay is timed from TCP's own clock, as
+// the kernel stamps the data segment, not from a clock read of the program's own.
+func TestPiggybackedACKsWaitForTheAnswer(t *testing.T) {
+	p, _ := start(t, acks.DefaultConfig())
+	pair := netnstest.NewPair(t)
+	const port, requests, think = 5110, 60, 5 * time.Millisecond
+	requestResponse(t, pair, port, requests, think)
+
+	var s acks.Stats
+	deadline := time.Now().Add(5 * time.Second)
+	for s.ByCause[acks.CausePiggyback] < requests/2 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		snap, err := p.Snapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, st := range snap {
+			if st.Netns == pair.B.Inode && st.LocalPort == port {
+				s = st
+			}
+		}
+	}
+	logStats(t, s)
+	// The first requests are ACKed at once while the quick-ACK quota lasts; after that the
+	// answer carries the ACK.
+	piggyback := s.ByCause[acks.CausePiggyback]
+	if piggyback < requests/2 {
+		t.Fatalf("%d of %d requests ACKed on their answer, want most", piggyback, requests)
+	}
+	// Between the think time and the 40 ms delayed-ACK minimum; the bucket bounds are powers
+	// of two microseconds, so from 4.1 ms and below 65.5 ms (qemu's emulation stretches sleeps).
+	late := share(s.Delay, 65536*time.Microsecond) - share(s.Delay, 4096*time.Microsecond)
+	if got := late * float64(s.Delay.Count); got < 0.9*float64(piggyback) {
+		t.Errorf("%.0f ACKs between 4.1 and 65.5 ms, want nearly all %d piggybacked ones (think time %s)", got, piggyback, think)
 	}
 }
 

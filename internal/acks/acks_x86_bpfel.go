@@ -55,8 +55,9 @@ type acksAckSock struct {
 	LastRxNs       uint64
 	Unacked        uint32
 	Netns          uint32
+	StatsId        uint32
 	Live           uint8
-	Pad            [7]uint8
+	Pad            [3]uint8
 }
 
 type acksAckStats struct {
@@ -93,6 +94,8 @@ type acksScopePeerKey struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	acksMapAckCounts               = "ack_counts"
+	acksMapAckIds                  = "ack_ids"
+	acksMapAckNextId               = "ack_next_id"
 	acksMapAckSocks                = "ack_socks"
 	acksMapArmed                   = "armed"
 	acksMapCounters                = "counters"
@@ -117,6 +120,7 @@ const (
 	acksVarEventRatePerSec         = "event_rate_per_sec"
 	acksVarEventRefillCapNs        = "event_refill_cap_ns"
 	acksVarForcedMark              = "forced_mark"
+	acksVarMaxKeys                 = "max_keys"
 	acksVarRingbufWakeupBytes      = "ringbuf_wakeup_bytes"
 	acksVarScopeAll                = "scope_all"
 	acksVarScopeByFlow             = "scope_by_flow"
@@ -182,6 +186,8 @@ type acksProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type acksMapSpecs struct {
 	AckCounts    *ebpf.MapSpec `ebpf:"ack_counts"`
+	AckIds       *ebpf.MapSpec `ebpf:"ack_ids"`
+	AckNextId    *ebpf.MapSpec `ebpf:"ack_next_id"`
 	AckSocks     *ebpf.MapSpec `ebpf:"ack_socks"`
 	Armed        *ebpf.MapSpec `ebpf:"armed"`
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
@@ -206,6 +212,7 @@ type acksVariableSpecs struct {
 	EventRatePerSec         *ebpf.VariableSpec `ebpf:"event_rate_per_sec"`
 	EventRefillCapNs        *ebpf.VariableSpec `ebpf:"event_refill_cap_ns"`
 	ForcedMark              *ebpf.VariableSpec `ebpf:"forced_mark"`
+	MaxKeys                 *ebpf.VariableSpec `ebpf:"max_keys"`
 	RingbufWakeupBytes      *ebpf.VariableSpec `ebpf:"ringbuf_wakeup_bytes"`
 	ScopeAll                *ebpf.VariableSpec `ebpf:"scope_all"`
 	ScopeByFlow             *ebpf.VariableSpec `ebpf:"scope_by_flow"`
@@ -237,6 +244,8 @@ func (o *acksObjects) Close() error {
 // It can be passed to loadAcksObjects or ebpf.CollectionSpec.LoadAndAssign.
 type acksMaps struct {
 	AckCounts    *ebpf.Map `ebpf:"ack_counts"`
+	AckIds       *ebpf.Map `ebpf:"ack_ids"`
+	AckNextId    *ebpf.Map `ebpf:"ack_next_id"`
 	AckSocks     *ebpf.Map `ebpf:"ack_socks"`
 	Armed        *ebpf.Map `ebpf:"armed"`
 	Counters     *ebpf.Map `ebpf:"counters"`
@@ -253,6 +262,8 @@ type acksMaps struct {
 func (m *acksMaps) Close() error {
 	return _AcksClose(
 		m.AckCounts,
+		m.AckIds,
+		m.AckNextId,
 		m.AckSocks,
 		m.Armed,
 		m.Counters,
@@ -278,6 +289,7 @@ type acksVariables struct {
 	EventRatePerSec         *ebpf.Variable `ebpf:"event_rate_per_sec"`
 	EventRefillCapNs        *ebpf.Variable `ebpf:"event_refill_cap_ns"`
 	ForcedMark              *ebpf.Variable `ebpf:"forced_mark"`
+	MaxKeys                 *ebpf.Variable `ebpf:"max_keys"`
 	RingbufWakeupBytes      *ebpf.Variable `ebpf:"ringbuf_wakeup_bytes"`
 	ScopeAll                *ebpf.Variable `ebpf:"scope_all"`
 	ScopeByFlow             *ebpf.Variable `ebpf:"scope_by_flow"`
