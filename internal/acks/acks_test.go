@@ -3,6 +3,7 @@ package acks_test
 import (
 	"fmt"
 	"io"
+	"math"
 	"net/netip"
 	"os"
 	"slices"
@@ -56,6 +57,7 @@ func statsFor(t *testing.T, p *acks.Probe, netns uint32, port uint16, w *netnste
 		for _, s := range snap {
 			if s.Netns == netns && s.LocalPort == port {
 				if ok, _ := w.Covered(t, s.SegmentsAcked); ok {
+					checkHistogram(t, s.Delay)
 					return s
 				}
 			}
@@ -65,6 +67,29 @@ func statsFor(t *testing.T, p *acks.Probe, netns uint32, port uint16, w *netnste
 			t.Fatalf("port %d: statistics never covered the data segments received (%s): %+v", port, state, snap)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// checkHistogram: each ACK's delay lies within its bucket's bounds, so the sum of all delays
+// (kept exactly, in nanoseconds) lies between the sums of the bounds. A histogram that files
+// ACKs in the wrong buckets, beyond what their spread hides, fails it.
+func checkHistogram(t *testing.T, h acks.Histogram) {
+	t.Helper()
+	var low, high float64
+	for i, c := range h.Counts {
+		if i > 0 {
+			low += float64(c) * h.Bounds[i-1]
+		}
+		switch {
+		case i < len(h.Bounds):
+			high += float64(c) * h.Bounds[i]
+		case c > 0:
+			high = math.Inf(1) // the last bucket has no upper bound
+		}
+	}
+	const slack = 1e-6
+	if h.Sum < low-slack || h.Sum > high+slack {
+		t.Errorf("delays sum to %.6f s, but their buckets say %.6f to %.6f s: ACKs filed in the wrong buckets (%v)", h.Sum, low, high, h.Counts)
 	}
 }
 
@@ -278,6 +303,7 @@ func TestPiggybackedACKsWaitForTheAnswer(t *testing.T) {
 		}
 	}
 	logStats(t, s)
+	checkHistogram(t, s.Delay)
 	// The first requests are ACKed at once while the quick-ACK quota lasts; after that the
 	// answer carries the ACK.
 	piggyback := s.ByCause[acks.CausePiggyback]

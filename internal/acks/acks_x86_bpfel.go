@@ -112,6 +112,7 @@ const (
 	acksProgAckDelackTimerKprobe   = "ack_delack_timer_kprobe"
 	acksProgAckDelayedFentry       = "ack_delayed_fentry"
 	acksProgAckDelayedKprobe       = "ack_delayed_kprobe"
+	acksProgAckHistBucket          = "ack_hist_bucket"
 	acksProgAckSockops             = "ack_sockops"
 	acksVarDelackMaxDefaultJiffies = "delack_max_default_jiffies"
 	acksVarEventBurst              = "event_burst"
@@ -178,6 +179,7 @@ type acksProgramSpecs struct {
 	AckDelackTimerKprobe *ebpf.ProgramSpec `ebpf:"ack_delack_timer_kprobe"`
 	AckDelayedFentry     *ebpf.ProgramSpec `ebpf:"ack_delayed_fentry"`
 	AckDelayedKprobe     *ebpf.ProgramSpec `ebpf:"ack_delayed_kprobe"`
+	AckHistBucket        *ebpf.ProgramSpec `ebpf:"ack_hist_bucket"`
 	AckSockops           *ebpf.ProgramSpec `ebpf:"ack_sockops"`
 }
 
@@ -309,6 +311,7 @@ type acksPrograms struct {
 	AckDelackTimerKprobe *ebpf.Program `ebpf:"ack_delack_timer_kprobe"`
 	AckDelayedFentry     *ebpf.Program `ebpf:"ack_delayed_fentry"`
 	AckDelayedKprobe     *ebpf.Program `ebpf:"ack_delayed_kprobe"`
+	AckHistBucket        *ebpf.Program `ebpf:"ack_hist_bucket"`
 	AckSockops           *ebpf.Program `ebpf:"ack_sockops"`
 }
 
@@ -319,6 +322,7 @@ func (p *acksPrograms) Close() error {
 		p.AckDelackTimerKprobe,
 		p.AckDelayedFentry,
 		p.AckDelayedKprobe,
+		p.AckHistBucket,
 		p.AckSockops,
 	)
 }
