@@ -10,7 +10,9 @@ import (
 	"io"
 	"maps"
 	"net"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -266,7 +268,11 @@ func BenchmarkCollectorOverhead(b *testing.B) {
 }
 
 // programCosts runs each workload once more with kernel BPF statistics on (they cost time
-// themselves, so throughput is measured without them) and prints ns per program run.
+// themselves, so throughput is measured without them) and prints ns per program run, and the
+// share of the CPU time the workload kept busy (/proc/stat, steal and idle left out) that each
+// program took. That share is measured in the same moments as the CPU time it is compared
+// with, so it holds where this VM's throughput swings by tens of percent (bulk): it bounds
+// what a program's runs cost the workload, but for the calls into it.
 func programCosts(b *testing.B, bin string, workloads []workload) {
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
@@ -278,10 +284,12 @@ func programCosts(b *testing.B, bin string, workloads []workload) {
 	// cost of a packet no flow matches): every program gets runs to measure.
 	c := startCollector(b, bin, "tcpack: {acks: {enabled: true}, txqueue: {enabled: true}, footprint: {flows: [{name: idle, protocol: tcp, local_port: 9}]}}")
 	defer c.Stop(b)
-	fmt.Printf("\n%-16s %-24s %12s %10s\n", "workload", "program", "runs/s", "ns/run")
+	fmt.Printf("\n%-16s %-24s %12s %10s %10s\n", "workload", "program", "runs/s", "ns/run", "% busy")
 	for _, w := range workloads {
 		before := tcpackProgramStats(b)
+		busyBefore := busyCPU(b)
 		w.run(b, *runFor)
+		busy := busyCPU(b) - busyBefore
 		after := tcpackProgramStats(b)
 		names := make([]string, 0, len(after))
 		for n := range after {
@@ -293,11 +301,38 @@ func programCosts(b *testing.B, bin string, workloads []workload) {
 			if runs == 0 {
 				continue
 			}
-			ns := float64(after[n].Runtime-before[n].Runtime) / float64(runs)
-			fmt.Printf("%-16s %-24s %12.0f %10.1f\n", w.name, n, float64(runs)/runFor.Seconds(), ns)
+			spent := after[n].Runtime - before[n].Runtime
+			ns := float64(spent) / float64(runs)
+			share := 100 * spent.Seconds() / busy.Seconds()
+			fmt.Printf("%-16s %-24s %12.0f %10.1f %10.2f\n", w.name, n, float64(runs)/runFor.Seconds(), ns, share)
 			b.ReportMetric(ns, w.name+"_"+n+"_ns/run")
+			b.ReportMetric(share, w.name+"_"+n+"_%_busy_CPU")
 		}
 	}
+}
+
+// busyCPU is the CPU time all CPUs have spent so far in user, system, interrupt and softirq
+// context (/proc/stat's first line); steal and idle are not in it.
+func busyCPU(b *testing.B) time.Duration {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	fields := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	if len(fields) < 8 || fields[0] != "cpu" {
+		b.Fatalf("/proc/stat: unexpected first line %q", line)
+	}
+	var ticks uint64
+	for _, i := range []int{1, 2, 3, 6, 7} {
+		v, err := strconv.ParseUint(fields[i], 10, 64)
+		if err != nil {
+			b.Fatalf("/proc/stat: %v", err)
+		}
+		ticks += v
+	}
+	// USER_HZ is 100 on every Linux ABI Go supports.
+	return time.Duration(ticks) * 10 * time.Millisecond
 }
 
 // tcpackProgramStats reads the statistics of tcpack's programs by name.
