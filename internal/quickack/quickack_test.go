@@ -308,15 +308,38 @@ func TestOptInBySetsockopt(t *testing.T) {
 }
 
 func TestBoundedMode(t *testing.T) {
-	pair := netnstest.NewPair(t)
 	obs := observe(t, 5308, 5309)
+	// A stall of the host (a TCG guest, a busy shared VM) makes the client retransmit. Each
+	// duplicate gives the server a fresh quick-ACK quota, which leaves few delayed ACKs to judge,
+	// with the stall in their delays. Such a run says nothing about the bound, so it is tried
+	// again on a new pair of namespaces.
+	for attempt := 1; ; attempt++ {
+		failures, retransmits := boundedModeRun(t, obs)
+		if len(failures) == 0 {
+			return
+		}
+		if retransmits == 0 || attempt == 3 {
+			for _, f := range failures {
+				t.Error(f)
+			}
+			return
+		}
+		t.Logf("attempt %d: %d segments retransmitted, so again: %s", attempt, retransmits, strings.Join(failures, "; "))
+	}
+}
+
+// boundedModeRun forces one port of a new pair in bounded mode, next to a control port, and
+// returns what it found wrong and how many segments the clients retransmitted.
+func boundedModeRun(t *testing.T, obs *acks.Probe) ([]string, uint64) {
+	pair := netnstest.NewPair(t)
 	cfg := config(t, pair.B)
 	cfg.Mode = quickack.ModeBounded
 	cfg.LocalPorts = []uint16{5308}
 	before := policyState(t, pair.B)
 	f, _ := start(t, cfg)
+	var failures []string
 	if got := policyState(t, pair.B); got != before {
-		t.Errorf("bounded mode changed policy routing:\n%s\nwas:\n%s", got, before)
+		failures = append(failures, fmt.Sprintf("bounded mode changed policy routing:\n%s\nwas:\n%s", got, before))
 	}
 
 	target := pair.Connect(t, 5308)
@@ -344,15 +367,16 @@ func TestBoundedMode(t *testing.T) {
 		return float64(over) / delayed(st)
 	}
 	if bs, cs := overShare(s), overShare(c); bs > 0.25 || bs > cs/2 {
-		t.Errorf("bounded: %.0f%% of the delayed ACKs waited over twice the %v bound (control: %.0f%%)", 100*bs, limit, 100*cs)
+		failures = append(failures, fmt.Sprintf("bounded: %.0f%% of the delayed ACKs waited over twice the %v bound (control: %.0f%%)", 100*bs, limit, 100*cs))
 	}
 	if ms, mc := s.Delay.Sum/delayed(s), c.Delay.Sum/delayed(c); ms >= mc {
-		t.Errorf("bounded: mean delay outside quick mode %.2f ms, not below the control's %.2f ms", ms*1000, mc*1000)
+		failures = append(failures, fmt.Sprintf("bounded: mean delay outside quick mode %.2f ms, not below the control's %.2f ms", ms*1000, mc*1000))
 	}
 	if st := targetStats(t, f, "local_port:5308"); st.Applied != 1 {
-		t.Errorf("target stats %+v", st)
+		failures = append(failures, fmt.Sprintf("target stats %+v", st))
 	}
 	requireDelayed(t, c)
+	return failures, target.Retransmits(t) + control.Retransmits(t)
 }
 
 func TestLocalPeerRefused(t *testing.T) {
