@@ -258,6 +258,24 @@ func BenchmarkCollectorOverhead(b *testing.B) {
 		}
 		fmt.Println()
 	}
+	// A family next to its floor_ mode, run in the same repetitions: the family's figure over
+	// that of do-nothing programs on the same hooks, which is what its programs' bodies cost
+	// apart from the calls into them.
+	for _, m := range modes {
+		floor := "floor_" + m.name
+		if !slices.ContainsFunc(modes, func(f mode) bool { return f.name == floor }) {
+			continue
+		}
+		for _, w := range workloads {
+			ratios := make([]float64, len(results[w.name][floor]))
+			for i, v := range results[w.name][m.name] {
+				ratios[i] = 100 * v / results[w.name][floor][i]
+			}
+			q1, med, q3 := quartiles(ratios)
+			fmt.Printf("%-16s %s / %s: %.1f%% [%.1f-%.1f]\n", w.name, m.name, floor, med, q1, q3)
+			b.ReportMetric(med, w.name+"_"+m.name+"_%_of_floor")
+		}
+	}
 	if len(rssKiB) > 0 {
 		peak := slices.Max(rssKiB)
 		fmt.Printf("collector peak RSS: %.1f MiB (max over %d runs)\n", float64(peak)/1024, len(rssKiB))
