@@ -477,11 +477,12 @@ func TestAgentWorksWithItsCapabilities(t *testing.T) {
 				str(a, "network.transport") == "tcp"
 		})
 		n, _ := ackDelay(metrics, 6130, pair.B.Inode)
-		if drops == synN && n >= 40 {
+		ok, sent := acksCoverSent(t, conn, n)
+		if drops == synN && ok {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("with the agent's capabilities: %d SYN drops (want %d) and %d ACKs on port 6130 (want >= 40)\n%s", drops, synN, n, c.Log())
+			t.Fatalf("with the agent's capabilities: %d SYN drops (want %d) and %d ACKs on port 6130 (%s)\n%s", drops, synN, n, sent, c.Log())
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -517,11 +518,18 @@ func TestSidecarForcesWithItsCapabilities(t *testing.T) {
 	other := netnstest.Connect(t, pair.B, pair.A, pair.A.Addr, 8080)
 	other.Exchange(t, 50, 2*time.Millisecond, 0)
 	app := pair.Connect(t, 8080)
+	// acks.attach on_traffic (the example's default): ACKs sent before the per-segment hooks
+	// attach, within about a poll of the first socket in scope, are not in the statistics.
+	within(t, 10*time.Second, "tcpack.ack.armed 1 once the app's socket is open", func() (bool, string) {
+		metrics, _ := c.read(t)
+		armed, ok := latestSum(metrics, "tcpack.ack.armed", func(pcommon.Map) bool { return true })
+		return ok && armed == 1, fmt.Sprintf("armed %d (reported: %v); log:\n%s", armed, ok, c.Log())
+	})
 	app.Exchange(t, 300, 2*time.Millisecond, 50*time.Millisecond)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		n, mean := ackMean(c, t, 8080, pair.B.Inode)
-		if n >= 270 {
+		if ok, _ := acksCoverSent(t, app, n); ok {
 			t.Logf("app port 8080: %d ACKs, mean delay %.3f ms", n, mean*1000)
 			if mean >= 0.001 {
 				t.Errorf("app port mean ACK delay %.3f ms with the sidecar forcing, want < 1 ms", mean*1000)
@@ -529,7 +537,8 @@ func TestSidecarForcesWithItsCapabilities(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("app port 8080: %d ACKs reported by the sidecar, want >= 270\n%s", n, c.Log())
+			_, sent := acksCoverSent(t, app, n)
+			t.Fatalf("app port 8080: %d ACKs reported by the sidecar (%s)\n%s", n, sent, c.Log())
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

@@ -333,3 +333,14 @@ func TestValidateRejectsBadConfig(t *testing.T) {
 		})
 	}
 }
+
+// acksCoverSent says whether n reported ACKs account for nearly all the segments the
+// connection's server socket sent (TCP_INFO segs_out; its SYN-ACK left from the request socket
+// before it existed): it only receives, so each is an ACK. How many that is depends on timing (a stalled reader's backlog coalesces
+// segments, and one ACK covers them), so the test compares with the socket's own count. The
+// few that acknowledge nothing new (window updates) are not in the statistics.
+func acksCoverSent(t *testing.T, c *netnstest.Paced, n uint64) (bool, string) {
+	t.Helper()
+	sent := uint64(netnstest.TCPInfo(t, c.Server).Segs_out)
+	return n <= sent && n*10 >= sent*9, fmt.Sprintf("the server sent %d ACKs; want at least 90%% of them reported, none more", sent)
+}
