@@ -87,6 +87,14 @@ var modes = []mode{
 	{"floor_txqueue", "", func(b *testing.B) func() { return attachFloor(b, txqueueFloor) }},
 }
 
+// floorOf names the floor mode of each family's mode: do-nothing programs on the hooks that
+// mode runs per packet.
+var floorOf = map[string]string{
+	"acks_all":       "floor_acks",
+	"txqueue":        "floor_txqueue",
+	"footprint_idle": "floor_footprint_idle",
+}
+
 // floorHooks are the empty programs of one floor mode: tracepoints, and cgroup programs
 // by attach type.
 type floorHooks struct {
@@ -258,12 +266,12 @@ func BenchmarkCollectorOverhead(b *testing.B) {
 		}
 		fmt.Println()
 	}
-	// A family next to its floor_ mode, run in the same repetitions: the family's figure over
+	// A family next to its floor mode, run in the same repetitions: the family's figure over
 	// that of do-nothing programs on the same hooks, which is what its programs' bodies cost
 	// apart from the calls into them.
 	for _, m := range modes {
-		floor := "floor_" + m.name
-		if !slices.ContainsFunc(modes, func(f mode) bool { return f.name == floor }) {
+		floor, ok := floorOf[m.name]
+		if !ok || !slices.ContainsFunc(modes, func(f mode) bool { return f.name == floor }) {
 			continue
 		}
 		for _, w := range workloads {
