@@ -620,7 +620,9 @@ int BPF_PROG(ack_data_arrival, struct sock *sk, const struct sk_buff *skb)
 	__u64 now = bpf_ktime_get_ns();
 	if (!as->unacked)
 		as->first_unacked_ns = now;
-	as->unacked++;
+	/* In segments, as TCP_INFO's data_segs_in: GRO, and the backlog of a socket its owner
+	 * holds (tcp_add_backlog), merge several into one skb, and tcp_probe sees it once. */
+	as->unacked += skb_segs(true, skb);
 	as->last_rx_ns = now;
 	return 0;
 }
