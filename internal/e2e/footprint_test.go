@@ -95,7 +95,7 @@ func TestFootprintSwitchedBySIGHUP(t *testing.T) {
 		return str(a, "tcpack.footprint.flow") == "e2e" && str(a, "tcpack.footprint.layer") == "netif_receive_skb" &&
 			str(a, "network.io.direction") == "receive"
 	}
-	if !strings.Contains(c.Log(), "attach on_traffic: only kfree_skb, netif_receive_skb, net_dev_queue stay attached") {
+	if !strings.Contains(c.Log(), "attach on_traffic: only kfree_skb, netif_receive_skb, net_dev_queue run: netif_receive_skb and net_dev_queue for 100ms of every 1s") {
 		t.Fatalf("collector log does not say which hooks stay attached while the flow is idle:\n%s", c.Log())
 	}
 	// The default attach mode: the flow's first packet attaches the other layers.

@@ -489,6 +489,7 @@ func TestOnTrafficAttachesLayersOnlyWhileTheFlowIsActive(t *testing.T) {
 			// Long enough for a slow guest (TCG) to get from arming to the next exchange.
 			idle := 6 * time.Second
 			cfg.IdleDetach = idle
+			cfg.SentinelPeriod = 0 // sentinels always attached: TestOnTrafficSamplesTheSentinels covers sampling
 			p := start(t, cfg)
 			onTraffic(t, pair, p, idle)
 		})
@@ -560,6 +561,132 @@ func onTraffic(t *testing.T, pair *netnstest.Pair, p *probe, idle time.Duration)
 		want[k] = 2 * v
 	}
 	wantCounts(t, p, "app", want)
+}
+
+// TestOnTrafficSamplesTheSentinels: with the default sentinel sampling, while the flow is idle
+// the per-packet sentinels are attached only for a window of each period and kfree_skb all the
+// time; a flow whose packets are all delivered (no drop to see) still arms within about a
+// period; and a drop arms it while the sampled sentinels are detached, attaching them with
+// the other layers, which then count every packet.
+func TestOnTrafficSamplesTheSentinels(t *testing.T) {
+	sampledStart := func(t *testing.T, window, period time.Duration) (*netnstest.Pair, *probe, []string, int) {
+		pair := netnstest.NewPairWith(t, netnstest.PairOptions{NoIPv6: true})
+		cfg := footprint.DefaultConfig()
+		cfg.Flows = []footprint.Flow{{Name: "app", Protocol: "udp", Local: host(pair.B.Addr), Peer: host(pair.A.Addr), LocalPort: 5320}}
+		cfg.SentinelWindow, cfg.SentinelPeriod = window, period
+		cfg.IdleDetach = 2 * time.Second
+		p := start(t, cfg)
+		sampled, w, per := p.SampledSentinels()
+		slices.Sort(sampled)
+		if !slices.Equal(sampled, []string{"net_dev_queue", "netif_receive_skb"}) || w != window || per != period {
+			t.Fatalf("sampled sentinels %v, %s of every %s; want net_dev_queue and netif_receive_skb, %s of every %s", sampled, w, per, window, period)
+		}
+		hooks := 0
+		for _, h := range p.Report().Hooks {
+			if h.Attached != nil {
+				hooks++
+			}
+		}
+		return pair, p, sampled, hooks
+	}
+	// sampledAttached is how many of the sampled sentinels have a link now; it fails the test if
+	// kfree_skb has none or a layer other than the sentinels has one.
+	sampledAttached := func(t *testing.T, p *probe, sampled []string) int {
+		links := programLinks(t, p)
+		if links["kfree_skb"] != 1 {
+			t.Fatalf("kfree_skb has %d links while idle, want 1 (links %v)", links["kfree_skb"], links)
+		}
+		n := 0
+		for hook, k := range links {
+			if slices.Contains(sampled, hook) {
+				n += k
+			} else if hook != "kfree_skb" {
+				t.Fatalf("%s attached while idle (links %v)", hook, links)
+			}
+		}
+		return n
+	}
+
+	t.Run("delivered_traffic", func(t *testing.T) {
+		const period = time.Second
+		pair, p, sampled, hooks := sampledStart(t, 200*time.Millisecond, period)
+		var on, off int
+		for end := time.Now().Add(3 * period); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+			switch sampledAttached(t, p, sampled) {
+			case len(sampled):
+				on++
+			case 0:
+				off++
+			}
+		}
+		if on == 0 || off <= on {
+			t.Fatalf("over three idle periods the sampled sentinels were attached in %d looks and detached in %d; want some, and detached most of the time", on, off)
+		}
+		// B reads every datagram: nothing is dropped, only the sampled sentinels can see them.
+		var srv *net.UDPConn
+		var err error
+		pair.B.Run(t, func() { srv, err = net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(pair.B.Addr), Port: 5320}) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srv.Close()
+		go func() {
+			buf := make([]byte, 2048)
+			for {
+				if _, _, err := srv.ReadFromUDP(buf); err != nil {
+					return
+				}
+			}
+		}()
+		// A socket made in A's namespace sends from any goroutine.
+		var cli net.Conn
+		pair.A.Run(t, func() { cli, err = net.Dial("udp", fmt.Sprintf("%s:5320", pair.B.Addr)) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cli.Close()
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(10 * time.Millisecond):
+					cli.Write(make([]byte, 100))
+				}
+			}
+		}()
+		eventuallyWithin(t, 3*period+5*time.Second, "armed by delivered packets", func() (bool, string) {
+			s := snapshot(t, p)
+			links := programLinks(t, p)
+			return s.Armed && len(links) == hooks && s.Unobserved > 0 && s.ArmErr == nil,
+				fmt.Sprintf("armed %v, unobserved %d, links %v of %d hooks, error %v", s.Armed, s.Unobserved, links, hooks, s.ArmErr)
+		})
+	})
+
+	t.Run("drop_arms_while_detached", func(t *testing.T) {
+		// One window at the start, then none for an hour: only kfree_skb can arm.
+		pair, p, sampled, hooks := sampledStart(t, 100*time.Millisecond, time.Hour)
+		eventually(t, "the sampled sentinels detached after the first window", func() (bool, string) {
+			n := sampledAttached(t, p, sampled)
+			return n == 0, fmt.Sprintf("%d links", n)
+		})
+		// No socket on the port in B: the packet dies at L4 (NO_SOCKET), where kfree_skb sees it.
+		pair.A.SendUDP(t, fmt.Sprintf("%s:5320", pair.B.Addr), 1)
+		eventually(t, "armed by the drop", func() (bool, string) {
+			s := snapshot(t, p)
+			links := programLinks(t, p)
+			return s.Armed && len(links) == hooks && s.Unobserved == 1 && s.ArmErr == nil,
+				fmt.Sprintf("armed %v, unobserved %d, links %v of %d hooks, error %v", s.Armed, s.Unobserved, links, hooks, s.ArmErr)
+		})
+		const in, out = 12, 5
+		udpExchange(t, pair, pair.A.Addr, pair.B.Addr, 5320, in, out)
+		want := map[string]uint64{}
+		expectPath(p, want, footprint.Receive, in, false, footprint.UDPRcv)
+		expectPath(p, want, footprint.Transmit, out, false, footprint.UDPRcv)
+		wantCounts(t, p, "app", want)
+	})
 }
 
 // TestNoFlowsAttachesNothing: an empty flow list is refused before anything is loaded.

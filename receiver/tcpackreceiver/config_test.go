@@ -114,8 +114,8 @@ func TestLoadFootprintConfig(t *testing.T) {
 	if len(errs) > 0 {
 		t.Fatal(errs)
 	}
-	got := fmt.Sprintf("%s %s %v %+v", fc.Attach, fc.IdleDetach, fc.Strategies, fc.Flows)
-	want := "on_traffic 2m0s [tp_btf cgroup_skb] [{Name:web Protocol:tcp Local:10.0.0.1/32 Peer:invalid Prefix LocalPort:8080 PeerPort:0} " +
+	got := fmt.Sprintf("%s %s %s/%s %v %+v", fc.Attach, fc.IdleDetach, fc.SentinelWindow, fc.SentinelPeriod, fc.Strategies, fc.Flows)
+	want := "on_traffic 2m0s 200ms/5s [tp_btf cgroup_skb] [{Name:web Protocol:tcp Local:10.0.0.1/32 Peer:invalid Prefix LocalPort:8080 PeerPort:0} " +
 		"{Name:dns Protocol:udp Local:invalid Prefix Peer:2001:db8::/32 LocalPort:0 PeerPort:53} " +
 		"{Name:any Protocol: Local:invalid Prefix Peer:192.0.2.0/24 LocalPort:0 PeerPort:0}]"
 	if got != want {
@@ -184,6 +184,11 @@ func TestValidateNamesFieldAndFix(t *testing.T) {
 		{"footprint strategy", func(c *Config) { c.Footprint.Strategies = []string{"xdp"} }, []string{"footprint.strategies[0]", "cgroup_skb"}},
 		{"footprint attach", func(c *Config) { c.Footprint.Attach = "lazy" }, []string{"footprint.attach", "on_traffic", "always"}},
 		{"footprint idle", func(c *Config) { c.Footprint.IdleDetach = 100 * time.Millisecond }, []string{"footprint.idle_detach", "at least 1s"}},
+		{"sentinel window", func(c *Config) { c.Footprint.SentinelWindow = 10 * time.Millisecond }, []string{"footprint.sentinel_window", "at least 100ms", "sentinel_period: 0"}},
+		{"sentinel window over period", func(c *Config) {
+			c.Footprint.SentinelWindow, c.Footprint.SentinelPeriod = 2*time.Second, time.Second
+		}, []string{"footprint.sentinel_window", "longer than footprint.sentinel_period (1s)"}},
+		{"sentinel period", func(c *Config) { c.Footprint.SentinelPeriod = -time.Second }, []string{"footprint.sentinel_period", "negative", "0 to keep"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := createDefaultConfig()

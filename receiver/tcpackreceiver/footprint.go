@@ -32,6 +32,11 @@ type FootprintConfig struct {
 	// IdleDetach is how long the flows go without a packet before on_traffic detaches the
 	// layers other than the sentinels.
 	IdleDetach time.Duration `mapstructure:"idle_detach"`
+	// SentinelWindow and SentinelPeriod: while the flows are idle (on_traffic), the
+	// per-packet sentinels attach for sentinel_window out of every sentinel_period. A period
+	// of 0 keeps them attached.
+	SentinelWindow time.Duration `mapstructure:"sentinel_window"`
+	SentinelPeriod time.Duration `mapstructure:"sentinel_period"`
 }
 
 // FlowConfig is one named flow. Empty fields match anything; packets match in either
@@ -47,7 +52,8 @@ type FlowConfig struct {
 
 func defaultFootprintConfig() FootprintConfig {
 	d := footprint.DefaultConfig()
-	return FootprintConfig{MaxFlows: 16, MaxDropKeys: d.MaxDropKeys, Attach: d.Attach, IdleDetach: d.IdleDetach}
+	return FootprintConfig{MaxFlows: 16, MaxDropKeys: d.MaxDropKeys, Attach: d.Attach, IdleDetach: d.IdleDetach,
+		SentinelWindow: d.SentinelWindow, SentinelPeriod: d.SentinelPeriod}
 }
 
 var flowName = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,64}$`)
@@ -59,8 +65,21 @@ func (c FootprintConfig) footprintConfig() (footprint.Config, []error) {
 	cfg := footprint.DefaultConfig()
 	cfg.MaxDropKeys = c.MaxDropKeys
 	cfg.Attach, cfg.IdleDetach = c.Attach, c.IdleDetach
+	cfg.SentinelWindow, cfg.SentinelPeriod = c.SentinelWindow, c.SentinelPeriod
 	errs := validateAttach("footprint", c.Attach, c.IdleDetach, footprint.DefaultConfig().IdleDetach,
 		"layers attach while a named flow has traffic", "every layer from the start")
+	d := footprint.DefaultConfig()
+	switch {
+	case c.SentinelPeriod < 0:
+		errs = append(errs, fmt.Errorf("footprint.sentinel_period: %s is negative; use 0 to keep the sentinels attached, or a period such as %s", c.SentinelPeriod, d.SentinelPeriod))
+	case c.SentinelPeriod == 0:
+	case c.SentinelWindow < footprint.MinSentinelWindow:
+		errs = append(errs, fmt.Errorf("footprint.sentinel_window: %s is too short, use at least %s (default %s), or sentinel_period: 0 to keep the sentinels attached",
+			c.SentinelWindow, footprint.MinSentinelWindow, d.SentinelWindow))
+	case c.SentinelWindow > c.SentinelPeriod:
+		errs = append(errs, fmt.Errorf("footprint.sentinel_window: %s is longer than footprint.sentinel_period (%s); use a window no longer than the period (default %s of every %s)",
+			c.SentinelWindow, c.SentinelPeriod, d.SentinelWindow, d.SentinelPeriod))
+	}
 	if c.MaxFlows < 1 || c.MaxFlows > footprint.MaxFlows {
 		errs = append(errs, fmt.Errorf("footprint.max_flows: %d is out of range, use 1..%d (default 16)", c.MaxFlows, footprint.MaxFlows))
 	} else if len(c.Flows) > c.MaxFlows {

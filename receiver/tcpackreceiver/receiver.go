@@ -277,8 +277,13 @@ func (r *tcpackReceiver) start() error {
 			r.footprint = p
 			r.reports = append(r.reports, p.Report())
 			if s := p.Sentinels(); s != nil {
-				log.Info(fmt.Sprintf("footprint: attach on_traffic: only %s stay attached while the named flows are idle; the other layers attach at a flow's first packet and detach after %s without one",
-					strings.Join(s, ", "), cfg.IdleDetach))
+				idle := fmt.Sprintf("only %s stay attached", strings.Join(s, ", "))
+				if sampled, window, period := p.SampledSentinels(); sampled != nil {
+					idle = fmt.Sprintf("only %s run: %s for %s of every %s (sentinel_window, sentinel_period), the rest all the time",
+						strings.Join(s, ", "), strings.Join(sampled, " and "), window, period)
+				}
+				log.Info(fmt.Sprintf("footprint: attach on_traffic: %s while the named flows are idle; the other layers attach when a sentinel sees a flow's packet and detach after %s without one",
+					idle, cfg.IdleDetach))
 			}
 		}
 	}
