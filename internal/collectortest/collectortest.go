@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -194,4 +195,29 @@ func (p *Process) PeakRSSKiB(t testing.TB) int {
 	}
 	t.Fatal("VmHWM not in /proc/<pid>/status")
 	return 0
+}
+
+// CPUTime is the CPU time the collector has used so far, in user and system mode
+// (/proc/<pid>/stat utime + stime), at the kernel's USER_HZ of 100.
+func (p *Process) CPUTime(t testing.TB) time.Duration {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+	_, rest, ok := strings.Cut(string(data), ") ")
+	fields := strings.Fields(rest)
+	if !ok || len(fields) < 13 {
+		t.Fatalf("/proc/%d/stat: unexpected %q", p.cmd.Process.Pid, data)
+	}
+	var ticks int64
+	for _, f := range fields[11:13] { // utime, stime: fields 14 and 15 of the whole line
+		v, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			t.Fatalf("/proc/%d/stat: %v", p.cmd.Process.Pid, err)
+		}
+		ticks += v
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
 }
