@@ -78,7 +78,25 @@ type NetnsNames struct {
 	// events come from unnamed namespaces (the host's, containers'), and each is a miss
 	// that must not cost a directory scan unless a namespace was added since.
 	dirsChanged time.Time
+	// settled says the last scan saw the directories at rest. A name is made as an empty
+	// file and bind-mounted onto after, and the mount leaves the directory's mtime alone;
+	// mtimes also come from a coarse clock, so a second name added in the same tick as the
+	// scan does not move it. Until a scan is settled, a miss scans again.
+	settled  bool
+	lastScan time.Time
 }
+
+const (
+	// netnsSettle is how long after the directories' last change a scan is trusted.
+	netnsSettle = time.Second
+	// netnsPendingLimit is how long an entry that is not (yet) a namespace keeps scans
+	// coming: iproute2 mounts within milliseconds, so one still a plain file by then is a
+	// stray, not a mount in progress.
+	netnsPendingLimit = 10 * time.Second
+	// netnsRescanGap bounds the scans of an unsettled directory to one per gap, whatever
+	// the event rate.
+	netnsRescanGap = time.Millisecond
+)
 
 // Name returns the name of the netns with that inode, if it has one.
 func (n *NetnsNames) Name(inode uint32) (string, bool) {
@@ -90,10 +108,15 @@ func (n *NetnsNames) Name(inode uint32) (string, bool) {
 		}
 	}
 	changed := netnsDirsChanged()
-	if n.paths != nil && !changed.After(n.dirsChanged) {
+	now := time.Now()
+	if n.paths != nil && !changed.After(n.dirsChanged) && (n.settled || now.Sub(n.lastScan) < netnsRescanGap) {
 		return "", false
 	}
-	n.paths, n.dirsChanged = scanNetnsNames(), changed
+	var pending bool
+	n.paths, pending = scanNetnsNames()
+	n.dirsChanged, n.lastScan = changed, now
+	age := now.Sub(changed)
+	n.settled = age >= netnsSettle && (!pending || age >= netnsPendingLimit)
 	path, ok := n.paths[inode]
 	if !ok {
 		return "", false
@@ -113,20 +136,33 @@ func netnsDirsChanged() time.Time {
 	return latest
 }
 
-func scanNetnsNames() map[uint32]string {
-	names := map[uint32]string{}
+// scanNetnsNames maps the inode of each named namespace to its path. pending says some
+// entry is not a namespace: a name whose bind mount has not happened yet.
+func scanNetnsNames() (names map[uint32]string, pending bool) {
+	names = map[uint32]string{}
+	var own syscall.Stat_t
+	if err := syscall.Stat(OwnNetns, &own); err != nil {
+		return names, false
+	}
 	for _, dir := range netnsDirs {
 		entries, err := os.ReadDir(dir)
 		if err != nil {
 			continue
 		}
 		for _, e := range entries {
-			if ino, err := NetnsInode(filepath.Join(dir, e.Name())); err == nil {
-				names[ino] = filepath.Join(dir, e.Name())
+			var st syscall.Stat_t
+			path := filepath.Join(dir, e.Name())
+			if err := syscall.Stat(path, &st); err != nil {
+				continue
 			}
+			if st.Dev != own.Dev { // not on nsfs
+				pending = true
+				continue
+			}
+			names[uint32(st.Ino)] = path
 		}
 	}
-	return names
+	return names, pending
 }
 
 // LiveNetns returns the inodes of every network namespace something still holds: a process
@@ -145,8 +181,9 @@ func LiveNetns() map[uint32]bool {
 			}
 		}
 	}
-	for path := range scanNetnsNames() {
-		live[path] = true
+	names, _ := scanNetnsNames()
+	for ino := range names {
+		live[ino] = true
 	}
 	return live
 }
