@@ -496,6 +496,30 @@ func TestOnTrafficAttachesLayersOnlyWhileTheFlowIsActive(t *testing.T) {
 	}
 }
 
+// fullyArmed is the condition of p armed with all its hooks attached, no arming error, and a
+// count of unobserved packets that unobserved accepts.
+func fullyArmed(t *testing.T, p *probe, hooks int, unobserved func(uint64) bool) func() (bool, string) {
+	return func() (bool, string) {
+		s := snapshot(t, p)
+		links := programLinks(t, p)
+		return s.Armed && len(links) == hooks && unobserved(s.Unobserved) && s.ArmErr == nil,
+			fmt.Sprintf("armed %v, unobserved %d, links %v of %d hooks, error %v", s.Armed, s.Unobserved, links, hooks, s.ArmErr)
+	}
+}
+
+// exchangeCounted sends 12 datagrams from A to B:port and 5 back, and waits until every layer
+// of the flow "app" counted each once; it returns those counts.
+func exchangeCounted(t *testing.T, pair *netnstest.Pair, p *probe, port int) map[string]uint64 {
+	t.Helper()
+	const in, out = 12, 5
+	udpExchange(t, pair, pair.A.Addr, pair.B.Addr, port, in, out)
+	want := map[string]uint64{}
+	expectPath(p, want, footprint.Receive, in, false, footprint.UDPRcv)
+	expectPath(p, want, footprint.Transmit, out, false, footprint.UDPRcv)
+	wantCounts(t, p, "app", want)
+	return want
+}
+
 func onTraffic(t *testing.T, pair *netnstest.Pair, p *probe, idle time.Duration) {
 	hooks := 0
 	for _, h := range p.Report().Hooks {
@@ -529,20 +553,10 @@ func onTraffic(t *testing.T, pair *netnstest.Pair, p *probe, idle time.Duration)
 	armed := func() {
 		t.Helper()
 		udpExchange(t, pair, pair.A.Addr, pair.B.Addr, 5310, 1, 0)
-		eventually(t, "armed by the flow's packet", func() (bool, string) {
-			s := snapshot(t, p)
-			links := programLinks(t, p)
-			return s.Armed && len(links) == hooks && s.Unobserved > 0 && s.ArmErr == nil,
-				fmt.Sprintf("armed %v, unobserved %d, links %v of %d hooks, error %v", s.Armed, s.Unobserved, links, hooks, s.ArmErr)
-		})
+		eventually(t, "armed by the flow's packet", fullyArmed(t, p, hooks, func(n uint64) bool { return n > 0 }))
 	}
 	armed()
-	const in, out = 12, 5
-	udpExchange(t, pair, pair.A.Addr, pair.B.Addr, 5310, in, out)
-	want := map[string]uint64{}
-	expectPath(p, want, footprint.Receive, in, false, footprint.UDPRcv)
-	expectPath(p, want, footprint.Transmit, out, false, footprint.UDPRcv)
-	wantCounts(t, p, "app", want)
+	want := exchangeCounted(t, pair, p, 5310)
 	snapshot(t, p)
 	if s := snapshot(t, p); len(s.Lost) != 0 || len(s.NewLosses) != 0 {
 		t.Fatalf("the packet that armed the layers counts nowhere, yet: lost %+v", s.Lost)
@@ -556,6 +570,7 @@ func onTraffic(t *testing.T, pair *netnstest.Pair, p *probe, idle time.Duration)
 	})
 	// Counting stopped with the layers; the next packet arms again and counting resumes.
 	armed()
+	const in, out = 12, 5
 	udpExchange(t, pair, pair.A.Addr, pair.B.Addr, 5310, in, out)
 	for k, v := range want {
 		want[k] = 2 * v
@@ -657,12 +672,8 @@ func TestOnTrafficSamplesTheSentinels(t *testing.T) {
 				}
 			}
 		}()
-		eventuallyWithin(t, 3*period+5*time.Second, "armed by delivered packets", func() (bool, string) {
-			s := snapshot(t, p)
-			links := programLinks(t, p)
-			return s.Armed && len(links) == hooks && s.Unobserved > 0 && s.ArmErr == nil,
-				fmt.Sprintf("armed %v, unobserved %d, links %v of %d hooks, error %v", s.Armed, s.Unobserved, links, hooks, s.ArmErr)
-		})
+		eventuallyWithin(t, 3*period+5*time.Second, "armed by delivered packets",
+			fullyArmed(t, p, hooks, func(n uint64) bool { return n > 0 }))
 	})
 
 	t.Run("drop_arms_while_detached", func(t *testing.T) {
@@ -674,18 +685,8 @@ func TestOnTrafficSamplesTheSentinels(t *testing.T) {
 		})
 		// No socket on the port in B: the packet dies at L4 (NO_SOCKET), where kfree_skb sees it.
 		pair.A.SendUDP(t, fmt.Sprintf("%s:5320", pair.B.Addr), 1)
-		eventually(t, "armed by the drop", func() (bool, string) {
-			s := snapshot(t, p)
-			links := programLinks(t, p)
-			return s.Armed && len(links) == hooks && s.Unobserved == 1 && s.ArmErr == nil,
-				fmt.Sprintf("armed %v, unobserved %d, links %v of %d hooks, error %v", s.Armed, s.Unobserved, links, hooks, s.ArmErr)
-		})
-		const in, out = 12, 5
-		udpExchange(t, pair, pair.A.Addr, pair.B.Addr, 5320, in, out)
-		want := map[string]uint64{}
-		expectPath(p, want, footprint.Receive, in, false, footprint.UDPRcv)
-		expectPath(p, want, footprint.Transmit, out, false, footprint.UDPRcv)
-		wantCounts(t, p, "app", want)
+		eventually(t, "armed by the drop", fullyArmed(t, p, hooks, func(n uint64) bool { return n == 1 }))
+		exchangeCounted(t, pair, p, 5320)
 	})
 }
 
