@@ -298,7 +298,7 @@ main() {
 		kdir=$(fetch_kernel "$meta")
 		logf=$(boot "$kdir")
 		if guest_kernel_hung "$logf"; then
-			# Seen once in ~20 guest runs (6.1, TCG): a soft lockup on an idle vCPU, RCU
+			# Seen once (6.1, TCG): a soft lockup on an idle vCPU, RCU
 			# stalls, then every task blocked until the timeout. Four reruns of the same
 			# binaries passed, so it is taken as the emulator starving a vCPU thread, not as
 			# a test failure. It is reported loudly with its stack, and the guest gets one
