@@ -64,26 +64,9 @@ func tcpWhere(t *testing.T, p *drops.Probe, f func(drops.TCPCount) bool) uint64 
 	return n
 }
 
-// eventually polls until cond holds; counts settle within microseconds, events within the
-// flush interval.
-func eventually(t *testing.T, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %s", what, state)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func equalCount(t *testing.T, what string, want uint64, get func() uint64) {
 	t.Helper()
-	eventually(t, what, func() (bool, string) {
+	netnstest.Eventually(t, 5*time.Second, what, func() (bool, string) {
 		got := get()
 		return got == want, fmt.Sprintf("got %d, want %d", got, want)
 	})
@@ -138,7 +121,7 @@ func TestTCPSynToClosedPort(t *testing.T) {
 			})
 
 			var got []drops.Event
-			eventually(t, "drop events", func() (bool, string) {
+			netnstest.Eventually(t, 5*time.Second, "drop events", func() (bool, string) {
 				got = events.Matching(func(e drops.Event) bool {
 					return e.Kind == drops.KindDrop && e.Netns == pair.B.Inode && e.Reason == "NO_SOCKET"
 				})
@@ -194,7 +177,7 @@ func TestUDPToClosedPort(t *testing.T) {
 				d.Transport == "udp" && d.Interface == pair.B.Veth
 		})
 	})
-	eventually(t, "udp drop events", func() (bool, string) {
+	netnstest.Eventually(t, 5*time.Second, "udp drop events", func() (bool, string) {
 		got := events.Matching(func(e drops.Event) bool {
 			return e.Kind == drops.KindDrop && e.Netns == pair.B.Inode && e.Transport == "udp" &&
 				e.LocalPort == dport && e.PeerPort == uint16(sport) &&
@@ -219,7 +202,7 @@ func TestNftablesDrop(t *testing.T) {
 		})
 	})
 	var got []drops.Event
-	eventually(t, "NETFILTER_DROP events", func() (bool, string) {
+	netnstest.Eventually(t, 5*time.Second, "NETFILTER_DROP events", func() (bool, string) {
 		got = events.Matching(func(e drops.Event) bool {
 			return e.Netns == pair.B.Inode && e.Reason == "NETFILTER_DROP"
 		})
@@ -267,7 +250,7 @@ func TestQdiscDrop(t *testing.T) {
 
 	// Sent by this host: the local side is the sender, and the default budget (burst 200)
 	// samples every one of them.
-	eventually(t, "qdisc drop events", func() (bool, string) {
+	netnstest.Eventually(t, 5*time.Second, "qdisc drop events", func() (bool, string) {
 		got := events.Matching(func(e drops.Event) bool {
 			return e.Netns == pair.A.Inode && strings.HasPrefix(e.Reason, "QDISC")
 		})
@@ -371,13 +354,13 @@ func TestRetransmitsAreCounted(t *testing.T) {
 			return c.Netns == pair.A.Inode && c.Kind == drops.KindRetransmit && c.State == "established"
 		})
 	}
-	eventually(t, "retransmits by A", func() (bool, string) {
+	netnstest.Eventually(t, 5*time.Second, "retransmits by A", func() (bool, string) {
 		n := retransmits()
 		return n >= 2, fmt.Sprintf("%d retransmits", n)
 	})
 	// Every copy A sent, the first and each retransmit, is dropped by B's rule (the drop
 	// follows the retransmit tracepoint by a softirq, hence eventually).
-	eventually(t, "each retransmit dropped by B", func() (bool, string) {
+	netnstest.Eventually(t, 5*time.Second, "each retransmit dropped by B", func() (bool, string) {
 		n := retransmits()
 		dropped := dropsWhere(t, p, func(d drops.DropCount) bool {
 			return d.Netns == pair.B.Inode && d.Reason == "NETFILTER_DROP" && d.Transport == "tcp"
@@ -385,7 +368,7 @@ func TestRetransmitsAreCounted(t *testing.T) {
 		return dropped > n, fmt.Sprintf("B dropped %d segments, A retransmitted %d", dropped, n)
 	})
 	local := c.LocalAddr().(*net.TCPAddr)
-	eventually(t, "retransmit events", func() (bool, string) {
+	netnstest.Eventually(t, 5*time.Second, "retransmit events", func() (bool, string) {
 		got := events.Matching(func(e drops.Event) bool {
 			return e.Kind == drops.KindRetransmit && e.Netns == pair.A.Inode
 		})
@@ -473,7 +456,7 @@ func TestResetFromSocket(t *testing.T) {
 		})
 	})
 	local := c.LocalAddr().(*net.TCPAddr)
-	eventually(t, "reset-sent event", func() (bool, string) {
+	netnstest.Eventually(t, 5*time.Second, "reset-sent event", func() (bool, string) {
 		got := events.Matching(func(e drops.Event) bool {
 			return e.Kind == drops.KindResetSent && e.Netns == pair.B.Inode && e.LocalPort == 5030 &&
 				e.PeerPort == uint16(local.Port) && e.PeerAddr == netip.MustParseAddr(pair.A.Addr) && e.TupleFrom == "socket"

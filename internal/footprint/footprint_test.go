@@ -74,28 +74,6 @@ func layerCounts(s footprint.Snapshot, flow string) map[string]uint64 {
 	return out
 }
 
-// eventually polls until cond holds: counts settle within microseconds, a tbf queue within
-// seconds.
-func eventually(t *testing.T, what string, cond func() (bool, string)) {
-	t.Helper()
-	eventuallyWithin(t, 10*time.Second, what, cond)
-}
-
-func eventuallyWithin(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %s", what, state)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // wantCounts waits until the flow's counts at the given layers are exactly as wanted, and
 // checks they stay so.
 func wantCounts(t *testing.T, p *probe, flow string, want map[string]uint64) {
@@ -111,7 +89,7 @@ func wantCounts(t *testing.T, p *probe, flow string, want map[string]uint64) {
 		slices.Sort(bad)
 		return strings.Join(bad, ", ")
 	}
-	eventually(t, "flow "+flow+" counts", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "flow "+flow+" counts", func() (bool, string) {
 		d := diff()
 		return d == "", d
 	})
@@ -310,7 +288,7 @@ func TestTCPEveryLayer(t *testing.T) {
 			}
 
 			_, rx := paths(p)
-			eventually(t, "every receive layer in B counts A's segments", func() (bool, string) {
+			netnstest.Eventually(t, 10*time.Second, "every receive layer in B counts A's segments", func() (bool, string) {
 				sent := uint64(netnstest.TCPInfo(t, c.Client).Segs_out)
 				got := layerCounts(snapshot(t, p), "web")
 				want := map[string]uint64{}
@@ -322,7 +300,7 @@ func TestTCPEveryLayer(t *testing.T) {
 				}
 				return true, ""
 			})
-			eventually(t, "every layer of B -> A counts the same", func() (bool, string) {
+			netnstest.Eventually(t, 10*time.Second, "every layer of B -> A counts the same", func() (bool, string) {
 				got := layerCounts(snapshot(t, p), "web")
 				ref := got["net_dev_queue/transmit"]
 				want := map[string]uint64{}
@@ -366,7 +344,7 @@ func TestNetfilterDrop(t *testing.T) {
 	if p.Attached(footprint.UDPRcv) {
 		next = footprint.UDPRcv.String()
 	}
-	eventually(t, "a loss between netif_receive_skb and "+next, func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "a loss between netif_receive_skb and "+next, func() (bool, string) {
 		s := snapshot(t, p)
 		var drops uint64
 		for _, d := range s.Drops {
@@ -415,7 +393,7 @@ func TestQdiscDrop(t *testing.T) {
 		"net_dev_start_xmit/transmit": n - qdropped,
 		"net_dev_xmit/transmit":       n - qdropped,
 	})
-	eventually(t, "a loss between net_dev_queue and net_dev_start_xmit", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "a loss between net_dev_queue and net_dev_start_xmit", func() (bool, string) {
 		s := snapshot(t, p)
 		var lost uint64
 		for _, l := range s.Lost {
@@ -543,7 +521,7 @@ func onTraffic(t *testing.T, pair *netnstest.Pair, p *probe, idle time.Duration)
 		}
 		return len(links) == len(sentinels), fmt.Sprintf("links %v, want the sentinels %v", links, sentinels)
 	}
-	eventually(t, "idle at start", onlySentinels)
+	netnstest.Eventually(t, 10*time.Second, "idle at start", onlySentinels)
 	// Other traffic does not arm it: the sentinels count a match at once, armed or not.
 	udpExchange(t, pair, pair.A.Addr, pair.B.Addr, 5311, 5, 5)
 	if s := snapshot(t, p); s.Armed || s.Unobserved != 0 {
@@ -553,7 +531,7 @@ func onTraffic(t *testing.T, pair *netnstest.Pair, p *probe, idle time.Duration)
 	armed := func() {
 		t.Helper()
 		udpExchange(t, pair, pair.A.Addr, pair.B.Addr, 5310, 1, 0)
-		eventually(t, "armed by the flow's packet", fullyArmed(t, p, hooks, func(n uint64) bool { return n > 0 }))
+		netnstest.Eventually(t, 10*time.Second, "armed by the flow's packet", fullyArmed(t, p, hooks, func(n uint64) bool { return n > 0 }))
 	}
 	armed()
 	want := exchangeCounted(t, pair, p, 5310)
@@ -562,7 +540,7 @@ func onTraffic(t *testing.T, pair *netnstest.Pair, p *probe, idle time.Duration)
 		t.Fatalf("the packet that armed the layers counts nowhere, yet: lost %+v", s.Lost)
 	}
 
-	eventuallyWithin(t, idle+10*time.Second, "idle again after idle_detach", func() (bool, string) {
+	netnstest.Eventually(t, idle+10*time.Second, "idle again after idle_detach", func() (bool, string) {
 		if s := snapshot(t, p); s.Armed {
 			return false, "still armed"
 		}
@@ -672,20 +650,20 @@ func TestOnTrafficSamplesTheSentinels(t *testing.T) {
 				}
 			}
 		}()
-		eventuallyWithin(t, 3*period+5*time.Second, "armed by delivered packets",
+		netnstest.Eventually(t, 3*period+5*time.Second, "armed by delivered packets",
 			fullyArmed(t, p, hooks, func(n uint64) bool { return n > 0 }))
 	})
 
 	t.Run("drop_arms_while_detached", func(t *testing.T) {
 		// One window at the start, then none for an hour: only kfree_skb can arm.
 		pair, p, sampled, hooks := sampledStart(t, 100*time.Millisecond, time.Hour)
-		eventually(t, "the sampled sentinels detached after the first window", func() (bool, string) {
+		netnstest.Eventually(t, 10*time.Second, "the sampled sentinels detached after the first window", func() (bool, string) {
 			n := sampledAttached(t, p, sampled)
 			return n == 0, fmt.Sprintf("%d links", n)
 		})
 		// No socket on the port in B: the packet dies at L4 (NO_SOCKET), where kfree_skb sees it.
 		pair.A.SendUDP(t, fmt.Sprintf("%s:5320", pair.B.Addr), 1)
-		eventually(t, "armed by the drop", fullyArmed(t, p, hooks, func(n uint64) bool { return n == 1 }))
+		netnstest.Eventually(t, 10*time.Second, "armed by the drop", fullyArmed(t, p, hooks, func(n uint64) bool { return n == 1 }))
 		exchangeCounted(t, pair, p, 5320)
 	})
 }
@@ -783,7 +761,7 @@ func TestAttachReport(t *testing.T) {
 			attached += fmt.Sprintf(" (%d args)", arity)
 		}
 		fmt.Printf("MATRIX family=footprint hook=%s attached=%s: %s\n", h.Hook, attached, h.Attached.Program)
-		// The seed's functions: where fentry works, nothing slower may be in use.
+		// The stack's functions: where fentry works, nothing slower may be in use.
 		if expected(loader.FEntry) && slices.Contains([]string{"eth_type_trans", "tcp_v4_rcv", "tcp_v6_rcv", "udp_rcv",
 			"udpv6_rcv", "sk_filter_trim_cap"}, h.Hook) && h.Attached.Kind != loader.FEntry {
 			t.Errorf("hook %s attached with %s where fentry is expected", h.Hook, h.Attached.Kind)

@@ -386,7 +386,7 @@ func PolicyRouting(t testing.TB, ns *NS) string {
 }
 
 // Paced is a TCP connection from A to B carrying small messages at a fixed pace, with a
-// server that reads at its own pace: the workload that shows delayed ACKs (seed 000).
+// server that reads at its own pace: the workload that shows delayed ACKs.
 type Paced struct {
 	Client, Server *net.TCPConn
 }
@@ -607,4 +607,22 @@ func ProgramLinks(t testing.TB, report loader.Report) map[string]int {
 		}
 	})
 	return out
+}
+
+// Eventually polls cond every 50 ms until it holds, and fails t with what and cond's last
+// state once within has passed. Not require.Eventually: that runs cond on another goroutine,
+// where the t.Fatal of a helper cond calls cannot stop the test.
+func Eventually(t testing.TB, within time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s", what, state)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -36,21 +36,6 @@ func start(t *testing.T, cfg txqueue.Config) (*txqueue.Probe, *eventLog) {
 	return p, log
 }
 
-func eventually(t *testing.T, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %s", what, state)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func snapshot(t *testing.T, p *txqueue.Probe) txqueue.Snapshot {
 	t.Helper()
 	s, err := p.Snapshot()
@@ -155,7 +140,7 @@ func TestPerQueueCounts(t *testing.T) {
 
 	var ours map[uint32]txqueue.QueueCount
 	var sent map[uint32]uint64
-	eventually(t, "per-queue counts equal the qdisc's", func() (bool, string) {
+	netnstest.Eventually(t, 5*time.Second, "per-queue counts equal the qdisc's", func() (bool, string) {
 		ours, sent = queuesOf(t, p, pair.A), qdisc()
 		for q, n := range sent {
 			if ours[q].Packets != n {
@@ -359,7 +344,7 @@ func flowMovesQueue(t *testing.T, run pickRun) {
 		t.Errorf("queue changes on %s: %d, want 1", pair.A.Veth, n)
 	}
 	var moved []txqueue.Event
-	eventually(t, "flow-moved event", func() (bool, string) {
+	netnstest.Eventually(t, 5*time.Second, "flow-moved event", func() (bool, string) {
 		moved = events.Matching(func(e txqueue.Event) bool { return e.Kind == txqueue.KindFlowMoved && e.Netns == pair.A.Inode })
 		return len(moved) == 1, fmt.Sprintf("%d events: %+v", len(moved), moved)
 	})
@@ -449,7 +434,7 @@ func TestOtherhost(t *testing.T) {
 	const n = 6
 	pair.A.SendUDP(t, foreignAddr+":5300", n)
 
-	eventually(t, "OTHERHOST count on B", func() (bool, string) {
+	netnstest.Eventually(t, 5*time.Second, "OTHERHOST count on B", func() (bool, string) {
 		c := interfaceOf(t, p, pair.B)
 		return c.Otherhost == n, fmt.Sprintf("%+v, want %d", c, n)
 	})
@@ -474,7 +459,7 @@ func TestOtherhost(t *testing.T) {
 		t.Errorf("no %s hook in the report", txqueue.HookOtherhost)
 	}
 	aMAC, bMAC := sysfs(t, pair.A, "address"), sysfs(t, pair.B, "address")
-	eventually(t, "OTHERHOST events", func() (bool, string) {
+	netnstest.Eventually(t, 5*time.Second, "OTHERHOST events", func() (bool, string) {
 		got := events.Matching(func(e txqueue.Event) bool { return e.Kind == txqueue.KindOtherhost && e.Netns == pair.B.Inode })
 		for _, e := range got {
 			if e.DstMAC.String() != foreignMAC || e.SrcMAC.String() != aMAC || e.DevMAC.String() != bMAC ||
@@ -496,7 +481,7 @@ func TestQueueKeysBounded(t *testing.T) {
 	p, _ := start(t, cfg)
 	pair := multiqueuePair(t)
 	pair.A.SendUDP(t, pair.B.Addr+":5400", 5) // B answers each with ICMP: a key on B's veth too
-	eventually(t, "overflow counted", func() (bool, string) {
+	netnstest.Eventually(t, 5*time.Second, "overflow counted", func() (bool, string) {
 		s := snapshot(t, p)
 		return len(s.Queues) == 1 && s.Stats.QueueKeysFull > 0, fmt.Sprintf("%d keys, overflow %d", len(s.Queues), s.Stats.QueueKeysFull)
 	})
@@ -525,7 +510,7 @@ func TestPruneDeadNetns(t *testing.T) {
 	}
 	// At least: a link coming up may send a frame of its own.
 	for _, ns := range []*netnstest.NS{gone.A, alive.A} {
-		eventually(t, "datagrams counted in "+ns.Name, func() (bool, string) {
+		netnstest.Eventually(t, 5*time.Second, "datagrams counted in "+ns.Name, func() (bool, string) {
 			n := sent(ns)()
 			return n >= 6, fmt.Sprintf("%d xmits, want at least 6", n)
 		})
@@ -557,7 +542,7 @@ func TestEventRateLimit(t *testing.T) {
 	const n = 30
 	// One CPU: veth delivers in the sender's softirq, so every packet spends that CPU's tokens.
 	pair.A.SendUDPFromCPU(t, "198.18.0.3:5500", n, 0)
-	eventually(t, "every packet counted", func() (bool, string) {
+	netnstest.Eventually(t, 5*time.Second, "every packet counted", func() (bool, string) {
 		c := interfaceOf(t, p, pair.B)
 		return c.Otherhost == n, fmt.Sprintf("%d counted", c.Otherhost)
 	})
@@ -613,7 +598,7 @@ func TestRawTracepoints(t *testing.T) {
 	pair.A.Exec(t, "ip", "neigh", "replace", "198.18.0.3", "lladdr", "02:00:00:00:00:99", "dev", pair.A.Veth, "nud", "permanent")
 	txBefore := sysfsUint(t, pair.A, "statistics/tx_packets")
 	pair.A.SendUDP(t, "198.18.0.3:5600", 4)
-	eventually(t, "raw_tp counts", func() (bool, string) {
+	netnstest.Eventually(t, 5*time.Second, "raw_tp counts", func() (bool, string) {
 		var xmits uint64
 		for _, q := range queuesOf(t, p, pair.A) {
 			xmits += q.Xmits

@@ -3,6 +3,7 @@ package tcpackreceiver
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"go.opentelemetry.io/collector/pdata/plog"
 	"go.opentelemetry.io/collector/pdata/pmetric"
@@ -26,7 +27,7 @@ func TestReceiverReportsFootprint(t *testing.T) {
 	cfg.Footprint.Flows = []FlowConfig{{Name: "blocked", Protocol: "udp", Local: pair.B.Addr, LocalPort: 5140}}
 	r := startReceiver(t, NewFactory(), cfg)
 	pair.A.SendUDP(t, fmt.Sprintf("%s:5140", pair.B.Addr), 1)
-	waitFor(t, "tcpack.footprint.armed 1 after the flow's first packet", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "tcpack.footprint.armed 1 after the flow's first packet", func() (bool, string) {
 		armed, _ := latestPoint(r, "tcpack.footprint.armed", func(pmetric.NumberDataPoint) bool { return true })
 		unobserved, _ := latestPoint(r, "tcpack.footprint.unobserved", func(pmetric.NumberDataPoint) bool { return true })
 		return armed == 1 && unobserved >= 1, fmt.Sprintf("armed %d, unobserved %d", armed, unobserved)
@@ -41,7 +42,7 @@ func TestReceiverReportsFootprint(t *testing.T) {
 				strAttr(a, "network.io.direction") == dir
 		}
 	}
-	waitFor(t, "tcpack.footprint.packets at netif_receive_skb", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "tcpack.footprint.packets at netif_receive_skb", func() (bool, string) {
 		v, ok := latestPoint(r, "tcpack.footprint.packets", flowPoint("netif_receive_skb", "receive"))
 		return ok && v == n, fmt.Sprintf("%d (%v)", v, ok)
 	})
@@ -49,20 +50,20 @@ func TestReceiverReportsFootprint(t *testing.T) {
 	if v, ok := latestPoint(r, "tcpack.footprint.packets", flowPoint("sk_filter_trim_cap", "receive")); !ok || v != 0 {
 		t.Errorf("sk_filter_trim_cap counted %d packets (reported: %v) of a flow dropped before it, want 0", v, ok)
 	}
-	waitFor(t, "tcpack.footprint.drops NETFILTER_DROP", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "tcpack.footprint.drops NETFILTER_DROP", func() (bool, string) {
 		v, ok := latestPoint(r, "tcpack.footprint.drops", func(dp pmetric.NumberDataPoint) bool {
 			return strAttr(dp.Attributes(), "tcpack.drop.reason") == "NETFILTER_DROP"
 		})
 		return ok && v == n, fmt.Sprintf("%d (%v)", v, ok)
 	})
-	waitFor(t, "tcpack.footprint.lost after netif_receive_skb", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "tcpack.footprint.lost after netif_receive_skb", func() (bool, string) {
 		v, ok := latestPoint(r, "tcpack.footprint.lost", func(dp pmetric.NumberDataPoint) bool {
 			return strAttr(dp.Attributes(), "tcpack.footprint.layer") == "netif_receive_skb"
 		})
 		return ok && v == n, fmt.Sprintf("%d (%v)", v, ok)
 	})
 	var events []plog.LogRecord
-	waitFor(t, "tcpack.footprint.loss event", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "tcpack.footprint.loss event", func() (bool, string) {
 		events = nil
 		forEachRecord(r.logs, func(rec plog.LogRecord) {
 			if rec.EventName() == "tcpack.footprint.loss" {

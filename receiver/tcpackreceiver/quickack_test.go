@@ -51,7 +51,7 @@ func TestReceiverForcesQuickACKsAndReportsThem(t *testing.T) {
 		return strAttr(dp.Attributes(), "tcpack.quickack.target") == "local_port:5130" &&
 			strAttr(dp.Attributes(), "tcpack.quickack.mechanism") == "mark"
 	}
-	waitFor(t, "tcpack.quickack.sockets", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "tcpack.quickack.sockets", func() (bool, string) {
 		v, ok := latestPoint(r, "tcpack.quickack.sockets", byTarget)
 		return ok && v == 1, fmt.Sprintf("%d (%v)", v, ok)
 	})
@@ -60,7 +60,7 @@ func TestReceiverForcesQuickACKsAndReportsThem(t *testing.T) {
 			return intAttr(dp.Attributes(), "network.local.port") == port && intAttr(dp.Attributes(), "tcpack.netns.inode") == int64(pair.B.Inode)
 		}
 	}
-	waitFor(t, "tcpack.ack.forced.count", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "tcpack.ack.forced.count", func() (bool, string) {
 		forced, _ := latestPoint(r, "tcpack.ack.forced.count", onPort(5130))
 		all, _ := latestPoint(r, "tcpack.ack.count", onPort(5130))
 		controlForced, _ := latestPoint(r, "tcpack.ack.forced.count", onPort(5131))
@@ -78,7 +78,7 @@ func TestReceiverForcesQuickACKsAndReportsThem(t *testing.T) {
 		})
 		return n, rec
 	}
-	waitFor(t, "tcpack.quickack.socket applied", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "tcpack.quickack.socket applied", func() (bool, string) {
 		n, _ := applied()
 		return n == 1, fmt.Sprint(n, " records")
 	})

@@ -152,21 +152,6 @@ func intAttr(m pcommon.Map, k string) int64 {
 	return -1
 }
 
-func waitFor(t *testing.T, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %s", what, state)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 func TestReceiverReportsDropsAsMetricsAndEvents(t *testing.T) {
 	netnstest.RequireRoot(t)
 	r := startReceiver(t, NewFactory(), fastConfig())
@@ -174,13 +159,13 @@ func TestReceiverReportsDropsAsMetricsAndEvents(t *testing.T) {
 	const n, firstPort = 4, 42000
 	pair.A.SendSYNs(t, fmt.Sprintf("%s:5010", pair.B.Addr), n, firstPort)
 
-	waitFor(t, "tcpack.drop.count NO_SOCKET at tcp_v4_rcv in B", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "tcpack.drop.count NO_SOCKET at tcp_v4_rcv in B", func() (bool, string) {
 		got, _ := dropCount(r.metrics, pair.B.Inode, "NO_SOCKET", "tcp_v4_rcv", "tcp")
 		return got == n, fmt.Sprintf("got %d, want %d", got, n)
 	})
 
 	seen := map[int64]bool{}
-	waitFor(t, "tcpack.drop events", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "tcpack.drop events", func() (bool, string) {
 		forEachRecord(r.logs, func(rec plog.LogRecord) {
 			a := rec.Attributes()
 			if rec.EventName() != "tcpack.drop" || intAttr(a, "tcpack.netns.inode") != int64(pair.B.Inode) ||
@@ -226,7 +211,7 @@ func TestReceiverRestartLeavesNothingBehind(t *testing.T) {
 		if netnstest.CountLinks(t) <= links {
 			t.Fatalf("run %d: no links attached", i)
 		}
-		waitFor(t, "first collection", func() (bool, string) {
+		netnstest.Eventually(t, 10*time.Second, "first collection", func() (bool, string) {
 			return r.metrics.DataPointCount() > 0, "no metrics yet"
 		})
 		r.stop()
@@ -274,7 +259,7 @@ func TestMetricsOnlySamplesNoEvents(t *testing.T) {
 	pair := netnstest.NewPair(t)
 	const n = 5
 	pair.A.SendSYNs(t, fmt.Sprintf("%s:5011", pair.B.Addr), n, 44000)
-	waitFor(t, "drops counted", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "drops counted", func() (bool, string) {
 		got, _ := dropCount(sink, pair.B.Inode, "NO_SOCKET", "tcp_v4_rcv", "tcp")
 		return got == n, fmt.Sprintf("got %d, want %d", got, n)
 	})
@@ -340,7 +325,7 @@ func TestReceiverReportsACKDelays(t *testing.T) {
 	segs := int64(netnstest.TCPInfo(t, w.Server).Data_segs_in)
 
 	var dp pmetric.HistogramDataPoint
-	waitFor(t, "tcpack.ack.delay for port 5120", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "tcpack.ack.delay for port 5120", func() (bool, string) {
 		var ok bool
 		dp, ok = histogramPoint(r.metrics, 5120, pair.B.Inode)
 		if !ok {
@@ -368,7 +353,7 @@ func TestReceiverReportsACKDelays(t *testing.T) {
 	}
 
 	var delayed int
-	waitFor(t, "tcpack.ack.delayed events", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "tcpack.ack.delayed events", func() (bool, string) {
 		delayed = 0
 		forEachRecord(r.logs, func(rec plog.LogRecord) {
 			a := rec.Attributes()
@@ -406,18 +391,18 @@ func TestACKsAttachOnTraffic(t *testing.T) {
 		}
 		return 0, false
 	}
-	waitFor(t, "tcpack.ack.armed 0 with no socket in scope", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "tcpack.ack.armed 0 with no socket in scope", func() (bool, string) {
 		v, ok := latestArmed()
 		return ok && v == 0, fmt.Sprintf("armed %d (reported: %v)", v, ok)
 	})
 	pair := netnstest.NewPair(t)
 	c := pair.Connect(t, 5123)
-	waitFor(t, "tcpack.ack.armed 1 with a socket in scope open", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "tcpack.ack.armed 1 with a socket in scope open", func() (bool, string) {
 		v, ok := latestArmed()
 		return ok && v == 1, fmt.Sprintf("armed %d (reported: %v)", v, ok)
 	})
 	c.Exchange(t, 20, time.Millisecond, 0)
-	waitFor(t, "tcpack.ack.delay for port 5123", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "tcpack.ack.delay for port 5123", func() (bool, string) {
 		dp, ok := histogramPoint(r.metrics, 5123, pair.B.Inode)
 		return ok && dp.Count() > 0, "no ACK counted"
 	})
@@ -434,7 +419,7 @@ func TestACKSeriesCap(t *testing.T) {
 	pair := netnstest.NewPair(t)
 	pair.PacedTraffic(t, 5121, 20, time.Millisecond, 0)
 	pair.PacedTraffic(t, 5122, 20, time.Millisecond, 0)
-	waitFor(t, "one admitted series and the overflow series", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "one admitted series and the overflow series", func() (bool, string) {
 		_, first := histogramPoint(r.metrics, 5121, pair.B.Inode)
 		_, overflow := histogramPoint(r.metrics, 0, 0)
 		_, second := histogramPoint(r.metrics, 5122, pair.B.Inode)
@@ -470,14 +455,14 @@ func TestShutDownPipelineIsNeverCalledAgain(t *testing.T) {
 	}
 	pair := netnstest.NewPair(t)
 	pair.A.SendSYNs(t, fmt.Sprintf("%s:5012", pair.B.Addr), 3, 44100)
-	waitFor(t, "drop events", func() (bool, string) { return logs.LogRecordCount() > 0, "none yet" })
+	netnstest.Eventually(t, 10*time.Second, "drop events", func() (bool, string) { return logs.LogRecordCount() > 0, "none yet" })
 
 	if err := lr.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
 	before := logs.LogRecordCount()
 	pair.A.SendSYNs(t, fmt.Sprintf("%s:5012", pair.B.Addr), 3, 44200)
-	waitFor(t, "drops counted by the metrics pipeline", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "drops counted by the metrics pipeline", func() (bool, string) {
 		got, _ := dropCount(metrics, pair.B.Inode, "NO_SOCKET", "tcp_v4_rcv", "tcp")
 		return got == 6, fmt.Sprintf("got %d, want 6", got)
 	})
