@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /* ACK family: for the sockets in scope, every ACK this host sends, how long the oldest
- * unacknowledged data waited for it, and why it was sent when it was (seed 000: the kernel
+ * unacknowledged data waited for it, and why it was sent when it was (the kernel
  * delays ACKs once the per-socket quick-ACK quota, icsk_ack.quick, is spent).
  *
  * Without kprobes the decision points (__tcp_ack_snd_check, tcp_send_delayed_ack, ...) are out
@@ -92,12 +92,14 @@ const struct ack_event *unused_ack_event __attribute__((unused));
 const volatile __u8 scope_all = 1;
 const volatile __u8 scope_by_netns = 0;
 const volatile __u8 scope_by_flow = 0;
-/* How the quickack family marks the sockets it forces: SO_MARK in route mode (0 when it
- * is off), a TCP_BPF_DELACK_MAX below the kernel's default (HZ/5 jiffies) in bounded mode. */
-const volatile __u32 forced_mark = 0;
+/* How the quickack family marks the sockets it forces: SO_MARK in route mode (its
+ * force_mark; 0 when it is off), a TCP_BPF_DELACK_MAX below the kernel's default in bounded
+ * mode. The default is in jiffies here, as icsk_delack_max keeps it (HZ/5), where quickack's
+ * delack_max_default_us is in us, as bpf_setsockopt takes it. */
+const volatile __u32 force_mark = 0;
+const volatile __u32 delack_max_default_jiffies = 0;
 /* ack_ids' and ack_counts' max_entries, as user space sized them. */
 const volatile __u32 max_keys = 4096;
-const volatile __u32 delack_max_default_jiffies = 0;
 /* Delayed-ACK events are sampled only above this delay. */
 const volatile __u64 event_min_delay_ns = 10000000;
 
@@ -203,12 +205,14 @@ enum counter {
 	COUNTER_MAX = 4,
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, COUNTER_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} counters SEC(".maps");
+/* One event kind: a pure ACK that waited at least event_min_delay_ns. */
+enum event_kind {
+	EVENT_ACK_DELAYED = 0,
+	EVENT_KIND_MAX = 1,
+};
+
+#define TCPACK_SAMPLED_EVENTS
+#include "events.h"
 
 /* With attach: on_traffic the per-segment hooks (tcp_probe, the delayed-ACK hooks) are
  * attached only while in-scope sockets come and go: socks_in_scope
@@ -235,18 +239,6 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } armed SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct event_bucket);
-} event_buckets SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 20);
-} events SEC(".maps");
 
 static __always_inline bool in_scope(bool typed, __u16 local_port, __u16 peer_port, struct sock *sk)
 {
@@ -524,7 +516,7 @@ int ack_sockops(struct bpf_sock_ops *skops)
 
 	bool forced = false;
 	if (tp) {
-		if (forced_mark && tp->inet_conn.icsk_inet.sk.sk_mark == forced_mark)
+		if (force_mark && tp->inet_conn.icsk_inet.sk.sk_mark == force_mark)
 			forced = true;
 		if (bpf_core_field_exists(tp->inet_conn.icsk_delack_max) && delack_max_default_jiffies &&
 		    tp->inet_conn.icsk_delack_max < delack_max_default_jiffies)
@@ -565,32 +557,25 @@ int ack_sockops(struct bpf_sock_ops *skops)
 		s->forced++;
 
 	if (pure && event_rate_per_sec && delay >= event_min_delay_ns) {
-		__u32 k = 0;
-		if (!take_event_token(bpf_map_lookup_elem(&event_buckets, &k))) {
-			count_in(&counters, COUNTER_SAMPLED_OUT);
-		} else {
-			struct ack_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-			if (!e) {
-				count_in(&counters, COUNTER_RINGBUF_FULL);
-			} else {
-				__builtin_memset(e, 0, sizeof(*e));
-				e->ts_ns = now;
-				e->delay_ns = delay;
-				e->netns = as->netns;
-				e->segs = as->unacked;
-				e->cause = cause;
-				e->pending = pending;
-				e->quick = quick;
-				e->pingpong = pingpong;
-				e->dst_quick_ack = dst_quick_ack;
-				e->pure = pure;
-				e->forced = forced;
-				e->ato_jiffies = ato;
-				if (tp)
-					flow_from_sock(true, &e->flow, (struct sock *)tp);
-				e->flow.l4proto = IPPROTO_TCP;
-				submit_batched(&events, e);
-			}
+		struct ack_event *e = reserve_event(EVENT_ACK_DELAYED, sizeof(*e));
+		if (e) {
+			__builtin_memset(e, 0, sizeof(*e));
+			e->ts_ns = now;
+			e->delay_ns = delay;
+			e->netns = as->netns;
+			e->segs = as->unacked;
+			e->cause = cause;
+			e->pending = pending;
+			e->quick = quick;
+			e->pingpong = pingpong;
+			e->dst_quick_ack = dst_quick_ack;
+			e->pure = pure;
+			e->forced = forced;
+			e->ato_jiffies = ato;
+			if (tp)
+				flow_from_sock(true, &e->flow, (struct sock *)tp);
+			e->flow.l4proto = IPPROTO_TCP;
+			submit_batched(&events, e);
 		}
 	}
 	as->unacked = 0;

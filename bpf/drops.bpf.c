@@ -22,6 +22,9 @@ enum counter {
 	COUNTER_MAX = 10,
 };
 
+#define TCPACK_SAMPLED_EVENTS
+#include "events.h"
+
 struct drop_key {
 	__u64 location; /* return address inside the function that freed the skb */
 	__u32 netns;    /* netns inode: ifindex is only unique per netns */
@@ -81,41 +84,12 @@ struct {
 	__type(value, __u64);
 } tcp_counts SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, COUNTER_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} counters SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, EVENT_KIND_MAX);
-	__type(key, __u32);
-	__type(value, struct event_bucket);
-} event_buckets SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 20); /* the loader sets the configured size */
-} events SEC(".maps");
-
-static __always_inline struct event *reserve_event(__u32 kind)
+static __always_inline struct event *new_event(__u32 kind)
 {
-	__u32 k = kind;
+	struct event *e = reserve_event(kind, sizeof(*e));
 
-	/* Events switched off (or no logs pipeline) are not "suppressed": nothing asked for them. */
-	if (!(event_kinds_enabled & (1U << kind)) || !event_rate_per_sec)
+	if (!e)
 		return NULL;
-	if (!take_event_token(bpf_map_lookup_elem(&event_buckets, &k))) {
-		count_in(&counters, COUNTER_SAMPLED_OUT + kind);
-		return NULL;
-	}
-	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count_in(&counters, COUNTER_RINGBUF_FULL + kind);
-		return NULL;
-	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->ts_ns = bpf_ktime_get_ns();
 	e->kind = kind;
@@ -178,7 +152,7 @@ static __always_inline int handle_kfree_skb(bool typed, struct sk_buff *skb, voi
 	};
 	count_drop(&key, dev, len);
 
-	struct event *e = reserve_event(EVENT_DROP);
+	struct event *e = new_event(EVENT_DROP);
 	if (!e)
 		return 0;
 	e->location = key.location;
@@ -242,7 +216,7 @@ static __always_inline int handle_tcp(bool typed, __u32 kind, const struct sock 
 	}
 	count_tcp(kind, reason, netns, f.l3proto, state);
 
-	struct event *e = reserve_event(kind);
+	struct event *e = new_event(kind);
 	if (!e)
 		return 0;
 	e->reason = reason;

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Footprint family: for the flows the user names, how many packets reached each layer of the
- * receive and transmit paths, and why the kernel freed those it dropped (seeds 002/003: the
- * same per-layer counts, from kprobes a kernel module switched on with /proc).
+ * receive and transmit paths, and why the kernel freed those it dropped (per-layer
+ * counts, where a packet of the flow was last seen).
  *
  * Every layer parses the packet where that layer keeps its headers, matches it against the
  * configured flows (const volatile, rewritten at load: the collector reloads by restarting)
@@ -28,7 +28,7 @@ enum layer {
 	LAYER_NET_DEV_QUEUE = 0,      /* __dev_queue_xmit: handed to the device's qdisc */
 	LAYER_NET_DEV_START_XMIT = 1, /* the qdisc let it go: handed to the driver */
 	LAYER_NET_DEV_XMIT = 2,       /* the driver took it (NETDEV_TX_OK) */
-	LAYER_ETH_TYPE_TRANS = 3,     /* a driver received it (seed: the driver layer) */
+	LAYER_ETH_TYPE_TRANS = 3,     /* a driver received it (the driver layer) */
 	LAYER_NAPI_GRO_RECEIVE = 4,   /* NAPI driver handed it to GRO */
 	LAYER_NETIF_RX = 5,           /* non-NAPI driver queued it to the CPU backlog */
 	LAYER_NETIF_RECEIVE_SKB = 6,  /* __netif_receive_skb_core: the core receive path */
@@ -364,7 +364,7 @@ static __always_inline int drop(bool typed, const struct sk_buff *skb, void *loc
 	SEC("fentry/" fn) int BPF_PROG(fp_##name##_fentry, args) { const bool typed = true; body } \
 	SEC("kprobe/" fn) int BPF_KPROBE(fp_##name##_kprobe, args) { const bool typed = false; body }
 
-/* Transmit path. net_dev_queue fires inside __dev_queue_xmit, the seed's dev_queue_xmit. */
+/* Transmit path. net_dev_queue fires inside __dev_queue_xmit, which dev_queue_xmit calls. */
 TCPACK_TRACEPOINT("net_dev_queue", fp_net_dev_queue, ARGS(struct sk_buff *skb),
 	      return count_layer(typed, skb, L3_AT_NETWORK_HEADER, LAYER_NET_DEV_QUEUE, DIRECTION_TRANSMIT);)
 FP_FUNCTION("__dev_queue_xmit", dev_queue_xmit, ARGS(struct sk_buff *skb),
@@ -381,7 +381,7 @@ FP_FUNCTION("napi_gro_receive", napi_gro_receive, ARGS(struct napi_struct *napi,
 	    return count_layer(typed, skb, L3_AT_DATA, LAYER_NAPI_GRO_RECEIVE, DIRECTION_RECEIVE);)
 TCPACK_TRACEPOINT("netif_rx", fp_netif_rx, ARGS(struct sk_buff *skb),
 	      return count_layer(typed, skb, L3_AT_DATA, LAYER_NETIF_RX, DIRECTION_RECEIVE);)
-/* Fires at the top of __netif_receive_skb_core (the seed's hook), before it resets the
+/* Fires at the top of __netif_receive_skb_core, before it resets the
  * network header: data is where the header is. */
 TCPACK_TRACEPOINT("netif_receive_skb", fp_netif_receive_skb, ARGS(struct sk_buff *skb),
 	      return count_layer(typed, skb, L3_AT_DATA, LAYER_NETIF_RECEIVE_SKB, DIRECTION_RECEIVE);)

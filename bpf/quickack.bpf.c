@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Forced quick ACK (seed 000): make the sockets a user names acknowledge every segment at once,
+/* Forced quick ACK: make the sockets a user names acknowledge every segment at once,
  * without a kernel module and without touching the application.
  *
  * bpf_setsockopt(TCP_QUICKACK) does not exist, so the forcing is indirect (notes/kernel.md):
@@ -176,24 +176,15 @@ struct {
 	__type(value, struct target_stats);
 } target_counts SEC(".maps");
 
-/* Forcing events are rare (one per connection at most) and each one matters: no sampling,
- * but still batched wakeups. */
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 18);
-} events SEC(".maps");
-
 enum counter {
 	COUNTER_RINGBUF_FULL = 0,
 	COUNTER_MAX = 1,
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, COUNTER_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} counters SEC(".maps");
+/* Forcing events are rare (one per connection at most) and each one matters: no sampling,
+ * but still batched wakeups. */
+#define EVENTS_RINGBUF_BYTES (1 << 18)
+#include "events.h"
 
 static __always_inline struct target_stats *stats_of(__u32 target)
 {
@@ -203,12 +194,10 @@ static __always_inline struct target_stats *stats_of(__u32 target)
 static __always_inline void emit(__u8 kind, __u32 target, __u32 netns, const struct flow *f,
 				 __u8 refusal, __s32 err, __u8 origin)
 {
-	struct force_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	struct force_event *e = reserve_record(sizeof(*e), COUNTER_RINGBUF_FULL);
 
-	if (!e) {
-		count_in(&counters, COUNTER_RINGBUF_FULL);
+	if (!e)
 		return;
-	}
 	e->ts_ns = bpf_ktime_get_ns();
 	e->netns = netns;
 	e->target = target;
@@ -443,7 +432,7 @@ int quickack_existing(struct bpf_iter__tcp *ctx)
 	return 0;
 }
 
-/* The seed's convention: setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, 3) asks for quick ACKs for
+/* The opt-in convention: setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, 3) asks for quick ACKs for
  * the socket's whole life, not just until the next read. The kernel still sees a non-zero
  * TCP_QUICKACK, which is what it would have done anyway. */
 SEC("cgroup/setsockopt")

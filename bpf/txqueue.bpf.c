@@ -34,6 +34,9 @@ enum counter {
 	COUNTER_MAX = 6,
 };
 
+#define TCPACK_SAMPLED_EVENTS
+#include "events.h"
+
 /* How netdev_pick_tx chose, as far as its inputs tell (see pick_exit). */
 enum pick_selector {
 	PICK_UNKNOWN = 0, /* the pick hook is not attached, or saw another skb */
@@ -232,44 +235,9 @@ struct {
 	__type(value, __u32);
 } flow_writes SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, COUNTER_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} counters SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, EVENT_KIND_MAX);
-	__type(key, __u32);
-	__type(value, struct event_bucket);
-} event_buckets SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 20); /* the loader sets the configured size */
-} events SEC(".maps");
-
 /* Bitfields (pkt_type, ooo_okay) moved between bytes across kernels: CO-RE relocates them. */
 #define KREAD_BITFIELD(typed, s, field) \
 	((typed) ? BPF_CORE_READ_BITFIELD(s, field) : BPF_CORE_READ_BITFIELD_PROBED(s, field))
-
-static __always_inline void *reserve_event(__u32 kind, __u32 size)
-{
-	__u32 k = kind;
-
-	if (!(event_kinds_enabled & (1U << kind)) || !event_rate_per_sec)
-		return NULL;
-	if (!take_event_token(bpf_map_lookup_elem(&event_buckets, &k))) {
-		count_in(&counters, COUNTER_SAMPLED_OUT + kind);
-		return NULL;
-	}
-	void *e = bpf_ringbuf_reserve(&events, size, 0);
-	if (!e)
-		count_in(&counters, COUNTER_RINGBUF_FULL + kind);
-	return e;
-}
 
 static __always_inline struct if_value *if_counts_for(bool typed, __u32 netns,
 						      const struct net_device *dev)

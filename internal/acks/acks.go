@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/tcpack/tcpack/internal/eventreader"
 	"github.com/tcpack/tcpack/internal/kernel"
@@ -24,6 +23,10 @@ import (
 
 // Family is the name the loader and the telemetry use for this probe family.
 const Family = "acks"
+
+// MaxScopeNetns is how many namespaces Config.Netns may name: the size of scope_netns in
+// bpf/acks.bpf.c.
+const MaxScopeNetns = 64
 
 // Config scopes and sizes the family.
 type Config struct {
@@ -37,10 +40,10 @@ type Config struct {
 	// Netns, when set, limits the scope to sockets in these network namespaces (files such
 	// as /proc/self/ns/net or /run/netns/NAME); ports and peers then select among those.
 	Netns []string
-	// ForcedMark is the SO_MARK the quickack family stamps on sockets it forces (0: none),
+	// ForceMark is the SO_MARK the quickack family stamps on sockets it forces (0: none),
 	// and HZ the kernel tick rate, which tells a bounded delayed-ACK timeout from the default.
-	ForcedMark uint32
-	HZ         int
+	ForceMark uint32
+	HZ        int
 	// EventMinDelay: pure ACKs that waited at least this long are sampled as events.
 	EventMinDelay time.Duration
 	// EventsPerSecond and EventBurst rate-limit events per CPU; 0 turns events off.
@@ -110,21 +113,14 @@ const hookDelackTimer = "tcp_delack_timer_handler"
 const hookedDelackTimer = 1
 
 // HookNames lists the family's hooks, for reporting a family that could not start.
-func HookNames() []string {
-	var names []string
-	for _, h := range hooks("") {
-		names = append(names, h.Name)
-	}
-	return names
-}
+func HookNames() []string { return loader.HookNames(hooks("")) }
 
 // Probe is the loaded ACK family.
 type Probe struct {
 	env    *kernel.Env
 	set    *loader.Set
 	report loader.Report
-	reader *ringbuf.Reader
-	done   chan struct{}
+	reader *eventreader.Reader
 	arming *arming // nil with loader.AttachAlways
 }
 
@@ -158,7 +154,7 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 			return nil, fmt.Errorf("%s: record attached hooks: %w", Family, err)
 		}
 	}
-	p := &Probe{env: env, set: set, report: report, done: make(chan struct{})}
+	p := &Probe{env: env, set: set, report: report}
 	if cfg.Attach == loader.AttachAlways {
 		if err := setArmed(set, true); err != nil {
 			set.Close()
@@ -168,15 +164,11 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 		set.Close()
 		return nil, err
 	}
-	if p.reader, err = ringbuf.NewReader(set.Maps[acksMapEvents]); err != nil {
+	if p.reader, err = eventreader.Start(set.Maps[acksMapEvents], cfg.FlushInterval, eventreader.Decoder(p.decode), sink); err != nil {
 		p.arming.stop()
 		set.Close()
-		return nil, fmt.Errorf("%s: ring buffer reader: %w", Family, err)
+		return nil, fmt.Errorf("%s: %w", Family, err)
 	}
-	go func() {
-		defer close(p.done)
-		eventreader.Run(p.reader, cfg.FlushInterval, eventreader.Decoder(p.decode), sink)
-	}()
 	return p, nil
 }
 
@@ -184,10 +176,10 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 	if err := loader.CheckAttach(cfg.Attach, cfg.IdleDetach); err != nil {
 		return fmt.Errorf("%s: %w", Family, err)
 	}
-	rate, burst := uint64(cfg.EventsPerSecond), max(uint64(cfg.EventBurst), 1)
-	refill := uint64(0)
-	if rate > 0 {
-		refill = burst * uint64(time.Second) / rate
+	events := eventreader.Events{PerSecond: cfg.EventsPerSecond, Burst: cfg.EventBurst,
+		RingBufferBytes: cfg.RingBufferBytes, WakeupBytes: cfg.WakeupBytes}
+	if err := eventreader.Configure(spec, events); err != nil {
+		return fmt.Errorf("%s: %w", Family, err)
 	}
 	byFlow := len(cfg.LocalPorts) > 0 || len(cfg.PeerPorts) > 0 || len(cfg.Peers) > 0
 	byNetns := len(cfg.Netns) > 0
@@ -195,13 +187,9 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 		acksVarScopeAll:                boolByte(!byFlow && !byNetns),
 		acksVarScopeByNetns:            boolByte(byNetns),
 		acksVarScopeByFlow:             boolByte(byFlow),
-		acksVarForcedMark:              cfg.ForcedMark,
+		acksVarForceMark:               cfg.ForceMark,
 		acksVarDelackMaxDefaultJiffies: uint32(cfg.HZ / 5), // TCP_DELACK_MAX
 		acksVarEventMinDelayNs:         uint64(cfg.EventMinDelay),
-		acksVarEventRatePerSec:         rate,
-		acksVarEventBurst:              burst,
-		acksVarEventRefillCapNs:        refill,
-		acksVarRingbufWakeupBytes:      uint64(cfg.WakeupBytes),
 		acksVarMaxKeys:                 cfg.MaxKeys,
 	}
 	for name, v := range vars {
@@ -211,7 +199,6 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 	}
 	spec.Maps[acksMapAckIds].MaxEntries = cfg.MaxKeys
 	spec.Maps[acksMapAckCounts].MaxEntries = cfg.MaxKeys
-	spec.Maps[acksMapEvents].MaxEntries = cfg.RingBufferBytes
 	return nil
 }
 
@@ -279,14 +266,13 @@ func (p *Probe) Decides() bool {
 
 // Close detaches everything and stops the event reader.
 func (p *Probe) Close() error {
-	if p.reader == nil {
+	if p.set == nil {
 		return nil
 	}
 	p.arming.stop()
-	err := p.reader.Close()
-	<-p.done
-	p.reader = nil
-	return errors.Join(err, p.set.Close())
+	err := errors.Join(p.reader.Close(), p.set.Close())
+	p.set = nil
+	return err
 }
 
 // Cause is why an ACK that acknowledged new data was sent when it was.

@@ -164,7 +164,7 @@ func TestSlowReaderDelaysACKs(t *testing.T) {
 func TestRouteQuickackMakesACKsImmediate(t *testing.T) {
 	p, _ := start(t, acks.DefaultConfig())
 	pair := netnstest.NewPair(t)
-	// The seed's section 2.4 method: the route to the peer carries quickack 1.
+	// The whole-route method: the route to the peer carries quickack 1.
 	pair.B.Exec(t, "ip", "route", "replace", "198.18.0.0/24", "dev", pair.B.Veth, "proto", "kernel",
 		"scope", "link", "src", pair.B.Addr, "quickack", "1")
 	w := pair.PacedTraffic(t, 5102, 300, 2*time.Millisecond, 50*time.Millisecond)

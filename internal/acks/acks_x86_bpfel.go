@@ -120,7 +120,7 @@ const (
 	acksVarEventMinDelayNs         = "event_min_delay_ns"
 	acksVarEventRatePerSec         = "event_rate_per_sec"
 	acksVarEventRefillCapNs        = "event_refill_cap_ns"
-	acksVarForcedMark              = "forced_mark"
+	acksVarForceMark               = "force_mark"
 	acksVarMaxKeys                 = "max_keys"
 	acksVarRingbufWakeupBytes      = "ringbuf_wakeup_bytes"
 	acksVarScopeAll                = "scope_all"
@@ -213,7 +213,7 @@ type acksVariableSpecs struct {
 	EventMinDelayNs         *ebpf.VariableSpec `ebpf:"event_min_delay_ns"`
 	EventRatePerSec         *ebpf.VariableSpec `ebpf:"event_rate_per_sec"`
 	EventRefillCapNs        *ebpf.VariableSpec `ebpf:"event_refill_cap_ns"`
-	ForcedMark              *ebpf.VariableSpec `ebpf:"forced_mark"`
+	ForceMark               *ebpf.VariableSpec `ebpf:"force_mark"`
 	MaxKeys                 *ebpf.VariableSpec `ebpf:"max_keys"`
 	RingbufWakeupBytes      *ebpf.VariableSpec `ebpf:"ringbuf_wakeup_bytes"`
 	ScopeAll                *ebpf.VariableSpec `ebpf:"scope_all"`
@@ -290,7 +290,7 @@ type acksVariables struct {
 	EventMinDelayNs         *ebpf.Variable `ebpf:"event_min_delay_ns"`
 	EventRatePerSec         *ebpf.Variable `ebpf:"event_rate_per_sec"`
 	EventRefillCapNs        *ebpf.Variable `ebpf:"event_refill_cap_ns"`
-	ForcedMark              *ebpf.Variable `ebpf:"forced_mark"`
+	ForceMark               *ebpf.Variable `ebpf:"force_mark"`
 	MaxKeys                 *ebpf.Variable `ebpf:"max_keys"`
 	RingbufWakeupBytes      *ebpf.Variable `ebpf:"ringbuf_wakeup_bytes"`
 	ScopeAll                *ebpf.Variable `ebpf:"scope_all"`

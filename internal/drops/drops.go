@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/ringbuf"
 
+	"github.com/tcpack/tcpack/internal/eventreader"
 	"github.com/tcpack/tcpack/internal/kernel"
 	"github.com/tcpack/tcpack/internal/loader"
 )
@@ -91,8 +91,7 @@ type Probe struct {
 	set    *loader.Set
 	report loader.Report
 	names  names
-	reader *ringbuf.Reader
-	done   chan struct{}
+	reader *eventreader.Reader
 }
 
 // Start loads and attaches the family. Sampled events are decoded and passed to sink in
@@ -113,44 +112,25 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Probe{env: env, cfg: cfg, set: set, report: report, names: n, done: make(chan struct{})}
-	p.reader, err = ringbuf.NewReader(set.Maps[dropsMapEvents])
-	if err != nil {
+	p := &Probe{env: env, cfg: cfg, set: set, report: report, names: n}
+	if p.reader, err = eventreader.Start(set.Maps[dropsMapEvents], cfg.FlushInterval, eventreader.Decoder(p.decode), sink); err != nil {
 		set.Close()
-		return nil, fmt.Errorf("%s: ring buffer reader: %w", Family, err)
+		return nil, fmt.Errorf("%s: %w", Family, err)
 	}
-	go p.readEvents(cfg.FlushInterval, sink)
 	return p, nil
 }
 
 func configure(spec *ebpf.CollectionSpec, cfg Config) error {
-	rate, burst := uint64(cfg.EventsPerSecond), uint64(cfg.EventBurst)
-	refill := uint64(0)
-	if rate > 0 {
-		if burst == 0 {
-			burst = 1
-		}
-		refill = burst * uint64(time.Second) / rate
-	}
-	enabled := uint32(1<<kindCount - 1)
+	events := eventreader.Events{PerSecond: cfg.EventsPerSecond, Burst: cfg.EventBurst, Kinds: kindCount,
+		RingBufferBytes: cfg.RingBufferBytes, WakeupBytes: cfg.WakeupBytes}
 	for _, k := range cfg.DisabledEvents {
-		enabled &^= 1 << k
+		events.Disabled = append(events.Disabled, uint32(k))
 	}
-	vars := map[string]any{
-		dropsVarEventRatePerSec:    rate,
-		dropsVarEventBurst:         burst,
-		dropsVarEventRefillCapNs:   refill,
-		dropsVarEventKindsEnabled:  enabled,
-		dropsVarRingbufWakeupBytes: uint64(cfg.WakeupBytes),
-	}
-	for name, v := range vars {
-		if err := spec.Variables[name].Set(v); err != nil {
-			return fmt.Errorf("%s: set %s: %w", Family, name, err)
-		}
+	if err := eventreader.Configure(spec, events); err != nil {
+		return fmt.Errorf("%s: %w", Family, err)
 	}
 	spec.Maps[dropsMapDropCounts].MaxEntries = cfg.MaxDropKeys
 	spec.Maps[dropsMapTcpCounts].MaxEntries = cfg.MaxTCPKeys
-	spec.Maps[dropsMapEvents].MaxEntries = cfg.RingBufferBytes
 	return nil
 }
 
@@ -159,20 +139,13 @@ func (p *Probe) Report() loader.Report { return p.report }
 
 // Close detaches everything and stops the event reader.
 func (p *Probe) Close() error {
-	if p.reader == nil {
+	if p.set == nil {
 		return nil
 	}
-	err := p.reader.Close()
-	<-p.done
-	p.reader = nil
-	return errors.Join(err, p.set.Close())
+	err := errors.Join(p.reader.Close(), p.set.Close())
+	p.set = nil
+	return err
 }
 
 // HookNames lists the family's hooks, for reporting a family that could not start.
-func HookNames() []string {
-	names := make([]string, len(hooks))
-	for i, h := range hooks {
-		names[i] = h.Name
-	}
-	return names
-}
+func HookNames() []string { return loader.HookNames(hooks) }

@@ -7,7 +7,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/tcpack/tcpack/internal/eventreader"
 	"github.com/tcpack/tcpack/internal/kernel"
 )
 
@@ -36,11 +35,6 @@ type Event struct {
 	TupleFrom string
 	State     string // TCP state of the socket involved, if any
 	Length    uint32 // skb->len
-}
-
-func (p *Probe) readEvents(flush time.Duration, sink func([]Event)) {
-	defer close(p.done)
-	eventreader.Run(p.reader, flush, eventreader.Decoder(p.decode), sink)
 }
 
 func (p *Probe) decode(r *dropsEvent) Event {

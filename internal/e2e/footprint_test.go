@@ -69,8 +69,8 @@ func within(t *testing.T, d time.Duration, what string, cond func() (bool, strin
 	}
 }
 
-// TestFootprintSwitchedBySIGHUP is the product form of the seed's `echo activate >
-// /proc/...`: a flow named in the config is counted and exported; a reload (SIGHUP) with no
+// TestFootprintSwitchedBySIGHUP switches counting on and off at run time, as a kernel module
+// would with a /proc switch: a flow named in the config is counted and exported; a reload (SIGHUP) with no
 // flow leaves no footprint program in the kernel while the collector keeps running; naming it
 // again brings the counting back.
 func TestFootprintSwitchedBySIGHUP(t *testing.T) {

@@ -178,7 +178,7 @@ func fn(program, target string) []loader.Strategy {
 
 // hooks are attached deepest layer first, path by path: a packet counted at a layer then
 // always finds the layers after it attached, so attaching never looks like loss. Tracepoints
-// come first where they exist (cheapest, stable); the seed's functions (fentry, then kprobe)
+// come first where they exist (cheapest, stable); the stack's functions (fentry, then kprobe)
 // where there is no tracepoint, or as the fallback. Only the core layers are required.
 func hooks(cgroup string) []loader.Hook {
 	return []loader.Hook{
@@ -230,13 +230,7 @@ func needed(all []loader.Hook, flows []Flow) []loader.Hook {
 }
 
 // HookNames lists the family's hooks, for reporting a family that could not start.
-func HookNames() []string {
-	var names []string
-	for _, h := range hooks("") {
-		names = append(names, h.Name)
-	}
-	return names
-}
+func HookNames() []string { return loader.HookNames(hooks("")) }
 
 // Probe is the loaded footprint family.
 type Probe struct {

@@ -427,3 +427,12 @@ func CheckAttach(mode string, idleDetach time.Duration) error {
 	}
 	return nil
 }
+
+// HookNames are the names of hooks, for reporting a family that could not start.
+func HookNames(hooks []Hook) []string {
+	names := make([]string, len(hooks))
+	for i, h := range hooks {
+		names[i] = h.Name
+	}
+	return names
+}

@@ -1,5 +1,6 @@
-// Package quickack forces TCP quick ACKs on the sockets a user names, the goal of seed 000,
-// without a kernel module and without touching the application. It is the only part of
+// Package quickack forces TCP quick ACKs on the sockets a user names, for their whole life
+// (the kernel's own TCP_QUICKACK lasts only until the quick-ACK quota is spent), without a
+// kernel module and without touching the application. It is the only part of
 // tcpack that changes kernel state, and it owns all of it: the policy rules and table it
 // installs (tagged with RouteProtocol), the socket marks it stamps, and its BPF links. Close
 // gives every socket back and removes every rule and route; a restart after a crash removes
@@ -21,7 +22,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf/link"
-	"github.com/cilium/ebpf/ringbuf"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
@@ -70,8 +70,8 @@ type Config struct {
 	LocalPorts []uint16
 	PeerPorts  []uint16
 	Peers      []netip.Prefix
-	// Routes force every socket towards these destinations, as the seed's
-	// `ip route ... quickack 1` did, but without changing any route: a rule `to CIDR` sends
+	// Routes force every socket towards these destinations, as
+	// `ip route ... quickack 1` does, but without changing any route: a rule `to CIDR` sends
 	// them through the policy table, whose routes carry quickack 1 (route mode only).
 	Routes []netip.Prefix
 	// Sockets names sockets by owner (pid and fd) or by address.
@@ -228,8 +228,7 @@ type Force struct {
 	set     *loader.Set
 	report  loader.Report
 	nss     []*namespace
-	reader  *ringbuf.Reader
-	done    chan struct{}
+	reader  *eventreader.Reader
 	env     *kernel.Env
 }
 
@@ -245,7 +244,7 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Force, error) {
 			return nil, fmt.Errorf("quickack.cgroup: %s is not a cgroup v2 directory (%w); name one under the cgroup2 mount, or leave it empty for the root", cfg.Cgroup, err)
 		}
 	}
-	f := &Force{cfg: cfg, targets: cfg.targets(), env: env, done: make(chan struct{})}
+	f := &Force{cfg: cfg, targets: cfg.targets(), env: env}
 	ok := false
 	defer func() {
 		if !ok {
@@ -271,13 +270,9 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Force, error) {
 		return nil, err
 	}
 	var err error
-	if f.reader, err = ringbuf.NewReader(f.set.Maps[quickackMapEvents]); err != nil {
-		return nil, fmt.Errorf("%s: ring buffer reader: %w", Family, err)
+	if f.reader, err = eventreader.Start(f.set.Maps[quickackMapEvents], cfg.FlushInterval, eventreader.Decoder(f.decode), sink); err != nil {
+		return nil, fmt.Errorf("%s: %w", Family, err)
 	}
-	go func() {
-		defer close(f.done)
-		eventreader.Run(f.reader, cfg.FlushInterval, eventreader.Decoder(f.decode), sink)
-	}()
 	if err := f.walkExisting(false); err != nil {
 		return nil, err
 	}
@@ -373,13 +368,7 @@ func hooks(cgroup string, optIn bool) []loader.Hook {
 }
 
 // HookNames lists the family's hooks, for reporting a family that could not start.
-func HookNames() []string {
-	var names []string
-	for _, h := range hooks("", true) {
-		names = append(names, h.Name)
-	}
-	return names
-}
+func HookNames() []string { return loader.HookNames(hooks("", true)) }
 
 func boolByte(b bool) uint8 {
 	if b {
@@ -421,19 +410,22 @@ func (f *Force) load() error {
 		}
 	}
 	vars := map[string]any{
-		quickackVarMechanism:          mech,
-		quickackVarForceMark:          f.cfg.Mark,
-		quickackVarDelackMaxForcedUs:  delackMaxUs(f.cfg.HZ),
-		quickackVarOptInTarget:        optIn,
-		quickackVarHasTuples:          boolByte(len(f.cfg.Sockets) > 0),
-		quickackVarRingbufWakeupBytes: uint64(f.cfg.WakeupBytes),
+		quickackVarMechanism:         mech,
+		quickackVarForceMark:         f.cfg.Mark,
+		quickackVarDelackMaxForcedUs: delackMaxUs(f.cfg.HZ),
+		quickackVarOptInTarget:       optIn,
+		quickackVarHasTuples:         boolByte(len(f.cfg.Sockets) > 0),
 	}
 	for name, v := range vars {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return fmt.Errorf("%s: set %s: %w", Family, name, err)
 		}
 	}
-	spec.Maps[quickackMapEvents].MaxEntries = f.cfg.RingBufferBytes
+	// Every forcing event matters: none is rate-limited (the family never samples).
+	events := eventreader.Events{RingBufferBytes: f.cfg.RingBufferBytes, WakeupBytes: f.cfg.WakeupBytes}
+	if err := eventreader.Configure(spec, events); err != nil {
+		return fmt.Errorf("%s: %w", Family, err)
+	}
 	set, report, err := loader.Load(Family, f.env, spec, hooks(cgroup, f.cfg.OptIn), loader.Options{})
 	if err != nil {
 		return err
@@ -542,11 +534,8 @@ func (f *Force) Close() error {
 
 func (f *Force) teardown() error {
 	var errs []error
-	if f.reader != nil {
-		errs = append(errs, f.reader.Close())
-		<-f.done
-		f.reader = nil
-	}
+	errs = append(errs, f.reader.Close())
+	f.reader = nil
 	if f.set != nil {
 		errs = append(errs, f.set.Close())
 		f.set = nil

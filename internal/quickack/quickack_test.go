@@ -21,7 +21,7 @@ import (
 	"github.com/tcpack/tcpack/internal/quickack"
 )
 
-// The seed's workload: the client sends a small message every 2 ms, the server reads every
+// The slow-reader workload: the client sends a small message every 2 ms, the server reads every
 // 50 ms. Unforced, its ACKs wait ~14 ms on average (internal/acks tests).
 const (
 	messages  = 300
@@ -67,7 +67,7 @@ func observe(t *testing.T, ports ...uint16) *acks.Probe {
 	cfg := acks.DefaultConfig()
 	cfg.LocalPorts = ports
 	cfg.Attach = loader.AttachAlways // statistics from the first segment
-	cfg.ForcedMark = quickack.DefaultMark
+	cfg.ForceMark = quickack.DefaultMark
 	hz, err := kernel.HZ()
 	if err != nil {
 		t.Fatal(err)

@@ -64,11 +64,11 @@ type Event struct {
 	Length  uint32
 }
 
-func (p *Probe) readEvents(flush time.Duration, sink func([]Event)) {
-	defer close(p.done)
+// decode tells the family's two records apart and decodes each.
+func (p *Probe) decode() func([]byte) (Event, bool) {
 	moved := eventreader.Decoder(p.decodeMoved)
 	otherhost := eventreader.Decoder(p.decodeOtherhost)
-	eventreader.Run(p.reader, flush, func(b []byte) (Event, bool) {
+	return func(b []byte) (Event, bool) {
 		if len(b) < 12 {
 			return Event{}, false
 		}
@@ -80,7 +80,7 @@ func (p *Probe) readEvents(flush time.Duration, sink func([]Event)) {
 			return otherhost(b)
 		}
 		return Event{}, false
-	}, sink)
+	}
 }
 
 func (p *Probe) common(kind Kind, ts uint64, netns, ifindex uint32, ifname []int8) Event {

@@ -19,8 +19,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/ringbuf"
 
+	"github.com/tcpack/tcpack/internal/eventreader"
 	"github.com/tcpack/tcpack/internal/kernel"
 	"github.com/tcpack/tcpack/internal/loader"
 )
@@ -126,13 +126,7 @@ func OtherhostAtDrop(env *kernel.Env) bool {
 }
 
 // HookNames lists the family's hooks, for reporting a family that could not start.
-func HookNames() []string {
-	var names []string
-	for _, h := range hooks(Config{Otherhost: true}, true) {
-		names = append(names, h.Name)
-	}
-	return names
-}
+func HookNames() []string { return loader.HookNames(hooks(Config{Otherhost: true}, true)) }
 
 // Probe is the loaded txqueue family.
 type Probe struct {
@@ -140,8 +134,7 @@ type Probe struct {
 	cfg    Config
 	set    *loader.Set
 	report loader.Report
-	reader *ringbuf.Reader
-	done   chan struct{}
+	reader *eventreader.Reader
 
 	flowsMu sync.Mutex // Flows advances the epoch: one read at a time
 }
@@ -160,46 +153,27 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Probe{env: env, cfg: cfg, set: set, report: report, done: make(chan struct{})}
-	p.reader, err = ringbuf.NewReader(set.Maps[txqueueMapEvents])
-	if err != nil {
+	p := &Probe{env: env, cfg: cfg, set: set, report: report}
+	if p.reader, err = eventreader.Start(set.Maps[txqueueMapEvents], cfg.FlushInterval, p.decode(), sink); err != nil {
 		set.Close()
-		return nil, fmt.Errorf("%s: ring buffer reader: %w", Family, err)
+		return nil, fmt.Errorf("%s: %w", Family, err)
 	}
-	go p.readEvents(cfg.FlushInterval, sink)
 	return p, nil
 }
 
 func configure(spec *ebpf.CollectionSpec, cfg Config) error {
-	rate, burst := uint64(cfg.EventsPerSecond), uint64(cfg.EventBurst)
-	refill := uint64(0)
-	if rate > 0 {
-		if burst == 0 {
-			burst = 1
-		}
-		refill = burst * uint64(time.Second) / rate
-	}
-	enabled := uint32(1<<kindCount - 1)
+	events := eventreader.Events{PerSecond: cfg.EventsPerSecond, Burst: cfg.EventBurst, Kinds: kindCount,
+		RingBufferBytes: cfg.RingBufferBytes, WakeupBytes: cfg.WakeupBytes}
 	for _, k := range cfg.DisabledEvents {
-		enabled &^= 1 << k
+		events.Disabled = append(events.Disabled, uint32(k))
 	}
-	vars := map[string]any{
-		txqueueVarEventRatePerSec:    rate,
-		txqueueVarEventBurst:         burst,
-		txqueueVarEventRefillCapNs:   refill,
-		txqueueVarEventKindsEnabled:  enabled,
-		txqueueVarRingbufWakeupBytes: uint64(cfg.WakeupBytes),
-	}
-	for name, v := range vars {
-		if err := spec.Variables[name].Set(v); err != nil {
-			return fmt.Errorf("%s: set %s: %w", Family, name, err)
-		}
+	if err := eventreader.Configure(spec, events); err != nil {
+		return fmt.Errorf("%s: %w", Family, err)
 	}
 	for name, size := range map[string]uint32{
 		txqueueMapQueueCounts: cfg.MaxQueueKeys,
 		txqueueMapIfCounts:    cfg.MaxInterfaces,
 		txqueueMapFlows:       cfg.MaxFlows,
-		txqueueMapEvents:      cfg.RingBufferBytes,
 	} {
 		if size == 0 {
 			return fmt.Errorf("%s: map %s: size 0", Family, name)
@@ -226,11 +200,10 @@ func (p *Probe) Picks() bool {
 
 // Close detaches everything and stops the event reader. It is safe to call twice.
 func (p *Probe) Close() error {
-	if p.reader == nil {
+	if p.set == nil {
 		return nil
 	}
-	err := p.reader.Close()
-	<-p.done
-	p.reader = nil
-	return errors.Join(err, p.set.Close())
+	err := errors.Join(p.reader.Close(), p.set.Close())
+	p.set = nil
+	return err
 }
