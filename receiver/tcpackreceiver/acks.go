@@ -3,14 +3,148 @@ package tcpackreceiver
 import (
 	"cmp"
 	"context"
+	"fmt"
 	"slices"
+	"strings"
+	"time"
 
 	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/pmetric"
+	"go.uber.org/zap"
 
 	"github.com/tcpack/tcpack/internal/acks"
+	"github.com/tcpack/tcpack/internal/loader"
 	"github.com/tcpack/tcpack/receiver/tcpackreceiver/internal/metadata"
 )
+
+// AcksConfig configures the ACK family.
+type AcksConfig struct {
+	Enabled bool `mapstructure:"enabled"`
+	// LocalPorts and PeerPorts select the sockets observed; both empty means every TCP
+	// socket, which adds a BPF callback to every segment every socket sends.
+	LocalPorts []int `mapstructure:"local_ports"`
+	PeerPorts  []int `mapstructure:"peer_ports"`
+	// Peers adds sockets whose peer address is in one of these CIDRs.
+	Peers []string `mapstructure:"peers"`
+	// Netns limits the scope to sockets in these network namespaces (/proc/self/ns/net for a
+	// sidecar's own pod, /run/netns/NAME, /proc/PID/ns/net); empty means every namespace.
+	Netns []string `mapstructure:"netns"`
+	// EventMinDelay: pure ACKs that waited at least this long are sampled as events.
+	EventMinDelay time.Duration  `mapstructure:"event_min_delay"`
+	Sampling      SamplingConfig `mapstructure:"sampling"`
+	// MaxKeys bounds the kernel map of (netns, local port) statistics.
+	MaxKeys uint32 `mapstructure:"max_keys"`
+	// MaxSeries caps the (netns, local port) series the ACK metrics report; later ones are
+	// folded into one overflow series (port 0, netns 0).
+	MaxSeries int `mapstructure:"max_series"`
+	// DelayAttributes are the attributes of the tcpack.ack.delay histogram; the others are
+	// aggregated away (the other ACK metrics choose theirs under metrics:).
+	DelayAttributes []string `mapstructure:"delay_attributes"`
+	// Attach is on_traffic (the default: the per-segment hooks attach only while a socket in
+	// scope is open) or always (exact statistics from the first segment).
+	Attach string `mapstructure:"attach"`
+	// IdleDetach is how long no socket in scope may be open before on_traffic detaches the
+	// per-segment hooks again.
+	IdleDetach time.Duration `mapstructure:"idle_detach"`
+}
+
+// delayAttributes are the attributes tcpack.ack.delay can carry.
+var delayAttributes = []string{"network.local.port", "tcpack.netns.inode"}
+
+func defaultAcksConfig() AcksConfig {
+	a := acks.DefaultConfig()
+	return AcksConfig{
+		EventMinDelay:   a.EventMinDelay,
+		Sampling:        SamplingConfig{RatePerCPU: a.EventsPerSecond, Burst: a.EventBurst},
+		MaxKeys:         a.MaxKeys,
+		MaxSeries:       1000,
+		DelayAttributes: slices.Clone(delayAttributes),
+		Attach:          a.Attach,
+		IdleDetach:      a.IdleDetach,
+	}
+}
+
+// convert turns the block into the family's config; its errors name the field and the fix. Delayed-ACK events
+// nobody consumes are not sampled.
+func (a AcksConfig) convert(c common, withLogs bool, hz int) (acks.Config, []error) {
+	def := acks.DefaultConfig()
+	cfg := acks.DefaultConfig()
+	cfg.HZ = hz
+	cfg.ForceMark = c.forceMark
+	var errs, more []error
+	cfg.LocalPorts, errs = checkPorts("acks.local_ports", a.LocalPorts)
+	cfg.PeerPorts, more = checkPorts("acks.peer_ports", a.PeerPorts)
+	errs = append(errs, more...)
+	cfg.Peers, more = checkPrefixes("acks.peers", a.Peers, "10.0.0.0/8 or 2001:db8::/32")
+	errs = append(errs, more...)
+	errs = append(errs, checkNetnsPaths("acks.netns", a.Netns, acks.MaxScopeNetns)...)
+	cfg.Netns = a.Netns
+	if a.EventMinDelay < 0 || a.EventMinDelay > 10*time.Second {
+		errs = append(errs, fmt.Errorf("acks.event_min_delay: %v must be between 0 and 10s (e.g. 10ms)", a.EventMinDelay))
+	}
+	cfg.EventMinDelay = a.EventMinDelay
+	errs = append(errs, checkSampling("acks.sampling", a.Sampling, "2x rate_per_cpu")...)
+	cfg.EventsPerSecond, cfg.EventBurst = a.Sampling.RatePerCPU, a.Sampling.Burst
+	if !withLogs || !c.Events.TcpackAckDelayed.Enabled {
+		cfg.EventsPerSecond = 0
+	}
+	if err := checkMapSize("acks.max_keys", a.MaxKeys, def.MaxKeys); err != nil {
+		errs = append(errs, err)
+	}
+	cfg.MaxKeys = a.MaxKeys
+	if a.MaxSeries < 1 {
+		errs = append(errs, fmt.Errorf("acks.max_series: %d must be at least 1 (default 1000)", a.MaxSeries))
+	}
+	errs = append(errs, checkAttach("acks", a.Attach, a.IdleDetach, def.IdleDetach,
+		"per-segment hooks while sockets in scope come and go", "every hook from the start")...)
+	cfg.Attach, cfg.IdleDetach = a.Attach, a.IdleDetach
+	for i, attr := range a.DelayAttributes {
+		if !slices.Contains(delayAttributes, attr) {
+			errs = append(errs, fmt.Errorf("acks.delay_attributes[%d]: unknown attribute %q, use %s", i, attr, strings.Join(delayAttributes, " or ")))
+		}
+	}
+	cfg.RingBufferBytes, cfg.WakeupBytes, cfg.FlushInterval = c.RingBuffer.SizeBytes, c.RingBuffer.WakeupBytes, c.RingBuffer.FlushInterval
+	return cfg, errs
+}
+
+// acksFamily reports ACK delays and causes per (netns, local port).
+type acksFamily struct {
+	block  AcksConfig
+	common common
+	host   *familyHost
+	probe  *acks.Probe
+	// series are the (netns, port) series admitted under acks.max_series, for good.
+	series map[ackSeries]bool
+	// stats are the last collection's, kept for the delay histogram.
+	stats []acks.Stats
+}
+
+func (f *acksFamily) name() string        { return acks.Family }
+func (f *acksFamily) enabled() bool       { return f.block.Enabled }
+func (f *acksFamily) hookNames() []string { return acks.HookNames() }
+func (f *acksFamily) usesTickRate()       {}
+
+func (f *acksFamily) validate() []error {
+	_, errs := f.block.convert(f.common, true, 0)
+	return errs
+}
+
+func (f *acksFamily) start(h *familyHost) (loader.Report, error) {
+	f.host = h
+	cfg, _ := f.block.convert(f.common, h.withLogs, h.hz)
+	var sink func([]acks.Event)
+	if h.withLogs {
+		sink = f.consumeEvents
+	}
+	p, err := acks.Start(h.env, cfg, sink)
+	if err != nil {
+		return loader.Report{}, err
+	}
+	f.probe, f.series = p, map[ackSeries]bool{}
+	return p.Report(), nil
+}
+
+func (f *acksFamily) close() error { return f.probe.Close() }
 
 // ackSeries identifies the statistics of one local port in one netns.
 type ackSeries struct {
@@ -27,9 +161,45 @@ var ackCauses = map[acks.Cause]metadata.AttributeTcpackAckCause{
 	acks.CauseArrival:   metadata.AttributeTcpackAckCauseDataArrival,
 }
 
-// capSeries folds statistics of series not admitted under max_series into the overflow
+func (f *acksFamily) record(now pcommon.Timestamp) error {
+	stats, err := f.probe.Snapshot()
+	if err != nil {
+		return err
+	}
+	f.stats = capSeries(f.series, f.block.MaxSeries, stats)
+	mb := f.host.mb
+	for _, s := range f.stats {
+		port, netns := int64(s.LocalPort), int64(s.Netns)
+		for cause, n := range s.ByCause {
+			mb.RecordTcpackAckCountDataPoint(now, int64(n), ackCauses[acks.Cause(cause)], port, netns)
+		}
+		mb.RecordTcpackAckOtherCountDataPoint(now, int64(s.OtherAcks), port, netns)
+		mb.RecordTcpackAckSegmentsDataPoint(now, int64(s.SegmentsAcked), port, netns)
+		mb.RecordTcpackAckQuotaExhaustedCountDataPoint(now, int64(s.QuotaSpent), port, netns)
+		mb.RecordTcpackAckForcedCountDataPoint(now, int64(s.Forced), port, netns)
+		if f.probe.Decides() {
+			mb.RecordTcpackAckDelayDecisionsCountDataPoint(now, int64(s.DelayedDecisions), port, netns)
+		}
+	}
+	losses, err := f.probe.Losses()
+	if err != nil {
+		return err
+	}
+	mb.RecordTcpackEventsSuppressedDataPoint(now, int64(losses.SampledOut), metadata.AttributeTcpackEventKindAckDelayed, metadata.AttributeTcpackSuppressionCauseRateLimit)
+	mb.RecordTcpackEventsSuppressedDataPoint(now, int64(losses.RingBufferFull), metadata.AttributeTcpackEventKindAckDelayed, metadata.AttributeTcpackSuppressionCauseRingBufferFull)
+	mb.RecordTcpackKernelMapOverflowDataPoint(now, int64(losses.KeysFull), metadata.AttributeTcpackMapAckCounts)
+	mb.RecordTcpackAckUnobservedCountDataPoint(now, int64(losses.Unobserved))
+	armed, err := f.probe.Armed()
+	if err != nil {
+		f.host.logger.Warn("acks: attaching the per-segment hooks on traffic", zap.Error(err))
+	}
+	mb.RecordTcpackAckArmedDataPoint(now, boolValue(armed))
+	return nil
+}
+
+// capSeries folds statistics of series not admitted (of at most limit) into the overflow
 // series. Admission is first come, for good, so a cumulative series never changes meaning.
-func (r *tcpackReceiver) capSeries(stats []acks.Stats) []acks.Stats {
+func capSeries(admitted map[ackSeries]bool, limit int, stats []acks.Stats) []acks.Stats {
 	slices.SortFunc(stats, func(a, b acks.Stats) int {
 		if a.Netns != b.Netns {
 			return cmp.Compare(a.Netns, b.Netns)
@@ -40,10 +210,10 @@ func (r *tcpackReceiver) capSeries(stats []acks.Stats) []acks.Stats {
 	var overflow *acks.Stats
 	for _, s := range stats {
 		key := ackSeries{s.Netns, s.LocalPort}
-		if !r.ackSeries[key] && len(r.ackSeries) < r.cfg.Acks.MaxSeries {
-			r.ackSeries[key] = true
+		if !admitted[key] && len(admitted) < limit {
+			admitted[key] = true
 		}
-		if r.ackSeries[key] {
+		if admitted[key] {
 			out = append(out, s)
 			continue
 		}
@@ -74,30 +244,15 @@ func mergeStats(into *acks.Stats, s acks.Stats) {
 	into.Delay.Count += s.Delay.Count
 }
 
-func (r *tcpackReceiver) recordAcks(now pcommon.Timestamp, stats []acks.Stats) {
-	for _, s := range stats {
-		port, netns := int64(s.LocalPort), int64(s.Netns)
-		for cause, n := range s.ByCause {
-			r.mb.RecordTcpackAckCountDataPoint(now, int64(n), ackCauses[acks.Cause(cause)], port, netns)
-		}
-		r.mb.RecordTcpackAckOtherCountDataPoint(now, int64(s.OtherAcks), port, netns)
-		r.mb.RecordTcpackAckSegmentsDataPoint(now, int64(s.SegmentsAcked), port, netns)
-		r.mb.RecordTcpackAckQuotaExhaustedCountDataPoint(now, int64(s.QuotaSpent), port, netns)
-		r.mb.RecordTcpackAckForcedCountDataPoint(now, int64(s.Forced), port, netns)
-		if r.acks.Decides() {
-			r.mb.RecordTcpackAckDelayDecisionsCountDataPoint(now, int64(s.DelayedDecisions), port, netns)
-		}
-	}
-}
-
-// appendDelayHistogram adds tcpack.ack.delay to the emitted metrics. mdatagen cannot
-// generate histograms, so it is built here, with the attributes acks.delay_attributes keeps.
-func (r *tcpackReceiver) appendDelayHistogram(md pmetric.Metrics, now pcommon.Timestamp, stats []acks.Stats) {
+// appendMetrics adds tcpack.ack.delay to the emitted metrics. mdatagen cannot generate
+// histograms, so it is built here, with the attributes acks.delay_attributes keeps.
+func (f *acksFamily) appendMetrics(md pmetric.Metrics, now pcommon.Timestamp) {
+	stats := f.stats
 	if len(stats) == 0 || md.ResourceMetrics().Len() == 0 {
 		return
 	}
-	withPort := slices.Contains(r.cfg.Acks.DelayAttributes, "network.local.port")
-	withNetns := slices.Contains(r.cfg.Acks.DelayAttributes, "tcpack.netns.inode")
+	withPort := slices.Contains(f.block.DelayAttributes, "network.local.port")
+	withNetns := slices.Contains(f.block.DelayAttributes, "tcpack.netns.inode")
 	merged := map[ackSeries]*acks.Stats{}
 	var order []ackSeries
 	for _, s := range stats {
@@ -130,7 +285,7 @@ func (r *tcpackReceiver) appendDelayHistogram(md pmetric.Metrics, now pcommon.Ti
 	for _, key := range order {
 		s := merged[key]
 		dp := h.DataPoints().AppendEmpty()
-		dp.SetStartTimestamp(r.startTime)
+		dp.SetStartTimestamp(f.host.startTime)
 		dp.SetTimestamp(now)
 		dp.ExplicitBounds().FromRaw(s.Delay.Bounds)
 		dp.BucketCounts().FromRaw(s.Delay.Counts)
@@ -145,22 +300,20 @@ func (r *tcpackReceiver) appendDelayHistogram(md pmetric.Metrics, now pcommon.Ti
 	}
 }
 
-// consumeAckEvents turns sampled delayed ACKs into log records.
-func (r *tcpackReceiver) consumeAckEvents(events []acks.Event) {
+// consumeEvents turns sampled delayed ACKs into log records.
+func (f *acksFamily) consumeEvents(events []acks.Event) {
 	ctx := context.Background()
-	r.logsMu.Lock()
-	for _, e := range events {
-		name, _ := r.env.Netns.Name(e.Netns)
-		ato := -1.0 // unknown tick rate: left out of the record
-		if r.hz > 0 {
-			ato = float64(e.ATOJiffies) / float64(r.hz)
+	hz := f.host.hz
+	f.host.sendEvents("ack events", func(lb *metadata.LogsBuilder) {
+		for _, e := range events {
+			name, _ := f.host.env.Netns.Name(e.Netns)
+			ato := -1.0 // unknown tick rate: left out of the record
+			if hz > 0 {
+				ato = float64(e.ATOJiffies) / float64(hz)
+			}
+			lb.RecordTcpackAckDelayedEvent(ctx, pcommon.NewTimestampFromTime(e.Time), e.Delay.Seconds(), ackCauses[e.Cause],
+				int64(e.Segments), int64(e.Quick), int64(e.Pingpong), e.DstQuickAck, ato, e.Forced,
+				addrString(e.LocalAddr), int64(e.LocalPort), addrString(e.PeerAddr), int64(e.PeerPort), int64(e.Netns), name)
 		}
-		r.lb.RecordTcpackAckDelayedEvent(ctx, pcommon.NewTimestampFromTime(e.Time), e.Delay.Seconds(), ackCauses[e.Cause],
-			int64(e.Segments), int64(e.Quick), int64(e.Pingpong), e.DstQuickAck, ato, e.Forced,
-			addrString(e.LocalAddr.IsValid(), e.LocalAddr.String()), int64(e.LocalPort),
-			addrString(e.PeerAddr.IsValid(), e.PeerAddr.String()), int64(e.PeerPort), int64(e.Netns), name)
-	}
-	logs := r.lb.Emit(metadata.WithLogsResource(r.resource))
-	r.logsMu.Unlock()
-	r.sendLogs(ctx, logs, "ack events")
+	})
 }

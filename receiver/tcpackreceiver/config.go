@@ -4,13 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
-	"strings"
 	"time"
 
-	"github.com/tcpack/tcpack/internal/acks"
 	"github.com/tcpack/tcpack/internal/drops"
-	"github.com/tcpack/tcpack/internal/loader"
 	"github.com/tcpack/tcpack/internal/quickack"
 	"github.com/tcpack/tcpack/receiver/tcpackreceiver/internal/metadata"
 )
@@ -46,73 +42,28 @@ func (c *Config) logsBuilderConfig() metadata.LogsBuilderConfig {
 	return metadata.LogsBuilderConfig{Events: c.Events, ResourceAttributes: c.ResourceAttributes}
 }
 
-// DropsConfig configures the drops family.
-type DropsConfig struct {
-	Enabled bool `mapstructure:"enabled"`
-	// Strategies restricts the attach mechanisms the loader may use, in its own order of
-	// preference; empty means all (tp_btf, then raw_tp).
-	Strategies []string `mapstructure:"strategies"`
-	// MaxKeys bounds the kernel map of drop counters; drops past it are counted as overflow.
-	MaxKeys uint32 `mapstructure:"max_keys"`
-	// MaxTCPKeys bounds the kernel map of retransmit/reset counters.
-	MaxTCPKeys uint32         `mapstructure:"max_tcp_keys"`
-	Sampling   SamplingConfig `mapstructure:"sampling"`
+// families lists every family the receiver knows, in start order, each with its block of
+// the config. A new family is a file with its block and a type implementing family, a field
+// in Config, and a line here.
+func (c *Config) families() []family {
+	cm := c.familyCommon()
+	return []family{
+		&dropsFamily{block: c.Drops, common: cm},
+		&acksFamily{block: c.Acks, common: cm},
+		&quickackFamily{block: c.Quickack, common: cm},
+		&txqueueFamily{block: c.Txqueue, common: cm},
+		&footprintFamily{block: c.Footprint},
+	}
 }
 
-// AcksConfig configures the ACK family.
-type AcksConfig struct {
-	Enabled bool `mapstructure:"enabled"`
-	// LocalPorts and PeerPorts select the sockets observed; both empty means every TCP
-	// socket, which adds a BPF callback to every segment every socket sends.
-	LocalPorts []int `mapstructure:"local_ports"`
-	PeerPorts  []int `mapstructure:"peer_ports"`
-	// Peers adds sockets whose peer address is in one of these CIDRs.
-	Peers []string `mapstructure:"peers"`
-	// Netns limits the scope to sockets in these network namespaces (/proc/self/ns/net for a
-	// sidecar's own pod, /run/netns/NAME, /proc/PID/ns/net); empty means every namespace.
-	Netns []string `mapstructure:"netns"`
-	// EventMinDelay: pure ACKs that waited at least this long are sampled as events.
-	EventMinDelay time.Duration  `mapstructure:"event_min_delay"`
-	Sampling      SamplingConfig `mapstructure:"sampling"`
-	// MaxKeys bounds the kernel map of (netns, local port) statistics.
-	MaxKeys uint32 `mapstructure:"max_keys"`
-	// MaxSeries caps the (netns, local port) series the ACK metrics report; later ones are
-	// folded into one overflow series (port 0, netns 0).
-	MaxSeries int `mapstructure:"max_series"`
-	// DelayAttributes are the attributes of the tcpack.ack.delay histogram; the others are
-	// aggregated away (the other ACK metrics choose theirs under metrics:).
-	DelayAttributes []string `mapstructure:"delay_attributes"`
-	// Attach is on_traffic (the default: the per-segment hooks attach only while a socket in
-	// scope is open) or always (exact statistics from the first segment).
-	Attach string `mapstructure:"attach"`
-	// IdleDetach is how long no socket in scope may be open before on_traffic detaches the
-	// per-segment hooks again.
-	IdleDetach time.Duration `mapstructure:"idle_detach"`
+// common is what the families read besides their own blocks.
+func (c *Config) familyCommon() common {
+	cm := common{RingBuffer: c.RingBuffer, Events: c.Events, Metrics: c.Metrics}
+	if c.Quickack.Enabled && c.Quickack.Mode == string(quickack.ModeRoute) {
+		cm.forceMark = c.Quickack.Mark
+	}
+	return cm
 }
-
-// SamplingConfig rate-limits sampled events in the kernel, per CPU and event kind.
-type SamplingConfig struct {
-	// RatePerCPU is the sustained number of events per second per CPU; 0 turns events off.
-	RatePerCPU uint32 `mapstructure:"rate_per_cpu"`
-	// Burst is how many events a CPU may emit at once after a quiet period.
-	Burst uint32 `mapstructure:"burst"`
-}
-
-// RingBufferConfig tunes event delivery from the kernel.
-type RingBufferConfig struct {
-	// SizeBytes is the ring buffer size: a power of two, at least one page.
-	SizeBytes uint32 `mapstructure:"size_bytes"`
-	// WakeupBytes: the kernel wakes the reader only once this much is pending, because a
-	// wakeup per event costs microseconds per packet.
-	WakeupBytes uint32 `mapstructure:"wakeup_bytes"`
-	// FlushInterval bounds how long an event waits when fewer than WakeupBytes are pending.
-	FlushInterval time.Duration `mapstructure:"flush_interval"`
-}
-
-const (
-	maxRatePerCPU = 100000
-	maxKeys       = 1 << 20
-)
 
 // Validate checks every field and names the ones that are wrong and how to fix them.
 func (c *Config) Validate() error {
@@ -120,31 +71,9 @@ func (c *Config) Validate() error {
 	if c.CollectionInterval < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("collection_interval: %v is too short, use at least 100ms (e.g. 10s)", c.CollectionInterval))
 	}
-	d := c.Drops
-	for i, s := range d.Strategies {
-		if !validStrategy(s) {
-			errs = append(errs, fmt.Errorf("drops.strategies[%d]: unknown strategy %q, use tp_btf or raw_tp", i, s))
-		}
+	for _, f := range c.families() {
+		errs = append(errs, f.validate()...)
 	}
-	if d.MaxKeys == 0 || d.MaxKeys > maxKeys {
-		errs = append(errs, fmt.Errorf("drops.max_keys: %d is out of range, use 1..%d (default 16384)", d.MaxKeys, maxKeys))
-	}
-	if d.MaxTCPKeys == 0 || d.MaxTCPKeys > maxKeys {
-		errs = append(errs, fmt.Errorf("drops.max_tcp_keys: %d is out of range, use 1..%d (default 4096)", d.MaxTCPKeys, maxKeys))
-	}
-	if d.Sampling.RatePerCPU > maxRatePerCPU {
-		errs = append(errs, fmt.Errorf("drops.sampling.rate_per_cpu: %d events/s per CPU is more than the ring buffer can carry cheaply, use 0..%d (0 turns events off)", d.Sampling.RatePerCPU, maxRatePerCPU))
-	}
-	if d.Sampling.RatePerCPU > 0 && d.Sampling.Burst == 0 {
-		errs = append(errs, errors.New("drops.sampling.burst: must be at least 1 when rate_per_cpu is set (e.g. 2x rate_per_cpu)"))
-	}
-	if d.Sampling.Burst > maxRatePerCPU {
-		errs = append(errs, fmt.Errorf("drops.sampling.burst: %d is too large, use 1..%d", d.Sampling.Burst, maxRatePerCPU))
-	}
-	errs = append(errs, c.Acks.validate()...)
-	errs = append(errs, c.Quickack.validate()...)
-	errs = append(errs, c.Txqueue.validate()...)
-	errs = append(errs, c.Footprint.validate()...)
 	rb := c.RingBuffer
 	page := uint32(os.Getpagesize())
 	if rb.SizeBytes < page || rb.SizeBytes&(rb.SizeBytes-1) != 0 || rb.SizeBytes > 1<<30 {
@@ -159,147 +88,15 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// maxScopeNetns is the size of the ACK family's netns scope map (bpf/acks.bpf.c).
-const maxScopeNetns = 64
-
-// delayAttributes are the attributes tcpack.ack.delay can carry.
-var delayAttributes = []string{"network.local.port", "tcpack.netns.inode"}
-
-func (a AcksConfig) validate() []error {
-	var errs []error
-	for field, ports := range map[string][]int{"acks.local_ports": a.LocalPorts, "acks.peer_ports": a.PeerPorts} {
-		for i, p := range ports {
-			if p < 1 || p > 65535 {
-				errs = append(errs, fmt.Errorf("%s[%d]: port %d is out of range, use 1..65535", field, i, p))
-			}
-		}
-	}
-	for i, p := range a.Peers {
-		if _, err := parsePrefix(p); err != nil {
-			errs = append(errs, fmt.Errorf("acks.peers[%d]: %q is not a CIDR or address, use e.g. 10.0.0.0/8 or 2001:db8::/32", i, p))
-		}
-	}
-	if len(a.Netns) > maxScopeNetns {
-		errs = append(errs, fmt.Errorf("acks.netns: %d namespaces, at most %d can be named; leave it empty for all", len(a.Netns), maxScopeNetns))
-	}
-	for i, path := range a.Netns {
-		if !strings.HasPrefix(path, "/") {
-			errs = append(errs, fmt.Errorf("acks.netns[%d]: %q is not an absolute path, use e.g. /proc/self/ns/net or /run/netns/NAME", i, path))
-		}
-	}
-	if a.EventMinDelay < 0 || a.EventMinDelay > 10*time.Second {
-		errs = append(errs, fmt.Errorf("acks.event_min_delay: %v must be between 0 and 10s (e.g. 10ms)", a.EventMinDelay))
-	}
-	if a.Sampling.RatePerCPU > maxRatePerCPU {
-		errs = append(errs, fmt.Errorf("acks.sampling.rate_per_cpu: %d is too high, use 0..%d (0 turns events off)", a.Sampling.RatePerCPU, maxRatePerCPU))
-	}
-	if a.Sampling.RatePerCPU > 0 && a.Sampling.Burst == 0 {
-		errs = append(errs, errors.New("acks.sampling.burst: must be at least 1 when rate_per_cpu is set (e.g. 2x rate_per_cpu)"))
-	}
-	if a.MaxKeys == 0 || a.MaxKeys > maxKeys {
-		errs = append(errs, fmt.Errorf("acks.max_keys: %d is out of range, use 1..%d (default 4096)", a.MaxKeys, maxKeys))
-	}
-	if a.MaxSeries < 1 {
-		errs = append(errs, fmt.Errorf("acks.max_series: %d must be at least 1 (default 1000)", a.MaxSeries))
-	}
-	errs = append(errs, validateAttach("acks", a.Attach, a.IdleDetach, acks.DefaultConfig().IdleDetach,
-		"per-segment hooks while sockets in scope come and go", "every hook from the start")...)
-	for i, attr := range a.DelayAttributes {
-		if !slices.Contains(delayAttributes, attr) {
-			errs = append(errs, fmt.Errorf("acks.delay_attributes[%d]: unknown attribute %q, use %s", i, attr, strings.Join(delayAttributes, " or ")))
-		}
-	}
-	return errs
-}
-
-// acksConfig is the ACK family's part of the config.
-func (c *Config) acksConfig(withLogs bool, hz int) acks.Config {
-	cfg := acks.DefaultConfig()
-	cfg.HZ = hz
-	if c.Quickack.Enabled && c.Quickack.Mode == string(quickack.ModeRoute) {
-		cfg.ForcedMark = c.Quickack.Mark
-	}
-	for _, p := range c.Acks.LocalPorts {
-		cfg.LocalPorts = append(cfg.LocalPorts, uint16(p))
-	}
-	for _, p := range c.Acks.PeerPorts {
-		cfg.PeerPorts = append(cfg.PeerPorts, uint16(p))
-	}
-	for _, s := range c.Acks.Peers {
-		if p, err := parsePrefix(s); err == nil {
-			cfg.Peers = append(cfg.Peers, p)
-		}
-	}
-	cfg.Netns = c.Acks.Netns
-	cfg.EventMinDelay = c.Acks.EventMinDelay
-	cfg.EventsPerSecond, cfg.EventBurst = c.Acks.Sampling.RatePerCPU, c.Acks.Sampling.Burst
-	if !withLogs || !c.Events.TcpackAckDelayed.Enabled {
-		cfg.EventsPerSecond = 0
-	}
-	cfg.MaxKeys = c.Acks.MaxKeys
-	cfg.Attach, cfg.IdleDetach = c.Acks.Attach, c.Acks.IdleDetach
-	cfg.RingBufferBytes, cfg.WakeupBytes, cfg.FlushInterval = c.RingBuffer.SizeBytes, c.RingBuffer.WakeupBytes, c.RingBuffer.FlushInterval
-	return cfg
-}
-
-func validStrategy(s string) bool {
-	switch loader.Kind(s) {
-	case loader.TPBTF, loader.RawTP:
-		return true
-	}
-	return false
-}
-
-// dropsConfig is the drops family's part of the config. Events nobody consumes, because they
-// are disabled or no logs pipeline uses the receiver, are not sampled in the kernel at all.
-func (c *Config) dropsConfig(withLogs bool) drops.Config {
-	cfg := drops.Config{
-		EventsPerSecond: c.Drops.Sampling.RatePerCPU,
-		EventBurst:      c.Drops.Sampling.Burst,
-		MaxDropKeys:     c.Drops.MaxKeys,
-		MaxTCPKeys:      c.Drops.MaxTCPKeys,
-		RingBufferBytes: c.RingBuffer.SizeBytes,
-		WakeupBytes:     c.RingBuffer.WakeupBytes,
-		FlushInterval:   c.RingBuffer.FlushInterval,
-	}
-	for _, s := range c.Drops.Strategies {
-		cfg.Strategies = append(cfg.Strategies, loader.Kind(s))
-	}
-	for kind, enabled := range map[drops.Kind]bool{
-		drops.KindDrop:          c.Events.TcpackDrop.Enabled,
-		drops.KindRetransmit:    c.Events.TcpackTCPRetransmit.Enabled,
-		drops.KindResetSent:     c.Events.TcpackTCPReset.Enabled,
-		drops.KindResetReceived: c.Events.TcpackTCPReset.Enabled,
-	} {
-		if !enabled || !withLogs {
-			cfg.DisabledEvents = append(cfg.DisabledEvents, kind)
-		}
-	}
-	return cfg
-}
-
 func createDefaultConfig() *Config {
-	d, a := drops.DefaultConfig(), acks.DefaultConfig()
+	d := drops.DefaultConfig()
 	return &Config{
 		CollectionInterval: 10 * time.Second,
-		Drops: DropsConfig{
-			Enabled:    true,
-			MaxKeys:    d.MaxDropKeys,
-			MaxTCPKeys: d.MaxTCPKeys,
-			Sampling:   SamplingConfig{RatePerCPU: d.EventsPerSecond, Burst: d.EventBurst},
-		},
-		Acks: AcksConfig{
-			EventMinDelay:   a.EventMinDelay,
-			Sampling:        SamplingConfig{RatePerCPU: a.EventsPerSecond, Burst: a.EventBurst},
-			MaxKeys:         a.MaxKeys,
-			MaxSeries:       1000,
-			DelayAttributes: slices.Clone(delayAttributes),
-			Attach:          a.Attach,
-			IdleDetach:      a.IdleDetach,
-		},
-		Quickack:  defaultQuickackConfig(),
-		Txqueue:   defaultTxqueueConfig(),
-		Footprint: defaultFootprintConfig(),
+		Drops:              defaultDropsConfig(),
+		Acks:               defaultAcksConfig(),
+		Quickack:           defaultQuickackConfig(),
+		Txqueue:            defaultTxqueueConfig(),
+		Footprint:          defaultFootprintConfig(),
 		RingBuffer: RingBufferConfig{
 			SizeBytes:     d.RingBufferBytes,
 			WakeupBytes:   d.WakeupBytes,
@@ -308,19 +105,4 @@ func createDefaultConfig() *Config {
 		MetricsBuilderConfig: metadata.NewDefaultMetricsBuilderConfig(),
 		Events:               metadata.DefaultEventsConfig(),
 	}
-}
-
-// validateAttach checks a family's attach and idle_detach; onTraffic and always say what each
-// mode attaches, for the error.
-func validateAttach(family, mode string, idle, defaultIdle time.Duration, onTraffic, always string) []error {
-	var errs []error
-	if mode != loader.AttachOnTraffic && mode != loader.AttachAlways {
-		errs = append(errs, fmt.Errorf("%s.attach: %q, use %s (the default: %s) or %s (%s)",
-			family, mode, loader.AttachOnTraffic, onTraffic, loader.AttachAlways, always))
-	}
-	if mode == loader.AttachOnTraffic && idle < loader.MinIdleDetach {
-		errs = append(errs, fmt.Errorf("%s.idle_detach: %s is too short, use at least %s (default %s)",
-			family, idle, loader.MinIdleDetach, defaultIdle))
-	}
-	return errs
 }

@@ -64,15 +64,18 @@ func TestLoadConfig(t *testing.T) {
 	if !custom.Metrics.TcpackDropBytes.Enabled || custom.Events.TcpackTCPRetransmit.Enabled {
 		t.Errorf("metrics/events toggles not applied: %+v %+v", custom.Metrics.TcpackDropBytes, custom.Events.TcpackTCPRetransmit)
 	}
-	dc := custom.dropsConfig(true)
+	dc, errs := custom.Drops.convert(custom.familyCommon(), true)
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
 	if dc.EventsPerSecond != 10 || dc.EventBurst != 20 || dc.RingBufferBytes != 262144 || len(dc.Strategies) != 1 {
 		t.Errorf("drops.Config: %+v", dc)
 	}
 	if len(dc.DisabledEvents) != 1 || dc.DisabledEvents[0] != drops.KindRetransmit {
 		t.Errorf("events.tcpack.tcp.retransmit.enabled: false must disable retransmit events only, got %v", dc.DisabledEvents)
 	}
-	if got := custom.dropsConfig(false).DisabledEvents; len(got) != 4 {
-		t.Errorf("without a logs pipeline every event kind must be off, got %v", got)
+	if got, _ := custom.Drops.convert(custom.familyCommon(), false); len(got.DisabledEvents) != 4 {
+		t.Errorf("without a logs pipeline every event kind must be off, got %v", got.DisabledEvents)
 	}
 }
 
@@ -84,16 +87,16 @@ func TestLoadQuickackConfig(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	q, err := cfg.Quickack.quickackConfig()
-	if err != nil {
-		t.Fatal(err)
+	q, errs := cfg.Quickack.convert(cfg.familyCommon(), 250)
+	if len(errs) > 0 {
+		t.Fatal(errs)
 	}
 	got := fmt.Sprintf("%s %#x %d %d %v %v %v %v %v %v %v", q.Mode, q.Mark, q.Table, q.RulePriority, q.Netns, q.LocalPorts, q.PeerPorts, q.Peers, q.Routes, q.Sockets, q.OptIn)
 	want := "route 0x5a5a0000 5000 5000 [/run/netns/app] [8080] [6379] [10.0.0.0/8 2001:db8::/32 192.0.2.7/32] [198.51.100.0/24] [pid:1234/fd:7 local:10.0.0.1:8080,peer:10.0.0.2:5555] true"
 	if got != want {
 		t.Errorf("quickack config:\n got %s\nwant %s", got, want)
 	}
-	if ac := cfg.acksConfig(true, 250); ac.ForcedMark != 0x5a5a0000 || ac.HZ != 250 {
+	if ac, _ := cfg.Acks.convert(cfg.familyCommon(), true, 250); ac.ForceMark != 0x5a5a0000 || ac.HZ != 250 {
 		t.Errorf("the ACK family must know the forcing mark: %+v", ac)
 	}
 	def := createDefaultConfig()
@@ -110,7 +113,7 @@ func TestLoadFootprintConfig(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	fc, errs := cfg.Footprint.footprintConfig()
+	fc, errs := cfg.Footprint.convert()
 	if len(errs) > 0 {
 		t.Fatal(errs)
 	}

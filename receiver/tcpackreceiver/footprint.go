@@ -2,9 +2,11 @@ package tcpackreceiver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"regexp"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/collector/pdata/pcommon"
@@ -60,48 +62,41 @@ var flowName = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,64}$`)
 
 var footprintStrategies = []loader.Kind{loader.FEntry, loader.Kprobe, loader.TPBTF, loader.RawTP, loader.CgroupSkbIngress}
 
-// footprintConfig converts the block; its errors name the field and the fix.
-func (c FootprintConfig) footprintConfig() (footprint.Config, []error) {
-	cfg := footprint.DefaultConfig()
-	cfg.MaxDropKeys = c.MaxDropKeys
-	cfg.Attach, cfg.IdleDetach = c.Attach, c.IdleDetach
-	cfg.SentinelWindow, cfg.SentinelPeriod = c.SentinelWindow, c.SentinelPeriod
-	errs := validateAttach("footprint", c.Attach, c.IdleDetach, footprint.DefaultConfig().IdleDetach,
-		"layers attach while a named flow has traffic", "every layer from the start")
+// convert turns the block into the family's config; its errors name the field and the fix.
+func (fc FootprintConfig) convert() (footprint.Config, []error) {
 	d := footprint.DefaultConfig()
-	switch {
-	case c.SentinelPeriod < 0:
-		errs = append(errs, fmt.Errorf("footprint.sentinel_period: %s is negative; use 0 to keep the sentinels attached, or a period such as %s", c.SentinelPeriod, d.SentinelPeriod))
-	case c.SentinelPeriod == 0:
-	case c.SentinelWindow < footprint.MinSentinelWindow:
-		errs = append(errs, fmt.Errorf("footprint.sentinel_window: %s is too short, use at least %s (default %s), or sentinel_period: 0 to keep the sentinels attached",
-			c.SentinelWindow, footprint.MinSentinelWindow, d.SentinelWindow))
-	case c.SentinelWindow > c.SentinelPeriod:
-		errs = append(errs, fmt.Errorf("footprint.sentinel_window: %s is longer than footprint.sentinel_period (%s); use a window no longer than the period (default %s of every %s)",
-			c.SentinelWindow, c.SentinelPeriod, d.SentinelWindow, d.SentinelPeriod))
-	}
-	if c.MaxFlows < 1 || c.MaxFlows > footprint.MaxFlows {
-		errs = append(errs, fmt.Errorf("footprint.max_flows: %d is out of range, use 1..%d (default 16)", c.MaxFlows, footprint.MaxFlows))
-	} else if len(c.Flows) > c.MaxFlows {
-		errs = append(errs, fmt.Errorf("footprint.flows: %d flows named, more than footprint.max_flows (%d); raise max_flows (up to %d) or name fewer", len(c.Flows), c.MaxFlows, footprint.MaxFlows))
-	}
-	if c.MaxDropKeys == 0 || c.MaxDropKeys > maxKeys {
-		errs = append(errs, fmt.Errorf("footprint.max_drop_keys: %d is out of range, use 1..%d (default 1024)", c.MaxDropKeys, maxKeys))
-	}
-	for i, s := range c.Strategies {
-		k := loader.Kind(s)
-		valid := false
-		for _, v := range footprintStrategies {
-			valid = valid || v == k
+	cfg := footprint.DefaultConfig()
+	cfg.MaxDropKeys = fc.MaxDropKeys
+	cfg.Attach, cfg.IdleDetach = fc.Attach, fc.IdleDetach
+	cfg.SentinelWindow, cfg.SentinelPeriod = fc.SentinelWindow, fc.SentinelPeriod
+	errs := checkAttach("footprint", fc.Attach, fc.IdleDetach, d.IdleDetach,
+		"layers attach while a named flow has traffic", "every layer from the start")
+	// footprint.CheckSampling decides; the messages say which field to change.
+	if footprint.CheckSampling(fc.SentinelWindow, fc.SentinelPeriod) != nil {
+		switch {
+		case fc.SentinelPeriod < 0:
+			errs = append(errs, fmt.Errorf("footprint.sentinel_period: %s is negative; use 0 to keep the sentinels attached, or a period such as %s", fc.SentinelPeriod, d.SentinelPeriod))
+		case fc.SentinelWindow < footprint.MinSentinelWindow:
+			errs = append(errs, fmt.Errorf("footprint.sentinel_window: %s is too short, use at least %s (default %s), or sentinel_period: 0 to keep the sentinels attached",
+				fc.SentinelWindow, footprint.MinSentinelWindow, d.SentinelWindow))
+		default:
+			errs = append(errs, fmt.Errorf("footprint.sentinel_window: %s is longer than footprint.sentinel_period (%s); use a window no longer than the period (default %s of every %s)",
+				fc.SentinelWindow, fc.SentinelPeriod, d.SentinelWindow, d.SentinelPeriod))
 		}
-		if !valid {
-			errs = append(errs, fmt.Errorf("footprint.strategies[%d]: unknown strategy %q, use fentry, kprobe, tp_btf, raw_tp or cgroup_skb", i, s))
-			continue
-		}
-		cfg.Strategies = append(cfg.Strategies, k)
 	}
+	if fc.MaxFlows < 1 || fc.MaxFlows > footprint.MaxFlows {
+		errs = append(errs, fmt.Errorf("footprint.max_flows: %d is out of range, use 1..%d (default 16)", fc.MaxFlows, footprint.MaxFlows))
+	} else if len(fc.Flows) > fc.MaxFlows {
+		errs = append(errs, fmt.Errorf("footprint.flows: %d flows named, more than footprint.max_flows (%d); raise max_flows (up to %d) or name fewer", len(fc.Flows), fc.MaxFlows, footprint.MaxFlows))
+	}
+	if err := checkMapSize("footprint.max_drop_keys", fc.MaxDropKeys, d.MaxDropKeys); err != nil {
+		errs = append(errs, err)
+	}
+	var more []error
+	cfg.Strategies, more = checkStrategies("footprint.strategies", fc.Strategies, footprintStrategies)
+	errs = append(errs, more...)
 	seen := map[string]int{}
-	for i, f := range c.Flows {
+	for i, f := range fc.Flows {
 		field := fmt.Sprintf("footprint.flows[%d]", i)
 		flow := footprint.Flow{Name: f.Name, Protocol: f.Protocol}
 		if !flowName.MatchString(f.Name) {
@@ -120,9 +115,9 @@ func (c FootprintConfig) footprintConfig() (footprint.Config, []error) {
 			if side.value == "" {
 				continue
 			}
-			p, err := parsePrefix(side.value)
+			p, err := checkPrefix(field+"."+side.name, side.value, "10.0.0.1, 10.0.0.0/8 or 2001:db8::/32")
 			if err != nil {
-				errs = append(errs, fmt.Errorf("%s.%s: %q is not an address or CIDR, use e.g. 10.0.0.1, 10.0.0.0/8 or 2001:db8::/32", field, side.name, side.value))
+				errs = append(errs, err)
 				continue
 			}
 			*side.dst = p.Masked()
@@ -146,49 +141,85 @@ func (c FootprintConfig) footprintConfig() (footprint.Config, []error) {
 	return cfg, errs
 }
 
-func (c FootprintConfig) validate() []error {
-	_, errs := c.footprintConfig()
+// footprintFamily counts the named flows' packets at every layer; it runs only while flows
+// are named.
+type footprintFamily struct {
+	block FootprintConfig
+	host  *familyHost
+	probe *footprint.Probe
+}
+
+func (f *footprintFamily) name() string        { return footprint.Family }
+func (f *footprintFamily) enabled() bool       { return len(f.block.Flows) > 0 }
+func (f *footprintFamily) hookNames() []string { return footprint.HookNames() }
+
+// derivesEvents: loss events come from the counters, so a logs pipeline alone collects too.
+func (f *footprintFamily) derivesEvents() bool { return true }
+
+func (f *footprintFamily) validate() []error {
+	_, errs := f.block.convert()
 	return errs
 }
 
-// recordFootprint emits the flows' counts, drops and losses, and the loss events.
-func (r *tcpackReceiver) recordFootprint(ctx context.Context, now pcommon.Timestamp) error {
-	snap, err := r.footprint.Snapshot()
+func (f *footprintFamily) start(h *familyHost) (loader.Report, error) {
+	f.host = h
+	cfg, errs := f.block.convert()
+	if len(errs) > 0 {
+		return loader.Report{}, errors.Join(errs...)
+	}
+	p, err := footprint.Start(h.env, cfg)
+	if err != nil {
+		return loader.Report{}, err
+	}
+	f.probe = p
+	if s := p.Sentinels(); s != nil {
+		idle := fmt.Sprintf("only %s stay attached", strings.Join(s, ", "))
+		if sampled, window, period := p.SampledSentinels(); sampled != nil {
+			idle = fmt.Sprintf("only %s run: %s for %s of every %s (sentinel_window, sentinel_period), the rest all the time",
+				strings.Join(s, ", "), strings.Join(sampled, " and "), window, period)
+		}
+		h.logger.Info(fmt.Sprintf("footprint: attach on_traffic: %s while the named flows are idle; the other layers attach when a sentinel sees a flow's packet and detach after %s without one",
+			idle, cfg.IdleDetach))
+	}
+	return p.Report(), nil
+}
+
+func (f *footprintFamily) close() error { return f.probe.Close() }
+
+// record emits the flows' counts, drops and losses, and the loss events.
+func (f *footprintFamily) record(now pcommon.Timestamp) error {
+	mb := f.host.mb
+	snap, err := f.probe.Snapshot()
 	if err != nil {
 		return err
 	}
 	if snap.ArmErr != nil {
-		r.set.Logger.Warn("footprint: attaching the layers on traffic", zap.Error(snap.ArmErr))
+		f.host.logger.Warn("footprint: attaching the layers on traffic", zap.Error(snap.ArmErr))
 	}
 	for _, c := range snap.Counts {
-		r.mb.RecordTcpackFootprintPacketsDataPoint(now, int64(c.Packets), c.Flow, c.Layer.String(),
+		mb.RecordTcpackFootprintPacketsDataPoint(now, int64(c.Packets), c.Flow, c.Layer.String(),
 			metadata.MapAttributeNetworkIoDirection[c.Direction])
 	}
 	for _, d := range snap.Drops {
-		r.mb.RecordTcpackFootprintDropsDataPoint(now, int64(d.Packets), d.Flow, metadata.MapAttributeNetworkIoDirection[d.Direction],
+		mb.RecordTcpackFootprintDropsDataPoint(now, int64(d.Packets), d.Flow, metadata.MapAttributeNetworkIoDirection[d.Direction],
 			d.Reason, d.Symbol)
 	}
 	for _, l := range snap.Lost {
-		r.mb.RecordTcpackFootprintLostDataPoint(now, int64(l.Packets), l.Flow, metadata.MapAttributeNetworkIoDirection[l.Direction],
+		mb.RecordTcpackFootprintLostDataPoint(now, int64(l.Packets), l.Flow, metadata.MapAttributeNetworkIoDirection[l.Direction],
 			l.Layer, l.NextLayer)
 	}
-	r.mb.RecordTcpackKernelMapOverflowDataPoint(now, int64(snap.DropKeysFull), metadata.AttributeTcpackMapFootprintDrops)
-	armed := int64(0)
-	if snap.Armed {
-		armed = 1
-	}
-	r.mb.RecordTcpackFootprintArmedDataPoint(now, armed)
-	r.mb.RecordTcpackFootprintUnobservedDataPoint(now, int64(snap.Unobserved))
-	if len(snap.NewLosses) == 0 || r.logs == nil {
+	mb.RecordTcpackKernelMapOverflowDataPoint(now, int64(snap.DropKeysFull), metadata.AttributeTcpackMapFootprintDrops)
+	mb.RecordTcpackFootprintArmedDataPoint(now, boolValue(snap.Armed))
+	mb.RecordTcpackFootprintUnobservedDataPoint(now, int64(snap.Unobserved))
+	if len(snap.NewLosses) == 0 || !f.host.withLogs {
 		return nil
 	}
-	r.logsMu.Lock()
-	for _, l := range snap.NewLosses {
-		r.lb.RecordTcpackFootprintLossEvent(ctx, now, l.Flow, metadata.MapAttributeNetworkIoDirection[l.Direction], l.Layer,
-			l.NextLayer, int64(l.Packets), l.Reason, l.Symbol)
-	}
-	logs := r.lb.Emit(metadata.WithLogsResource(r.resource))
-	r.logsMu.Unlock()
-	r.sendLogs(ctx, logs, "footprint loss events")
+	ctx := context.Background()
+	f.host.sendEvents("footprint loss events", func(lb *metadata.LogsBuilder) {
+		for _, l := range snap.NewLosses {
+			lb.RecordTcpackFootprintLossEvent(ctx, now, l.Flow, metadata.MapAttributeNetworkIoDirection[l.Direction], l.Layer,
+				l.NextLayer, int64(l.Packets), l.Reason, l.Symbol)
+		}
+	})
 	return nil
 }

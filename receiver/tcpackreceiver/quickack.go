@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tcpack/tcpack/internal/loader"
 	"net/netip"
 	"strings"
 
@@ -34,13 +35,13 @@ type QuickackConfig struct {
 	LocalPorts []int    `mapstructure:"local_ports"`
 	PeerPorts  []int    `mapstructure:"peer_ports"`
 	Peers      []string `mapstructure:"peers"`
-	// Routes are CIDRs every socket towards which is forced (route mode): the seed's
-	// `ip route ... quickack 1`, done with a rule and the policy table, no route changed.
+	// Routes are CIDRs every socket towards which is forced (route mode): what
+	// `ip route ... quickack 1` does, done with a rule and the policy table, no route changed.
 	Routes []string `mapstructure:"routes"`
 	// Sockets are named sockets: {pid, fd} of a process, or {local, peer} addresses.
 	Sockets []SocketConfig `mapstructure:"sockets"`
 	// OptIn honours an application's setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, 3) for the
-	// socket's whole life (the seed's convention).
+	// socket's whole life, where the kernel's own TCP_QUICKACK lasts until the quota is spent.
 	OptIn bool `mapstructure:"opt_in"`
 }
 
@@ -58,48 +59,36 @@ func defaultQuickackConfig() QuickackConfig {
 	return QuickackConfig{Mode: string(d.Mode), Mark: d.Mark, Table: d.Table, RulePriority: d.RulePriority}
 }
 
-// quickackConfig converts the block; its errors name the field and the fix.
-func (q QuickackConfig) quickackConfig() (quickack.Config, error) {
+// convert turns the block into the family's config; its errors name the field and the fix.
+func (q QuickackConfig) convert(c common, hz int) (quickack.Config, []error) {
 	cfg := quickack.DefaultConfig()
 	cfg.Mode, cfg.Mark, cfg.Table, cfg.RulePriority = quickack.Mode(q.Mode), q.Mark, q.Table, q.RulePriority
-	cfg.Cgroup, cfg.Netns, cfg.OptIn = q.Cgroup, q.Netns, q.OptIn
-	var errs []error
-	for field, ports := range map[string][]int{"quickack.local_ports": q.LocalPorts, "quickack.peer_ports": q.PeerPorts} {
-		for i, p := range ports {
-			if p < 1 || p > 65535 {
-				errs = append(errs, fmt.Errorf("%s[%d]: port %d is out of range, use 1..65535", field, i, p))
-			}
-		}
-	}
-	for _, p := range q.LocalPorts {
-		cfg.LocalPorts = append(cfg.LocalPorts, uint16(p))
-	}
-	for _, p := range q.PeerPorts {
-		cfg.PeerPorts = append(cfg.PeerPorts, uint16(p))
-	}
+	cfg.Cgroup, cfg.Netns, cfg.OptIn, cfg.HZ = q.Cgroup, q.Netns, q.OptIn, hz
+	cfg.RingBufferBytes, cfg.FlushInterval = c.RingBuffer.SizeBytes, c.RingBuffer.FlushInterval
+	// Forcing events are few and each matters: wake the reader for every page.
+	cfg.WakeupBytes = min(c.RingBuffer.WakeupBytes, 4096)
+	var errs, more []error
+	cfg.LocalPorts, errs = checkPorts("quickack.local_ports", q.LocalPorts)
+	cfg.PeerPorts, more = checkPorts("quickack.peer_ports", q.PeerPorts)
+	errs = append(errs, more...)
 	for i, s := range q.Peers {
-		p, err := parsePrefix(s)
+		field := fmt.Sprintf("quickack.peers[%d]", i)
+		p, err := checkPrefix(field, s, "10.0.0.0/8 or 2001:db8::/32")
 		if err != nil {
-			errs = append(errs, fmt.Errorf("quickack.peers[%d]: %q is not a CIDR or address, use e.g. 10.0.0.0/8 or 2001:db8::/32", i, s))
+			errs = append(errs, err)
 			continue
 		}
 		if p.Addr().Is4In6() && p.Bits() >= 96 {
 			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
 		}
-		if p.Addr().IsLoopback() && quickack.Mode(q.Mode) == quickack.ModeRoute {
-			errs = append(errs, fmt.Errorf("quickack.peers[%d]: %s: loopback peers are routed by the local table before any fwmark rule and cannot be forced in route mode; name the port with quickack.mode: bounded instead", i, s))
+		if p.Addr().IsLoopback() && cfg.Mode == quickack.ModeRoute {
+			errs = append(errs, fmt.Errorf("%s: %s: loopback peers are routed by the local table before any fwmark rule and cannot be forced in route mode; name the port with quickack.mode: bounded instead", field, s))
 			continue
 		}
 		cfg.Peers = append(cfg.Peers, p)
 	}
-	for i, s := range q.Routes {
-		p, err := parsePrefix(s)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("quickack.routes[%d]: %q is not a CIDR or address, use e.g. 10.0.0.0/8", i, s))
-			continue
-		}
-		cfg.Routes = append(cfg.Routes, p)
-	}
+	cfg.Routes, more = checkPrefixes("quickack.routes", q.Routes, "10.0.0.0/8")
+	errs = append(errs, more...)
 	for i, sc := range q.Sockets {
 		spec := quickack.SocketSpec{PID: sc.PID, FD: sc.FD}
 		for _, side := range []struct {
@@ -128,32 +117,54 @@ func (q QuickackConfig) quickackConfig() (quickack.Config, error) {
 		}
 	}
 	if len(errs) > 0 {
-		return cfg, errors.Join(errs...)
+		return cfg, errs
 	}
-	return cfg, cfg.Validate()
+	if err := cfg.Validate(); err != nil {
+		return cfg, []error{err}
+	}
+	return cfg, nil
 }
 
-// parsePrefix takes a CIDR or a single address.
-func parsePrefix(s string) (netip.Prefix, error) {
-	if p, err := netip.ParsePrefix(s); err == nil {
-		return p, nil
-	}
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return netip.Prefix{}, err
-	}
-	return netip.PrefixFrom(a, a.BitLen()), nil
+// quickackFamily forces quick ACKs on the sockets the config names, and reports them.
+type quickackFamily struct {
+	block  QuickackConfig
+	common common
+	host   *familyHost
+	force  *quickack.Force
+	// policyErrs are the policy-table errors already logged.
+	policyErrs uint64
 }
 
-func (q QuickackConfig) validate() []error {
-	if !q.Enabled {
+func (f *quickackFamily) name() string        { return quickack.Family }
+func (f *quickackFamily) enabled() bool       { return f.block.Enabled }
+func (f *quickackFamily) hookNames() []string { return quickack.HookNames() }
+func (f *quickackFamily) usesTickRate()       {}
+func (f *quickackFamily) releaseWithLogs()    {}
+
+// validate checks the block only when forcing is on.
+func (f *quickackFamily) validate() []error {
+	if !f.enabled() {
 		return nil
 	}
-	if _, err := q.quickackConfig(); err != nil {
-		return []error{err}
-	}
-	return nil
+	_, errs := f.block.convert(f.common, 0)
+	return errs
 }
+
+func (f *quickackFamily) start(h *familyHost) (loader.Report, error) {
+	f.host = h
+	cfg, errs := f.block.convert(f.common, h.hz)
+	if len(errs) > 0 {
+		return loader.Report{}, fmt.Errorf("nothing is forced: %w", errors.Join(errs...))
+	}
+	force, err := quickack.Start(h.env, cfg, f.consumeEvents)
+	if err != nil {
+		return loader.Report{}, fmt.Errorf("nothing is forced: %w", err)
+	}
+	f.force = force
+	return force.Report(), nil
+}
+
+func (f *quickackFamily) close() error { return f.force.Close() }
 
 var quickackMechanisms = map[string]metadata.AttributeTcpackQuickackMechanism{
 	"mark":       metadata.AttributeTcpackQuickackMechanismMark,
@@ -172,65 +183,62 @@ var quickackActions = map[quickack.EventKind]metadata.AttributeTcpackQuickackAct
 	quickack.EventRefused:  metadata.AttributeTcpackQuickackActionRefused,
 }
 
-func (r *tcpackReceiver) recordQuickack(now pcommon.Timestamp) error {
-	stats, err := r.quickack.Snapshot()
+func (f *quickackFamily) record(now pcommon.Timestamp) error {
+	stats, err := f.force.Snapshot()
 	if err != nil {
 		return err
 	}
-	mech := quickackMechanisms[r.quickack.Mechanism()]
+	mech := quickackMechanisms[f.force.Mechanism()]
 	for _, s := range stats {
-		r.mb.RecordTcpackQuickackSocketsDataPoint(now, int64(s.Forced()), s.Target, mech)
-		r.mb.RecordTcpackQuickackAppliedCountDataPoint(now, int64(s.Applied), s.Target, mech)
+		f.host.mb.RecordTcpackQuickackSocketsDataPoint(now, int64(s.Forced()), s.Target, mech)
+		f.host.mb.RecordTcpackQuickackAppliedCountDataPoint(now, int64(s.Applied), s.Target, mech)
 		for _, reason := range quickack.Refusals() {
-			r.mb.RecordTcpackQuickackRefusedCountDataPoint(now, int64(s.Refused[reason]), s.Target, quickackRefusals[reason])
+			f.host.mb.RecordTcpackQuickackRefusedCountDataPoint(now, int64(s.Refused[reason]), s.Target, quickackRefusals[reason])
 		}
 	}
-	n, last := r.quickack.PolicyErrors()
-	r.mb.RecordTcpackQuickackPolicyErrorsDataPoint(now, int64(n))
-	if n > r.policyErrs {
-		r.set.Logger.Warn("quickack policy table update failed", zap.Error(last))
-		r.policyErrs = n
+	n, last := f.force.PolicyErrors()
+	f.host.mb.RecordTcpackQuickackPolicyErrorsDataPoint(now, int64(n))
+	if n > f.policyErrs {
+		f.host.logger.Warn("quickack policy table update failed", zap.Error(last))
+		f.policyErrs = n
 	}
-	lost, err := r.quickack.LostEvents()
+	lost, err := f.force.LostEvents()
 	if err != nil {
 		return err
 	}
-	r.mb.RecordTcpackEventsSuppressedDataPoint(now, int64(lost), metadata.AttributeTcpackEventKindQuickack, metadata.AttributeTcpackSuppressionCauseRingBufferFull)
+	f.host.mb.RecordTcpackEventsSuppressedDataPoint(now, int64(lost), metadata.AttributeTcpackEventKindQuickack, metadata.AttributeTcpackSuppressionCauseRingBufferFull)
 	return nil
 }
 
-// consumeQuickackEvents logs every socket forced, released or refused, and sends it down
-// the logs pipeline when there is one.
-func (r *tcpackReceiver) consumeQuickackEvents(events []quickack.Event) {
+// consumeEvents logs every socket forced, released or refused, and sends it down the logs
+// pipeline when there is one.
+func (f *quickackFamily) consumeEvents(events []quickack.Event) {
 	for _, e := range events {
 		fields := []zap.Field{zap.String("target", e.Target), zap.String("origin", e.Origin),
 			zap.String("local", netip.AddrPortFrom(e.LocalAddr, e.LocalPort).String()),
 			zap.String("peer", netip.AddrPortFrom(e.PeerAddr, e.PeerPort).String()), zap.Uint32("netns", e.Netns)}
 		if e.Kind == quickack.EventRefused {
-			r.set.Logger.Warn("quickack: socket not forced", append(fields, zap.Stringer("reason", e.Refusal), zap.Error(errOrNil(e.Err)))...)
+			f.host.logger.Warn("quickack: socket not forced", append(fields, zap.Stringer("reason", e.Refusal), zap.Error(errOrNil(e.Err)))...)
 		} else {
-			r.set.Logger.Debug("quickack: socket "+e.Kind.String(), fields...)
+			f.host.logger.Debug("quickack: socket "+e.Kind.String(), fields...)
 		}
 	}
-	if r.logs == nil {
+	if !f.host.withLogs {
 		return
 	}
 	ctx := context.Background()
-	r.logsMu.Lock()
-	for _, e := range events {
-		name, _ := r.env.Netns.Name(e.Netns)
-		errType := ""
-		if e.Err != 0 {
-			errType = unix.ErrnoName(e.Err)
+	f.host.sendEvents("quickack events", func(lb *metadata.LogsBuilder) {
+		for _, e := range events {
+			name, _ := f.host.env.Netns.Name(e.Netns)
+			errType := ""
+			if e.Err != 0 {
+				errType = unix.ErrnoName(e.Err)
+			}
+			lb.RecordTcpackQuickackSocketEvent(ctx, pcommon.NewTimestampFromTime(e.Time), quickackActions[e.Kind], e.Target,
+				quickackMechanisms[e.Mechanism], metadata.MapAttributeTcpackQuickackOrigin[e.Origin], quickackRefusals[e.Refusal], errType,
+				addrString(e.LocalAddr), int64(e.LocalPort), addrString(e.PeerAddr), int64(e.PeerPort), int64(e.Netns), name)
 		}
-		r.lb.RecordTcpackQuickackSocketEvent(ctx, pcommon.NewTimestampFromTime(e.Time), quickackActions[e.Kind], e.Target,
-			quickackMechanisms[e.Mechanism], metadata.MapAttributeTcpackQuickackOrigin[e.Origin], quickackRefusals[e.Refusal], errType,
-			addrString(e.LocalAddr.IsValid(), e.LocalAddr.String()), int64(e.LocalPort),
-			addrString(e.PeerAddr.IsValid(), e.PeerAddr.String()), int64(e.PeerPort), int64(e.Netns), name)
-	}
-	logs := r.lb.Emit(metadata.WithLogsResource(r.resource))
-	r.logsMu.Unlock()
-	r.sendLogs(ctx, logs, "quickack events")
+	})
 }
 
 func errOrNil(e unix.Errno) error {

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
+	"slices"
 	"sync"
 	"time"
 
@@ -17,13 +17,8 @@ import (
 	"go.opentelemetry.io/collector/receiver"
 	"go.uber.org/zap"
 
-	"github.com/tcpack/tcpack/internal/acks"
-	"github.com/tcpack/tcpack/internal/drops"
-	"github.com/tcpack/tcpack/internal/footprint"
 	"github.com/tcpack/tcpack/internal/kernel"
 	"github.com/tcpack/tcpack/internal/loader"
-	"github.com/tcpack/tcpack/internal/quickack"
-	"github.com/tcpack/tcpack/internal/txqueue"
 	"github.com/tcpack/tcpack/receiver/tcpackreceiver/internal/metadata"
 )
 
@@ -35,24 +30,14 @@ type tcpackReceiver struct {
 	metrics  consumer.Metrics
 	logs     consumer.Logs
 	resource pcommon.Resource
-	env      *kernel.Env
-	// startTime starts every cumulative series; hz converts jiffies (0 if unknown).
+	// startTime starts every cumulative series.
 	startTime pcommon.Timestamp
-	hz        int
 
 	mu    sync.Mutex
 	users int
-	drops *drops.Probe
-	acks  *acks.Probe
-	// footprint runs only while flows are named (nil otherwise: nothing attached).
-	footprint *footprint.Probe
-	// quickack is the forcing side; policyErrs the policy-table errors already logged.
-	quickack   *quickack.Force
-	policyErrs uint64
-	txqueue    *txqueue.Probe
-	// ackSeries are the (netns, port) series admitted under acks.max_series, for good.
-	ackSeries map[ackSeries]bool
-	// reports of every family, attached or not, for tcpack.probe.attached.
+	// started are the families running now, in start order.
+	started []family
+	// reports of every enabled family, attached or not, for tcpack.probe.attached.
 	reports []loader.Report
 	mb      *metadata.MetricsBuilder
 
@@ -76,6 +61,16 @@ func newReceiver(set receiver.Settings, cfg *Config, forget func()) *tcpackRecei
 
 func (r *tcpackReceiver) setMetricsConsumer(c consumer.Metrics) { r.metrics = c }
 func (r *tcpackReceiver) setLogsConsumer(c consumer.Logs)       { r.logs = c }
+
+// emitLogs records one batch of log records with the shared logs builder and hands it to the
+// logs pipeline. Families call it from their reader goroutines and the collection loop.
+func (r *tcpackReceiver) emitLogs(what string, record func(lb *metadata.LogsBuilder)) {
+	r.logsMu.Lock()
+	record(r.lb)
+	logs := r.lb.Emit(metadata.WithLogsResource(r.resource))
+	r.logsMu.Unlock()
+	r.sendLogs(context.Background(), logs, what)
+}
 
 // sendLogs tidies the records and hands them to the logs pipeline, unless there are none or
 // the pipeline has shut down.
@@ -105,18 +100,23 @@ func (r *tcpackReceiver) sendMetrics(ctx context.Context, md pmetric.Metrics) er
 }
 
 // detach is called when one pipeline's receiver shuts down, before release: from then on
-// that pipeline is never called again. The forcing side is given back while the logs
-// pipeline still runs, so its release events are delivered.
+// that pipeline is never called again. Families that change kernel state give it back while
+// the logs pipeline still runs, so their release events are delivered.
 func (r *tcpackReceiver) detach(logsPipeline bool) {
 	if logsPipeline {
 		r.mu.Lock()
-		if r.quickack != nil {
-			r.stopCollecting()
-			if err := r.quickack.Close(); err != nil {
-				r.set.Logger.Warn("quickack shutdown", zap.Error(err))
+		kept := r.started[:0]
+		for _, f := range r.started {
+			if _, ok := f.(releasedWithLogs); !ok {
+				kept = append(kept, f)
+				continue
 			}
-			r.quickack = nil
+			r.stopCollecting()
+			if err := f.close(); err != nil {
+				r.set.Logger.Warn(f.name()+" shutdown", zap.Error(err))
+			}
 		}
+		r.started = kept
 		r.mu.Unlock()
 	}
 	r.consumersMu.Lock()
@@ -182,117 +182,42 @@ func (r *tcpackReceiver) start() error {
 	if err != nil {
 		return err
 	}
-	r.env = env
-	rb := r.newResourceBuilder()
-	r.resource = rb.Emit()
+	r.resource = r.newResourceBuilder().Emit()
 	r.startTime = pcommon.NewTimestampFromTime(time.Now())
 	r.mb = metadata.NewMetricsBuilder(r.cfg.MetricsBuilderConfig, r.set, metadata.WithStartTime(r.startTime))
 	r.lb = metadata.NewLogsBuilder(r.cfg.logsBuilderConfig(), r.set)
-	r.reports = nil
+	r.reports, r.started = nil, nil
+	host := &familyHost{env: env, logger: log, withLogs: r.logs != nil, startTime: r.startTime, mb: r.mb, sendEvents: r.emitLogs}
 
-	var failed []error
-	if r.cfg.Drops.Enabled {
-		cfg := r.cfg.dropsConfig(r.logs != nil)
-		var sink func([]drops.Event)
-		if r.logs != nil {
-			sink = r.consumeDropEvents
-		}
-		p, err := drops.Start(env, cfg, sink)
-		if err != nil {
-			log.Error("drops family not started", zap.Error(err))
-			failed = append(failed, err)
-			r.reports = append(r.reports, notAttached(drops.Family, drops.HookNames()))
-		} else {
-			r.drops = p
-			r.reports = append(r.reports, p.Report())
+	var enabled []family
+	for _, f := range r.cfg.families() {
+		if f.enabled() {
+			enabled = append(enabled, f)
 		}
 	}
-	if r.cfg.Acks.Enabled || r.cfg.Quickack.Enabled {
-		if r.hz, err = kernel.HZ(); err != nil {
+	if slices.ContainsFunc(enabled, func(f family) bool { _, ok := f.(tickRateUser); return ok }) {
+		if host.hz, err = kernel.HZ(); err != nil {
 			log.Warn("kernel tick rate unknown: tcpack.ack.ato left out of events, bounded quick ACKs assume HZ=250", zap.Error(err))
 		}
 	}
-	if r.cfg.Acks.Enabled {
-		var sink func([]acks.Event)
-		if r.logs != nil {
-			sink = r.consumeAckEvents
-		}
-		p, err := acks.Start(env, r.cfg.acksConfig(r.logs != nil, r.hz), sink)
+	var failed []error
+	for _, f := range enabled {
+		rep, err := f.start(host)
 		if err != nil {
-			log.Error("acks family not started", zap.Error(err))
-			failed = append(failed, err)
-			r.reports = append(r.reports, notAttached(acks.Family, acks.HookNames()))
-		} else {
-			r.acks = p
-			r.ackSeries = map[ackSeries]bool{}
-			r.reports = append(r.reports, p.Report())
+			log.Error(f.name()+" family not started", zap.Error(err))
+			failed = append(failed, fmt.Errorf("%s: %w", f.name(), err))
+			r.reports = append(r.reports, notAttached(f.name(), f.hookNames()))
+			continue
 		}
-	}
-	if r.cfg.Quickack.Enabled {
-		cfg, err := r.cfg.Quickack.quickackConfig()
-		if err == nil {
-			cfg.HZ = r.hz
-			cfg.RingBufferBytes, cfg.FlushInterval = r.cfg.RingBuffer.SizeBytes, r.cfg.RingBuffer.FlushInterval
-			// Forcing events are few and each matters: wake the reader for every page.
-			cfg.WakeupBytes = min(r.cfg.RingBuffer.WakeupBytes, 4096)
-			var f *quickack.Force
-			if f, err = quickack.Start(env, cfg, r.consumeQuickackEvents); err == nil {
-				r.quickack = f
-				r.reports = append(r.reports, f.Report())
-			}
-		}
-		if err != nil {
-			log.Error("quickack family not started: nothing is forced", zap.Error(err))
-			failed = append(failed, err)
-			r.reports = append(r.reports, notAttached(quickack.Family, quickack.HookNames()))
-		}
-	}
-	if r.cfg.Txqueue.Enabled {
-		var sink func([]txqueue.Event)
-		if r.logs != nil {
-			sink = r.consumeTxqueueEvents
-		}
-		p, err := txqueue.Start(env, r.cfg.txqueueConfig(r.logs != nil), sink)
-		if err != nil {
-			log.Error("txqueue family not started", zap.Error(err))
-			failed = append(failed, err)
-			r.reports = append(r.reports, notAttached(txqueue.Family, txqueue.HookNames()))
-		} else {
-			r.txqueue = p
-			r.reports = append(r.reports, p.Report())
-		}
-	}
-	if len(r.cfg.Footprint.Flows) > 0 {
-		cfg, errs := r.cfg.Footprint.footprintConfig()
-		err := errors.Join(errs...)
-		var p *footprint.Probe
-		if err == nil {
-			p, err = footprint.Start(env, cfg)
-		}
-		if err != nil {
-			log.Error("footprint family not started", zap.Error(err))
-			failed = append(failed, err)
-			r.reports = append(r.reports, notAttached(footprint.Family, footprint.HookNames()))
-		} else {
-			r.footprint = p
-			r.reports = append(r.reports, p.Report())
-			if s := p.Sentinels(); s != nil {
-				idle := fmt.Sprintf("only %s stay attached", strings.Join(s, ", "))
-				if sampled, window, period := p.SampledSentinels(); sampled != nil {
-					idle = fmt.Sprintf("only %s run: %s for %s of every %s (sentinel_window, sentinel_period), the rest all the time",
-						strings.Join(s, ", "), strings.Join(sampled, " and "), window, period)
-				}
-				log.Info(fmt.Sprintf("footprint: attach on_traffic: %s while the named flows are idle; the other layers attach when a sentinel sees a flow's packet and detach after %s without one",
-					idle, cfg.IdleDetach))
-			}
-		}
+		r.started = append(r.started, f)
+		r.reports = append(r.reports, rep)
 	}
 	for _, rep := range r.reports {
 		for _, line := range rep.Lines() {
 			log.Info(line)
 		}
 	}
-	if r.drops == nil && r.acks == nil && r.quickack == nil && r.txqueue == nil && r.footprint == nil {
+	if len(r.started) == 0 {
 		if len(failed) == 0 {
 			return errors.New("tcpack: every probe family is disabled; enable at least one (e.g. drops.enabled: true, or name footprint.flows)")
 		}
@@ -303,9 +228,11 @@ func (r *tcpackReceiver) start() error {
 	r.metricsDetached, r.logsDetached = false, false
 	r.consumersMu.Unlock()
 	r.stop = make(chan struct{})
-	// Footprint loss events are derived from the counters, so a logs-only receiver with
-	// flows named collects too.
-	if r.metrics != nil || (r.footprint != nil && r.logs != nil) {
+	derives := slices.ContainsFunc(r.started, func(f family) bool {
+		d, ok := f.(eventsFromCounters)
+		return ok && d.derivesEvents()
+	})
+	if r.metrics != nil || (derives && r.logs != nil) {
 		r.wg.Add(1)
 		go r.collectLoop()
 	}
@@ -328,37 +255,13 @@ func (r *tcpackReceiver) newResourceBuilder() *metadata.ResourceBuilder {
 	return rb
 }
 
-func notAttached(family string, hooks []string) loader.Report {
-	rep := loader.Report{Family: family}
-	for _, h := range hooks {
-		rep.Hooks = append(rep.Hooks, loader.HookResult{Hook: h})
-	}
-	return rep
-}
-
 func (r *tcpackReceiver) shutdown() error {
 	r.stopCollecting()
 	var errs []error
-	if r.drops != nil {
-		errs = append(errs, r.drops.Close())
-		r.drops = nil
+	for _, f := range r.started {
+		errs = append(errs, f.close())
 	}
-	if r.acks != nil {
-		errs = append(errs, r.acks.Close())
-		r.acks = nil
-	}
-	if r.quickack != nil {
-		errs = append(errs, r.quickack.Close())
-		r.quickack = nil
-	}
-	if r.txqueue != nil {
-		errs = append(errs, r.txqueue.Close())
-		r.txqueue = nil
-	}
-	if r.footprint != nil {
-		errs = append(errs, r.footprint.Close())
-		r.footprint = nil
-	}
+	r.started = nil
 	return errors.Join(errs...)
 }
 
@@ -374,6 +277,36 @@ func (r *tcpackReceiver) collectLoop() {
 			if err := r.collect(context.Background()); err != nil {
 				r.set.Logger.Warn("collect", zap.Error(err))
 			}
+		}
+	}
+}
+
+// collect reads every family's cumulative counters and emits them as one batch of metrics.
+func (r *tcpackReceiver) collect(ctx context.Context) error {
+	now := pcommon.NewTimestampFromTime(time.Now())
+	r.recordProbeReports(now)
+	for _, f := range r.started {
+		if err := f.record(now); err != nil {
+			return fmt.Errorf("%s: %w", f.name(), err)
+		}
+	}
+	md := r.mb.Emit(metadata.WithResource(r.resource))
+	for _, f := range r.started {
+		if a, ok := f.(metricsAppender); ok {
+			a.appendMetrics(md, now)
+		}
+	}
+	return r.sendMetrics(ctx, md)
+}
+
+func (r *tcpackReceiver) recordProbeReports(now pcommon.Timestamp) {
+	for _, rep := range r.reports {
+		for _, h := range rep.Hooks {
+			attached, strategy := int64(0), "none"
+			if h.Attached != nil {
+				attached, strategy = 1, h.Attached.String()
+			}
+			r.mb.RecordTcpackProbeAttachedDataPoint(now, attached, rep.Family, h.Hook, strategy)
 		}
 	}
 }

@@ -3,8 +3,7 @@ package tcpackreceiver
 import (
 	"context"
 	"errors"
-	"fmt"
-	"strings"
+	"slices"
 
 	"go.opentelemetry.io/collector/pdata/pcommon"
 
@@ -47,57 +46,28 @@ func defaultTxqueueConfig() TxqueueConfig {
 
 var txqueueStrategies = []loader.Kind{loader.TPBTF, loader.RawTP, loader.FEntry, loader.FExit, loader.Kprobe, loader.Kretprobe}
 
-func (q TxqueueConfig) validate() []error {
-	var errs []error
-	for i, s := range q.Strategies {
-		ok := false
-		for _, k := range txqueueStrategies {
-			ok = ok || loader.Kind(s) == k
-		}
-		if !ok {
-			names := make([]string, len(txqueueStrategies))
-			for j, k := range txqueueStrategies {
-				names[j] = string(k)
-			}
-			errs = append(errs, fmt.Errorf("txqueue.strategies[%d]: unknown strategy %q, use %s", i, s, strings.Join(names, ", ")))
-		}
-	}
-	if len(q.Strategies) > 0 {
-		hasTP := false
-		for _, s := range q.Strategies {
-			hasTP = hasTP || s == string(loader.TPBTF) || s == string(loader.RawTP)
-		}
-		if !hasTP {
-			errs = append(errs, errors.New("txqueue.strategies: must include tp_btf or raw_tp: the queue counts come from the net_dev_start_xmit tracepoint"))
-		}
-	}
-	for field, v := range map[string]uint32{"txqueue.max_keys": q.MaxKeys, "txqueue.max_interfaces": q.MaxInterfaces, "txqueue.max_flows": q.MaxFlows} {
-		if v == 0 || v > maxKeys {
-			errs = append(errs, fmt.Errorf("%s: %d is out of range, use 1..%d", field, v, maxKeys))
-		}
-	}
-	if q.Sampling.RatePerCPU > maxRatePerCPU {
-		errs = append(errs, fmt.Errorf("txqueue.sampling.rate_per_cpu: %d is too high, use 0..%d (0 turns events off)", q.Sampling.RatePerCPU, maxRatePerCPU))
-	}
-	if q.Sampling.RatePerCPU > 0 && q.Sampling.Burst == 0 {
-		errs = append(errs, errors.New("txqueue.sampling.burst: must be at least 1 when rate_per_cpu is set (e.g. 5x rate_per_cpu)"))
-	}
-	if q.Sampling.Burst > maxRatePerCPU {
-		errs = append(errs, fmt.Errorf("txqueue.sampling.burst: %d is too large, use 1..%d", q.Sampling.Burst, maxRatePerCPU))
-	}
-	return errs
-}
-
-// txqueueConfig is the family's part of the config; events nobody consumes are not sampled.
-func (c *Config) txqueueConfig(withLogs bool) txqueue.Config {
-	q := c.Txqueue
+// convert turns the block into the family's config; its errors name the field and the fix. Events nobody
+// consumes are not sampled.
+func (q TxqueueConfig) convert(c common, withLogs bool) (txqueue.Config, []error) {
+	def := txqueue.DefaultConfig()
 	cfg := txqueue.DefaultConfig()
 	cfg.MaxQueueKeys, cfg.MaxInterfaces, cfg.MaxFlows, cfg.Otherhost = q.MaxKeys, q.MaxInterfaces, q.MaxFlows, q.Otherhost
 	cfg.EventsPerSecond, cfg.EventBurst = q.Sampling.RatePerCPU, q.Sampling.Burst
 	cfg.RingBufferBytes, cfg.WakeupBytes, cfg.FlushInterval = c.RingBuffer.SizeBytes, c.RingBuffer.WakeupBytes, c.RingBuffer.FlushInterval
-	for _, s := range q.Strategies {
-		cfg.Strategies = append(cfg.Strategies, loader.Kind(s))
+	var errs []error
+	cfg.Strategies, errs = checkStrategies("txqueue.strategies", q.Strategies, txqueueStrategies)
+	if len(q.Strategies) > 0 && !slices.Contains(q.Strategies, string(loader.TPBTF)) && !slices.Contains(q.Strategies, string(loader.RawTP)) {
+		errs = append(errs, errors.New("txqueue.strategies: must include tp_btf or raw_tp: the queue counts come from the net_dev_start_xmit tracepoint"))
 	}
+	for _, m := range []struct {
+		field  string
+		v, def uint32
+	}{{"txqueue.max_keys", q.MaxKeys, def.MaxQueueKeys}, {"txqueue.max_interfaces", q.MaxInterfaces, def.MaxInterfaces}, {"txqueue.max_flows", q.MaxFlows, def.MaxFlows}} {
+		if err := checkMapSize(m.field, m.v, m.def); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	errs = append(errs, checkSampling("txqueue.sampling", q.Sampling, "5x rate_per_cpu")...)
 	for kind, enabled := range map[txqueue.Kind]bool{
 		txqueue.KindFlowMoved: c.Events.TcpackTxqueueFlowMoved.Enabled,
 		txqueue.KindOtherhost: c.Events.TcpackPacketOtherhost.Enabled,
@@ -106,8 +76,42 @@ func (c *Config) txqueueConfig(withLogs bool) txqueue.Config {
 			cfg.DisabledEvents = append(cfg.DisabledEvents, kind)
 		}
 	}
-	return cfg
+	return cfg, errs
 }
+
+// txqueueFamily reports transmit queues per interface and flow, and PACKET_OTHERHOST.
+type txqueueFamily struct {
+	block  TxqueueConfig
+	common common
+	host   *familyHost
+	probe  *txqueue.Probe
+}
+
+func (f *txqueueFamily) name() string        { return txqueue.Family }
+func (f *txqueueFamily) enabled() bool       { return f.block.Enabled }
+func (f *txqueueFamily) hookNames() []string { return txqueue.HookNames() }
+
+func (f *txqueueFamily) validate() []error {
+	_, errs := f.block.convert(f.common, true)
+	return errs
+}
+
+func (f *txqueueFamily) start(h *familyHost) (loader.Report, error) {
+	f.host = h
+	cfg, _ := f.block.convert(f.common, h.withLogs)
+	var sink func([]txqueue.Event)
+	if h.withLogs {
+		sink = f.consumeEvents
+	}
+	p, err := txqueue.Start(h.env, cfg, sink)
+	if err != nil {
+		return loader.Report{}, err
+	}
+	f.probe = p
+	return p.Report(), nil
+}
+
+func (f *txqueueFamily) close() error { return f.probe.Close() }
 
 var txqueuePicks = map[txqueue.Selector]metadata.AttributeTcpackTxqueuePick{
 	txqueue.SelectorUnknown: metadata.AttributeTcpackTxqueuePickUnknown,
@@ -121,62 +125,63 @@ type ifSeries struct {
 	name  string
 }
 
-// recordTxqueue reads the family's counters and flows into the metrics builder.
-func (r *tcpackReceiver) recordTxqueue(now pcommon.Timestamp) error {
+// record reads the family's counters and flows into the metrics builder.
+func (f *txqueueFamily) record(now pcommon.Timestamp) error {
+	mb := f.host.mb
 	var flows []txqueue.Flow
-	if r.cfg.Metrics.TcpackTxqueueFlows.Enabled {
+	if f.common.Metrics.TcpackTxqueueFlows.Enabled {
 		// Read before the counters: the kernel counts a packet on its queue before it marks
 		// the flow, so every flow read here has its interface, and name, in the snapshot.
 		var err error
-		if flows, err = r.txqueue.Flows(); err != nil {
+		if flows, err = f.probe.Flows(); err != nil {
 			return err
 		}
 	}
-	snap, err := r.txqueue.Snapshot()
+	snap, err := f.probe.Snapshot()
 	if err != nil {
 		return err
 	}
 	queues := map[ifSeries]uint32{}
 	for _, q := range snap.Queues {
 		netns := int64(q.Netns)
-		r.mb.RecordTcpackTxqueuePacketsDataPoint(now, int64(q.Packets), q.Interface, int64(q.Queue), netns)
-		r.mb.RecordTcpackTxqueueBytesDataPoint(now, int64(q.Bytes), q.Interface, int64(q.Queue), netns)
+		mb.RecordTcpackTxqueuePacketsDataPoint(now, int64(q.Packets), q.Interface, int64(q.Queue), netns)
+		mb.RecordTcpackTxqueueBytesDataPoint(now, int64(q.Bytes), q.Interface, int64(q.Queue), netns)
 		key := ifSeries{q.Netns, q.Interface}
 		queues[key] = max(queues[key], q.TxQueues)
 	}
 	for key, n := range queues {
-		r.mb.RecordTcpackTxqueueQueuesDataPoint(now, int64(n), key.name, int64(key.netns))
+		mb.RecordTcpackTxqueueQueuesDataPoint(now, int64(n), key.name, int64(key.netns))
 	}
-	picks := r.txqueue.Picks()
+	picks := f.probe.Picks()
 	for _, c := range snap.Interfaces {
 		netns := int64(c.Netns)
-		r.mb.RecordTcpackTxqueueFlowChangesCountDataPoint(now, int64(c.FlowMoves), c.Interface, netns)
-		if r.cfg.Txqueue.Otherhost {
-			r.mb.RecordTcpackPacketOtherhostCountDataPoint(now, int64(c.Otherhost), c.Interface, netns)
+		mb.RecordTcpackTxqueueFlowChangesCountDataPoint(now, int64(c.FlowMoves), c.Interface, netns)
+		if f.block.Otherhost {
+			mb.RecordTcpackPacketOtherhostCountDataPoint(now, int64(c.Otherhost), c.Interface, netns)
 		}
 		if picks {
 			for _, s := range []txqueue.Selector{txqueue.SelectorSocket, txqueue.SelectorXPS, txqueue.SelectorHash} {
-				r.mb.RecordTcpackTxqueuePicksCountDataPoint(now, int64(c.Picks[s]), c.Interface, txqueuePicks[s], netns)
+				mb.RecordTcpackTxqueuePicksCountDataPoint(now, int64(c.Picks[s]), c.Interface, txqueuePicks[s], netns)
 			}
 		}
 	}
-	r.recordTxqueueFlows(now, snap, flows)
+	recordTxqueueFlows(mb, now, snap, flows)
 	for kind, name := range map[txqueue.Kind]metadata.AttributeTcpackEventKind{
 		txqueue.KindFlowMoved: metadata.AttributeTcpackEventKindFlowMoved,
 		txqueue.KindOtherhost: metadata.AttributeTcpackEventKindOtherhost,
 	} {
-		r.mb.RecordTcpackEventsSuppressedDataPoint(now, int64(snap.Stats.SampledOut[kind]), name, metadata.AttributeTcpackSuppressionCauseRateLimit)
-		r.mb.RecordTcpackEventsSuppressedDataPoint(now, int64(snap.Stats.RingBufferFull[kind]), name, metadata.AttributeTcpackSuppressionCauseRingBufferFull)
+		mb.RecordTcpackEventsSuppressedDataPoint(now, int64(snap.Stats.SampledOut[kind]), name, metadata.AttributeTcpackSuppressionCauseRateLimit)
+		mb.RecordTcpackEventsSuppressedDataPoint(now, int64(snap.Stats.RingBufferFull[kind]), name, metadata.AttributeTcpackSuppressionCauseRingBufferFull)
 	}
-	r.mb.RecordTcpackKernelMapOverflowDataPoint(now, int64(snap.Stats.QueueKeysFull), metadata.AttributeTcpackMapQueueCounts)
-	r.mb.RecordTcpackKernelMapOverflowDataPoint(now, int64(snap.Stats.InterfaceKeysFull), metadata.AttributeTcpackMapIfCounts)
+	mb.RecordTcpackKernelMapOverflowDataPoint(now, int64(snap.Stats.QueueKeysFull), metadata.AttributeTcpackMapQueueCounts)
+	mb.RecordTcpackKernelMapOverflowDataPoint(now, int64(snap.Stats.InterfaceKeysFull), metadata.AttributeTcpackMapIfCounts)
 	return nil
 }
 
 // recordTxqueueFlows reports how many flows each queue carried since the last collection: the
 // flow map holds every flow the LRU has room for, closed ones included, and marks those that
 // sent since the previous read.
-func (r *tcpackReceiver) recordTxqueueFlows(now pcommon.Timestamp, snap txqueue.Snapshot, flows []txqueue.Flow) {
+func recordTxqueueFlows(mb *metadata.MetricsBuilder, now pcommon.Timestamp, snap txqueue.Snapshot, flows []txqueue.Flow) {
 	type queueSeries struct {
 		netns, ifindex uint32
 		queue          uint16
@@ -193,30 +198,26 @@ func (r *tcpackReceiver) recordTxqueueFlows(now pcommon.Timestamp, snap txqueue.
 		counts[queueSeries{f.Netns, f.Ifindex, f.Queue}]++
 	}
 	for s, n := range counts {
-		r.mb.RecordTcpackTxqueueFlowsDataPoint(now, n, names[[2]uint32{s.netns, s.ifindex}], int64(s.queue), int64(s.netns))
+		mb.RecordTcpackTxqueueFlowsDataPoint(now, n, names[[2]uint32{s.netns, s.ifindex}], int64(s.queue), int64(s.netns))
 	}
 }
 
-// consumeTxqueueEvents turns sampled queue changes and OTHERHOST packets into log records.
-func (r *tcpackReceiver) consumeTxqueueEvents(events []txqueue.Event) {
+// consumeEvents turns sampled queue changes and OTHERHOST packets into log records.
+func (f *txqueueFamily) consumeEvents(events []txqueue.Event) {
 	ctx := context.Background()
-	r.logsMu.Lock()
-	for _, e := range events {
-		ts := pcommon.NewTimestampFromTime(e.Time)
-		netns := int64(e.Netns)
-		switch e.Kind {
-		case txqueue.KindFlowMoved:
-			r.lb.RecordTcpackTxqueueFlowMovedEvent(ctx, ts, e.Transport, e.Network,
-				addrString(e.LocalAddr.IsValid(), e.LocalAddr.String()), int64(e.LocalPort),
-				addrString(e.PeerAddr.IsValid(), e.PeerAddr.String()), int64(e.PeerPort), e.Interface,
-				int64(e.OldQueue), int64(e.NewQueue), int64(e.TxQueues), e.OOOOkay, txqueuePicks[e.Selector], netns, e.NetnsName)
-		case txqueue.KindOtherhost:
-			r.lb.RecordTcpackPacketOtherhostEvent(ctx, ts, e.Interface, e.DevMAC.String(), e.SrcMAC.String(), e.DstMAC.String(),
-				e.Network, addrString(e.SrcAddr.IsValid(), e.SrcAddr.String()), addrString(e.DstAddr.IsValid(), e.DstAddr.String()),
-				int64(e.Length), netns, e.NetnsName)
+	f.host.sendEvents("txqueue events", func(lb *metadata.LogsBuilder) {
+		for _, e := range events {
+			ts := pcommon.NewTimestampFromTime(e.Time)
+			netns := int64(e.Netns)
+			switch e.Kind {
+			case txqueue.KindFlowMoved:
+				lb.RecordTcpackTxqueueFlowMovedEvent(ctx, ts, e.Transport, e.Network,
+					addrString(e.LocalAddr), int64(e.LocalPort), addrString(e.PeerAddr), int64(e.PeerPort), e.Interface,
+					int64(e.OldQueue), int64(e.NewQueue), int64(e.TxQueues), e.OOOOkay, txqueuePicks[e.Selector], netns, e.NetnsName)
+			case txqueue.KindOtherhost:
+				lb.RecordTcpackPacketOtherhostEvent(ctx, ts, e.Interface, e.DevMAC.String(), e.SrcMAC.String(), e.DstMAC.String(),
+					e.Network, addrString(e.SrcAddr), addrString(e.DstAddr), int64(e.Length), netns, e.NetnsName)
+			}
 		}
-	}
-	logs := r.lb.Emit(metadata.WithLogsResource(r.resource))
-	r.logsMu.Unlock()
-	r.sendLogs(ctx, logs, "txqueue events")
+	})
 }

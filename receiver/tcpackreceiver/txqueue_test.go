@@ -27,13 +27,16 @@ func TestLoadTxqueueConfig(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	q := cfg.txqueueConfig(true)
+	q, errs := cfg.Txqueue.convert(cfg.familyCommon(), true)
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
 	got := fmt.Sprintf("%v %d %d %d %v %d %d %v", q.Strategies, q.MaxQueueKeys, q.MaxInterfaces, q.MaxFlows, q.Otherhost,
 		q.EventsPerSecond, q.EventBurst, q.DisabledEvents)
 	if want := "[tp_btf fentry fexit] 512 64 2048 false 5 10 [otherhost]"; got != want {
 		t.Errorf("txqueue config:\n got %s\nwant %s", got, want)
 	}
-	if got := cfg.txqueueConfig(false).DisabledEvents; len(got) != 2 {
+	if got, _ := cfg.Txqueue.convert(cfg.familyCommon(), false); len(got.DisabledEvents) != 2 {
 		t.Errorf("without a logs pipeline every event kind must be off, got %v", got)
 	}
 	def := createDefaultConfig()
@@ -132,7 +135,7 @@ func TestReceiverReportsTxqueue(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	waitFor(t, "tcpack.txqueue.packets on A's veth", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "tcpack.txqueue.packets on A's veth", func() (bool, string) {
 		byQueue := txqueuePoints(r.metrics, "tcpack.txqueue.packets", pair.A, "tcpack.txqueue.queue")
 		var sum int64
 		for _, v := range byQueue {
@@ -151,7 +154,7 @@ func TestReceiverReportsTxqueue(t *testing.T) {
 		t.Errorf("tcpack.packet.otherhost.count on B: %v, want %d", oh, n)
 	}
 	local := c.Client.LocalAddr().(*net.TCPAddr)
-	waitFor(t, "events", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "events", func() (bool, string) {
 		var moved, other int
 		forEachRecord(r.logs, func(rec plog.LogRecord) {
 			a := rec.Attributes()
