@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -121,7 +122,9 @@ type Probe struct {
 	set    *loader.Set
 	report loader.Report
 	reader *eventreader.Reader
-	arming *arming // nil with loader.AttachAlways
+	// arming is nil with loader.AttachAlways; mu guards its state.
+	arming *loader.Arming
+	mu     sync.Mutex
 }
 
 // Start loads and attaches the family; sampled delayed-ACK events go to sink in batches.
@@ -160,12 +163,12 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 			set.Close()
 			return nil, err
 		}
-	} else if p.arming, err = startArming(set, report, cfg.IdleDetach); err != nil {
+	} else if err := p.startArming(cfg.IdleDetach); err != nil {
 		set.Close()
 		return nil, err
 	}
 	if p.reader, err = eventreader.Start(set.Maps[acksMapEvents], cfg.FlushInterval, eventreader.Decoder(p.decode), sink); err != nil {
-		p.arming.stop()
+		p.arming.Stop()
 		set.Close()
 		return nil, fmt.Errorf("%s: %w", Family, err)
 	}
@@ -269,7 +272,7 @@ func (p *Probe) Close() error {
 	if p.set == nil {
 		return nil
 	}
-	p.arming.stop()
+	p.arming.Stop()
 	err := errors.Join(p.reader.Close(), p.set.Close())
 	p.set = nil
 	return err

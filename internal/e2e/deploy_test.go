@@ -463,7 +463,7 @@ func TestAgentWorksWithItsCapabilities(t *testing.T) {
 	// acks.attach on_traffic (the default): the connection attaches the per-segment hooks,
 	// which the agent's capabilities must allow at run time too.
 	conn := pair.Connect(t, 6130)
-	within(t, 10*time.Second, "tcpack.ack.armed 1 once a socket in scope is open", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "tcpack.ack.armed 1 once a socket in scope is open", func() (bool, string) {
 		metrics, _ := c.read(t)
 		armed, ok := latestSum(metrics, "tcpack.ack.armed", func(pcommon.Map) bool { return true })
 		return ok && armed == 1, fmt.Sprintf("armed %d (reported: %v); log:\n%s", armed, ok, c.Log())
@@ -520,7 +520,7 @@ func TestSidecarForcesWithItsCapabilities(t *testing.T) {
 	app := pair.Connect(t, 8080)
 	// acks.attach on_traffic (the example's default): ACKs sent before the per-segment hooks
 	// attach, within about a poll of the first socket in scope, are not in the statistics.
-	within(t, 10*time.Second, "tcpack.ack.armed 1 once the app's socket is open", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "tcpack.ack.armed 1 once the app's socket is open", func() (bool, string) {
 		metrics, _ := c.read(t)
 		armed, ok := latestSum(metrics, "tcpack.ack.armed", func(pcommon.Map) bool { return true })
 		return ok && armed == 1, fmt.Sprintf("armed %d (reported: %v); log:\n%s", armed, ok, c.Log())

@@ -54,21 +54,6 @@ func latestSum(metrics []pmetric.Metrics, name string, match func(pcommon.Map) b
 	return 0, false
 }
 
-func within(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %s", what, state)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
 // TestFootprintSwitchedBySIGHUP switches counting on and off at run time, as a kernel module
 // would with a /proc switch: a flow named in the config is counted and exported; a reload (SIGHUP) with no
 // flow leaves no footprint program in the kernel while the collector keeps running; naming it
@@ -105,7 +90,7 @@ func TestFootprintSwitchedBySIGHUP(t *testing.T) {
 		t.Helper()
 		before, _ := c.read(t)
 		pair.A.SendUDP(t, fmt.Sprintf("%s:6020", pair.B.Addr), 1)
-		within(t, 20*time.Second, "tcpack.footprint.armed after the flow's first packet", func() (bool, string) {
+		netnstest.Eventually(t, 20*time.Second, "tcpack.footprint.armed after the flow's first packet", func() (bool, string) {
 			metrics, _ := c.read(t)
 			v, ok := latestSum(metrics[len(before):], "tcpack.footprint.armed", func(pcommon.Map) bool { return true })
 			return v == 1, fmt.Sprintf("%d (found %v)", v, ok)
@@ -115,12 +100,12 @@ func TestFootprintSwitchedBySIGHUP(t *testing.T) {
 	// B has no socket on the port: the packets reach the core and die at L4 (NO_SOCKET).
 	const n = 5
 	pair.A.SendUDP(t, fmt.Sprintf("%s:6020", pair.B.Addr), n)
-	within(t, 20*time.Second, "tcpack.footprint.packets at netif_receive_skb", func() (bool, string) {
+	netnstest.Eventually(t, 20*time.Second, "tcpack.footprint.packets at netif_receive_skb", func() (bool, string) {
 		metrics, _ := c.read(t)
 		v, ok := latestSum(metrics, "tcpack.footprint.packets", atCore)
 		return v == n, fmt.Sprintf("%d (found %v)", v, ok)
 	})
-	within(t, 20*time.Second, "tcpack.footprint.drops NO_SOCKET", func() (bool, string) {
+	netnstest.Eventually(t, 20*time.Second, "tcpack.footprint.drops NO_SOCKET", func() (bool, string) {
 		metrics, _ := c.read(t)
 		v, ok := latestSum(metrics, "tcpack.footprint.drops", func(a pcommon.Map) bool {
 			return str(a, "tcpack.footprint.flow") == "e2e" && str(a, "tcpack.drop.reason") == "NO_SOCKET"
@@ -129,12 +114,12 @@ func TestFootprintSwitchedBySIGHUP(t *testing.T) {
 	})
 
 	c.Reload(t, without)
-	within(t, 20*time.Second, "no fp_ program after a reload without flows", func() (bool, string) {
+	netnstest.Eventually(t, 20*time.Second, "no fp_ program after a reload without flows", func() (bool, string) {
 		k := footprintPrograms(t)
 		return k == 0, fmt.Sprintf("%d still loaded", k)
 	})
 	// Still running, with the drops family attached again by the new service.
-	within(t, 20*time.Second, "the collector running after the reload", func() (bool, string) {
+	netnstest.Eventually(t, 20*time.Second, "the collector running after the reload", func() (bool, string) {
 		return !c.Exited() && strings.Count(c.Log(), "drops: kfree_skb attached") == 2, c.Log()
 	})
 	time.Sleep(time.Second)
@@ -143,14 +128,14 @@ func TestFootprintSwitchedBySIGHUP(t *testing.T) {
 	}
 
 	c.Reload(t, withFlow)
-	within(t, 20*time.Second, "fp_ programs back after naming the flow again", func() (bool, string) {
+	netnstest.Eventually(t, 20*time.Second, "fp_ programs back after naming the flow again", func() (bool, string) {
 		k := footprintPrograms(t)
 		return k > 0, fmt.Sprintf("%d loaded", k)
 	})
 	// A new service starts its counters from zero: the new packets alone.
 	armed()
 	pair.A.SendUDP(t, fmt.Sprintf("%s:6020", pair.B.Addr), 3)
-	within(t, 20*time.Second, "counting again after the second reload", func() (bool, string) {
+	netnstest.Eventually(t, 20*time.Second, "counting again after the second reload", func() (bool, string) {
 		metrics, _ := c.read(t)
 		v, ok := latestSum(metrics, "tcpack.footprint.packets", atCore)
 		return v == 3, fmt.Sprintf("%d (found %v)", v, ok)
@@ -161,7 +146,7 @@ func TestFootprintSwitchedBySIGHUP(t *testing.T) {
 		t.Errorf("BPF links after the collector exited: %d, before it started: %d", got, linksBefore)
 	}
 	// The kernel frees a dead process's programs after an RCU grace period, not at exit.
-	within(t, 10*time.Second, "no fp_ program after the collector exited", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "no fp_ program after the collector exited", func() (bool, string) {
 		k := footprintPrograms(t)
 		return k == 0, fmt.Sprintf("%d still loaded", k)
 	})

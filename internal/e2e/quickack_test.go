@@ -98,7 +98,7 @@ func TestCollectorForcesQuickACKsAndCleansUp(t *testing.T) {
 	}
 	// The connection open across the restart is taken up again by the walk of existing
 	// sockets (it still carries the mark, which is ours).
-	within(t, 10*time.Second, "an existing-origin applied record for port 6020 after the restart", func() (bool, string) {
+	netnstest.Eventually(t, 10*time.Second, "an existing-origin applied record for port 6020 after the restart", func() (bool, string) {
 		_, logs := c.read(t)
 		again := records(logs, "tcpack.quickack.socket", func(a pcommon.Map) bool {
 			return str(a, "tcpack.quickack.action") == "applied" && num(a, "network.local.port") == 6020 &&

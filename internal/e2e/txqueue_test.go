@@ -85,7 +85,7 @@ func TestCollectorExportsTxQueues(t *testing.T) {
 				num(a, "tcpack.txqueue.queue") == queue
 		}
 	}
-	within(t, 20*time.Second, "tcpack.txqueue.packets per queue equal to the qdisc's", func() (bool, string) {
+	netnstest.Eventually(t, 20*time.Second, "tcpack.txqueue.packets per queue equal to the qdisc's", func() (bool, string) {
 		sent := qdisc()
 		metrics, _ := c.read(t)
 		used := 0
@@ -111,7 +111,7 @@ func TestCollectorExportsTxQueues(t *testing.T) {
 	onAnyQueue := func(a pcommon.Map) bool {
 		return num(a, "tcpack.netns.inode") == int64(pair.A.Inode) && str(a, "network.interface.name") == pair.A.Veth
 	}
-	within(t, 20*time.Second, "tcpack.txqueue.flows: the 8 flows, then none once idle", func() (bool, string) {
+	netnstest.Eventually(t, 20*time.Second, "tcpack.txqueue.flows: the 8 flows, then none once idle", func() (bool, string) {
 		metrics, _ := c.read(t)
 		sent := qdisc()
 		flowsAt := map[pcommon.Timestamp]int64{}
@@ -159,7 +159,7 @@ func TestCollectorExportsTxQueues(t *testing.T) {
 	onB := func(a pcommon.Map) bool {
 		return num(a, "tcpack.netns.inode") == int64(pair.B.Inode) && str(a, "network.interface.name") == pair.B.Veth
 	}
-	within(t, 20*time.Second, "tcpack.packet.otherhost.count on B", func() (bool, string) {
+	netnstest.Eventually(t, 20*time.Second, "tcpack.packet.otherhost.count on B", func() (bool, string) {
 		metrics, logs := c.read(t)
 		got, _ := latestSum(metrics, "tcpack.packet.otherhost.count", onB)
 		events := records(logs, "tcpack.packet.otherhost", func(a pcommon.Map) bool {

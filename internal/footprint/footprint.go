@@ -76,10 +76,6 @@ type Config struct {
 	SentinelWindow, SentinelPeriod time.Duration
 }
 
-// armPoll is how often user space looks at the arm state: the most a flow's first packets wait
-// for the other layers, besides the time attaching takes.
-const armPoll = 100 * time.Millisecond
-
 // sentinels are the hooks loader.AttachOnTraffic keeps while the flows are idle; of them,
 // sampledSentinels run for every packet of the host, so they attach only for a window of each
 // sampling period.
@@ -99,7 +95,7 @@ func DefaultConfig() Config {
 
 // MinSentinelWindow is the shortest sampling window: one poll of the watcher, which attaches
 // and detaches the sentinels.
-const MinSentinelWindow = armPoll
+const MinSentinelWindow = loader.ArmPoll
 
 // CheckSampling validates a sentinel sampling window and period (see Config).
 func CheckSampling(window, period time.Duration) error {
@@ -240,23 +236,18 @@ type Probe struct {
 	reasons map[uint32]string
 	// lazy are the hooks loader.AttachOnTraffic attaches on traffic, in attach order; loaded the
 	// layers whose hook attached at load.
-	lazy      []string
-	loaded    [layerCount]bool
-	stop      chan struct{}
-	done      chan struct{}
-	closeOnce sync.Once
+	lazy   []string
+	loaded [layerCount]bool
+	// arming is nil with loader.AttachAlways; mu guards it and everything below.
+	arming *loader.Arming
 
 	mu       sync.Mutex
 	set      *loader.Set
 	attached [layerCount]bool
 	tracker  tracker
-	// armed: every layer attached and counting. activity is the flows' packets and drops
-	// counted so far, as last read, and activeAt when it last changed: idle is told in user
-	// space, so the kernel writes nothing shared per packet.
-	armed    bool
+	// activity is the flows' packets and drops counted so far, as last read while armed: idle
+	// is told in user space, so the kernel writes nothing shared per packet.
 	activity uint64
-	activeAt time.Time
-	armErr   error
 	// sampledFrom is when the sampling periods started; sentinelsOn whether the sampled
 	// sentinels are attached now.
 	sampledFrom time.Time
@@ -315,8 +306,7 @@ func Start(env *kernel.Env, cfg Config) (*Probe, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Probe{env: env, cfg: cfg, set: set, report: report, reasons: reasons, armed: cfg.Attach == loader.AttachAlways,
-		sentinelsOn: true, sampledFrom: time.Now()}
+	p := &Probe{env: env, cfg: cfg, set: set, report: report, reasons: reasons, sentinelsOn: true, sampledFrom: time.Now()}
 	for _, h := range report.Hooks {
 		for l := Layer(0); l < layerCount; l++ {
 			if h.Hook == l.String() && h.Attached != nil {
@@ -329,7 +319,7 @@ func Start(env *kernel.Env, cfg Config) (*Probe, error) {
 	}
 	p.loaded = p.attached
 	p.tracker = newTracker(cfg.Flows, p.attached)
-	if p.armed {
+	if cfg.Attach == loader.AttachAlways {
 		return p, nil
 	}
 	// Loaded and attached once above, so a layer that cannot attach on this kernel is known
@@ -340,55 +330,38 @@ func Start(env *kernel.Env, cfg Config) (*Probe, error) {
 			return nil, fmt.Errorf("%s: detach %s until traffic: %w", Family, h, err)
 		}
 	}
-	p.stop, p.done = make(chan struct{}), make(chan struct{})
-	go p.watch()
+	p.arming = loader.StartArming(flowTraffic{p}, &p.mu, cfg.IdleDetach)
 	return p, nil
 }
 
-// watch attaches the other layers when a sentinel asks, and detaches them after IdleDetach
-// without a matched packet.
-func (p *Probe) watch() {
-	defer close(p.done)
-	tick := time.NewTicker(armPoll)
-	defer tick.Stop()
-	for {
-		select {
-		case <-p.stop:
-			return
-		case now := <-tick.C:
-			p.mu.Lock()
-			if err := p.step(now); err != nil && p.armErr == nil {
-				p.armErr = err
-			}
-			p.mu.Unlock()
-		}
-	}
-}
+// flowTraffic is the family's side of loader.Arming: a sentinel that matched a flow's packet
+// asks to arm (arm.wanted); once armed, any change of the flows' counts is traffic.
+type flowTraffic struct{ p *Probe }
 
-func (p *Probe) step(now time.Time) error {
-	m := p.set.Maps[footprintMapArm]
-	var st footprintArmState
-	if err := m.Lookup(uint32(0), &st); err != nil {
-		return fmt.Errorf("%s: read arm state: %w", Family, err)
-	}
-	if !p.armed {
-		if st.Wanted != 0 {
-			return p.arm(m, now)
+func (t flowTraffic) Busy(armed bool, _ time.Time) (bool, error) {
+	p := t.p
+	if !armed {
+		var st footprintArmState
+		if err := p.set.Maps[footprintMapArm].Lookup(uint32(0), &st); err != nil {
+			return false, fmt.Errorf("%s: read arm state: %w", Family, err)
 		}
-		return p.sample(now)
+		return st.Wanted != 0, nil
 	}
 	n, err := p.activityNow()
 	if err != nil {
-		return err
+		return false, err
 	}
-	switch {
-	case n != p.activity:
-		p.activity, p.activeAt = n, now
-	case now.Sub(p.activeAt) >= p.cfg.IdleDetach:
-		return p.disarm(m)
-	}
-	return nil
+	busy := n != p.activity
+	p.activity = n
+	return busy, nil
 }
+
+func (t flowTraffic) Arm(now time.Time) (bool, error) { return t.p.arm() }
+func (t flowTraffic) Disarm() (bool, error)           { return t.p.disarm() }
+func (t flowTraffic) Quiet(now time.Time) error       { return t.p.sample(now) }
+
+// armed says every layer is attached and counting; call it with p.mu held.
+func (p *Probe) armed() bool { return p.arming == nil || p.arming.Armed() }
 
 // activityNow sums every count of the flows' packets and drops: it changes while any named
 // flow has packets on any attached layer, including one whose packets are all dropped.
@@ -461,7 +434,7 @@ func (p *Probe) lazyOrder(which map[string]bool) []string {
 // arm attaches the other layers deepest first, then starts every layer counting at once. The
 // loss view starts again from the counts at that moment: packets in flight when the layers
 // last stopped counting must not look lost.
-func (p *Probe) arm(m *ebpf.Map, now time.Time) error {
+func (p *Probe) arm() (bool, error) {
 	var errs []error
 	p.attached = p.loaded
 	for _, h := range p.lazy {
@@ -485,30 +458,28 @@ func (p *Probe) arm(m *ebpf.Map, now time.Time) error {
 	}
 	counts, err := p.readCounts(p.set.Maps)
 	if err != nil {
-		return errors.Join(append(errs, err)...)
+		return false, errors.Join(append(errs, err)...)
 	}
 	p.tracker.rebase(counts, p.attached)
-	if err := m.Put(uint32(0), footprintArmState{Armed: 1}); err != nil {
-		return errors.Join(append(errs, fmt.Errorf("%s: arm: %w", Family, err))...)
+	if err := p.set.Maps[footprintMapArm].Put(uint32(0), footprintArmState{Armed: 1}); err != nil {
+		return false, errors.Join(append(errs, fmt.Errorf("%s: arm: %w", Family, err))...)
 	}
-	p.armed, p.activeAt = true, now
 	if p.activity, err = p.activityNow(); err != nil {
 		errs = append(errs, err)
 	}
-	return errors.Join(errs...)
+	return true, errors.Join(errs...)
 }
 
 // disarm stops every layer counting, then detaches all but the sentinels.
-func (p *Probe) disarm(m *ebpf.Map) error {
-	if err := m.Put(uint32(0), footprintArmState{}); err != nil {
-		return fmt.Errorf("%s: disarm: %w", Family, err)
+func (p *Probe) disarm() (bool, error) {
+	if err := p.set.Maps[footprintMapArm].Put(uint32(0), footprintArmState{}); err != nil {
+		return false, fmt.Errorf("%s: disarm: %w", Family, err)
 	}
-	p.armed = false
 	var errs []error
 	for _, h := range p.lazy {
 		errs = append(errs, p.set.Suspend(h))
 	}
-	return errors.Join(errs...)
+	return true, errors.Join(errs...)
 }
 
 // flowSpecs encodes the flows as the kernel side compares them: addresses and masks as two
@@ -605,12 +576,7 @@ func (p *Probe) SampledSentinels() (hooks []string, window, period time.Duration
 
 // Close detaches everything. It is safe to call twice.
 func (p *Probe) Close() error {
-	p.closeOnce.Do(func() {
-		if p.stop != nil {
-			close(p.stop)
-			<-p.done
-		}
-	})
+	p.arming.Stop()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.set == nil {

@@ -118,11 +118,13 @@ func (p *Probe) Snapshot() (Snapshot, error) {
 		return snap, fmt.Errorf("%s: %w", Family, err)
 	}
 	snap.DropKeysFull, snap.Unobserved = c[counterDropKeysFull], c[counterUnobserved]
-	snap.Armed = p.armed
-	if p.armed {
+	snap.Armed = p.armed()
+	if snap.Armed {
 		snap.Lost, snap.NewLosses = p.tracker.update(counts, snap.Drops)
 	}
-	snap.ArmErr, p.armErr = p.armErr, nil
+	if p.arming != nil {
+		snap.ArmErr = p.arming.TakeErr()
+	}
 	return snap, nil
 }
 

@@ -142,3 +142,15 @@ func checkAttach(family, mode string, idle, defaultIdle time.Duration, onTraffic
 	return []error{fmt.Errorf("%s.attach: %q, use %s (the default: %s) or %s (%s)",
 		family, mode, loader.AttachOnTraffic, onTraffic, loader.AttachAlways, always)}
 }
+
+// disabledEvents lists the event kinds not to sample in the kernel: those switched off under
+// events:, and every kind when no logs pipeline consumes the receiver.
+func disabledEvents[K comparable](withLogs bool, enabled map[K]bool) []K {
+	var off []K
+	for kind, on := range enabled {
+		if !on || !withLogs {
+			off = append(off, kind)
+		}
+	}
+	return off
+}

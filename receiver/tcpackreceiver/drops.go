@@ -58,16 +58,12 @@ func (d DropsConfig) convert(c common, withLogs bool) (drops.Config, []error) {
 		}
 	}
 	errs = append(errs, checkSampling("drops.sampling", d.Sampling, "2x rate_per_cpu")...)
-	for kind, enabled := range map[drops.Kind]bool{
+	cfg.DisabledEvents = disabledEvents(withLogs, map[drops.Kind]bool{
 		drops.KindDrop:          c.Events.TcpackDrop.Enabled,
 		drops.KindRetransmit:    c.Events.TcpackTCPRetransmit.Enabled,
 		drops.KindResetSent:     c.Events.TcpackTCPReset.Enabled,
 		drops.KindResetReceived: c.Events.TcpackTCPReset.Enabled,
-	} {
-		if !enabled || !withLogs {
-			cfg.DisabledEvents = append(cfg.DisabledEvents, kind)
-		}
-	}
+	})
 	return cfg, errs
 }
 

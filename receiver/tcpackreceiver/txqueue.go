@@ -68,14 +68,10 @@ func (q TxqueueConfig) convert(c common, withLogs bool) (txqueue.Config, []error
 		}
 	}
 	errs = append(errs, checkSampling("txqueue.sampling", q.Sampling, "5x rate_per_cpu")...)
-	for kind, enabled := range map[txqueue.Kind]bool{
+	cfg.DisabledEvents = disabledEvents(withLogs, map[txqueue.Kind]bool{
 		txqueue.KindFlowMoved: c.Events.TcpackTxqueueFlowMoved.Enabled,
 		txqueue.KindOtherhost: c.Events.TcpackPacketOtherhost.Enabled,
-	} {
-		if !enabled || !withLogs {
-			cfg.DisabledEvents = append(cfg.DisabledEvents, kind)
-		}
-	}
+	})
 	return cfg, errs
 }
 
