@@ -15,6 +15,7 @@
  *   - tcp_delack_timer_handler: the delayed-ACK timer is about to send it, which turns the
  *     timer cause from a guess into a fact. */
 #include "common.h"
+#include "selector.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -87,8 +88,8 @@ const struct ack_event *unused_ack_event __attribute__((unused));
 
 /* Scope: with scope_all, every TCP socket. Else, with scope_by_netns, only sockets whose
  * network namespace is in scope_netns (a sidecar watches its own pod); and with
- * scope_by_flow, only those whose local or peer port is marked or whose peer address is in
- * scope_peers. */
+ * scope_by_flow, only those the selector names by port or peer prefix (keyed by their netns
+ * with scope_by_netns, else by netns 0). */
 const volatile __u8 scope_all = 1;
 const volatile __u8 scope_by_netns = 0;
 const volatile __u8 scope_by_flow = 0;
@@ -102,32 +103,6 @@ const volatile __u32 delack_max_default_jiffies = 0;
 const volatile __u32 max_keys = 4096;
 /* Delayed-ACK events are sampled only above this delay. */
 const volatile __u64 event_min_delay_ns = 10000000;
-
-#define SCOPE_LOCAL 1
-#define SCOPE_PEER 2
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
-	__type(value, __u8);
-} scope_ports SEC(".maps");
-
-/* Peer prefixes, IPv4 stored v4-mapped (::ffff:a.b.c.d) so one trie serves both. */
-struct scope_peer_key {
-	__u32 prefixlen;
-	__u8 addr[16];
-};
-
-const struct scope_peer_key *unused_scope_peer_key __attribute__((unused));
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 256);
-	__type(key, struct scope_peer_key);
-	__type(value, __u8);
-} scope_peers SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -244,31 +219,21 @@ static __always_inline bool in_scope(bool typed, __u16 local_port, __u16 peer_po
 {
 	if (scope_all)
 		return true;
+	__u32 ns = 0;
 	if (scope_by_netns) {
-		__u32 ns = netns_of_sock(typed, sk);
+		ns = netns_of_sock(typed, sk);
 		if (!bpf_map_lookup_elem(&scope_netns, &ns))
 			return false;
 		if (!scope_by_flow)
 			return true;
 	}
-	__u32 l = local_port, p = peer_port;
-	__u8 *fl = bpf_map_lookup_elem(&scope_ports, &l);
-	__u8 *fp = bpf_map_lookup_elem(&scope_ports, &p);
-	if ((fl && (*fl & SCOPE_LOCAL)) || (fp && (*fp & SCOPE_PEER)))
+	if (select_by_port(ns, local_port, peer_port))
 		return true;
 	if (!sk)
 		return false;
 	struct flow f = {};
 	flow_from_sock(typed, &f, sk);
-	struct scope_peer_key key = {.prefixlen = 128};
-	if (f.l3proto == ETH_P_IP) {
-		key.addr[10] = 0xff;
-		key.addr[11] = 0xff;
-		__builtin_memcpy(&key.addr[12], f.peer_addr, 4);
-	} else {
-		__builtin_memcpy(key.addr, f.peer_addr, 16);
-	}
-	return bpf_map_lookup_elem(&scope_peers, &key) != NULL;
+	return select_by_peer(ns, &f) != 0;
 }
 
 /* The key's index in ack_counts, plus 1; with create, a new key gets the next free one.

@@ -11,6 +11,7 @@
  * Sockets are chosen at establishment (sock_ops), when already open at start (iter/tcp), or
  * when the application opts in with setsockopt(TCP_QUICKACK, 3) (cgroup/setsockopt). */
 #include "common.h"
+#include "selector.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -20,8 +21,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define TCP_QUICKACK 12
 #define TCP_BPF_DELACK_MAX 1003
 
-#define SIDE_LOCAL 1
-#define SIDE_PEER 2
 #define MAX_TARGETS 256
 
 enum mechanism {
@@ -53,13 +52,6 @@ enum origin {
 	ORIGIN_RELEASE = 4,     /* iter/tcp at shutdown, undoing the forcing */
 };
 
-struct port_key {
-	__u32 netns;
-	__u16 port;
-	__u8 side;
-	__u8 _pad;
-};
-
 /* A named socket (quickack.sockets): addresses v4-mapped, a zero address and port on one
  * side for "any" (a listener named by pid+fd has no peer: its accepted sockets match). */
 struct tuple_key {
@@ -68,14 +60,6 @@ struct tuple_key {
 	__u16 peer_port;
 	__u8 local_addr[16];
 	__u8 peer_addr[16];
-};
-
-/* IPv4 peers are stored v4-mapped (::ffff:a.b.c.d): one trie, and dual-stack sockets
- * talking to IPv4 peers match the same entries. The netns is part of the prefix. */
-struct peer_key {
-	__u32 prefixlen;
-	__u32 netns;
-	__u8 addr[16];
 };
 
 struct forced_sock {
@@ -105,8 +89,6 @@ struct force_event {
 
 const struct force_event *unused_force_event __attribute__((unused));
 const struct target_stats *unused_target_stats __attribute__((unused));
-const struct port_key *unused_port_key __attribute__((unused));
-const struct peer_key *unused_peer_key __attribute__((unused));
 const struct tuple_key *unused_tuple_key __attribute__((unused));
 
 /* MECHANISM_MARK or MECHANISM_DELACK_MAX. */
@@ -139,21 +121,6 @@ struct {
 	__type(key, __u64);
 	__type(value, __u32);
 } force_netns_cookies SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, struct port_key);
-	__type(value, __u32);
-} force_ports SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 1024);
-	__type(key, struct peer_key);
-	__type(value, __u32);
-} force_peers SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -210,18 +177,6 @@ static __always_inline void emit(__u8 kind, __u32 target, __u32 netns, const str
 	submit_batched(&events, e);
 }
 
-static __always_inline void mapped(__u8 *dst, const __u8 *addr, __u16 l3proto)
-{
-	if (l3proto == ETH_P_IP) {
-		__builtin_memset(dst, 0, 10);
-		dst[10] = 0xff;
-		dst[11] = 0xff;
-		__builtin_memcpy(&dst[12], addr, 4);
-	} else {
-		__builtin_memcpy(dst, addr, 16);
-	}
-}
-
 /* A named socket: the exact tuple; the local side alone, with its address or any address
  * (a listener bound to 0.0.0.0 or ::); the peer side alone. */
 static __always_inline __u32 match_tuple(__u32 netns, const struct flow *f)
@@ -229,8 +184,8 @@ static __always_inline __u32 match_tuple(__u32 netns, const struct flow *f)
 	struct tuple_key k = {.netns = netns, .local_port = f->local_port, .peer_port = f->peer_port};
 	__u32 *t;
 
-	mapped(k.local_addr, f->local_addr, f->l3proto);
-	mapped(k.peer_addr, f->peer_addr, f->l3proto);
+	v4_mapped(k.local_addr, f->local_addr, f->l3proto);
+	v4_mapped(k.peer_addr, f->peer_addr, f->l3proto);
 	t = bpf_map_lookup_elem(&force_tuples, &k);
 	if (t)
 		return *t;
@@ -245,7 +200,7 @@ static __always_inline __u32 match_tuple(__u32 netns, const struct flow *f)
 		return *t;
 	k.local_port = 0;
 	k.peer_port = f->peer_port;
-	mapped(k.peer_addr, f->peer_addr, f->l3proto);
+	v4_mapped(k.peer_addr, f->peer_addr, f->l3proto);
 	t = bpf_map_lookup_elem(&force_tuples, &k);
 	return t ? *t : 0;
 }
@@ -254,26 +209,16 @@ static __always_inline __u32 match_tuple(__u32 netns, const struct flow *f)
  * peer CIDR), or 0. */
 static __always_inline __u32 match_target(__u32 netns, const struct flow *f)
 {
-	struct port_key pk = {.netns = netns, .port = f->local_port, .side = SIDE_LOCAL};
-	__u32 *t = bpf_map_lookup_elem(&force_ports, &pk);
+	__u32 id = select_by_port(netns, f->local_port, f->peer_port);
 
-	if (t)
-		return *t;
-	pk.port = f->peer_port;
-	pk.side = SIDE_PEER;
-	t = bpf_map_lookup_elem(&force_ports, &pk);
-	if (t)
-		return *t;
+	if (id)
+		return id;
 	if (has_tuples) {
-		__u32 id = match_tuple(netns, f);
+		id = match_tuple(netns, f);
 		if (id)
 			return id;
 	}
-
-	struct peer_key key = {.prefixlen = 32 + 128, .netns = netns};
-	mapped(key.addr, f->peer_addr, f->l3proto);
-	t = bpf_map_lookup_elem(&force_peers, &key);
-	return t ? *t : 0;
+	return select_by_peer(netns, f);
 }
 
 static __always_inline bool is_loopback(const __u8 *a, __u16 l3proto)

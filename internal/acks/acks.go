@@ -20,6 +20,7 @@ import (
 	"github.com/tcpack/tcpack/internal/eventreader"
 	"github.com/tcpack/tcpack/internal/kernel"
 	"github.com/tcpack/tcpack/internal/loader"
+	"github.com/tcpack/tcpack/internal/selector"
 )
 
 // Family is the name the loader and the telemetry use for this probe family.
@@ -147,7 +148,7 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := fillScope(set.Maps[acksMapScopePorts], set.Maps[acksMapScopePeers], set.Maps[acksMapScopeNetns], cfg); err != nil {
+	if err := fillScope(set.Maps, cfg); err != nil {
 		set.Close()
 		return nil, err
 	}
@@ -200,6 +201,9 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 			return fmt.Errorf("%s: set %s: %w", Family, name, err)
 		}
 	}
+	if err := selector.Size(spec, scopeEntries(cfg), len(cfg.Netns)); err != nil {
+		return fmt.Errorf("%s: %w", Family, err)
+	}
 	spec.Maps[acksMapAckIds].MaxEntries = cfg.MaxKeys
 	spec.Maps[acksMapAckCounts].MaxEntries = cfg.MaxKeys
 	return nil
@@ -212,42 +216,42 @@ func boolByte(b bool) uint8 {
 	return 0
 }
 
-const (
-	scopeLocal = 1
-	scopePeer  = 2
-)
+// scopeEntries are the selector entries of cfg's ports and peers; a match's value is 1.
+func scopeEntries(cfg Config) []selector.Entry {
+	var entries []selector.Entry
+	for _, p := range cfg.LocalPorts {
+		entries = append(entries, selector.Entry{Side: selector.Local, Port: p, Value: 1})
+	}
+	for _, p := range cfg.PeerPorts {
+		entries = append(entries, selector.Entry{Side: selector.Peer, Port: p, Value: 1})
+	}
+	for _, p := range cfg.Peers {
+		entries = append(entries, selector.Entry{Peer: p, Value: 1})
+	}
+	return entries
+}
 
-func fillScope(m, peers, netns *ebpf.Map, cfg Config) error {
+// fillScope names the namespaces in scope and fills the selector in each (in netns 0 when
+// the scope names none).
+func fillScope(maps map[string]*ebpf.Map, cfg Config) error {
+	inodes := []uint32{0}
+	if len(cfg.Netns) > 0 {
+		inodes = nil
+	}
 	for _, path := range cfg.Netns {
 		ino, err := kernel.NetnsInode(path)
 		if err != nil {
 			return fmt.Errorf("%s.netns: %s: %w; name a netns file such as /proc/self/ns/net or /run/netns/NAME", Family, path, err)
 		}
-		if err := netns.Put(ino, uint8(1)); err != nil {
+		if err := maps[acksMapScopeNetns].Put(ino, uint8(1)); err != nil {
 			return fmt.Errorf("%s: scope netns %s: %w", Family, path, err)
 		}
+		inodes = append(inodes, ino)
 	}
-	for _, p := range cfg.Peers {
-		p = p.Masked()
-		bits := p.Bits()
-		if p.Addr().Is4() {
-			bits += 96
-		}
-		key := acksScopePeerKey{Prefixlen: uint32(bits), Addr: p.Addr().As16()}
-		if err := peers.Put(key, uint8(1)); err != nil {
-			return fmt.Errorf("%s: scope peer %s: %w", Family, p, err)
-		}
-	}
-	flags := map[uint32]uint8{}
-	for _, p := range cfg.LocalPorts {
-		flags[uint32(p)] |= scopeLocal
-	}
-	for _, p := range cfg.PeerPorts {
-		flags[uint32(p)] |= scopePeer
-	}
-	for port, f := range flags {
-		if err := m.Put(port, f); err != nil {
-			return fmt.Errorf("%s: scope port %d: %w", Family, port, err)
+	entries := scopeEntries(cfg)
+	for _, ino := range inodes {
+		if err := selector.Fill(maps, ino, entries); err != nil {
+			return fmt.Errorf("%s: scope: %w", Family, err)
 		}
 	}
 	return nil

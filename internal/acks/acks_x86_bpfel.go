@@ -83,10 +83,19 @@ type acksEventBucket struct {
 	LastNs uint64
 }
 
-type acksScopePeerKey struct {
+type acksSelectPeerKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
+	Netns     uint32
 	Addr      [16]uint8
+}
+
+type acksSelectPortKey struct {
+	_     structs.HostLayout
+	Netns uint32
+	Port  uint16
+	Side  uint8
+	Pad   uint8
 }
 
 // Names of all BPF objects in the ELF.
@@ -104,8 +113,8 @@ const (
 	acksMapEvents                  = "events"
 	acksMapHooked                  = "hooked"
 	acksMapScopeNetns              = "scope_netns"
-	acksMapScopePeers              = "scope_peers"
-	acksMapScopePorts              = "scope_ports"
+	acksMapSelectPeers             = "select_peers"
+	acksMapSelectPorts             = "select_ports"
 	acksMapSocksInScope            = "socks_in_scope"
 	acksProgAckDataArrival         = "ack_data_arrival"
 	acksProgAckDelackTimerFentry   = "ack_delack_timer_fentry"
@@ -129,7 +138,6 @@ const (
 	acksVarUnusedAckEvent          = "unused_ack_event"
 	acksVarUnusedAckKey            = "unused_ack_key"
 	acksVarUnusedAckStats          = "unused_ack_stats"
-	acksVarUnusedScopePeerKey      = "unused_scope_peer_key"
 )
 
 // loadAcks returns the embedded CollectionSpec for acks.
@@ -198,8 +206,8 @@ type acksMapSpecs struct {
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Hooked       *ebpf.MapSpec `ebpf:"hooked"`
 	ScopeNetns   *ebpf.MapSpec `ebpf:"scope_netns"`
-	ScopePeers   *ebpf.MapSpec `ebpf:"scope_peers"`
-	ScopePorts   *ebpf.MapSpec `ebpf:"scope_ports"`
+	SelectPeers  *ebpf.MapSpec `ebpf:"select_peers"`
+	SelectPorts  *ebpf.MapSpec `ebpf:"select_ports"`
 	SocksInScope *ebpf.MapSpec `ebpf:"socks_in_scope"`
 }
 
@@ -222,7 +230,6 @@ type acksVariableSpecs struct {
 	UnusedAckEvent          *ebpf.VariableSpec `ebpf:"unused_ack_event"`
 	UnusedAckKey            *ebpf.VariableSpec `ebpf:"unused_ack_key"`
 	UnusedAckStats          *ebpf.VariableSpec `ebpf:"unused_ack_stats"`
-	UnusedScopePeerKey      *ebpf.VariableSpec `ebpf:"unused_scope_peer_key"`
 }
 
 // acksObjects contains all objects after they have been loaded into the kernel.
@@ -256,8 +263,8 @@ type acksMaps struct {
 	Events       *ebpf.Map `ebpf:"events"`
 	Hooked       *ebpf.Map `ebpf:"hooked"`
 	ScopeNetns   *ebpf.Map `ebpf:"scope_netns"`
-	ScopePeers   *ebpf.Map `ebpf:"scope_peers"`
-	ScopePorts   *ebpf.Map `ebpf:"scope_ports"`
+	SelectPeers  *ebpf.Map `ebpf:"select_peers"`
+	SelectPorts  *ebpf.Map `ebpf:"select_ports"`
 	SocksInScope *ebpf.Map `ebpf:"socks_in_scope"`
 }
 
@@ -274,8 +281,8 @@ func (m *acksMaps) Close() error {
 		m.Events,
 		m.Hooked,
 		m.ScopeNetns,
-		m.ScopePeers,
-		m.ScopePorts,
+		m.SelectPeers,
+		m.SelectPorts,
 		m.SocksInScope,
 	)
 }
@@ -299,7 +306,6 @@ type acksVariables struct {
 	UnusedAckEvent          *ebpf.Variable `ebpf:"unused_ack_event"`
 	UnusedAckKey            *ebpf.Variable `ebpf:"unused_ack_key"`
 	UnusedAckStats          *ebpf.Variable `ebpf:"unused_ack_stats"`
-	UnusedScopePeerKey      *ebpf.Variable `ebpf:"unused_scope_peer_key"`
 }
 
 // acksPrograms contains all programs after they have been loaded into the kernel.

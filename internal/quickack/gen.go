@@ -1,3 +1,3 @@
 package quickack
 
-//go:generate go tool bpf2go -cc clang-14 -target amd64 -type force_event -type target_stats -type port_key -type peer_key -type tuple_key quickack ../../bpf/quickack.bpf.c -- -I../../bpf/headers -O2 -g -Wall -Werror
+//go:generate go tool bpf2go -cc clang-14 -target amd64 -type force_event -type target_stats -type tuple_key quickack ../../bpf/quickack.bpf.c -- -I../../bpf/headers -O2 -g -Wall -Werror

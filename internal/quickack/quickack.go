@@ -28,6 +28,7 @@ import (
 	"github.com/tcpack/tcpack/internal/eventreader"
 	"github.com/tcpack/tcpack/internal/kernel"
 	"github.com/tcpack/tcpack/internal/loader"
+	"github.com/tcpack/tcpack/internal/selector"
 )
 
 // Family is the name the loader and the telemetry use.
@@ -426,12 +427,32 @@ func (f *Force) load() error {
 	if err := eventreader.Configure(spec, events); err != nil {
 		return fmt.Errorf("%s: %w", Family, err)
 	}
+	if err := selector.Size(spec, f.selected(), len(f.nss)); err != nil {
+		return fmt.Errorf("%s: %w", Family, err)
+	}
 	set, report, err := loader.Load(Family, f.env, spec, hooks(cgroup, f.cfg.OptIn), loader.Options{})
 	if err != nil {
 		return err
 	}
 	f.set, f.report = set, report
 	return f.fillTargets()
+}
+
+// selected are the targets the selector matches (ports and peers), by target id.
+func (f *Force) selected() []selector.Entry {
+	var entries []selector.Entry
+	for i, t := range f.targets {
+		id := uint32(i + 1)
+		switch {
+		case t.localPort != 0:
+			entries = append(entries, selector.Entry{Side: selector.Local, Port: t.localPort, Value: id})
+		case t.peerPort != 0:
+			entries = append(entries, selector.Entry{Side: selector.Peer, Port: t.peerPort, Value: id})
+		case t.peer.IsValid():
+			entries = append(entries, selector.Entry{Peer: t.peer, Value: id})
+		}
+	}
+	return entries
 }
 
 func (f *Force) fillTargets() error {
@@ -443,15 +464,13 @@ func (f *Force) fillTargets() error {
 		if err := maps[quickackMapForceNetnsCookies].Put(ns.cookie, ns.inode); err != nil {
 			return fmt.Errorf("%s: netns %s: %w", Family, ns.path, err)
 		}
+		if err := selector.Fill(maps, ns.inode, f.selected()); err != nil {
+			return fmt.Errorf("%s: netns %s: %w", Family, ns.path, err)
+		}
 		for i, t := range f.targets {
 			id := uint32(i + 1)
 			var err error
-			switch {
-			case t.localPort != 0:
-				err = maps[quickackMapForcePorts].Put(quickackPortKey{Netns: ns.inode, Port: t.localPort, Side: 1}, id)
-			case t.peerPort != 0:
-				err = maps[quickackMapForcePorts].Put(quickackPortKey{Netns: ns.inode, Port: t.peerPort, Side: 2}, id)
-			case t.socket != nil:
+			if t.socket != nil {
 				for _, r := range t.resolved {
 					if r.netns != ns.inode {
 						continue
@@ -462,14 +481,6 @@ func (f *Force) fillTargets() error {
 						break
 					}
 				}
-			case t.peer.IsValid():
-				addr := t.peer.Addr()
-				bits := t.peer.Bits()
-				if addr.Is4() {
-					bits += 96
-				}
-				key := quickackPeerKey{Prefixlen: uint32(32 + bits), Netns: ns.inode, Addr: addr.As16()}
-				err = maps[quickackMapForcePeers].Put(key, id)
 			}
 			if err != nil {
 				return fmt.Errorf("%s: target %s: %w", Family, t.name, err)

@@ -46,14 +46,14 @@ type quickackForcedSock struct {
 	Pad       uint16
 }
 
-type quickackPeerKey struct {
+type quickackSelectPeerKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
 	Netns     uint32
 	Addr      [16]uint8
 }
 
-type quickackPortKey struct {
+type quickackSelectPortKey struct {
 	_     structs.HostLayout
 	Netns uint32
 	Port  uint16
@@ -85,11 +85,11 @@ const (
 	quickackMapEvents             = "events"
 	quickackMapForceNetns         = "force_netns"
 	quickackMapForceNetnsCookies  = "force_netns_cookies"
-	quickackMapForcePeers         = "force_peers"
-	quickackMapForcePorts         = "force_ports"
 	quickackMapForceTuples        = "force_tuples"
 	quickackMapForcedSocks        = "forced_socks"
 	quickackMapIterRelease        = "iter_release"
+	quickackMapSelectPeers        = "select_peers"
+	quickackMapSelectPorts        = "select_ports"
 	quickackMapTargetCounts       = "target_counts"
 	quickackProgQuickackClosed    = "quickack_closed"
 	quickackProgQuickackExisting  = "quickack_existing"
@@ -108,8 +108,6 @@ const (
 	quickackVarOptInValue         = "opt_in_value"
 	quickackVarRingbufWakeupBytes = "ringbuf_wakeup_bytes"
 	quickackVarUnusedForceEvent   = "unused_force_event"
-	quickackVarUnusedPeerKey      = "unused_peer_key"
-	quickackVarUnusedPortKey      = "unused_port_key"
 	quickackVarUnusedTargetStats  = "unused_target_stats"
 	quickackVarUnusedTupleKey     = "unused_tuple_key"
 )
@@ -170,11 +168,11 @@ type quickackMapSpecs struct {
 	Events            *ebpf.MapSpec `ebpf:"events"`
 	ForceNetns        *ebpf.MapSpec `ebpf:"force_netns"`
 	ForceNetnsCookies *ebpf.MapSpec `ebpf:"force_netns_cookies"`
-	ForcePeers        *ebpf.MapSpec `ebpf:"force_peers"`
-	ForcePorts        *ebpf.MapSpec `ebpf:"force_ports"`
 	ForceTuples       *ebpf.MapSpec `ebpf:"force_tuples"`
 	ForcedSocks       *ebpf.MapSpec `ebpf:"forced_socks"`
 	IterRelease       *ebpf.MapSpec `ebpf:"iter_release"`
+	SelectPeers       *ebpf.MapSpec `ebpf:"select_peers"`
+	SelectPorts       *ebpf.MapSpec `ebpf:"select_ports"`
 	TargetCounts      *ebpf.MapSpec `ebpf:"target_counts"`
 }
 
@@ -195,8 +193,6 @@ type quickackVariableSpecs struct {
 	OptInValue         *ebpf.VariableSpec `ebpf:"opt_in_value"`
 	RingbufWakeupBytes *ebpf.VariableSpec `ebpf:"ringbuf_wakeup_bytes"`
 	UnusedForceEvent   *ebpf.VariableSpec `ebpf:"unused_force_event"`
-	UnusedPeerKey      *ebpf.VariableSpec `ebpf:"unused_peer_key"`
-	UnusedPortKey      *ebpf.VariableSpec `ebpf:"unused_port_key"`
 	UnusedTargetStats  *ebpf.VariableSpec `ebpf:"unused_target_stats"`
 	UnusedTupleKey     *ebpf.VariableSpec `ebpf:"unused_tuple_key"`
 }
@@ -225,11 +221,11 @@ type quickackMaps struct {
 	Events            *ebpf.Map `ebpf:"events"`
 	ForceNetns        *ebpf.Map `ebpf:"force_netns"`
 	ForceNetnsCookies *ebpf.Map `ebpf:"force_netns_cookies"`
-	ForcePeers        *ebpf.Map `ebpf:"force_peers"`
-	ForcePorts        *ebpf.Map `ebpf:"force_ports"`
 	ForceTuples       *ebpf.Map `ebpf:"force_tuples"`
 	ForcedSocks       *ebpf.Map `ebpf:"forced_socks"`
 	IterRelease       *ebpf.Map `ebpf:"iter_release"`
+	SelectPeers       *ebpf.Map `ebpf:"select_peers"`
+	SelectPorts       *ebpf.Map `ebpf:"select_ports"`
 	TargetCounts      *ebpf.Map `ebpf:"target_counts"`
 }
 
@@ -239,11 +235,11 @@ func (m *quickackMaps) Close() error {
 		m.Events,
 		m.ForceNetns,
 		m.ForceNetnsCookies,
-		m.ForcePeers,
-		m.ForcePorts,
 		m.ForceTuples,
 		m.ForcedSocks,
 		m.IterRelease,
+		m.SelectPeers,
+		m.SelectPorts,
 		m.TargetCounts,
 	)
 }
@@ -265,8 +261,6 @@ type quickackVariables struct {
 	OptInValue         *ebpf.Variable `ebpf:"opt_in_value"`
 	RingbufWakeupBytes *ebpf.Variable `ebpf:"ringbuf_wakeup_bytes"`
 	UnusedForceEvent   *ebpf.Variable `ebpf:"unused_force_event"`
-	UnusedPeerKey      *ebpf.Variable `ebpf:"unused_peer_key"`
-	UnusedPortKey      *ebpf.Variable `ebpf:"unused_port_key"`
 	UnusedTargetStats  *ebpf.Variable `ebpf:"unused_target_stats"`
 	UnusedTupleKey     *ebpf.Variable `ebpf:"unused_tuple_key"`
 }
