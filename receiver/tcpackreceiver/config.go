@@ -1,6 +1,7 @@
 package tcpackreceiver
 
 import (
+	"go.opentelemetry.io/collector/scraper/scraperhelper"
 	"errors"
 	"fmt"
 	"os"
@@ -13,8 +14,9 @@ import (
 
 // Config is the tcpack receiver's configuration.
 type Config struct {
-	// CollectionInterval is how often kernel counters are read and emitted as metrics.
-	CollectionInterval time.Duration `mapstructure:"collection_interval"`
+	// collection_interval (how often kernel counters are read and emitted as metrics),
+	// initial_delay and timeout of the metrics scrape.
+	scraperhelper.ControllerConfig `mapstructure:",squash"`
 	// Drops configures the drops family (skb:kfree_skb, TCP retransmits and resets).
 	Drops DropsConfig `mapstructure:"drops"`
 	// Acks configures the ACK family (delayed vs quick ACKs per socket).
@@ -90,8 +92,10 @@ func (c *Config) Validate() error {
 
 func createDefaultConfig() *Config {
 	d := drops.DefaultConfig()
+	scrape := scraperhelper.NewDefaultControllerConfig()
+	scrape.CollectionInterval = 10 * time.Second
 	return &Config{
-		CollectionInterval: 10 * time.Second,
+		ControllerConfig: scrape,
 		Drops:              defaultDropsConfig(),
 		Acks:               defaultAcksConfig(),
 		Quickack:           defaultQuickackConfig(),

@@ -4,6 +4,9 @@ import (
 	"context"
 	"sync"
 
+	"go.opentelemetry.io/collector/scraper"
+	"go.opentelemetry.io/collector/scraper/scraperhelper"
+
 	"go.opentelemetry.io/collector/component"
 	"go.opentelemetry.io/collector/consumer"
 	"go.opentelemetry.io/collector/receiver"
@@ -23,7 +26,8 @@ func NewFactory() receiver.Factory {
 }
 
 // factory hands the metrics and logs pipelines of one receiver config the same instance: the
-// kernel programs must be loaded once, whichever pipelines consume them.
+// kernel programs must be loaded once, whichever pipelines consume them. (contrib's
+// receivers share theirs with internal/sharedcomponent, which other modules cannot import.)
 type factory struct {
 	mu     sync.Mutex
 	shared map[*Config]*tcpackReceiver
@@ -44,10 +48,18 @@ func (f *factory) instance(set receiver.Settings, cfg *Config) *tcpackReceiver {
 	return r
 }
 
+// createMetrics runs the metrics pipeline's collection with scraperhelper's controller; its
+// scraper's start and shutdown are this pipeline's share of the instance.
 func (f *factory) createMetrics(_ context.Context, set receiver.Settings, cfg component.Config, next consumer.Metrics) (receiver.Metrics, error) {
-	r := f.instance(set, cfg.(*Config))
+	c := cfg.(*Config)
+	r := f.instance(set, c)
 	r.setMetricsConsumer(next)
-	return &pipelineHandle{r: r}, nil
+	h := &pipelineHandle{r: r}
+	s, err := scraper.NewMetrics(r.scrape, scraper.WithStart(h.Start), scraper.WithShutdown(h.Shutdown))
+	if err != nil {
+		return nil, err
+	}
+	return scraperhelper.NewMetricsController(&c.ControllerConfig, set, next, scraperhelper.AddMetricsScraper(metadata.Type, s))
 }
 
 func (f *factory) createLogs(_ context.Context, set receiver.Settings, cfg component.Config, next consumer.Logs) (receiver.Logs, error) {

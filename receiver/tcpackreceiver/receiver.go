@@ -35,6 +35,10 @@ type tcpackReceiver struct {
 
 	mu    sync.Mutex
 	users int
+
+	// familiesMu guards the running families and the metrics builder: the scrape, the
+	// logs-only collection loop and the logs pipeline's shutdown each use them.
+	familiesMu sync.Mutex
 	// started are the families running now, in start order.
 	started []family
 	// reports of every enabled family, attached or not, for tcpack.probe.attached.
@@ -44,12 +48,12 @@ type tcpackReceiver struct {
 	logsMu sync.Mutex
 	lb     *metadata.LogsBuilder
 
-	// consumersMu guards the detached flags: a pipeline's consumer must not be called once
-	// that pipeline's receiver has shut down, because the collector may shut its exporters
-	// down before the other pipeline's receiver (topological order spans pipelines).
-	consumersMu     sync.RWMutex
-	metricsDetached bool
-	logsDetached    bool
+	// consumersMu guards logsDetached: the logs consumer must not be called once the logs
+	// pipeline's receiver has shut down, because the collector may shut its exporters down
+	// before the metrics pipeline's receiver (topological order spans pipelines). The metrics
+	// consumer is called only by the scraper controller, which stops first.
+	consumersMu  sync.RWMutex
+	logsDetached bool
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -89,42 +93,30 @@ func (r *tcpackReceiver) sendLogs(ctx context.Context, logs plog.Logs, what stri
 	}
 }
 
-// sendMetrics hands metrics to the metrics pipeline unless it has shut down.
-func (r *tcpackReceiver) sendMetrics(ctx context.Context, md pmetric.Metrics) error {
-	r.consumersMu.RLock()
-	defer r.consumersMu.RUnlock()
-	if r.metrics == nil || r.metricsDetached {
-		return nil
-	}
-	return r.metrics.ConsumeMetrics(ctx, md)
-}
-
 // detach is called when one pipeline's receiver shuts down, before release: from then on
 // that pipeline is never called again. Families that change kernel state give it back while
 // the logs pipeline still runs, so their release events are delivered.
 func (r *tcpackReceiver) detach(logsPipeline bool) {
-	if logsPipeline {
-		r.mu.Lock()
-		kept := r.started[:0]
-		for _, f := range r.started {
-			if _, ok := f.(releasedWithLogs); !ok {
-				kept = append(kept, f)
-				continue
-			}
-			r.stopCollecting()
-			if err := f.close(); err != nil {
-				r.set.Logger.Warn(f.name()+" shutdown", zap.Error(err))
-			}
+	if !logsPipeline {
+		return
+	}
+	r.mu.Lock()
+	r.familiesMu.Lock()
+	kept := r.started[:0]
+	for _, f := range r.started {
+		if _, ok := f.(releasedWithLogs); !ok {
+			kept = append(kept, f)
+			continue
 		}
-		r.started = kept
-		r.mu.Unlock()
+		if err := f.close(); err != nil {
+			r.set.Logger.Warn(f.name()+" shutdown", zap.Error(err))
+		}
 	}
+	r.started = kept
+	r.familiesMu.Unlock()
+	r.mu.Unlock()
 	r.consumersMu.Lock()
-	if logsPipeline {
-		r.logsDetached = true
-	} else {
-		r.metricsDetached = true
-	}
+	r.logsDetached = true
 	r.consumersMu.Unlock()
 }
 
@@ -225,14 +217,16 @@ func (r *tcpackReceiver) start() error {
 	}
 
 	r.consumersMu.Lock()
-	r.metricsDetached, r.logsDetached = false, false
+	r.logsDetached = false
 	r.consumersMu.Unlock()
-	r.stop = make(chan struct{})
 	derives := slices.ContainsFunc(r.started, func(f family) bool {
 		d, ok := f.(eventsFromCounters)
 		return ok && d.derivesEvents()
 	})
-	if r.metrics != nil || (derives && r.logs != nil) {
+	// With a metrics pipeline its scraper controller collects; without one, families that
+	// derive events from their counters still need a collection.
+	if r.metrics == nil && derives && r.logs != nil {
+		r.stop = make(chan struct{})
 		r.wg.Add(1)
 		go r.collectLoop()
 	}
@@ -257,6 +251,8 @@ func (r *tcpackReceiver) newResourceBuilder() *metadata.ResourceBuilder {
 
 func (r *tcpackReceiver) shutdown() error {
 	r.stopCollecting()
+	r.familiesMu.Lock()
+	defer r.familiesMu.Unlock()
 	var errs []error
 	for _, f := range r.started {
 		errs = append(errs, f.close())
@@ -274,20 +270,31 @@ func (r *tcpackReceiver) collectLoop() {
 		case <-r.stop:
 			return
 		case <-ticker.C:
-			if err := r.collect(context.Background()); err != nil {
-				r.set.Logger.Warn("collect", zap.Error(err))
-			}
+			r.scrape(context.Background())
 		}
 	}
 }
 
-// collect reads every family's cumulative counters and emits them as one batch of metrics.
-func (r *tcpackReceiver) collect(ctx context.Context) error {
+// scrape reads every running family's cumulative counters into one batch of metrics.
+func (r *tcpackReceiver) scrape(context.Context) (pmetric.Metrics, error) {
+	r.familiesMu.Lock()
+	defer r.familiesMu.Unlock()
+	if len(r.started) == 0 {
+		return pmetric.NewMetrics(), nil
+	}
+	md, err := r.collect()
+	if err != nil {
+		r.set.Logger.Warn("collect", zap.Error(err))
+	}
+	return md, err
+}
+
+func (r *tcpackReceiver) collect() (pmetric.Metrics, error) {
 	now := pcommon.NewTimestampFromTime(time.Now())
 	r.recordProbeReports(now)
 	for _, f := range r.started {
 		if err := f.record(now); err != nil {
-			return fmt.Errorf("%s: %w", f.name(), err)
+			return pmetric.NewMetrics(), fmt.Errorf("%s: %w", f.name(), err)
 		}
 	}
 	md := r.mb.Emit(metadata.WithResource(r.resource))
@@ -296,7 +303,7 @@ func (r *tcpackReceiver) collect(ctx context.Context) error {
 			a.appendMetrics(md, now)
 		}
 	}
-	return r.sendMetrics(ctx, md)
+	return md, nil
 }
 
 func (r *tcpackReceiver) recordProbeReports(now pcommon.Timestamp) {
