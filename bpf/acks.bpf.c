@@ -87,7 +87,7 @@ const struct ack_stats *unused_ack_stats __attribute__((unused));
 const struct ack_event *unused_ack_event __attribute__((unused));
 
 /* Scope: with scope_all, every TCP socket. Else, with scope_by_netns, only sockets whose
- * network namespace is in scope_netns (a sidecar watches its own pod); and with
+ * network namespace the selector names (a sidecar watches its own pod); and with
  * scope_by_flow, only those the selector names by port or peer prefix (keyed by their netns
  * with scope_by_netns, else by netns 0). */
 const volatile __u8 scope_all = 1;
@@ -103,13 +103,6 @@ const volatile __u32 delack_max_default_jiffies = 0;
 const volatile __u32 max_keys = 4096;
 /* Delayed-ACK events are sampled only above this delay. */
 const volatile __u64 event_min_delay_ns = 10000000;
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
-	__type(key, __u32); /* netns inode */
-	__type(value, __u8);
-} scope_netns SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -222,7 +215,7 @@ static __always_inline bool in_scope(bool typed, __u16 local_port, __u16 peer_po
 	__u32 ns = 0;
 	if (scope_by_netns) {
 		ns = netns_of_sock(typed, sk);
-		if (!bpf_map_lookup_elem(&scope_netns, &ns))
+		if (!netns_selected(ns))
 			return false;
 		if (!scope_by_flow)
 			return true;

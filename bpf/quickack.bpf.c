@@ -104,15 +104,6 @@ const volatile __s32 opt_in_value = 3;
 /* Whether quickack.sockets named any: three hash lookups saved per connection otherwise. */
 const volatile __u8 has_tuples = 0;
 
-/* netns inode -> 1: the namespaces where forcing is configured. Everything else returns at
- * the first lookup. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
-	__type(key, __u32);
-	__type(value, __u8);
-} force_netns SEC(".maps");
-
 /* The cgroup/setsockopt hook only has the netns cookie (bpf_skc_to_tcp_sock is not
  * available there): cookie -> netns inode. */
 struct {
@@ -304,7 +295,7 @@ int quickack_sockops(struct bpf_sock_ops *skops)
 	if (!tp)
 		return 1;
 	__u32 netns = netns_of_sock(true, (struct sock *)tp);
-	if (!bpf_map_lookup_elem(&force_netns, &netns))
+	if (!netns_selected(netns))
 		return 1;
 	struct flow f = {.l4proto = IPPROTO_TCP};
 	flow_from_sock(true, &f, (struct sock *)tp);
@@ -364,7 +355,7 @@ int quickack_existing(struct bpf_iter__tcp *ctx)
 
 	if (skc->skc_state != TCP_ESTABLISHED)
 		return 0;
-	if (!bpf_map_lookup_elem(&force_netns, &netns))
+	if (!netns_selected(netns))
 		return 0;
 	if (bpf_sk_storage_get(&forced_socks, sk, 0, 0))
 		return 0; /* forced at establishment already */

@@ -26,6 +26,16 @@ struct select_peer_key {
 	__u8 addr[16];
 };
 
+/* netns inode -> 1: the namespaces the family names (SELECT_MAX_NETNS at most). */
+#define SELECT_MAX_NETNS 64
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SELECT_MAX_NETNS);
+	__type(key, __u32);
+	__type(value, __u8);
+} select_netns SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024); /* user space sets what the config needs */
@@ -52,6 +62,11 @@ static __always_inline void v4_mapped(__u8 *dst, const __u8 *addr, __u16 l3proto
 	} else {
 		__builtin_memcpy(dst, addr, 16);
 	}
+}
+
+static __always_inline bool netns_selected(__u32 netns)
+{
+	return bpf_map_lookup_elem(&select_netns, &netns) != NULL;
 }
 
 /* The value for the socket's local port, else for its peer port, or 0. */

@@ -26,9 +26,8 @@ import (
 // Family is the name the loader and the telemetry use for this probe family.
 const Family = "acks"
 
-// MaxScopeNetns is how many namespaces Config.Netns may name: the size of scope_netns in
-// bpf/acks.bpf.c.
-const MaxScopeNetns = 64
+// MaxScopeNetns is how many namespaces Config.Netns may name.
+const MaxScopeNetns = selector.MaxNetns
 
 // Config scopes and sizes the family.
 type Config struct {
@@ -243,7 +242,7 @@ func fillScope(maps map[string]*ebpf.Map, cfg Config) error {
 		if err != nil {
 			return fmt.Errorf("%s.netns: %s: %w; name a netns file such as /proc/self/ns/net or /run/netns/NAME", Family, path, err)
 		}
-		if err := maps[acksMapScopeNetns].Put(ino, uint8(1)); err != nil {
+		if err := selector.AddNetns(maps, ino); err != nil {
 			return fmt.Errorf("%s: scope netns %s: %w", Family, path, err)
 		}
 		inodes = append(inodes, ino)

@@ -112,7 +112,7 @@ const (
 	acksMapEventBuckets            = "event_buckets"
 	acksMapEvents                  = "events"
 	acksMapHooked                  = "hooked"
-	acksMapScopeNetns              = "scope_netns"
+	acksMapSelectNetns             = "select_netns"
 	acksMapSelectPeers             = "select_peers"
 	acksMapSelectPorts             = "select_ports"
 	acksMapSocksInScope            = "socks_in_scope"
@@ -205,7 +205,7 @@ type acksMapSpecs struct {
 	EventBuckets *ebpf.MapSpec `ebpf:"event_buckets"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Hooked       *ebpf.MapSpec `ebpf:"hooked"`
-	ScopeNetns   *ebpf.MapSpec `ebpf:"scope_netns"`
+	SelectNetns  *ebpf.MapSpec `ebpf:"select_netns"`
 	SelectPeers  *ebpf.MapSpec `ebpf:"select_peers"`
 	SelectPorts  *ebpf.MapSpec `ebpf:"select_ports"`
 	SocksInScope *ebpf.MapSpec `ebpf:"socks_in_scope"`
@@ -262,7 +262,7 @@ type acksMaps struct {
 	EventBuckets *ebpf.Map `ebpf:"event_buckets"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Hooked       *ebpf.Map `ebpf:"hooked"`
-	ScopeNetns   *ebpf.Map `ebpf:"scope_netns"`
+	SelectNetns  *ebpf.Map `ebpf:"select_netns"`
 	SelectPeers  *ebpf.Map `ebpf:"select_peers"`
 	SelectPorts  *ebpf.Map `ebpf:"select_ports"`
 	SocksInScope *ebpf.Map `ebpf:"socks_in_scope"`
@@ -280,7 +280,7 @@ func (m *acksMaps) Close() error {
 		m.EventBuckets,
 		m.Events,
 		m.Hooked,
-		m.ScopeNetns,
+		m.SelectNetns,
 		m.SelectPeers,
 		m.SelectPorts,
 		m.SocksInScope,

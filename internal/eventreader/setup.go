@@ -23,6 +23,15 @@ type Events struct {
 	RingBufferBytes, WakeupBytes uint32
 }
 
+// KindNumbers converts a family's event kinds to the numbers Events.Disabled takes.
+func KindNumbers[K ~uint32](kinds []K) []uint32 {
+	out := make([]uint32, len(kinds))
+	for i, k := range kinds {
+		out[i] = uint32(k)
+	}
+	return out
+}
+
 // eventsMap is the ring buffer's name in every family's object.
 const eventsMap = "events"
 

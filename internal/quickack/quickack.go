@@ -172,6 +172,9 @@ func (c Config) Validate() error {
 	if len(c.LocalPorts)+len(c.PeerPorts)+len(c.Peers)+len(c.Routes)+len(c.Sockets) == 0 && !c.OptIn {
 		errs = append(errs, errors.New("quickack: no target; name local_ports, peer_ports, peers, routes, sockets or set opt_in"))
 	}
+	if len(c.Netns) > selector.MaxNetns {
+		errs = append(errs, fmt.Errorf("quickack.netns: %d namespaces, at most %d can be named", len(c.Netns), selector.MaxNetns))
+	}
 	if len(c.targets()) >= maxTargets {
 		errs = append(errs, fmt.Errorf("quickack: %d targets, at most %d", len(c.targets()), maxTargets-1))
 	}
@@ -458,7 +461,7 @@ func (f *Force) selected() []selector.Entry {
 func (f *Force) fillTargets() error {
 	maps := f.set.Maps
 	for _, ns := range f.nss {
-		if err := maps[quickackMapForceNetns].Put(ns.inode, uint8(1)); err != nil {
+		if err := selector.AddNetns(maps, ns.inode); err != nil {
 			return fmt.Errorf("%s: netns %s: %w", Family, ns.path, err)
 		}
 		if err := maps[quickackMapForceNetnsCookies].Put(ns.cookie, ns.inode); err != nil {

@@ -83,11 +83,11 @@ type quickackTupleKey struct {
 const (
 	quickackMapCounters           = "counters"
 	quickackMapEvents             = "events"
-	quickackMapForceNetns         = "force_netns"
 	quickackMapForceNetnsCookies  = "force_netns_cookies"
 	quickackMapForceTuples        = "force_tuples"
 	quickackMapForcedSocks        = "forced_socks"
 	quickackMapIterRelease        = "iter_release"
+	quickackMapSelectNetns        = "select_netns"
 	quickackMapSelectPeers        = "select_peers"
 	quickackMapSelectPorts        = "select_ports"
 	quickackMapTargetCounts       = "target_counts"
@@ -166,11 +166,11 @@ type quickackProgramSpecs struct {
 type quickackMapSpecs struct {
 	Counters          *ebpf.MapSpec `ebpf:"counters"`
 	Events            *ebpf.MapSpec `ebpf:"events"`
-	ForceNetns        *ebpf.MapSpec `ebpf:"force_netns"`
 	ForceNetnsCookies *ebpf.MapSpec `ebpf:"force_netns_cookies"`
 	ForceTuples       *ebpf.MapSpec `ebpf:"force_tuples"`
 	ForcedSocks       *ebpf.MapSpec `ebpf:"forced_socks"`
 	IterRelease       *ebpf.MapSpec `ebpf:"iter_release"`
+	SelectNetns       *ebpf.MapSpec `ebpf:"select_netns"`
 	SelectPeers       *ebpf.MapSpec `ebpf:"select_peers"`
 	SelectPorts       *ebpf.MapSpec `ebpf:"select_ports"`
 	TargetCounts      *ebpf.MapSpec `ebpf:"target_counts"`
@@ -219,11 +219,11 @@ func (o *quickackObjects) Close() error {
 type quickackMaps struct {
 	Counters          *ebpf.Map `ebpf:"counters"`
 	Events            *ebpf.Map `ebpf:"events"`
-	ForceNetns        *ebpf.Map `ebpf:"force_netns"`
 	ForceNetnsCookies *ebpf.Map `ebpf:"force_netns_cookies"`
 	ForceTuples       *ebpf.Map `ebpf:"force_tuples"`
 	ForcedSocks       *ebpf.Map `ebpf:"forced_socks"`
 	IterRelease       *ebpf.Map `ebpf:"iter_release"`
+	SelectNetns       *ebpf.Map `ebpf:"select_netns"`
 	SelectPeers       *ebpf.Map `ebpf:"select_peers"`
 	SelectPorts       *ebpf.Map `ebpf:"select_ports"`
 	TargetCounts      *ebpf.Map `ebpf:"target_counts"`
@@ -233,11 +233,11 @@ func (m *quickackMaps) Close() error {
 	return _QuickackClose(
 		m.Counters,
 		m.Events,
-		m.ForceNetns,
 		m.ForceNetnsCookies,
 		m.ForceTuples,
 		m.ForcedSocks,
 		m.IterRelease,
+		m.SelectNetns,
 		m.SelectPeers,
 		m.SelectPorts,
 		m.TargetCounts,

@@ -12,9 +12,13 @@ import (
 
 // The maps' names in every object that includes selector.h.
 const (
+	netnsMap = "select_netns"
 	portsMap = "select_ports"
 	peersMap = "select_peers"
 )
+
+// MaxNetns is how many namespaces a family can name (SELECT_MAX_NETNS).
+const MaxNetns = 64
 
 // Side is which end of the connection a port names (SELECT_SIDE_* in selector.h).
 type Side uint8
@@ -65,6 +69,15 @@ func Size(spec *ebpf.CollectionSpec, entries []Entry, namespaces int) error {
 			return fmt.Errorf("map %s: not in the object", name)
 		}
 		m.MaxEntries = max(n, 1)
+	}
+	return nil
+}
+
+// AddNetns names the namespace with inode netns; only the family's own check of it makes it
+// matter (the ACK family with netns scope, quickack always).
+func AddNetns(maps map[string]*ebpf.Map, netns uint32) error {
+	if err := maps[netnsMap].Put(netns, uint8(1)); err != nil {
+		return fmt.Errorf("netns %d: %w", netns, err)
 	}
 	return nil
 }

@@ -163,10 +163,7 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 
 func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 	events := eventreader.Events{PerSecond: cfg.EventsPerSecond, Burst: cfg.EventBurst, Kinds: kindCount,
-		RingBufferBytes: cfg.RingBufferBytes, WakeupBytes: cfg.WakeupBytes}
-	for _, k := range cfg.DisabledEvents {
-		events.Disabled = append(events.Disabled, uint32(k))
-	}
+		Disabled: eventreader.KindNumbers(cfg.DisabledEvents), RingBufferBytes: cfg.RingBufferBytes, WakeupBytes: cfg.WakeupBytes}
 	if err := eventreader.Configure(spec, events); err != nil {
 		return fmt.Errorf("%s: %w", Family, err)
 	}
