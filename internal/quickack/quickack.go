@@ -225,8 +225,8 @@ type namespace struct {
 	policy *policy
 }
 
-// Force is the running forcing: programs attached, policy installed, sockets marked.
-type Force struct {
+// Probe is the running forcing: programs attached, policy installed, sockets marked.
+type Probe struct {
 	cfg     Config
 	targets []target
 	set     *loader.Set
@@ -238,7 +238,7 @@ type Force struct {
 
 // Start installs the policy routing (route mode), attaches the programs, forces the
 // matching sockets that are already open, and from then on every new one.
-func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Force, error) {
+func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -248,7 +248,7 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Force, error) {
 			return nil, fmt.Errorf("quickack.cgroup: %s is not a cgroup v2 directory (%w); name one under the cgroup2 mount, or leave it empty for the root", cfg.Cgroup, err)
 		}
 	}
-	f := &Force{cfg: cfg, targets: cfg.targets(), env: env}
+	f := &Probe{cfg: cfg, targets: cfg.targets(), env: env}
 	ok := false
 	defer func() {
 		if !ok {
@@ -284,7 +284,7 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Force, error) {
 	return f, nil
 }
 
-func (f *Force) openNamespaces() error {
+func (f *Probe) openNamespaces() error {
 	paths := f.cfg.Netns
 	if len(paths) == 0 {
 		paths = []string{"/proc/self/ns/net"}
@@ -300,7 +300,7 @@ func (f *Force) openNamespaces() error {
 
 // openNamespace opens one namespace; one already open is returned as is, unless it was named
 // twice in the config.
-func (f *Force) openNamespace(path string, seen map[uint32]string) (*namespace, error) {
+func (f *Probe) openNamespace(path string, seen map[uint32]string) (*namespace, error) {
 	inode, err := kernel.NetnsInode(path)
 	if err != nil {
 		return nil, fmt.Errorf("quickack.netns: %s: %w; name a netns file such as /run/netns/NAME or /proc/PID/ns/net", path, err)
@@ -390,7 +390,7 @@ func delackMaxUs(hz int) int32 {
 	return int32(1_000_000/hz + 1)
 }
 
-func (f *Force) load() error {
+func (f *Probe) load() error {
 	cgroup := f.cfg.Cgroup
 	if cgroup == "" {
 		root, err := kernel.CgroupV2Root()
@@ -442,7 +442,7 @@ func (f *Force) load() error {
 }
 
 // selected are the targets the selector matches (ports and peers), by target id.
-func (f *Force) selected() []selector.Entry {
+func (f *Probe) selected() []selector.Entry {
 	var entries []selector.Entry
 	for i, t := range f.targets {
 		id := uint32(i + 1)
@@ -458,7 +458,7 @@ func (f *Force) selected() []selector.Entry {
 	return entries
 }
 
-func (f *Force) fillTargets() error {
+func (f *Probe) fillTargets() error {
 	maps := f.set.Maps
 	for _, ns := range f.nss {
 		if err := selector.AddNetns(maps, ns.inode); err != nil {
@@ -495,7 +495,7 @@ func (f *Force) fillTargets() error {
 
 // walkExisting runs the iterator in every namespace: forcing the matching sockets already
 // open, or, with release, giving every forced socket back.
-func (f *Force) walkExisting(release bool) error {
+func (f *Probe) walkExisting(release bool) error {
 	l := f.set.Link("iter_tcp")
 	if l == nil {
 		return nil
@@ -526,11 +526,11 @@ func (f *Force) walkExisting(release bool) error {
 }
 
 // Report says which hooks attached and how.
-func (f *Force) Report() loader.Report { return f.report }
+func (f *Probe) Report() loader.Report { return f.report }
 
 // Close gives every forced socket back, detaches the programs and removes the policy rules
 // and table from every namespace.
-func (f *Force) Close() error {
+func (f *Probe) Close() error {
 	var errs []error
 	if f.set != nil {
 		// Stop forcing new sockets first, so none is forced after the walk gives them back.
@@ -546,7 +546,7 @@ func (f *Force) Close() error {
 	return errors.Join(errs...)
 }
 
-func (f *Force) teardown() error {
+func (f *Probe) teardown() error {
 	var errs []error
 	errs = append(errs, f.reader.Close())
 	f.reader = nil
@@ -596,7 +596,7 @@ func (r Refusal) String() string {
 func Refusals() []Refusal { return []Refusal{RefusalLocalPeer, RefusalHasMark, RefusalSetsockopt} }
 
 // Mechanism names how a socket was forced.
-func (f *Force) Mechanism() string {
+func (f *Probe) Mechanism() string {
 	if f.cfg.Mode == ModeBounded {
 		return "delack_max"
 	}
@@ -620,7 +620,7 @@ func (s TargetStats) Forced() uint64 {
 }
 
 // Snapshot reads every target's counts.
-func (f *Force) Snapshot() ([]TargetStats, error) {
+func (f *Probe) Snapshot() ([]TargetStats, error) {
 	out := make([]TargetStats, 0, len(f.targets))
 	for i, t := range f.targets {
 		var perCPU []quickackTargetStats
@@ -641,7 +641,7 @@ func (f *Force) Snapshot() ([]TargetStats, error) {
 }
 
 // PolicyErrors counts failed resyncs of the policy tables and returns the last failure.
-func (f *Force) PolicyErrors() (uint64, error) {
+func (f *Probe) PolicyErrors() (uint64, error) {
 	var n uint64
 	var last error
 	for _, ns := range f.nss {
@@ -658,7 +658,7 @@ func (f *Force) PolicyErrors() (uint64, error) {
 }
 
 // LostEvents counts events lost to a full ring buffer.
-func (f *Force) LostEvents() (uint64, error) {
+func (f *Probe) LostEvents() (uint64, error) {
 	n, err := loader.SumPerCPU(f.set.Maps[quickackMapCounters], 0)
 	if err != nil {
 		return 0, fmt.Errorf("%s: %w", Family, err)
@@ -706,7 +706,7 @@ type Event struct {
 	PeerPort  uint16
 }
 
-func (f *Force) decode(r *quickackForceEvent) Event {
+func (f *Probe) decode(r *quickackForceEvent) Event {
 	e := Event{
 		Time: f.env.KtimeToTime(r.TsNs), Kind: EventKind(r.Kind), Refusal: Refusal(r.Refusal),
 		Origin: originNames[r.Origin], Netns: r.Netns, LocalPort: r.Flow.LocalPort, PeerPort: r.Flow.PeerPort,

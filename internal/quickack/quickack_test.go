@@ -43,7 +43,7 @@ func config(t *testing.T, ns *netnstest.NS) quickack.Config {
 	return cfg
 }
 
-func start(t *testing.T, cfg quickack.Config) (*quickack.Force, *eventLog) {
+func start(t *testing.T, cfg quickack.Config) (*quickack.Probe, *eventLog) {
 	t.Helper()
 	log := &eventLog{}
 	f, err := quickack.Start(netnstest.KernelEnv(t), cfg, log.Add)
@@ -146,7 +146,7 @@ func requireDelayed(t *testing.T, s acks.Stats) {
 	}
 }
 
-func targetStats(t *testing.T, f *quickack.Force, name string) quickack.TargetStats {
+func targetStats(t *testing.T, f *quickack.Probe, name string) quickack.TargetStats {
 	t.Helper()
 	snap, err := f.Snapshot()
 	if err != nil {

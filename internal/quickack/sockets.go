@@ -36,7 +36,7 @@ func mappedAddrPort(ap netip.AddrPort) netip.AddrPort {
 // resolveSockets turns every quickack.sockets entry into what the kernel side matches. An
 // entry by address applies in every configured namespace; one by pid and fd in the
 // process's own namespace, which joins the set.
-func (f *Force) resolveSockets() error {
+func (f *Probe) resolveSockets() error {
 	for i := range f.targets {
 		t := &f.targets[i]
 		if t.socket == nil {
@@ -61,7 +61,7 @@ func (f *Force) resolveSockets() error {
 // resolveOwned borrows the process's descriptor with pidfd_getfd, checks it is a TCP socket
 // and reads its addresses. The kernel allows pidfd_getfd with ptrace rights over the process:
 // CAP_SYS_PTRACE, or the same user under a permissive Yama scope.
-func (f *Force) resolveOwned(pid, fd int) (resolvedSocket, error) {
+func (f *Probe) resolveOwned(pid, fd int) (resolvedSocket, error) {
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		if errors.Is(err, unix.ESRCH) {

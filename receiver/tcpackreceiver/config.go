@@ -1,11 +1,12 @@
 package tcpackreceiver
 
 import (
-	"go.opentelemetry.io/collector/scraper/scraperhelper"
 	"errors"
 	"fmt"
 	"os"
 	"time"
+
+	"go.opentelemetry.io/collector/scraper/scraperhelper"
 
 	"github.com/tcpack/tcpack/internal/drops"
 	"github.com/tcpack/tcpack/internal/quickack"
@@ -96,11 +97,11 @@ func createDefaultConfig() *Config {
 	scrape.CollectionInterval = 10 * time.Second
 	return &Config{
 		ControllerConfig: scrape,
-		Drops:              defaultDropsConfig(),
-		Acks:               defaultAcksConfig(),
-		Quickack:           defaultQuickackConfig(),
-		Txqueue:            defaultTxqueueConfig(),
-		Footprint:          defaultFootprintConfig(),
+		Drops:            defaultDropsConfig(),
+		Acks:             defaultAcksConfig(),
+		Quickack:         defaultQuickackConfig(),
+		Txqueue:          defaultTxqueueConfig(),
+		Footprint:        defaultFootprintConfig(),
 		RingBuffer: RingBufferConfig{
 			SizeBytes:     d.RingBufferBytes,
 			WakeupBytes:   d.WakeupBytes,

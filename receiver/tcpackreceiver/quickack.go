@@ -130,7 +130,7 @@ type quickackFamily struct {
 	block  QuickackConfig
 	common common
 	host   *familyHost
-	force  *quickack.Force
+	probe  *quickack.Probe
 	// policyErrs are the policy-table errors already logged.
 	policyErrs uint64
 }
@@ -156,15 +156,15 @@ func (f *quickackFamily) start(h *familyHost) (loader.Report, error) {
 	if len(errs) > 0 {
 		return loader.Report{}, fmt.Errorf("nothing is forced: %w", errors.Join(errs...))
 	}
-	force, err := quickack.Start(h.env, cfg, f.consumeEvents)
+	probe, err := quickack.Start(h.env, cfg, f.consumeEvents)
 	if err != nil {
 		return loader.Report{}, fmt.Errorf("nothing is forced: %w", err)
 	}
-	f.force = force
-	return force.Report(), nil
+	f.probe = probe
+	return probe.Report(), nil
 }
 
-func (f *quickackFamily) close() error { return f.force.Close() }
+func (f *quickackFamily) close() error { return f.probe.Close() }
 
 var quickackMechanisms = map[string]metadata.AttributeTcpackQuickackMechanism{
 	"mark":       metadata.AttributeTcpackQuickackMechanismMark,
@@ -184,11 +184,11 @@ var quickackActions = map[quickack.EventKind]metadata.AttributeTcpackQuickackAct
 }
 
 func (f *quickackFamily) record(now pcommon.Timestamp) error {
-	stats, err := f.force.Snapshot()
+	stats, err := f.probe.Snapshot()
 	if err != nil {
 		return err
 	}
-	mech := quickackMechanisms[f.force.Mechanism()]
+	mech := quickackMechanisms[f.probe.Mechanism()]
 	for _, s := range stats {
 		f.host.mb.RecordTcpackQuickackSocketsDataPoint(now, int64(s.Forced()), s.Target, mech)
 		f.host.mb.RecordTcpackQuickackAppliedCountDataPoint(now, int64(s.Applied), s.Target, mech)
@@ -196,13 +196,13 @@ func (f *quickackFamily) record(now pcommon.Timestamp) error {
 			f.host.mb.RecordTcpackQuickackRefusedCountDataPoint(now, int64(s.Refused[reason]), s.Target, quickackRefusals[reason])
 		}
 	}
-	n, last := f.force.PolicyErrors()
+	n, last := f.probe.PolicyErrors()
 	f.host.mb.RecordTcpackQuickackPolicyErrorsDataPoint(now, int64(n))
 	if n > f.policyErrs {
 		f.host.logger.Warn("quickack policy table update failed", zap.Error(last))
 		f.policyErrs = n
 	}
-	lost, err := f.force.LostEvents()
+	lost, err := f.probe.LostEvents()
 	if err != nil {
 		return err
 	}

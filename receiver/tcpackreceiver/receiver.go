@@ -24,9 +24,11 @@ import (
 
 // tcpackReceiver runs the probe families of one receiver config and feeds both pipelines.
 type tcpackReceiver struct {
-	set      receiver.Settings
-	cfg      *Config
-	forget   func()
+	set    receiver.Settings
+	cfg    *Config
+	forget func()
+	// metrics is the metrics pipeline's consumer: its scraper controller sends to it; here
+	// it only says there is one.
 	metrics  consumer.Metrics
 	logs     consumer.Logs
 	resource pcommon.Resource
