@@ -47,14 +47,9 @@ type Config struct {
 	HZ        int
 	// EventMinDelay: pure ACKs that waited at least this long are sampled as events.
 	EventMinDelay time.Duration
-	// EventsPerSecond and EventBurst rate-limit events per CPU; 0 turns events off.
-	EventsPerSecond uint32
-	EventBurst      uint32
+	eventreader.Delivery
 	// MaxKeys bounds the (netns, local port) statistics map.
-	MaxKeys         uint32
-	RingBufferBytes uint32
-	WakeupBytes     uint32
-	FlushInterval   time.Duration
+	MaxKeys uint32
 	// Strategies restricts attach mechanisms (see loader.Options.Only).
 	Strategies []loader.Kind
 	// Attach is loader.AttachOnTraffic (also when empty) or loader.AttachAlways. On traffic,
@@ -72,15 +67,11 @@ type Config struct {
 // DefaultConfig observes every socket and samples ACKs delayed by 10 ms or more.
 func DefaultConfig() Config {
 	return Config{
-		EventMinDelay:   10 * time.Millisecond,
-		EventsPerSecond: 100,
-		EventBurst:      200,
-		MaxKeys:         4096,
-		RingBufferBytes: 1 << 20,
-		WakeupBytes:     64 << 10,
-		FlushInterval:   200 * time.Millisecond,
-		Attach:          loader.AttachOnTraffic,
-		IdleDetach:      time.Minute,
+		EventMinDelay: 10 * time.Millisecond,
+		Delivery:      eventreader.DefaultDelivery(100, 200),
+		MaxKeys:       4096,
+		Attach:        loader.AttachOnTraffic,
+		IdleDetach:    time.Minute,
 	}
 }
 
@@ -179,9 +170,7 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 	if err := loader.CheckAttach(cfg.Attach, cfg.IdleDetach); err != nil {
 		return fmt.Errorf("%s: %w", Family, err)
 	}
-	events := eventreader.Events{PerSecond: cfg.EventsPerSecond, Burst: cfg.EventBurst,
-		RingBufferBytes: cfg.RingBufferBytes, WakeupBytes: cfg.WakeupBytes}
-	if err := eventreader.Configure(spec, events); err != nil {
+	if err := eventreader.Configure(spec, cfg.Delivery, 0, nil); err != nil {
 		return fmt.Errorf("%s: %w", Family, err)
 	}
 	byFlow := len(cfg.LocalPorts) > 0 || len(cfg.PeerPorts) > 0 || len(cfg.Peers) > 0

@@ -10,7 +10,6 @@ package drops
 import (
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -24,22 +23,13 @@ const Family = "drops"
 
 // Config sizes the kernel side and bounds what reaches user space.
 type Config struct {
-	// EventsPerSecond is the sampled-event budget per CPU and event kind; 0 disables events.
-	EventsPerSecond uint32
+	eventreader.Delivery
 	// DisabledEvents are event kinds not to sample at all; they cost nothing in the kernel.
 	DisabledEvents []Kind
-	// EventBurst is how many events a quiet CPU may emit at once.
-	EventBurst uint32
 	// MaxDropKeys bounds the drop counting map (netns, interface, reason, location, protocol).
 	MaxDropKeys uint32
 	// MaxTCPKeys bounds the retransmit/reset counting map.
 	MaxTCPKeys uint32
-	// RingBufferBytes is the event ring buffer size (a power of two, multiple of the page size).
-	RingBufferBytes uint32
-	// WakeupBytes: the kernel wakes the reader only once this much is pending.
-	WakeupBytes uint32
-	// FlushInterval is how long an event may wait in the ring buffer below WakeupBytes.
-	FlushInterval time.Duration
 	// Strategies restricts attach mechanisms (see loader.Options.Only).
 	Strategies []loader.Kind
 }
@@ -47,13 +37,9 @@ type Config struct {
 // DefaultConfig is what the receiver uses unless told otherwise.
 func DefaultConfig() Config {
 	return Config{
-		EventsPerSecond: 100,
-		EventBurst:      200,
-		MaxDropKeys:     16384,
-		MaxTCPKeys:      4096,
-		RingBufferBytes: 1 << 20,
-		WakeupBytes:     64 << 10,
-		FlushInterval:   200 * time.Millisecond,
+		Delivery:    eventreader.DefaultDelivery(100, 200),
+		MaxDropKeys: 16384,
+		MaxTCPKeys:  4096,
 	}
 }
 
@@ -121,9 +107,7 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 }
 
 func configure(spec *ebpf.CollectionSpec, cfg Config) error {
-	events := eventreader.Events{PerSecond: cfg.EventsPerSecond, Burst: cfg.EventBurst, Kinds: kindCount,
-		Disabled: eventreader.KindNumbers(cfg.DisabledEvents), RingBufferBytes: cfg.RingBufferBytes, WakeupBytes: cfg.WakeupBytes}
-	if err := eventreader.Configure(spec, events); err != nil {
+	if err := eventreader.Configure(spec, cfg.Delivery, kindCount, eventreader.KindNumbers(cfg.DisabledEvents)); err != nil {
 		return fmt.Errorf("%s: %w", Family, err)
 	}
 	spec.Maps[dropsMapDropCounts].MaxEntries = cfg.MaxDropKeys

@@ -9,18 +9,28 @@ import (
 	"github.com/cilium/ebpf/ringbuf"
 )
 
-// Events is how a family's sampled events leave the kernel: the rate limit and ring buffer
-// that bpf/headers/common.h declares for every family (event_rate_per_sec, event_burst,
-// event_refill_cap_ns, event_kinds_enabled, ringbuf_wakeup_bytes, and the events map).
-type Events struct {
-	// PerSecond and Burst rate-limit events per CPU and event kind; 0 turns events off.
-	PerSecond, Burst uint32
-	// Kinds is how many event kinds the family has, if it declares event_kinds_enabled (0
-	// otherwise); Disabled are the kinds not to sample, each below Kinds.
-	Kinds    int
-	Disabled []uint32
-	// RingBufferBytes sizes the events map; WakeupBytes is the backlog that wakes the reader.
-	RingBufferBytes, WakeupBytes uint32
+// Delivery is how a family's sampled events leave the kernel: the rate limit and ring buffer
+// that bpf/headers/common.h and events.h declare for every family (event_rate_per_sec,
+// event_burst, event_refill_cap_ns, ringbuf_wakeup_bytes, the events map), and the reader's
+// deadline. Family configs embed it.
+type Delivery struct {
+	// EventsPerSecond is the sampled-event budget per CPU and event kind; 0 disables events.
+	EventsPerSecond uint32
+	// EventBurst is how many events a quiet CPU may emit at once.
+	EventBurst uint32
+	// RingBufferBytes is the event ring buffer size (a power of two, multiple of the page size).
+	RingBufferBytes uint32
+	// WakeupBytes: the kernel wakes the reader only once this much is pending.
+	WakeupBytes uint32
+	// FlushInterval is how long an event may wait in the ring buffer below WakeupBytes.
+	FlushInterval time.Duration
+}
+
+// DefaultDelivery samples perSecond events per CPU and kind, burst at once, through the ring
+// buffer every family has unless told otherwise.
+func DefaultDelivery(perSecond, burst uint32) Delivery {
+	return Delivery{EventsPerSecond: perSecond, EventBurst: burst,
+		RingBufferBytes: 1 << 20, WakeupBytes: 64 << 10, FlushInterval: 200 * time.Millisecond}
 }
 
 // KindNumbers converts a family's event kinds to the numbers Events.Disabled takes.
@@ -35,9 +45,11 @@ func KindNumbers[K ~uint32](kinds []K) []uint32 {
 // eventsMap is the ring buffer's name in every family's object.
 const eventsMap = "events"
 
-// Configure writes e into spec's rate limiter variables and sizes its events map.
-func Configure(spec *ebpf.CollectionSpec, e Events) error {
-	rate, burst := uint64(e.PerSecond), max(uint64(e.Burst), 1)
+// Configure writes d into spec's rate limiter variables and sizes its events map. kinds is
+// how many event kinds the family has if it declares event_kinds_enabled (0 otherwise), and
+// disabled the kinds not to sample, each below kinds.
+func Configure(spec *ebpf.CollectionSpec, d Delivery, kinds int, disabled []uint32) error {
+	rate, burst := uint64(d.EventsPerSecond), max(uint64(d.EventBurst), 1)
 	refill := uint64(0)
 	if rate > 0 {
 		// A quiet CPU refills its whole burst in this long.
@@ -47,11 +59,11 @@ func Configure(spec *ebpf.CollectionSpec, e Events) error {
 		"event_rate_per_sec":   rate,
 		"event_burst":          burst,
 		"event_refill_cap_ns":  refill,
-		"ringbuf_wakeup_bytes": uint64(e.WakeupBytes),
+		"ringbuf_wakeup_bytes": uint64(d.WakeupBytes),
 	}
-	if e.Kinds > 0 {
-		enabled := uint32(1)<<e.Kinds - 1
-		for _, k := range e.Disabled {
+	if kinds > 0 {
+		enabled := uint32(1)<<kinds - 1
+		for _, k := range disabled {
 			enabled &^= 1 << k
 		}
 		vars["event_kinds_enabled"] = enabled
@@ -69,7 +81,7 @@ func Configure(spec *ebpf.CollectionSpec, e Events) error {
 	if !ok {
 		return fmt.Errorf("map %s: not in the object", eventsMap)
 	}
-	m.MaxEntries = e.RingBufferBytes
+	m.MaxEntries = d.RingBufferBytes
 	return nil
 }
 

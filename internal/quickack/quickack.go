@@ -81,10 +81,8 @@ type Config struct {
 	OptIn bool
 	// HZ is the kernel tick rate, which TCP_BPF_DELACK_MAX's minimum depends on.
 	HZ int
-
-	RingBufferBytes uint32
-	WakeupBytes     uint32
-	FlushInterval   time.Duration
+	// Delivery carries the forcing events; its rate limit is unused: every one is sent.
+	eventreader.Delivery
 }
 
 // SocketSpec names sockets either by owner, PID and FD (the process's own descriptor number:
@@ -115,7 +113,8 @@ func (s SocketSpec) String() string {
 func DefaultConfig() Config {
 	return Config{
 		Mode: ModeRoute, Mark: DefaultMark, Table: DefaultTable, RulePriority: DefaultRulePriority,
-		HZ: 250, RingBufferBytes: 1 << 18, WakeupBytes: 4096, FlushInterval: 200 * time.Millisecond,
+		HZ:       250,
+		Delivery: eventreader.Delivery{RingBufferBytes: 1 << 18, WakeupBytes: 4096, FlushInterval: 200 * time.Millisecond},
 	}
 }
 
@@ -426,8 +425,7 @@ func (f *Probe) load() error {
 		}
 	}
 	// Every forcing event matters: none is rate-limited (the family never samples).
-	events := eventreader.Events{RingBufferBytes: f.cfg.RingBufferBytes, WakeupBytes: f.cfg.WakeupBytes}
-	if err := eventreader.Configure(spec, events); err != nil {
+	if err := eventreader.Configure(spec, f.cfg.Delivery, 0, nil); err != nil {
 		return fmt.Errorf("%s: %w", Family, err)
 	}
 	if err := selector.Size(spec, f.selected(), len(f.nss)); err != nil {

@@ -16,7 +16,6 @@ import (
 	"maps"
 	"slices"
 	"sync"
-	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -38,12 +37,9 @@ const (
 
 // Config sizes the kernel side and bounds what reaches user space.
 type Config struct {
-	// EventsPerSecond is the sampled-event budget per CPU and event kind; 0 disables events.
-	EventsPerSecond uint32
+	eventreader.Delivery
 	// DisabledEvents are event kinds not to sample at all.
 	DisabledEvents []Kind
-	// EventBurst is how many events a quiet CPU may emit at once.
-	EventBurst uint32
 	// MaxQueueKeys bounds the (netns, interface, queue) counting map; packets past it are
 	// counted as overflow.
 	MaxQueueKeys uint32
@@ -55,12 +51,6 @@ type Config struct {
 	// OTHERHOST), or where the kernel has no such reason at netif_receive_skb, which runs for
 	// every received packet.
 	Otherhost bool
-	// RingBufferBytes is the event ring buffer size (a power of two, multiple of the page size).
-	RingBufferBytes uint32
-	// WakeupBytes: the kernel wakes the reader only once this much is pending.
-	WakeupBytes uint32
-	// FlushInterval is how long an event may wait in the ring buffer below WakeupBytes.
-	FlushInterval time.Duration
 	// Strategies restricts attach mechanisms (see loader.Options.Only).
 	Strategies []loader.Kind
 }
@@ -68,15 +58,11 @@ type Config struct {
 // DefaultConfig is what the receiver uses unless told otherwise.
 func DefaultConfig() Config {
 	return Config{
-		EventsPerSecond: 10,
-		EventBurst:      50,
-		MaxQueueKeys:    4096,
-		MaxInterfaces:   1024,
-		MaxFlows:        16384,
-		Otherhost:       true,
-		RingBufferBytes: 1 << 20,
-		WakeupBytes:     64 << 10,
-		FlushInterval:   200 * time.Millisecond,
+		Delivery:      eventreader.DefaultDelivery(10, 50),
+		MaxQueueKeys:  4096,
+		MaxInterfaces: 1024,
+		MaxFlows:      16384,
+		Otherhost:     true,
 	}
 }
 
@@ -162,9 +148,7 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 }
 
 func configure(spec *ebpf.CollectionSpec, cfg Config) error {
-	events := eventreader.Events{PerSecond: cfg.EventsPerSecond, Burst: cfg.EventBurst, Kinds: kindCount,
-		Disabled: eventreader.KindNumbers(cfg.DisabledEvents), RingBufferBytes: cfg.RingBufferBytes, WakeupBytes: cfg.WakeupBytes}
-	if err := eventreader.Configure(spec, events); err != nil {
+	if err := eventreader.Configure(spec, cfg.Delivery, kindCount, eventreader.KindNumbers(cfg.DisabledEvents)); err != nil {
 		return fmt.Errorf("%s: %w", Family, err)
 	}
 	for name, size := range map[string]uint32{

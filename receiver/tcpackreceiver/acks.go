@@ -84,7 +84,7 @@ func (a AcksConfig) convert(c common, withLogs bool, hz int) (acks.Config, []err
 	}
 	cfg.EventMinDelay = a.EventMinDelay
 	errs = append(errs, checkSampling("acks.sampling", a.Sampling, "2x rate_per_cpu")...)
-	cfg.EventsPerSecond, cfg.EventBurst = a.Sampling.RatePerCPU, a.Sampling.Burst
+	cfg.Delivery = c.delivery(a.Sampling)
 	if !withLogs || !c.Events.TcpackAckDelayed.Enabled {
 		cfg.EventsPerSecond = 0
 	}
@@ -103,7 +103,6 @@ func (a AcksConfig) convert(c common, withLogs bool, hz int) (acks.Config, []err
 			errs = append(errs, fmt.Errorf("acks.delay_attributes[%d]: unknown attribute %q, use %s", i, attr, strings.Join(delayAttributes, " or ")))
 		}
 	}
-	cfg.RingBufferBytes, cfg.WakeupBytes, cfg.FlushInterval = c.RingBuffer.SizeBytes, c.RingBuffer.WakeupBytes, c.RingBuffer.FlushInterval
 	return cfg, errs
 }
 

@@ -40,13 +40,7 @@ var dropsStrategies = []loader.Kind{loader.TPBTF, loader.RawTP}
 // in the kernel at all.
 func (d DropsConfig) convert(c common, withLogs bool) (drops.Config, []error) {
 	def := drops.DefaultConfig()
-	cfg := drops.Config{
-		EventsPerSecond: d.Sampling.RatePerCPU,
-		EventBurst:      d.Sampling.Burst,
-		MaxDropKeys:     d.MaxKeys,
-		MaxTCPKeys:      d.MaxTCPKeys,
-	}
-	cfg.RingBufferBytes, cfg.WakeupBytes, cfg.FlushInterval = c.RingBuffer.SizeBytes, c.RingBuffer.WakeupBytes, c.RingBuffer.FlushInterval
+	cfg := drops.Config{Delivery: c.delivery(d.Sampling), MaxDropKeys: d.MaxKeys, MaxTCPKeys: d.MaxTCPKeys}
 	var errs []error
 	cfg.Strategies, errs = checkStrategies("drops.strategies", d.Strategies, dropsStrategies)
 	for _, err := range []error{

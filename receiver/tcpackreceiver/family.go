@@ -7,6 +7,7 @@ import (
 	"go.opentelemetry.io/collector/pdata/pmetric"
 	"go.uber.org/zap"
 
+	"github.com/tcpack/tcpack/internal/eventreader"
 	"github.com/tcpack/tcpack/internal/kernel"
 	"github.com/tcpack/tcpack/internal/loader"
 	"github.com/tcpack/tcpack/receiver/tcpackreceiver/internal/metadata"
@@ -76,6 +77,13 @@ type RingBufferConfig struct {
 	WakeupBytes uint32 `mapstructure:"wakeup_bytes"`
 	// FlushInterval bounds how long an event waits when fewer than WakeupBytes are pending.
 	FlushInterval time.Duration `mapstructure:"flush_interval"`
+}
+
+// delivery is how events of a family sampled by s travel from the kernel.
+func (c common) delivery(s SamplingConfig) eventreader.Delivery {
+	rb := c.RingBuffer
+	return eventreader.Delivery{EventsPerSecond: s.RatePerCPU, EventBurst: s.Burst,
+		RingBufferBytes: rb.SizeBytes, WakeupBytes: rb.WakeupBytes, FlushInterval: rb.FlushInterval}
 }
 
 // familyHost is what the receiver lends every family it starts.

@@ -64,8 +64,9 @@ func (q QuickackConfig) convert(c common, hz int) (quickack.Config, []error) {
 	cfg := quickack.DefaultConfig()
 	cfg.Mode, cfg.Mark, cfg.Table, cfg.RulePriority = quickack.Mode(q.Mode), q.Mark, q.Table, q.RulePriority
 	cfg.Cgroup, cfg.Netns, cfg.OptIn, cfg.HZ = q.Cgroup, q.Netns, q.OptIn, hz
-	cfg.RingBufferBytes, cfg.FlushInterval = c.RingBuffer.SizeBytes, c.RingBuffer.FlushInterval
-	// Forcing events are few and each matters: wake the reader for every page.
+	// Forcing events are few and each matters: never sampled, and the reader is woken for
+	// every page.
+	cfg.Delivery = c.delivery(SamplingConfig{})
 	cfg.WakeupBytes = min(c.RingBuffer.WakeupBytes, 4096)
 	var errs, more []error
 	cfg.LocalPorts, errs = checkPorts("quickack.local_ports", q.LocalPorts)

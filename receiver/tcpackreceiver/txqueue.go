@@ -52,8 +52,7 @@ func (q TxqueueConfig) convert(c common, withLogs bool) (txqueue.Config, []error
 	def := txqueue.DefaultConfig()
 	cfg := txqueue.DefaultConfig()
 	cfg.MaxQueueKeys, cfg.MaxInterfaces, cfg.MaxFlows, cfg.Otherhost = q.MaxKeys, q.MaxInterfaces, q.MaxFlows, q.Otherhost
-	cfg.EventsPerSecond, cfg.EventBurst = q.Sampling.RatePerCPU, q.Sampling.Burst
-	cfg.RingBufferBytes, cfg.WakeupBytes, cfg.FlushInterval = c.RingBuffer.SizeBytes, c.RingBuffer.WakeupBytes, c.RingBuffer.FlushInterval
+	cfg.Delivery = c.delivery(q.Sampling)
 	var errs []error
 	cfg.Strategies, errs = checkStrategies("txqueue.strategies", q.Strategies, txqueueStrategies)
 	if len(q.Strategies) > 0 && !slices.Contains(q.Strategies, string(loader.TPBTF)) && !slices.Contains(q.Strategies, string(loader.RawTP)) {
