@@ -93,7 +93,28 @@ func TestReceiverForcesQuickACKsAndReportsThem(t *testing.T) {
 		t.Errorf("applied record carries a refusal: %v", a.AsRaw())
 	}
 
-	// Shutdown gives the socket back, and says so.
+	// The logs pipeline's shutdown gives the socket back, and says so; the metrics pipeline
+	// goes on without reporting the forcing hooks as attached.
+	r.stopLogs()
+	quickackHooks := func(md pmetric.Metrics) (n int) {
+		forEachPoint(md, "tcpack.probe.attached", func(dp pmetric.NumberDataPoint) {
+			if strAttr(dp.Attributes(), "tcpack.family") == "quickack" {
+				n++
+			}
+		})
+		return n
+	}
+	if all := r.metrics.AllMetrics(); quickackHooks(all[len(all)-1]) == 0 {
+		t.Fatal("no quickack hooks in tcpack.probe.attached while forcing")
+	}
+	seen := len(r.metrics.AllMetrics())
+	netnstest.Eventually(t, 10*time.Second, "a collection after the logs pipeline stopped", func() (bool, string) {
+		all := r.metrics.AllMetrics()
+		return len(all) > seen+1, fmt.Sprintf("%d batches, %d before", len(all), seen)
+	})
+	if all := r.metrics.AllMetrics(); quickackHooks(all[len(all)-1]) != 0 {
+		t.Error("tcpack.probe.attached still reports quickack hooks after the family was given back")
+	}
 	r.stop()
 	var released int
 	forEachRecord(r.logs, func(lr plog.LogRecord) {

@@ -113,6 +113,8 @@ func (r *tcpackReceiver) detach(logsPipeline bool) {
 		if err := f.close(); err != nil {
 			r.set.Logger.Warn(f.name()+" shutdown", zap.Error(err))
 		}
+		// Its hooks are gone: the metrics pipeline, still running, must not report them.
+		r.reports = slices.DeleteFunc(r.reports, func(rep loader.Report) bool { return rep.Family == f.name() })
 	}
 	r.started = kept
 	r.familiesMu.Unlock()

@@ -23,7 +23,9 @@ import (
 type running struct {
 	metrics *consumertest.MetricsSink
 	logs    *consumertest.LogsSink
-	stop    func()
+	// stopLogs shuts the logs pipeline down alone; stop shuts down both.
+	stopLogs func()
+	stop     func()
 }
 
 // startReceiver starts metrics and logs pipelines of one config, as the collector does.
@@ -47,15 +49,22 @@ func startReceiver(t *testing.T, f receiver.Factory, cfg *Config) *running {
 	if err := lr.Start(ctx, host); err != nil {
 		t.Fatal(err)
 	}
-	stopped := false
+	logsStopped, stopped := false, false
+	r.stopLogs = func() {
+		if logsStopped {
+			return
+		}
+		logsStopped = true
+		if err := lr.Shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+	}
 	r.stop = func() {
 		if stopped {
 			return
 		}
 		stopped = true
-		if err := lr.Shutdown(ctx); err != nil {
-			t.Error(err)
-		}
+		r.stopLogs()
 		if err := mr.Shutdown(ctx); err != nil {
 			t.Error(err)
 		}
