@@ -1,19 +1,26 @@
 // SPDX-License-Identifier: GPL-2.0
-/* ACK family: for the sockets in scope, every ACK this host sends, how long the oldest
- * unacknowledged data waited for it, and why it was sent when it was (the kernel
- * delays ACKs once the per-socket quick-ACK quota, icsk_ack.quick, is spent).
+/* ACK family, in two tiers.
  *
- * Without kprobes the decision points (__tcp_ack_snd_check, tcp_send_delayed_ack, ...) are out
- * of reach, so the family observes their outcome (notes/kernel.md, "Observing ACKs"):
- *   - sock_ops at establishment puts in-scope sockets in scope (sk_storage) and asks for the
- *     header-option callback, which then runs for every segment they transmit;
+ * Counts, with no program on the packet path (always on): per (netns, service port, role),
+ * the segments every socket sent and received, as the socket itself counts them (segs_out,
+ * data_segs_out, data_segs_in), folded in by a walk of the family's socket storage each
+ * collection and once more when the socket closes (inet_sock_set_state); and the ACKs the
+ * delayed-ACK timer sent, seen at each timer expiry (the handler where fentry or kprobes
+ * exist, else timer_expire_entry filtered to tcp_delack_timer). sock_ops runs once per
+ * connection, at establishment, to give the socket its storage and its service port; an
+ * iter/tcp walk at start does the same for sockets that were already open.
+ *
+ * Per segment (opt-in, per_segment): for the sockets in scope, every ACK this host sends,
+ * how long the oldest unacknowledged data waited for it, and why it was sent when it was.
+ * Without kprobes the decision points (__tcp_ack_snd_check, tcp_send_delayed_ack, ...) are
+ * out of reach, so the family observes their outcome (notes/kernel.md, "Observing ACKs"):
+ *   - sock_ops at establishment asks for the header-option callback, which then runs for
+ *     every segment the socket transmits;
  *   - tp_btf/tcp_probe (start of tcp_rcv_established) timestamps data arrivals;
  *   - at each ACK the socket's icsk_ack state says which rule sent it, and its lock whether
  *     the application's own call (its read) sent it.
- * Where fentry or kprobes exist, two decision points are observed as well:
- *   - tcp_send_delayed_ack: __tcp_ack_snd_check chose to delay the ACK (counted);
- *   - tcp_delack_timer_handler: the delayed-ACK timer is about to send it, which turns the
- *     timer cause from a guess into a fact. */
+ * Where fentry or kprobes exist, tcp_send_delayed_ack is observed as well: __tcp_ack_snd_check
+ * chose to delay the ACK (counted). */
 #include "common.h"
 #include "selector.h"
 
@@ -37,13 +44,32 @@ enum ack_cause {
 
 #define HIST_BUCKETS 24 /* log2 microseconds: [0] < 1 us, [i] < 2^i us, [23] >= 4.2 s */
 
+/* Whose port a socket's statistics go under: the listener's for a socket accepted here,
+ * the peer's for one that connected out, so an ephemeral port never becomes a key. */
+enum ack_role {
+	ROLE_SERVER = 0,
+	ROLE_CLIENT = 1,
+};
+
 struct ack_key {
 	__u32 netns;
-	__u16 local_port;
-	__u16 _pad;
+	__u16 server_port;
+	__u8 role;
+	__u8 _pad;
 };
 
 struct ack_stats {
+	/* Counts, from the sockets' own counters (walk and close) and timer expiries. */
+	__u64 segs_out;      /* every segment sent: data, pure ACKs, SYN, FIN, RST */
+	__u64 data_segs_out; /* segments sent with data */
+	__u64 data_segs_in;  /* segments received with data */
+	__u64 forced_segs_out;      /* segs_out of sockets tcpack forces */
+	__u64 forced_data_segs_out; /* data_segs_out of those */
+	__u64 timer_acks;    /* ACKs the delayed-ACK timer sent (TcpExtDelayedACKs) */
+	__u64 timer_deferred; /* expiries that found the application holding the socket */
+	__u64 sockets_established; /* sockets counted from their establishment */
+	__u64 sockets_existing;    /* sockets already open at the start, counted from then */
+	/* Per segment, while those hooks are attached. */
 	__u64 by_cause[CAUSE_MAX]; /* ACKs that acknowledged new data */
 	__u64 other_acks;          /* pure ACKs with nothing new: window updates, duplicates */
 	__u64 segs_acked;          /* data segments those ACKs covered */
@@ -54,15 +80,39 @@ struct ack_stats {
 	__u64 delayed_decisions; /* tcp_send_delayed_ack calls: the kernel chose to delay */
 };
 
-/* Per-socket state, only on sockets in scope. */
+/* Per-socket state, on every socket in scope. */
 struct ack_sock {
+	/* What the walk or the close has counted of the socket's own counters: segs_out in the
+	 * high half, data_segs_out in the low half, claimed together with one compare-and-swap
+	 * so that a walk and a close racing on one socket count each segment once. */
+	__u64 seen_out;
+	__u32 seen_data_segs_in;
+	__u32 netns;
+	__u32 stats_id; /* 1 + its key's index in ack_counts; 0: no room */
+	__u8 live;      /* counted open in socks_in_scope until it closes */
+	__u8 closed;    /* its last counts are in */
+	__u8 _pad[2];
+	/* Per segment. */
 	__u64 first_unacked_ns; /* arrival of the oldest data not yet acknowledged */
 	__u64 last_rx_ns;
 	__u32 unacked;          /* data segments received since the last ACK */
-	__u32 netns;
-	__u32 stats_id;         /* 1 + its (netns, local port)'s index in ack_counts; 0: no room */
-	__u8 live;              /* counted open in socks_in_scope until it closes */
-	__u8 _pad[3];
+	__u32 _pad2;
+};
+
+/* What the walk writes per socket for user space: the socket's quick-ACK mode, in the
+ * kernel's order of precedence (tcp_in_quickack_mode), and whether tcpack forces it. */
+enum ack_mode {
+	MODE_ROUTE = 0,    /* the route says quickack */
+	MODE_QUICK = 1,    /* quick ACKs left in the quota, not pingpong */
+	MODE_PINGPONG = 2, /* interactive: ACKs wait to ride on the reply */
+	MODE_DELAYED = 3,  /* quota spent: ACKs wait for a second segment, a read or the timer */
+};
+
+struct ack_walk_record {
+	__u32 stats_id;
+	__u8 mode;
+	__u8 forced;
+	__u16 _pad;
 };
 
 struct ack_event {
@@ -85,6 +135,7 @@ struct ack_event {
 const struct ack_key *unused_ack_key __attribute__((unused));
 const struct ack_stats *unused_ack_stats __attribute__((unused));
 const struct ack_event *unused_ack_event __attribute__((unused));
+const struct ack_walk_record *unused_ack_walk_record __attribute__((unused));
 
 /* Scope: with scope_all, every TCP socket. Else, with scope_by_netns, only sockets whose
  * network namespace the selector names (a sidecar watches its own pod); and with
@@ -103,6 +154,11 @@ const volatile __u32 delack_max_default_jiffies = 0;
 const volatile __u32 max_keys = 4096;
 /* Delayed-ACK events are sampled only above this delay. */
 const volatile __u64 event_min_delay_ns = 10000000;
+/* The per-segment tier: sock_ops asks in-scope sockets for the header-option callback. */
+const volatile __u8 per_segment = 0;
+/* The address of tcp_delack_timer, the delayed-ACK timer's callback (from kallsyms), which
+ * tells its expiries from every other timer's at timer_expire_entry. */
+const volatile __u64 delack_timer_fn = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -128,8 +184,9 @@ struct {
 } delack_firing SEC(".maps");
 
 /* Which decision hooks attached, written by user space after the load (the sock_ops program
- * is loaded before anyone knows): with the timer hook, an ACK the handler did not send is
- * not a timer ACK, however it looks. */
+ * is loaded before anyone knows): with the timer handler hooked (fentry, kprobe), an ACK the
+ * handler did not send is not a timer ACK, however it looks. At timer_expire_entry the ACKs
+ * deferred to the socket's release go unmarked, so there the timing still decides. */
 #define HOOKED_DELACK_TIMER 1
 
 struct {
@@ -139,8 +196,8 @@ struct {
 	__type(value, __u32);
 } hooked SEC(".maps");
 
-/* Statistics per (netns, local port). ack_ids gives each key an index into ack_counts when
- * its first socket is established, and the socket keeps it in ack_socks: an ACK then costs
+/* Statistics per (netns, service port, role). ack_ids gives each key an index into ack_counts
+ * when its first socket is counted, and the socket keeps it in ack_socks: an ACK then costs
  * an array lookup, which the verifier inlines, instead of hashing its key (about 80 ns per
  * ACK on this project's VMs). Keys are never deleted; ack_next_id hands out the indexes, and
  * an index lost to two CPUs adding the same key at once stays unused. */
@@ -158,6 +215,33 @@ struct {
 	__type(value, struct ack_stats);
 } ack_counts SEC(".maps");
 
+/* The statistics index of every socket the family counts, by its address: the delayed-ACK
+ * timer's programs find the socket only as an address (a timer_list inside it, or an
+ * untyped kprobe argument), and sk_storage needs a socket the verifier trusts. Written at
+ * establishment and by the walk at start, deleted at close. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u32);
+} ack_sock_ids SEC(".maps");
+
+/* Ports listened on, per netns, as the walk at start finds them (listeners come first in an
+ * iter/tcp walk): a socket already open whose local port is one was accepted here. */
+struct listen_key {
+	__u32 netns;
+	__u16 port;
+	__u16 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct listen_key);
+	__type(value, __u8);
+} listen_ports SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -170,7 +254,9 @@ enum counter {
 	COUNTER_RINGBUF_FULL = 1,
 	COUNTER_KEYS_FULL = 2,
 	COUNTER_UNOBSERVED = 3, /* pure ACKs of in-scope sockets sent while the per-segment hooks were off */
-	COUNTER_MAX = 4,
+	COUNTER_SOCKETS_FULL = 4, /* sockets not counted: no room in ack_sock_ids */
+	COUNTER_TIMER_UNKNOWN = 5, /* timer ACKs of sockets the family has no record of (scope_all) */
+	COUNTER_MAX = 6,
 };
 
 /* One event kind: a pure ACK that waited at least event_min_delay_ns. */
@@ -231,9 +317,9 @@ static __always_inline bool in_scope(bool typed, __u16 local_port, __u16 peer_po
 
 /* The key's index in ack_counts, plus 1; with create, a new key gets the next free one.
  * 0: not there, or no room (max_keys). */
-static __always_inline __u32 stats_id_for(__u32 netns, __u16 local_port, bool create)
+static __always_inline __u32 stats_id_for(__u32 netns, __u16 server_port, __u8 role, bool create)
 {
-	struct ack_key key = {.netns = netns, .local_port = local_port};
+	struct ack_key key = {.netns = netns, .server_port = server_port, .role = role};
 	__u32 *id = bpf_map_lookup_elem(&ack_ids, &key);
 
 	if (id)
@@ -332,6 +418,68 @@ static __always_inline bool sent_by_delack_timer(struct bpf_sock *bsk)
 	return true;
 }
 
+/* Gives a socket its statistics and its storage. seen_out and seen_data_segs_in are what is
+ * already counted: zero for a socket counted from its establishment, its counters so far for
+ * one the walk at start finds open. */
+static __always_inline struct ack_sock *count_socket(struct sock *sk, __u32 netns, __u16 server_port, __u8 role,
+						     struct tcp_sock *baseline)
+{
+	struct ack_sock *as = bpf_sk_storage_get(&ack_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+
+	if (!as || as->stats_id)
+		return as;
+	as->netns = netns;
+	as->stats_id = stats_id_for(netns, server_port, role, true);
+	struct ack_stats *s = stats_of(as->stats_id);
+	if (!s)
+		return as;
+	if (baseline) {
+		as->seen_out = ((__u64)baseline->segs_out << 32) | baseline->data_segs_out;
+		as->seen_data_segs_in = baseline->data_segs_in;
+		s->sockets_existing++;
+	} else {
+		s->sockets_established++;
+	}
+	__u64 addr = (__u64)sk;
+	if (bpf_map_update_elem(&ack_sock_ids, &addr, &as->stats_id, BPF_ANY))
+		count_in(&counters, COUNTER_SOCKETS_FULL);
+	return as;
+}
+
+/* Adds what the socket sent and received since it was last counted. */
+static __always_inline void fold_counts(struct ack_sock *as, struct tcp_sock *tp)
+{
+	struct ack_stats *s = stats_of(as->stats_id);
+	if (!s)
+		return;
+	/* data_segs_out first: the kernel counts a segment in segs_out before it counts its data,
+	 * so the pair read this way never holds more data segments than segments. */
+	__u32 data_out = tp->data_segs_out;
+	asm volatile("" ::: "memory");
+	__u64 out = ((__u64)tp->segs_out << 32) | data_out;
+	__u64 seen = as->seen_out;
+	if (out != seen && __sync_val_compare_and_swap(&as->seen_out, seen, out) == seen) {
+		__u32 segs = (__u32)(out >> 32) - (__u32)(seen >> 32);
+		__u32 data = data_out - (__u32)seen;
+		s->segs_out += segs;
+		s->data_segs_out += data;
+		bool forced = false;
+		if (force_mark && tp->inet_conn.icsk_inet.sk.sk_mark == force_mark)
+			forced = true;
+		if (bpf_core_field_exists(tp->inet_conn.icsk_delack_max) && delack_max_default_jiffies &&
+		    tp->inet_conn.icsk_delack_max < delack_max_default_jiffies)
+			forced = true;
+		if (forced) {
+			s->forced_segs_out += segs;
+			s->forced_data_segs_out += data;
+		}
+	}
+	__u32 data_in = tp->data_segs_in;
+	__u32 seen_in = as->seen_data_segs_in;
+	if (data_in != seen_in && __sync_val_compare_and_swap(&as->seen_data_segs_in, seen_in, data_in) == seen_in)
+		s->data_segs_in += data_in - seen_in;
+}
+
 SEC("sockops")
 int ack_sockops(struct bpf_sock_ops *skops)
 {
@@ -345,15 +493,14 @@ int ack_sockops(struct bpf_sock_ops *skops)
 		__u16 peer_port = bpf_ntohl(skops->remote_port);
 		struct tcp_sock *tp = bpf_skc_to_tcp_sock(bsk);
 
-		if (!in_scope(true, skops->local_port, peer_port, (struct sock *)tp))
+		if (!tp || !in_scope(true, skops->local_port, peer_port, (struct sock *)tp))
 			return 1;
-		struct ack_sock *as = bpf_sk_storage_get(&ack_socks, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (!as)
+		bool passive = skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB;
+		struct ack_sock *as = count_socket((struct sock *)tp, netns_of_sock(true, (struct sock *)tp),
+						   passive ? skops->local_port : peer_port,
+						   passive ? ROLE_SERVER : ROLE_CLIENT, NULL);
+		if (!as || !per_segment)
 			return 1;
-		if (tp)
-			as->netns = netns_of_sock(true, (struct sock *)tp);
-		if (!as->stats_id)
-			as->stats_id = stats_id_for(as->netns, skops->local_port, true);
 		/* HDR_OPT_LEN_CB then runs for every segment this socket transmits, STATE_CB at
 		 * each state change, which tells when it closes. */
 		long err = bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG |
@@ -590,9 +737,9 @@ static __always_inline void delayed_decision(bool typed, struct sock *sk)
 {
 	if (!scoped_tcp_sock(typed, sk))
 		return;
-	/* Sockets in scope got their key at establishment: no key, no room. */
-	__u32 id = stats_id_for(netns_of_sock(typed, sk), KREAD(typed, sk, __sk_common.skc_num), false);
-	struct ack_stats *s = id ? stats_of(id) : NULL;
+	__u64 addr = (__u64)sk;
+	__u32 *id = bpf_map_lookup_elem(&ack_sock_ids, &addr);
+	struct ack_stats *s = id ? stats_of(*id) : NULL;
 	if (s)
 		s->delayed_decisions++;
 }
@@ -619,48 +766,178 @@ struct inet_connection_sock___timeout {
 	} icsk_ack;
 } __attribute__((preserve_access_index));
 
-/* tcp_delack_timer_handler sends an ACK when, on entry, the socket is neither closed nor
- * listening, no SACK-compressed ACK is pending (newer kernels send that one instead), the timer is
- * armed and due, and an ACK is scheduled. The timer callback tcp_delack_timer is not hooked:
- * when the application owns the socket it defers to tcp_release_cb, which calls this handler. */
-static __always_inline void delack_timer(bool typed, struct sock *sk)
+/* Whether tcp_delack_timer_handler, entered now, sends an ACK: the socket is neither closed
+ * nor listening, no SACK-compressed ACK is pending (newer kernels send that one instead),
+ * the timer is armed and due, and an ACK is scheduled. The same tests, in the same order, as
+ * the handler's before it counts LINUX_MIB_DELAYEDACKS. Always untyped: the timer's program
+ * finds the socket only as an address. */
+static __always_inline bool delack_handler_acks(struct sock *sk)
 {
-	struct tcp_sock *tp = scoped_tcp_sock(typed, sk);
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	__u8 state = BPF_CORE_READ(sk, __sk_common.skc_state);
 
-	if (!tp)
-		return;
-	__u8 state = KREAD(typed, sk, __sk_common.skc_state);
 	if (state == TCP_CLOSE || state == TCP_LISTEN)
-		return;
-	if (bpf_core_field_exists(tp->compressed_ack) && KREAD(typed, tp, compressed_ack))
-		return;
-	__u8 pending = KREAD(typed, tp, inet_conn.icsk_ack.pending);
+		return false;
+	if (bpf_core_field_exists(tp->compressed_ack) && BPF_CORE_READ(tp, compressed_ack))
+		return false;
+	__u8 pending = BPF_CORE_READ(tp, inet_conn.icsk_ack.pending);
 	if ((pending & (ICSK_ACK_SCHED | ICSK_ACK_TIMER)) != (ICSK_ACK_SCHED | ICSK_ACK_TIMER))
-		return;
+		return false;
 	unsigned long timeout;
 	struct inet_connection_sock___timeout *old = (void *)tp;
 	if (bpf_core_field_exists(old->icsk_ack.timeout))
 		timeout = BPF_CORE_READ(old, icsk_ack.timeout);
 	else
 		timeout = BPF_CORE_READ(tp, inet_conn.icsk_delack_timer.expires);
-	if ((long)(bpf_jiffies64() - timeout) < 0)
-		return; /* time_after(timeout, jiffies): the handler re-arms the timer */
+	/* time_after(timeout, jiffies): the handler re-arms the timer instead */
+	return (long)(bpf_jiffies64() - timeout) >= 0;
+}
+
+/* One delayed-ACK timer event for the socket at sk. from_timer: the timer callback is about
+ * to run (timer_expire_entry), and defers the handler to the socket's release when the
+ * application holds it; else the handler itself is entered (fentry, kprobe), on either path. */
+static __always_inline void delack_expiry(struct sock *sk, bool from_timer)
+{
+	__u64 addr = (__u64)sk;
+	__u32 *id = bpf_map_lookup_elem(&ack_sock_ids, &addr);
+	struct ack_stats *s = id ? stats_of(*id) : NULL;
+
+	if (from_timer && BPF_CORE_READ(sk, sk_lock.owned)) {
+		/* tcp_delack_timer counts LINUX_MIB_DELAYEDACKLOCKED and leaves the ACK to
+		 * tcp_release_cb, whose handler call no tracepoint shows. */
+		__u8 pending = BPF_CORE_READ((struct tcp_sock *)sk, inet_conn.icsk_ack.pending);
+		if (s && (pending & ICSK_ACK_TIMER))
+			s->timer_deferred++;
+		return;
+	}
+	if (!delack_handler_acks(sk))
+		return;
+	if (s)
+		s->timer_acks++;
+	else if (scope_all)
+		count_in(&counters, COUNTER_TIMER_UNKNOWN);
+	if (!per_segment || !scoped_tcp_sock(false, sk))
+		return;
+	/* Tells the per-segment tier's sock_ops that the pure ACK it is about to see on this
+	 * CPU is the timer's. */
 	__u32 k = 0;
 	struct delack_firing *f = bpf_map_lookup_elem(&delack_firing, &k);
 	if (f)
-		f->sk = (__u64)sk;
+		f->sk = addr;
 }
 
 SEC("fentry/tcp_delack_timer_handler")
 int BPF_PROG(ack_delack_timer_fentry, struct sock *sk)
 {
-	delack_timer(true, sk);
+	delack_expiry(sk, false);
 	return 0;
 }
 
 SEC("kprobe/tcp_delack_timer_handler")
 int BPF_KPROBE(ack_delack_timer_kprobe, struct sock *sk)
 {
-	delack_timer(false, sk);
+	delack_expiry(sk, false);
+	return 0;
+}
+
+/* Every timer_list expiry on the host (a few thousand a second on a busy one); the
+ * delayed-ACK timer is the one whose callback is tcp_delack_timer, and its socket the
+ * inet_connection_sock the timer is embedded in. */
+SEC("tp_btf/timer_expire_entry")
+int BPF_PROG(ack_delack_timer_expiry, struct timer_list *timer)
+{
+	if (!delack_timer_fn || (__u64)timer->function != delack_timer_fn)
+		return 0;
+	__u64 icsk = (__u64)timer - bpf_core_field_offset(struct inet_connection_sock, icsk_delack_timer);
+	delack_expiry((struct sock *)icsk, true);
+	return 0;
+}
+
+/* The last counts of a socket, as it closes: whatever it sent and received since the last
+ * walk would be lost with it otherwise. */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(ack_socket_closed, const struct sock *sk, int oldstate, int newstate)
+{
+	if (newstate != TCP_CLOSE || sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	struct ack_sock *as = bpf_sk_storage_get(&ack_socks, (struct sock *)sk, 0, 0);
+	if (!as || as->closed)
+		return 0;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock((struct sock *)sk);
+	if (tp)
+		fold_counts(as, tp);
+	as->closed = 1;
+	__u64 addr = (__u64)sk;
+	bpf_map_delete_elem(&ack_sock_ids, &addr);
+	return 0;
+}
+
+/* The kernel's quick-ACK mode of a socket now. */
+static __always_inline __u8 ack_mode_of(struct tcp_sock *tp)
+{
+	__u8 dst_quick_ack;
+	if (bpf_core_field_exists(tp->inet_conn.icsk_ack.dst_quick_ack)) {
+		__u32 word = 0; /* see ack_sockops for why the bit is read by hand */
+		bpf_probe_read_kernel(&word, sizeof(word), (void *)&tp->inet_conn.icsk_ack.retry + 1);
+		dst_quick_ack = (word >> 28) & 1;
+	} else {
+		dst_quick_ack = route_quickack(tp);
+	}
+	if (dst_quick_ack)
+		return MODE_ROUTE;
+	if (tp->inet_conn.icsk_ack.pingpong)
+		return MODE_PINGPONG;
+	return tp->inet_conn.icsk_ack.quick ? MODE_QUICK : MODE_DELAYED;
+}
+
+/* The walk, each collection and once at the start, of one namespace's sockets (an iter/tcp
+ * walk covers the namespace it was opened in). A socket the family counts gets what it
+ * sent and received since folded in, and its quick-ACK mode written for user space. One it
+ * does not count yet was open before the start (or before its namespace was first walked):
+ * it gets its storage, counted from now. Listeners come first in the walk, so a socket
+ * whose local port is listened on in its namespace was accepted there. */
+SEC("iter/tcp")
+int ack_walk(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	if (!skc)
+		return 0;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0; /* request and timewait sockets */
+	struct sock *sk = (struct sock *)tp;
+	__u8 state = sk->__sk_common.skc_state;
+	__u32 netns = netns_of_sock(true, sk);
+	__u16 local = sk->__sk_common.skc_num;
+	if (state == TCP_LISTEN) {
+		struct listen_key lk = {.netns = netns, .port = local};
+		__u8 one = 1;
+		bpf_map_update_elem(&listen_ports, &lk, &one, BPF_ANY);
+		return 0;
+	}
+	if (state == TCP_CLOSE || state == TCP_SYN_SENT || state == TCP_SYN_RECV)
+		return 0;
+	struct ack_sock *as = bpf_sk_storage_get(&ack_socks, sk, 0, 0);
+	if (as) {
+		if (as->closed)
+			return 0;
+		fold_counts(as, tp);
+	} else {
+		__u16 peer = bpf_ntohs(sk->__sk_common.skc_dport);
+		if (!in_scope(true, local, peer, sk))
+			return 0;
+		struct listen_key lk = {.netns = netns, .port = local};
+		bool accepted = bpf_map_lookup_elem(&listen_ports, &lk) != NULL;
+		as = count_socket(sk, netns, accepted ? local : peer, accepted ? ROLE_SERVER : ROLE_CLIENT, tp);
+		if (!as)
+			return 0;
+	}
+	struct ack_walk_record r = {.stats_id = as->stats_id, .mode = ack_mode_of(tp)};
+	if (force_mark && tp->inet_conn.icsk_inet.sk.sk_mark == force_mark)
+		r.forced = 1;
+	if (bpf_core_field_exists(tp->inet_conn.icsk_delack_max) && delack_max_default_jiffies &&
+	    tp->inet_conn.icsk_delack_max < delack_max_default_jiffies)
+		r.forced = 1;
+	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
 	return 0;
 }

@@ -1,21 +1,30 @@
-// Package acks observes the ACKs this host sends on the TCP sockets in scope: how long the
-// oldest unacknowledged data waited (a delay histogram), which rule sent each ACK, and how
-// often the quick-ACK quota ran out. Where fentry or kprobes work it also counts the kernel's
-// decisions to delay an ACK, and knows which ACKs the delayed-ACK timer sent. The slow-reader
-// test (client every 2 ms, server reading every 50 ms) logs on a 6.12 guest:
+// Package acks counts, for every TCP socket in scope, the segments it sent and received and
+// the ACKs the delayed-ACK timer sent for it, per (netns, service port, role), from the
+// socket's own counters and from timer expiries: no program runs on the packet path. An
+// opt-in per-segment tier adds, while its hooks are attached, how long the oldest
+// unacknowledged data waited for each ACK (a delay histogram), which rule sent it, and how
+// often the quick-ACK quota ran out. The slow-reader test (client every 2 ms, server reading
+// every 50 ms) logs on a 6.12 guest, per segment:
 //
 //	port 5106: 39 ACKs for 300 segments, piggyback=0 route=0 quick=16 app_read=12
 //	  delack_timer=0 data_arrival=11; other=0 quota_spent=1 delayed_decisions=284 mean delay 14.20 ms
 package acks
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/tcpack/tcpack/internal/eventreader"
 	"github.com/tcpack/tcpack/internal/kernel"
@@ -32,8 +41,7 @@ const MaxScopeNetns = selector.MaxNetns
 // Config scopes and sizes the family.
 type Config struct {
 	// LocalPorts and PeerPorts select the sockets observed: a socket is in scope if its local
-	// port is in LocalPorts or its peer port in PeerPorts. Both empty means every TCP socket,
-	// which adds a callback to every segment every socket sends.
+	// port is in LocalPorts or its peer port in PeerPorts. Both empty means every TCP socket.
 	LocalPorts []uint16
 	PeerPorts  []uint16
 	// Peers adds sockets whose peer address is in one of these prefixes.
@@ -45,15 +53,21 @@ type Config struct {
 	// and HZ the kernel tick rate, which tells a bounded delayed-ACK timeout from the default.
 	ForceMark uint32
 	HZ        int
+	// MaxKeys bounds the (netns, service port, role) statistics map, MaxSockets the sockets
+	// counted at once.
+	MaxKeys    uint32
+	MaxSockets uint32
+	// Strategies restricts attach mechanisms (see loader.Options.Only).
+	Strategies []loader.Kind
+
+	// PerSegment adds the per-segment tier: sock_ops asks each in-scope socket for a
+	// callback on every segment it sends, tcp_probe sees every data segment received.
+	PerSegment bool
 	// EventMinDelay: pure ACKs that waited at least this long are sampled as events.
 	EventMinDelay time.Duration
 	eventreader.Delivery
-	// MaxKeys bounds the (netns, local port) statistics map.
-	MaxKeys uint32
-	// Strategies restricts attach mechanisms (see loader.Options.Only).
-	Strategies []loader.Kind
 	// Attach is loader.AttachOnTraffic (also when empty) or loader.AttachAlways. On traffic,
-	// the per-segment hooks (tcp_probe, the delayed-ACK hooks) are attached only while
+	// the per-segment hooks (tcp_probe, tcp_send_delayed_ack) are attached only while
 	// in-scope sockets established since the start come and go: sock_ops counts those open and
 	// those opened. Pure ACKs sent before the hooks are in place (within about a poll, 100 ms,
 	// of the first such socket) are counted as unobserved, not in the statistics. Always: every
@@ -64,61 +78,87 @@ type Config struct {
 	IdleDetach time.Duration
 }
 
-// DefaultConfig observes every socket and samples ACKs delayed by 10 ms or more.
+// DefaultConfig counts every socket; the per-segment tier is off.
 func DefaultConfig() Config {
 	return Config{
 		EventMinDelay: 10 * time.Millisecond,
 		Delivery:      eventreader.DefaultDelivery(100, 200),
 		MaxKeys:       4096,
+		MaxSockets:    65536,
 		Attach:        loader.AttachOnTraffic,
 		IdleDetach:    time.Minute,
 	}
 }
 
-func hooks(cgroup string) []loader.Hook {
-	return []loader.Hook{
-		// sock_ops is the only way to see every transmitted segment without kprobes; it
-		// must sit at the cgroup root, above every listener (notes/kernel.md).
+// delackTimerCallback is the delayed-ACK timer's callback, which timer_expire_entry names.
+const delackTimerCallback = "tcp_delack_timer"
+
+func hooks(cgroup string, perSegment bool) []loader.Hook {
+	hs := []loader.Hook{
+		// sock_ops at establishment gives each socket its service port. It must sit at the
+		// cgroup root, above every listener (notes/kernel.md).
 		{Name: "sock_ops", Strategies: []loader.Strategy{
 			{Kind: loader.SockOps, Program: acksProgAckSockops, Target: cgroup},
 		}},
-		{Name: "tcp_probe", Strategies: []loader.Strategy{
+		{Name: "inet_sock_set_state", Strategies: []loader.Strategy{
+			{Kind: loader.TPBTF, Program: acksProgAckSocketClosed, Target: "inet_sock_set_state", Args: 3},
+		}},
+		// The handler sees the timer's work also when it was deferred to the socket's
+		// release; timer_expire_entry sees only the callback, and counts deferrals apart.
+		{Name: hookDelackTimer, Optional: true, Strategies: []loader.Strategy{
+			{Kind: loader.FEntry, Program: acksProgAckDelackTimerFentry, Target: "tcp_delack_timer_handler"},
+			{Kind: loader.Kprobe, Program: acksProgAckDelackTimerKprobe, Target: "tcp_delack_timer_handler"},
+			{Kind: loader.TPBTF, Program: acksProgAckDelackTimerExpiry, Target: "timer_expire_entry", Args: 1,
+				Symbols: []string{delackTimerCallback}},
+		}},
+		{Name: hookWalk, Strategies: []loader.Strategy{
+			{Kind: loader.Iter, Program: acksProgAckWalk, Target: "tcp"},
+		}},
+	}
+	if !perSegment {
+		return hs
+	}
+	return append(hs,
+		loader.Hook{Name: "tcp_probe", Strategies: []loader.Strategy{
 			{Kind: loader.TPBTF, Program: acksProgAckDataArrival, Target: "tcp_probe", Args: 2},
 		}},
 		// The kernel's own delayed-ACK decisions. No tracepoint reaches them, so they need
-		// fentry or kprobes (absent on kernels built without kprobes or under lockdown);
-		// without them the decisions are not counted and timer ACKs are inferred from timing.
-		{Name: "tcp_send_delayed_ack", Optional: true, Strategies: []loader.Strategy{
+		// fentry or kprobes (absent on kernels built without kprobes or under lockdown).
+		loader.Hook{Name: "tcp_send_delayed_ack", Optional: true, Strategies: []loader.Strategy{
 			{Kind: loader.FEntry, Program: acksProgAckDelayedFentry, Target: "tcp_send_delayed_ack"},
 			{Kind: loader.Kprobe, Program: acksProgAckDelayedKprobe, Target: "tcp_send_delayed_ack"},
 		}},
-		{Name: hookDelackTimer, Optional: true, Strategies: []loader.Strategy{
-			{Kind: loader.FEntry, Program: acksProgAckDelackTimerFentry, Target: hookDelackTimer},
-			{Kind: loader.Kprobe, Program: acksProgAckDelackTimerKprobe, Target: hookDelackTimer},
-		}},
-	}
+	)
 }
 
-const hookDelackTimer = "tcp_delack_timer_handler"
+const (
+	hookDelackTimer = "delack_timer"
+	hookWalk        = "iter_tcp"
+)
 
 // hookedDelackTimer is HOOKED_DELACK_TIMER in bpf/acks.bpf.c.
 const hookedDelackTimer = 1
 
 // HookNames lists the family's hooks, for reporting a family that could not start.
-func HookNames() []string { return loader.HookNames(hooks("")) }
+func HookNames() []string { return loader.HookNames(hooks("", true)) }
 
 // Probe is the loaded ACK family.
 type Probe struct {
 	env    *kernel.Env
+	cfg    Config
 	set    *loader.Set
 	report loader.Report
 	reader *eventreader.Reader
-	// arming is nil with loader.AttachAlways; mu guards its state.
+	// arming is nil with loader.AttachAlways or without the per-segment tier; mu guards its
+	// state.
 	arming *loader.Arming
 	mu     sync.Mutex
+	// walkErr is why the last walk missed namespaces, if it did.
+	walkErr error
 }
 
-// Start loads and attaches the family; sampled delayed-ACK events go to sink in batches.
+// Start loads and attaches the family, then counts the sockets already open; sampled
+// delayed-ACK events go to sink in batches.
 func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 	cgroup, err := kernel.CgroupV2Root()
 	if err != nil {
@@ -128,13 +168,13 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := configure(spec, cfg); err != nil {
+	if err := configure(spec, env, cfg); err != nil {
 		return nil, err
 	}
 	if cfg.IdleDetach == 0 {
 		cfg.IdleDetach = DefaultConfig().IdleDetach
 	}
-	set, report, err := loader.Load(Family, env, spec, hooks(cgroup), loader.Options{Only: cfg.Strategies})
+	set, report, err := loader.Load(Family, env, spec, hooks(cgroup, cfg.PerSegment), loader.Options{Only: cfg.Strategies})
 	if err != nil {
 		return nil, err
 	}
@@ -142,21 +182,28 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 		set.Close()
 		return nil, err
 	}
-	if set.Link(hookDelackTimer) != nil {
+	p := &Probe{env: env, cfg: cfg, set: set, report: report}
+	// Only the handler sees every ACK the timer sends, also those deferred to the socket's
+	// release: at timer_expire_entry an unmarked ACK may still be the timer's.
+	if p.TimerDeferredSeen() {
 		if err := set.Maps[acksMapHooked].Put(uint32(0), uint32(hookedDelackTimer)); err != nil {
 			set.Close()
 			return nil, fmt.Errorf("%s: record attached hooks: %w", Family, err)
 		}
 	}
-	p := &Probe{env: env, set: set, report: report}
-	if cfg.Attach == loader.AttachAlways {
+	_, p.walkErr = p.walk()
+	switch {
+	case !cfg.PerSegment:
+	case cfg.Attach == loader.AttachAlways:
 		if err := setArmed(set, true); err != nil {
 			set.Close()
 			return nil, err
 		}
-	} else if err := p.startArming(cfg.IdleDetach); err != nil {
-		set.Close()
-		return nil, err
+	default:
+		if err := p.startArming(cfg.IdleDetach); err != nil {
+			set.Close()
+			return nil, err
+		}
 	}
 	if p.reader, err = eventreader.Start(set.Maps[acksMapEvents], cfg.FlushInterval, eventreader.Decoder(p.decode), sink); err != nil {
 		p.arming.Stop()
@@ -166,15 +213,71 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 	return p, nil
 }
 
-func configure(spec *ebpf.CollectionSpec, cfg Config) error {
-	if err := loader.CheckAttach(cfg.Attach, cfg.IdleDetach); err != nil {
-		return fmt.Errorf("%s: %w", Family, err)
+// namespaces are those walked: acks.netns, else every namespace on the host.
+func (p *Probe) namespaces() []string {
+	if len(p.cfg.Netns) > 0 {
+		return p.cfg.Netns
+	}
+	return kernel.AllNetns()
+}
+
+// walk runs the socket walk in every namespace, which folds in what each counted socket
+// sent and received since the last walk and counts the sockets not counted yet (open before
+// the start) from now; it sums the walk's records per statistics index (ack_ids' value).
+// Namespaces that could not be walked are in the error; the others are walked anyway.
+func (p *Probe) walk() (map[uint32]socketGauges, error) {
+	l := p.set.Link(hookWalk).(*link.Iter)
+	own, _ := kernel.NetnsInode(kernel.OwnNetns)
+	gauges := map[uint32]socketGauges{}
+	var errs []error
+	for _, path := range p.namespaces() {
+		walk := func() error {
+			rd, err := l.Open()
+			if err != nil {
+				return err
+			}
+			defer rd.Close()
+			data, err := io.ReadAll(rd)
+			addGauges(gauges, data)
+			return err
+		}
+		var err error
+		if ino, _ := kernel.NetnsInode(path); ino == own {
+			err = walk()
+		} else if h, herr := netns.GetFromPath(kernel.NetnsPath(path)); herr != nil {
+			err = herr
+		} else {
+			err = kernel.InNetns(h, walk)
+			h.Close()
+		}
+		// A process that exited since the scan took its namespace's name with it.
+		if err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("%s: walk the sockets of netns %s: %w", Family, path, err))
+		}
+	}
+	return gauges, errors.Join(errs...)
+}
+
+// WalkErr says which namespaces the last walk could not reach, if any: their sockets open
+// before the start are not counted, and the others' counts come in only at their close.
+func (p *Probe) WalkErr() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.walkErr
+}
+
+func configure(spec *ebpf.CollectionSpec, env *kernel.Env, cfg Config) error {
+	if cfg.PerSegment {
+		if err := loader.CheckAttach(cfg.Attach, cfg.IdleDetach); err != nil {
+			return fmt.Errorf("%s: %w", Family, err)
+		}
 	}
 	if err := eventreader.Configure(spec, cfg.Delivery, 0, nil); err != nil {
 		return fmt.Errorf("%s: %w", Family, err)
 	}
 	byFlow := len(cfg.LocalPorts) > 0 || len(cfg.PeerPorts) > 0 || len(cfg.Peers) > 0
 	byNetns := len(cfg.Netns) > 0
+	timerFn, _ := env.Kallsyms.Address(delackTimerCallback)
 	vars := map[string]any{
 		acksVarScopeAll:                boolByte(!byFlow && !byNetns),
 		acksVarScopeByNetns:            boolByte(byNetns),
@@ -183,6 +286,8 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 		acksVarDelackMaxDefaultJiffies: uint32(cfg.HZ / 5), // TCP_DELACK_MAX
 		acksVarEventMinDelayNs:         uint64(cfg.EventMinDelay),
 		acksVarMaxKeys:                 cfg.MaxKeys,
+		acksVarPerSegment:              boolByte(cfg.PerSegment),
+		acksVarDelackTimerFn:           timerFn,
 	}
 	for name, v := range vars {
 		if err := spec.Variables[name].Set(v); err != nil {
@@ -194,6 +299,9 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 	}
 	spec.Maps[acksMapAckIds].MaxEntries = cfg.MaxKeys
 	spec.Maps[acksMapAckCounts].MaxEntries = cfg.MaxKeys
+	if cfg.MaxSockets > 0 {
+		spec.Maps[acksMapAckSockIds].MaxEntries = cfg.MaxSockets
+	}
 	return nil
 }
 
@@ -293,10 +401,72 @@ func (c Cause) String() string {
 	return fmt.Sprintf("cause_%d", int(c))
 }
 
-// Stats are the cumulative ACK statistics of one local port in one netns.
+// Role says whose port a socket's statistics go under.
+type Role uint8
+
+// Roles, as in bpf/acks.bpf.c enum ack_role.
+const (
+	RoleServer Role = iota // accepted here: the local port, which a listener has
+	RoleClient             // connected out: the peer's port
+)
+
+func (r Role) String() string {
+	if r == RoleClient {
+		return "client"
+	}
+	return "server"
+}
+
+// Mode is a socket's quick-ACK mode, in the kernel's order of precedence.
+type Mode int
+
+// Modes, as in bpf/acks.bpf.c enum ack_mode.
+const (
+	ModeRoute    Mode = iota // the route says quickack
+	ModeQuick                // quick ACKs left in the quota, not pingpong
+	ModePingpong             // interactive: ACKs wait to ride on the reply
+	ModeDelayed              // quota spent: ACKs wait for a second segment, a read or the timer
+	modeCount
+)
+
+var modeNames = [modeCount]string{"route", "quick", "pingpong", "delayed"}
+
+func (m Mode) String() string {
+	if m >= 0 && m < modeCount {
+		return modeNames[m]
+	}
+	return fmt.Sprintf("mode_%d", int(m))
+}
+
+// Stats are the cumulative ACK statistics of one service port in one netns.
 type Stats struct {
-	Netns     uint32
-	LocalPort uint16
+	Netns      uint32
+	ServerPort uint16
+	Role       Role
+
+	// Counts, from the sockets' own counters: every segment sent, those with data, the
+	// segments received with data, and the same two for the sockets tcpack forces.
+	SegmentsOut           uint64
+	DataSegmentsOut       uint64
+	DataSegmentsIn        uint64
+	ForcedSegmentsOut     uint64
+	ForcedDataSegmentsOut uint64
+	// TimerAcks are the ACKs the delayed-ACK timer sent. TimerDeferred are expiries that
+	// found the application holding the socket: the kernel then runs the timer's work at
+	// the socket's release, which is in TimerAcks only where the handler is hooked
+	// (TimerDeferredSeen).
+	TimerAcks     uint64
+	TimerDeferred uint64
+	// SocketsEstablished are the sockets counted from their establishment, SocketsExisting
+	// those open at the start, counted from then.
+	SocketsEstablished uint64
+	SocketsExisting    uint64
+	// Sockets are those open at the last walk by quick-ACK mode, SocketsForced those tcpack
+	// forces among them.
+	Sockets       [modeCount]uint64
+	SocketsForced uint64
+
+	// Per segment, while those hooks are attached.
 	// ByCause counts ACKs that acknowledged new data.
 	ByCause [causeCount]uint64
 	// OtherAcks are pure ACKs that acknowledged nothing new (window updates, duplicates).
@@ -312,6 +482,21 @@ type Stats struct {
 	DelayedDecisions uint64
 	// Delay is the histogram of the wait of the oldest unacknowledged data.
 	Delay Histogram
+}
+
+// ControlSegmentsOut are the segments sent without data: pure ACKs, and SYN, FIN, RST.
+func (s Stats) ControlSegmentsOut() uint64 { return sub(s.SegmentsOut, s.DataSegmentsOut) }
+
+// ForcedControlSegmentsOut are those of the sockets tcpack forces.
+func (s Stats) ForcedControlSegmentsOut() uint64 {
+	return sub(s.ForcedSegmentsOut, s.ForcedDataSegmentsOut)
+}
+
+func sub(a, b uint64) uint64 {
+	if b > a {
+		return 0
+	}
+	return a - b
 }
 
 // Acks is the number of ACKs that acknowledged new data.
@@ -341,8 +526,13 @@ var histBounds = func() []float64 {
 	return b
 }()
 
-// Snapshot reads the per-CPU statistics, summed per (netns, local port).
+// Snapshot walks the counted sockets, which folds in what each sent and received since
+// the last walk, then reads the per-CPU statistics, summed per (netns, service port, role).
 func (p *Probe) Snapshot() ([]Stats, error) {
+	sockets, err := p.walk()
+	p.mu.Lock()
+	p.walkErr = err
+	p.mu.Unlock()
 	var out []Stats
 	var key acksAckKey
 	var id uint32
@@ -353,10 +543,22 @@ func (p *Probe) Snapshot() ([]Stats, error) {
 		if err := counts.Lookup(id-1, &perCPU); err != nil {
 			return nil, fmt.Errorf("%s: read statistics of %+v: %w", Family, key, err)
 		}
-		s := Stats{Netns: key.Netns, LocalPort: key.LocalPort,
+		s := Stats{Netns: key.Netns, ServerPort: key.ServerPort, Role: Role(key.Role),
 			Delay: Histogram{Bounds: histBounds, Counts: make([]uint64, len(histBounds)+1)}}
+		if g, ok := sockets[id]; ok {
+			s.Sockets, s.SocketsForced = g.modes, g.forced
+		}
 		var sumNs uint64
 		for _, v := range perCPU {
+			s.SegmentsOut += v.SegsOut
+			s.DataSegmentsOut += v.DataSegsOut
+			s.DataSegmentsIn += v.DataSegsIn
+			s.ForcedSegmentsOut += v.ForcedSegsOut
+			s.ForcedDataSegmentsOut += v.ForcedDataSegsOut
+			s.TimerAcks += v.TimerAcks
+			s.TimerDeferred += v.TimerDeferred
+			s.SocketsEstablished += v.SocketsEstablished
+			s.SocketsExisting += v.SocketsExisting
 			for i, c := range v.ByCause {
 				s.ByCause[i] += c
 			}
@@ -378,6 +580,30 @@ func (p *Probe) Snapshot() ([]Stats, error) {
 		return nil, fmt.Errorf("%s: read statistics: %w", Family, err)
 	}
 	return out, nil
+}
+
+// socketGauges are the sockets of one statistics key at a walk.
+type socketGauges struct {
+	modes  [modeCount]uint64
+	forced uint64
+}
+
+// addGauges sums the walk's records into gauges.
+func addGauges(gauges map[uint32]socketGauges, data []byte) {
+	const size = int(unsafe.Sizeof(acksAckWalkRecord{}))
+	for ; len(data) >= size; data = data[size:] {
+		id := binary.NativeEndian.Uint32(data)
+		mode, forced := Mode(data[4]), data[5] != 0
+		if id == 0 || mode >= modeCount {
+			continue
+		}
+		g := gauges[id]
+		g.modes[mode]++
+		if forced {
+			g.forced++
+		}
+		gauges[id] = g
+	}
 }
 
 // Event is a sampled pure ACK that waited at least the configured delay.
@@ -417,10 +643,16 @@ func (p *Probe) decode(r *acksAckEvent) Event {
 type Losses struct {
 	SampledOut     uint64 // delayed-ACK events the rate limit suppressed
 	RingBufferFull uint64 // events lost to a full ring buffer
-	KeysFull       uint64 // ACKs not counted: no room in the statistics map
+	KeysFull       uint64 // sockets or ACKs not counted: no room in the statistics map
 	// Unobserved are pure ACKs of in-scope sockets sent while the per-segment hooks were
 	// detached (loader.AttachOnTraffic, before they attached): not in the statistics.
 	Unobserved uint64
+	// SocketsFull are sockets whose delayed-ACK timer ACKs cannot be counted: no room in
+	// the map of counted sockets (acks.max_sockets). TimerUnknown are timer ACKs of sockets
+	// the family has no record of (open before the start where the start walk could not
+	// reach them, or not counted for want of room).
+	SocketsFull  uint64
+	TimerUnknown uint64
 }
 
 // Losses reads the family's loss counters.
@@ -429,5 +661,20 @@ func (p *Probe) Losses() (Losses, error) {
 	if err != nil {
 		return Losses{}, fmt.Errorf("%s: %w", Family, err)
 	}
-	return Losses{SampledOut: c[0], RingBufferFull: c[1], KeysFull: c[2], Unobserved: c[3]}, nil
+	return Losses{SampledOut: c[0], RingBufferFull: c[1], KeysFull: c[2], Unobserved: c[3],
+		SocketsFull: c[4], TimerUnknown: c[5]}, nil
 }
+
+// TimerDeferredSeen says whether the ACKs the delayed-ACK timer leaves to the socket's
+// release are in Stats.TimerAcks: only where the handler itself is hooked.
+func (p *Probe) TimerDeferredSeen() bool {
+	for _, h := range p.report.Hooks {
+		if h.Hook == hookDelackTimer {
+			return h.Attached != nil && h.Attached.Kind != loader.TPBTF
+		}
+	}
+	return false
+}
+
+// TimerCounted says whether any hook counts the delayed-ACK timer's ACKs.
+func (p *Probe) TimerCounted() bool { return p.set.Link(hookDelackTimer) != nil }

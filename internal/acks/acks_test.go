@@ -22,10 +22,11 @@ func openEnv(t *testing.T) *kernel.Env { return netnstest.KernelEnv(t) }
 
 type eventLog = netnstest.Events[acks.Event]
 
-// start starts the family with every hook attached from the start, so that statistics cover
-// every segment; TestOnTraffic* tests the default, loader.AttachOnTraffic.
+// start starts the family with the per-segment tier, every hook attached from the start, so
+// that statistics cover every segment; TestOnTraffic* tests loader.AttachOnTraffic.
 func start(t *testing.T, cfg acks.Config) (*acks.Probe, *eventLog) {
 	t.Helper()
+	cfg.PerSegment = true
 	cfg.Attach = loader.AttachAlways
 	return startAs(t, cfg)
 }
@@ -55,7 +56,7 @@ func statsFor(t *testing.T, p *acks.Probe, netns uint32, port uint16, w *netnste
 			t.Fatal(err)
 		}
 		for _, s := range snap {
-			if s.Netns == netns && s.LocalPort == port {
+			if s.Netns == netns && s.ServerPort == port && s.Role == acks.RoleServer {
 				if ok, _ := w.Covered(t, s.SegmentsAcked); ok {
 					checkHistogram(t, s.Delay)
 					return s
@@ -112,7 +113,7 @@ func logStats(t *testing.T, s acks.Stats) {
 		causes += fmt.Sprintf(" %s=%d", c, s.ByCause[c])
 	}
 	t.Logf("port %d: %d ACKs for %d segments,%s; other=%d quota_spent=%d delayed_decisions=%d mean delay %.2f ms",
-		s.LocalPort, s.Acks(), s.SegmentsAcked, causes, s.OtherAcks, s.QuotaSpent, s.DelayedDecisions, 1000*s.Delay.Sum/float64(s.Delay.Count))
+		s.ServerPort, s.Acks(), s.SegmentsAcked, causes, s.OtherAcks, s.QuotaSpent, s.DelayedDecisions, 1000*s.Delay.Sum/float64(s.Delay.Count))
 }
 
 func TestSlowReaderDelaysACKs(t *testing.T) {
@@ -258,7 +259,7 @@ func TestMaxKeysBoundsTheStatistics(t *testing.T) {
 		ports = ports[:0]
 		complete := true
 		for _, s := range snap {
-			ports = append(ports, s.LocalPort)
+			ports = append(ports, s.ServerPort)
 			complete = complete && s.Acks() >= 20
 		}
 		if complete && len(ports) >= 2 || time.Now().After(deadline) {
@@ -297,7 +298,7 @@ func TestPiggybackedACKsWaitForTheAnswer(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, st := range snap {
-			if st.Netns == pair.B.Inode && st.LocalPort == port {
+			if st.Netns == pair.B.Inode && st.ServerPort == port {
 				s = st
 			}
 		}
@@ -331,7 +332,7 @@ func TestScopeToOnePort(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, s := range snap {
-		if s.Netns == pair.B.Inode && s.LocalPort == 5105 {
+		if s.Netns == pair.B.Inode && s.ServerPort == 5105 {
 			t.Errorf("port 5105 is out of scope but has statistics: %+v", s)
 		}
 	}
@@ -355,7 +356,7 @@ func TestScopeToPeerPrefix(t *testing.T) {
 	}
 	for _, s := range snap {
 		// Port 5107's peer is outside the prefix; so is every socket in A (its peer is B).
-		if (s.Netns == pair.B.Inode && s.LocalPort == 5107) || s.Netns == pair.A.Inode {
+		if (s.Netns == pair.B.Inode && s.ServerPort == 5107) || s.Netns == pair.A.Inode {
 			t.Errorf("out-of-scope socket has statistics: %+v", s)
 		}
 	}
@@ -395,7 +396,7 @@ func TestScopeToNetns(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, s := range snap {
-		if s.Netns != pair.B.Inode || s.LocalPort != 5109 {
+		if s.Netns != pair.B.Inode || s.ServerPort != 5109 {
 			t.Errorf("out-of-scope socket has statistics: %+v", s)
 		}
 	}
@@ -411,6 +412,7 @@ func TestRestartLeavesNothingBehind(t *testing.T) {
 	links, fds := netnstest.CountLinks(t), netnstest.CountFDs(t)
 	for i := 0; i < 2; i++ {
 		cfg := acks.DefaultConfig()
+		cfg.PerSegment = true
 		cfg.Attach = loader.AttachAlways // every hook attached, so every link to count
 		p, err := acks.Start(e, cfg, nil)
 		if err != nil {
@@ -497,36 +499,35 @@ func decisionRuns() []decisionRun {
 	}
 	if expected(loader.FEntry) && expected(loader.Kprobe) {
 		runs = append(runs, decisionRun{name: "kprobe", want: loader.Kprobe,
-			strategies: []loader.Kind{loader.SockOps, loader.TPBTF, loader.Kprobe}})
+			strategies: []loader.Kind{loader.SockOps, loader.TPBTF, loader.Kprobe, loader.Iter}})
 	}
 	return runs
 }
 
-var decisionHooks = []string{"tcp_send_delayed_ack", "tcp_delack_timer_handler"}
-
-// decisionHooksAttached checks the decision hooks attached with the mechanism the run wants,
-// and says whether they attached at all.
+// decisionHooksAttached checks the decision hook (tcp_send_delayed_ack) and the delayed-ACK
+// timer's hook attached with the mechanism the run wants (the timer's with timer_expire_entry
+// where none is expected), and says whether the decision hook attached at all.
 func decisionHooksAttached(t *testing.T, p *acks.Probe, run decisionRun) bool {
 	t.Helper()
-	attached := 0
+	decisions := false
 	for _, h := range p.Report().Hooks {
-		if !slices.Contains(decisionHooks, h.Hook) {
+		want := run.want
+		switch {
+		case h.Hook == "delack_timer" && want == "":
+			want = loader.TPBTF
+		case h.Hook == "tcp_send_delayed_ack":
+			decisions = h.Attached != nil
+		default:
 			continue
 		}
 		switch {
-		case h.Attached != nil && run.want != "" && h.Attached.Kind != run.want:
-			t.Errorf("%s attached with %s, want %s", h.Hook, h.Attached.Kind, run.want)
-		case h.Attached == nil && run.want != "":
-			t.Errorf("%s not attached on a kernel expected to have %s: %+v", h.Hook, run.want, h.Skipped)
-		}
-		if h.Attached != nil {
-			attached++
+		case h.Attached != nil && want != "" && h.Attached.Kind != want:
+			t.Errorf("%s attached with %s, want %s", h.Hook, h.Attached.Kind, want)
+		case h.Attached == nil && want != "":
+			t.Errorf("%s not attached on a kernel expected to have %s: %+v", h.Hook, want, h.Skipped)
 		}
 	}
-	if attached != 0 && attached != len(decisionHooks) {
-		t.Errorf("%d of the %d decision hooks attached", attached, len(decisionHooks))
-	}
-	return attached == len(decisionHooks)
+	return decisions
 }
 
 // TestDelayedDecisionsCounted: for the slow reader, once the quick-ACK quota is spent,
@@ -646,6 +647,7 @@ func delayedACKs(t *testing.T, ns *netnstest.NS) uint64 {
 // attaches nothing.
 func TestOnTrafficAttachesPerSegmentHooksOnlyWhileSocketsInScopeAreOpen(t *testing.T) {
 	cfg := acks.DefaultConfig()
+	cfg.PerSegment = true
 	cfg.LocalPorts = []uint16{5130, 5132, 5133}
 	cfg.IdleDetach = time.Second
 	p, _ := startAs(t, cfg)
@@ -654,7 +656,7 @@ func TestOnTrafficAttachesPerSegmentHooksOnlyWhileSocketsInScopeAreOpen(t *testi
 	perSegment := func() []string {
 		var on []string
 		for hook, n := range netnstest.ProgramLinks(t, p.Report()) {
-			if hook != "sock_ops" && n > 0 {
+			if (hook == "tcp_probe" || hook == "tcp_send_delayed_ack") && n > 0 {
 				on = append(on, hook)
 			}
 		}

@@ -43,33 +43,55 @@ type acksAckEvent struct {
 }
 
 type acksAckKey struct {
-	_         structs.HostLayout
-	Netns     uint32
-	LocalPort uint16
-	Pad       uint16
+	_          structs.HostLayout
+	Netns      uint32
+	ServerPort uint16
+	Role       uint8
+	Pad        uint8
 }
 
 type acksAckSock struct {
 	_              structs.HostLayout
-	FirstUnackedNs uint64
-	LastRxNs       uint64
-	Unacked        uint32
+	SeenOut        uint64
+	SeenDataSegsIn uint32
 	Netns          uint32
 	StatsId        uint32
 	Live           uint8
-	Pad            [3]uint8
+	Closed         uint8
+	Pad            [2]uint8
+	FirstUnackedNs uint64
+	LastRxNs       uint64
+	Unacked        uint32
+	Pad2           uint32
 }
 
 type acksAckStats struct {
-	_                structs.HostLayout
-	ByCause          [6]uint64
-	OtherAcks        uint64
-	SegsAcked        uint64
-	DelaySumNs       uint64
-	DelayHist        [24]uint64
-	QuotaSpent       uint64
-	Forced           uint64
-	DelayedDecisions uint64
+	_                  structs.HostLayout
+	SegsOut            uint64
+	DataSegsOut        uint64
+	DataSegsIn         uint64
+	ForcedSegsOut      uint64
+	ForcedDataSegsOut  uint64
+	TimerAcks          uint64
+	TimerDeferred      uint64
+	SocketsEstablished uint64
+	SocketsExisting    uint64
+	ByCause            [6]uint64
+	OtherAcks          uint64
+	SegsAcked          uint64
+	DelaySumNs         uint64
+	DelayHist          [24]uint64
+	QuotaSpent         uint64
+	Forced             uint64
+	DelayedDecisions   uint64
+}
+
+type acksAckWalkRecord struct {
+	_       structs.HostLayout
+	StatsId uint32
+	Mode    uint8
+	Forced  uint8
+	Pad     uint16
 }
 
 type acksDelackFiring struct {
@@ -81,6 +103,13 @@ type acksEventBucket struct {
 	_      structs.HostLayout
 	Tokens uint64
 	LastNs uint64
+}
+
+type acksListenKey struct {
+	_     structs.HostLayout
+	Netns uint32
+	Port  uint16
+	Pad   uint16
 }
 
 type acksSelectPeerKey struct {
@@ -105,6 +134,7 @@ const (
 	acksMapAckCounts               = "ack_counts"
 	acksMapAckIds                  = "ack_ids"
 	acksMapAckNextId               = "ack_next_id"
+	acksMapAckSockIds              = "ack_sock_ids"
 	acksMapAckSocks                = "ack_socks"
 	acksMapArmed                   = "armed"
 	acksMapCounters                = "counters"
@@ -112,18 +142,23 @@ const (
 	acksMapEventBuckets            = "event_buckets"
 	acksMapEvents                  = "events"
 	acksMapHooked                  = "hooked"
+	acksMapListenPorts             = "listen_ports"
 	acksMapSelectNetns             = "select_netns"
 	acksMapSelectPeers             = "select_peers"
 	acksMapSelectPorts             = "select_ports"
 	acksMapSocksInScope            = "socks_in_scope"
 	acksProgAckDataArrival         = "ack_data_arrival"
+	acksProgAckDelackTimerExpiry   = "ack_delack_timer_expiry"
 	acksProgAckDelackTimerFentry   = "ack_delack_timer_fentry"
 	acksProgAckDelackTimerKprobe   = "ack_delack_timer_kprobe"
 	acksProgAckDelayedFentry       = "ack_delayed_fentry"
 	acksProgAckDelayedKprobe       = "ack_delayed_kprobe"
 	acksProgAckHistBucket          = "ack_hist_bucket"
+	acksProgAckSocketClosed        = "ack_socket_closed"
 	acksProgAckSockops             = "ack_sockops"
+	acksProgAckWalk                = "ack_walk"
 	acksVarDelackMaxDefaultJiffies = "delack_max_default_jiffies"
+	acksVarDelackTimerFn           = "delack_timer_fn"
 	acksVarEventBurst              = "event_burst"
 	acksVarEventKindsEnabled       = "event_kinds_enabled"
 	acksVarEventMinDelayNs         = "event_min_delay_ns"
@@ -131,6 +166,7 @@ const (
 	acksVarEventRefillCapNs        = "event_refill_cap_ns"
 	acksVarForceMark               = "force_mark"
 	acksVarMaxKeys                 = "max_keys"
+	acksVarPerSegment              = "per_segment"
 	acksVarRingbufWakeupBytes      = "ringbuf_wakeup_bytes"
 	acksVarScopeAll                = "scope_all"
 	acksVarScopeByFlow             = "scope_by_flow"
@@ -138,6 +174,7 @@ const (
 	acksVarUnusedAckEvent          = "unused_ack_event"
 	acksVarUnusedAckKey            = "unused_ack_key"
 	acksVarUnusedAckStats          = "unused_ack_stats"
+	acksVarUnusedAckWalkRecord     = "unused_ack_walk_record"
 )
 
 // loadAcks returns the embedded CollectionSpec for acks.
@@ -183,12 +220,15 @@ type acksSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type acksProgramSpecs struct {
 	AckDataArrival       *ebpf.ProgramSpec `ebpf:"ack_data_arrival"`
+	AckDelackTimerExpiry *ebpf.ProgramSpec `ebpf:"ack_delack_timer_expiry"`
 	AckDelackTimerFentry *ebpf.ProgramSpec `ebpf:"ack_delack_timer_fentry"`
 	AckDelackTimerKprobe *ebpf.ProgramSpec `ebpf:"ack_delack_timer_kprobe"`
 	AckDelayedFentry     *ebpf.ProgramSpec `ebpf:"ack_delayed_fentry"`
 	AckDelayedKprobe     *ebpf.ProgramSpec `ebpf:"ack_delayed_kprobe"`
 	AckHistBucket        *ebpf.ProgramSpec `ebpf:"ack_hist_bucket"`
+	AckSocketClosed      *ebpf.ProgramSpec `ebpf:"ack_socket_closed"`
 	AckSockops           *ebpf.ProgramSpec `ebpf:"ack_sockops"`
+	AckWalk              *ebpf.ProgramSpec `ebpf:"ack_walk"`
 }
 
 // acksMapSpecs contains maps before they are loaded into the kernel.
@@ -198,6 +238,7 @@ type acksMapSpecs struct {
 	AckCounts    *ebpf.MapSpec `ebpf:"ack_counts"`
 	AckIds       *ebpf.MapSpec `ebpf:"ack_ids"`
 	AckNextId    *ebpf.MapSpec `ebpf:"ack_next_id"`
+	AckSockIds   *ebpf.MapSpec `ebpf:"ack_sock_ids"`
 	AckSocks     *ebpf.MapSpec `ebpf:"ack_socks"`
 	Armed        *ebpf.MapSpec `ebpf:"armed"`
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
@@ -205,6 +246,7 @@ type acksMapSpecs struct {
 	EventBuckets *ebpf.MapSpec `ebpf:"event_buckets"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Hooked       *ebpf.MapSpec `ebpf:"hooked"`
+	ListenPorts  *ebpf.MapSpec `ebpf:"listen_ports"`
 	SelectNetns  *ebpf.MapSpec `ebpf:"select_netns"`
 	SelectPeers  *ebpf.MapSpec `ebpf:"select_peers"`
 	SelectPorts  *ebpf.MapSpec `ebpf:"select_ports"`
@@ -216,6 +258,7 @@ type acksMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type acksVariableSpecs struct {
 	DelackMaxDefaultJiffies *ebpf.VariableSpec `ebpf:"delack_max_default_jiffies"`
+	DelackTimerFn           *ebpf.VariableSpec `ebpf:"delack_timer_fn"`
 	EventBurst              *ebpf.VariableSpec `ebpf:"event_burst"`
 	EventKindsEnabled       *ebpf.VariableSpec `ebpf:"event_kinds_enabled"`
 	EventMinDelayNs         *ebpf.VariableSpec `ebpf:"event_min_delay_ns"`
@@ -223,6 +266,7 @@ type acksVariableSpecs struct {
 	EventRefillCapNs        *ebpf.VariableSpec `ebpf:"event_refill_cap_ns"`
 	ForceMark               *ebpf.VariableSpec `ebpf:"force_mark"`
 	MaxKeys                 *ebpf.VariableSpec `ebpf:"max_keys"`
+	PerSegment              *ebpf.VariableSpec `ebpf:"per_segment"`
 	RingbufWakeupBytes      *ebpf.VariableSpec `ebpf:"ringbuf_wakeup_bytes"`
 	ScopeAll                *ebpf.VariableSpec `ebpf:"scope_all"`
 	ScopeByFlow             *ebpf.VariableSpec `ebpf:"scope_by_flow"`
@@ -230,6 +274,7 @@ type acksVariableSpecs struct {
 	UnusedAckEvent          *ebpf.VariableSpec `ebpf:"unused_ack_event"`
 	UnusedAckKey            *ebpf.VariableSpec `ebpf:"unused_ack_key"`
 	UnusedAckStats          *ebpf.VariableSpec `ebpf:"unused_ack_stats"`
+	UnusedAckWalkRecord     *ebpf.VariableSpec `ebpf:"unused_ack_walk_record"`
 }
 
 // acksObjects contains all objects after they have been loaded into the kernel.
@@ -255,6 +300,7 @@ type acksMaps struct {
 	AckCounts    *ebpf.Map `ebpf:"ack_counts"`
 	AckIds       *ebpf.Map `ebpf:"ack_ids"`
 	AckNextId    *ebpf.Map `ebpf:"ack_next_id"`
+	AckSockIds   *ebpf.Map `ebpf:"ack_sock_ids"`
 	AckSocks     *ebpf.Map `ebpf:"ack_socks"`
 	Armed        *ebpf.Map `ebpf:"armed"`
 	Counters     *ebpf.Map `ebpf:"counters"`
@@ -262,6 +308,7 @@ type acksMaps struct {
 	EventBuckets *ebpf.Map `ebpf:"event_buckets"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Hooked       *ebpf.Map `ebpf:"hooked"`
+	ListenPorts  *ebpf.Map `ebpf:"listen_ports"`
 	SelectNetns  *ebpf.Map `ebpf:"select_netns"`
 	SelectPeers  *ebpf.Map `ebpf:"select_peers"`
 	SelectPorts  *ebpf.Map `ebpf:"select_ports"`
@@ -273,6 +320,7 @@ func (m *acksMaps) Close() error {
 		m.AckCounts,
 		m.AckIds,
 		m.AckNextId,
+		m.AckSockIds,
 		m.AckSocks,
 		m.Armed,
 		m.Counters,
@@ -280,6 +328,7 @@ func (m *acksMaps) Close() error {
 		m.EventBuckets,
 		m.Events,
 		m.Hooked,
+		m.ListenPorts,
 		m.SelectNetns,
 		m.SelectPeers,
 		m.SelectPorts,
@@ -292,6 +341,7 @@ func (m *acksMaps) Close() error {
 // It can be passed to loadAcksObjects or ebpf.CollectionSpec.LoadAndAssign.
 type acksVariables struct {
 	DelackMaxDefaultJiffies *ebpf.Variable `ebpf:"delack_max_default_jiffies"`
+	DelackTimerFn           *ebpf.Variable `ebpf:"delack_timer_fn"`
 	EventBurst              *ebpf.Variable `ebpf:"event_burst"`
 	EventKindsEnabled       *ebpf.Variable `ebpf:"event_kinds_enabled"`
 	EventMinDelayNs         *ebpf.Variable `ebpf:"event_min_delay_ns"`
@@ -299,6 +349,7 @@ type acksVariables struct {
 	EventRefillCapNs        *ebpf.Variable `ebpf:"event_refill_cap_ns"`
 	ForceMark               *ebpf.Variable `ebpf:"force_mark"`
 	MaxKeys                 *ebpf.Variable `ebpf:"max_keys"`
+	PerSegment              *ebpf.Variable `ebpf:"per_segment"`
 	RingbufWakeupBytes      *ebpf.Variable `ebpf:"ringbuf_wakeup_bytes"`
 	ScopeAll                *ebpf.Variable `ebpf:"scope_all"`
 	ScopeByFlow             *ebpf.Variable `ebpf:"scope_by_flow"`
@@ -306,6 +357,7 @@ type acksVariables struct {
 	UnusedAckEvent          *ebpf.Variable `ebpf:"unused_ack_event"`
 	UnusedAckKey            *ebpf.Variable `ebpf:"unused_ack_key"`
 	UnusedAckStats          *ebpf.Variable `ebpf:"unused_ack_stats"`
+	UnusedAckWalkRecord     *ebpf.Variable `ebpf:"unused_ack_walk_record"`
 }
 
 // acksPrograms contains all programs after they have been loaded into the kernel.
@@ -313,23 +365,29 @@ type acksVariables struct {
 // It can be passed to loadAcksObjects or ebpf.CollectionSpec.LoadAndAssign.
 type acksPrograms struct {
 	AckDataArrival       *ebpf.Program `ebpf:"ack_data_arrival"`
+	AckDelackTimerExpiry *ebpf.Program `ebpf:"ack_delack_timer_expiry"`
 	AckDelackTimerFentry *ebpf.Program `ebpf:"ack_delack_timer_fentry"`
 	AckDelackTimerKprobe *ebpf.Program `ebpf:"ack_delack_timer_kprobe"`
 	AckDelayedFentry     *ebpf.Program `ebpf:"ack_delayed_fentry"`
 	AckDelayedKprobe     *ebpf.Program `ebpf:"ack_delayed_kprobe"`
 	AckHistBucket        *ebpf.Program `ebpf:"ack_hist_bucket"`
+	AckSocketClosed      *ebpf.Program `ebpf:"ack_socket_closed"`
 	AckSockops           *ebpf.Program `ebpf:"ack_sockops"`
+	AckWalk              *ebpf.Program `ebpf:"ack_walk"`
 }
 
 func (p *acksPrograms) Close() error {
 	return _AcksClose(
 		p.AckDataArrival,
+		p.AckDelackTimerExpiry,
 		p.AckDelackTimerFentry,
 		p.AckDelackTimerKprobe,
 		p.AckDelayedFentry,
 		p.AckDelayedKprobe,
 		p.AckHistBucket,
+		p.AckSocketClosed,
 		p.AckSockops,
+		p.AckWalk,
 	)
 }
 

@@ -12,7 +12,7 @@ import (
 // runs for segments of every TCP socket, in scope or not. sock_ops stays: it runs at
 // a connection's establishment and, after that, only for in-scope sockets.
 var perSegment = map[string]bool{
-	"tcp_probe": true, "tcp_send_delayed_ack": true, hookDelackTimer: true,
+	"tcp_probe": true, "tcp_send_delayed_ack": true,
 }
 
 // sockTraffic is the ACK family's side of loader.Arming: traffic is an in-scope socket open,
@@ -54,11 +54,9 @@ func (t *sockTraffic) Busy(bool, time.Time) (bool, error) {
 
 // Arm attaches the hooks, then lets sock_ops judge ACKs: an ACK whose segments tcp_probe could
 // not see is then never in the statistics. Without tcp_probe nothing can be judged, so the
-// family stays unarmed and tries again at the next poll; a missing delayed-ACK timer hook makes
-// sock_ops infer timer ACKs from timing, as on kernels without it.
+// family stays unarmed and tries again at the next poll.
 func (t *sockTraffic) Arm(time.Time) (bool, error) {
 	var errs []error
-	hooked := uint32(0)
 	for _, h := range t.hooks {
 		err := t.set.Resume(h)
 		switch {
@@ -69,12 +67,7 @@ func (t *sockTraffic) Arm(time.Time) (bool, error) {
 			return false, fmt.Errorf("%s: %w; ACK statistics wait until it attaches (acks.attach: always avoids re-attaching)", Family, err)
 		case err != nil:
 			errs = append(errs, fmt.Errorf("%s: %w; that hook is missing until the next idle spell (acks.attach: always avoids re-attaching)", Family, err))
-		case h == hookDelackTimer:
-			hooked = hookedDelackTimer
 		}
-	}
-	if err := t.set.Maps[acksMapHooked].Put(uint32(0), hooked); err != nil {
-		return false, errors.Join(append(errs, fmt.Errorf("%s: record attached hooks: %w", Family, err))...)
 	}
 	if err := setArmed(t.set, true); err != nil {
 		return false, errors.Join(append(errs, err)...)

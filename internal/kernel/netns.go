@@ -187,3 +187,35 @@ func LiveNetns() map[uint32]bool {
 	}
 	return live
 }
+
+// AllNetns lists every network namespace a process or an iproute2 name holds on the host,
+// each once, as a path to open (OwnNetns first). Namespaces only a socket or a bind mount
+// elsewhere keeps alive are not found: nothing names them.
+func AllNetns() []string {
+	seen := map[uint32]bool{}
+	paths := []string{}
+	add := func(path string) {
+		ino, err := NetnsInode(path)
+		if err != nil || seen[ino] {
+			return
+		}
+		seen[ino] = true
+		paths = append(paths, path)
+	}
+	add(OwnNetns)
+	if procs, err := os.ReadDir("/proc"); err == nil {
+		for _, p := range procs {
+			if p.Name()[0] >= '0' && p.Name()[0] <= '9' {
+				add(filepath.Join("/proc", p.Name(), "ns", "net"))
+			}
+		}
+	}
+	for _, dir := range netnsDirs {
+		if entries, err := os.ReadDir(dir); err == nil {
+			for _, e := range entries {
+				add(filepath.Join(dir, e.Name()))
+			}
+		}
+	}
+	return paths
+}

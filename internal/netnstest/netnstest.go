@@ -10,6 +10,7 @@ package netnstest
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -510,6 +511,35 @@ func (c *Paced) Covered(t testing.TB, acked uint64) (bool, string) {
 func (c *Paced) Retransmits(t testing.TB) uint64 {
 	t.Helper()
 	return uint64(TCPInfo(t, c.Client).Total_retrans)
+}
+
+// Finish closes the connection in the orderly way (client FIN, server FIN, each side reading
+// to the end first), waits until both sockets are closed in the kernel (TCP_CLOSE), and
+// returns their TCP_INFO then, which holds every segment each will ever have sent or
+// received. The sockets stay open (in TCP_CLOSE) until the test ends.
+func (c *Paced) Finish(t testing.TB) (client, server *unix.TCPInfo) {
+	t.Helper()
+	if err := c.Client.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		read  *net.TCPConn
+		close func() error
+	}{{c.Server, c.Server.CloseWrite}, {c.Client, func() error { return nil }}} {
+		step.read.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.Copy(io.Discard, step.read); err != nil {
+			t.Fatal(err)
+		}
+		if err := step.close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const tcpClose = 7
+	Eventually(t, 5*time.Second, "both sockets in TCP_CLOSE", func() (bool, string) {
+		client, server = TCPInfo(t, c.Client), TCPInfo(t, c.Server)
+		return client.State == tcpClose && server.State == tcpClose, fmt.Sprintf("client state %d, server state %d", client.State, server.State)
+	})
+	return client, server
 }
 
 // TCPInfo returns the kernel's TCP_INFO for a connection.

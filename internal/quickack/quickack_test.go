@@ -66,6 +66,7 @@ func observe(t *testing.T, ports ...uint16) *acks.Probe {
 	t.Helper()
 	cfg := acks.DefaultConfig()
 	cfg.LocalPorts = ports
+	cfg.PerSegment = true
 	cfg.Attach = loader.AttachAlways // statistics from the first segment
 	cfg.ForceMark = quickack.DefaultMark
 	hz, err := kernel.HZ()
@@ -92,7 +93,7 @@ func ackStats(t *testing.T, p *acks.Probe, netns uint32, port uint16, c *netnste
 			t.Fatal(err)
 		}
 		for _, s := range snap {
-			if s.Netns != netns || s.LocalPort != port {
+			if s.Netns != netns || s.ServerPort != port || s.Role != acks.RoleServer {
 				continue
 			}
 			if ok, _ := c.Covered(t, s.SegmentsAcked); ok {

@@ -19,9 +19,11 @@ import (
 
 // AcksConfig configures the ACK family.
 type AcksConfig struct {
+	// Enabled counts, for every socket in scope, the segments it sent and received and the
+	// ACKs the delayed-ACK timer sent, with no program on the packet path.
 	Enabled bool `mapstructure:"enabled"`
 	// LocalPorts and PeerPorts select the sockets observed; both empty means every TCP
-	// socket, which adds a BPF callback to every segment every socket sends.
+	// socket.
 	LocalPorts []int `mapstructure:"local_ports"`
 	PeerPorts  []int `mapstructure:"peer_ports"`
 	// Peers adds sockets whose peer address is in one of these CIDRs.
@@ -29,14 +31,24 @@ type AcksConfig struct {
 	// Netns limits the scope to sockets in these network namespaces (/proc/self/ns/net for a
 	// sidecar's own pod, /run/netns/NAME, /proc/PID/ns/net); empty means every namespace.
 	Netns []string `mapstructure:"netns"`
+	// MaxKeys bounds the kernel map of (netns, service port, role) statistics, MaxSockets
+	// the sockets counted at once.
+	MaxKeys    uint32 `mapstructure:"max_keys"`
+	MaxSockets uint32 `mapstructure:"max_sockets"`
+	// MaxSeries caps the (netns, service port, role) series the ACK metrics report; later
+	// ones are folded into one overflow series (port 0, netns 0).
+	MaxSeries int `mapstructure:"max_series"`
+	// PerSegment is the per-segment tier: delays, causes and events.
+	PerSegment PerSegmentConfig `mapstructure:"per_segment"`
+}
+
+// PerSegmentConfig configures the ACK family's per-segment tier, which runs a program on
+// every segment the sockets in scope send and receive while its hooks are attached.
+type PerSegmentConfig struct {
+	Enabled bool `mapstructure:"enabled"`
 	// EventMinDelay: pure ACKs that waited at least this long are sampled as events.
 	EventMinDelay time.Duration  `mapstructure:"event_min_delay"`
 	Sampling      SamplingConfig `mapstructure:"sampling"`
-	// MaxKeys bounds the kernel map of (netns, local port) statistics.
-	MaxKeys uint32 `mapstructure:"max_keys"`
-	// MaxSeries caps the (netns, local port) series the ACK metrics report; later ones are
-	// folded into one overflow series (port 0, netns 0).
-	MaxSeries int `mapstructure:"max_series"`
 	// DelayAttributes are the attributes of the tcpack.ack.delay histogram; the others are
 	// aggregated away (the other ACK metrics choose theirs under metrics:).
 	DelayAttributes []string `mapstructure:"delay_attributes"`
@@ -49,18 +61,22 @@ type AcksConfig struct {
 }
 
 // delayAttributes are the attributes tcpack.ack.delay can carry.
-var delayAttributes = []string{"network.local.port", "tcpack.netns.inode"}
+var delayAttributes = []string{"server.port", "tcpack.socket.role", "tcpack.netns.inode"}
 
 func defaultAcksConfig() AcksConfig {
 	a := acks.DefaultConfig()
 	return AcksConfig{
-		EventMinDelay:   a.EventMinDelay,
-		Sampling:        SamplingConfig{RatePerCPU: a.EventsPerSecond, Burst: a.EventBurst},
-		MaxKeys:         a.MaxKeys,
-		MaxSeries:       1000,
-		DelayAttributes: slices.Clone(delayAttributes),
-		Attach:          a.Attach,
-		IdleDetach:      a.IdleDetach,
+		Enabled:    true,
+		MaxKeys:    a.MaxKeys,
+		MaxSockets: a.MaxSockets,
+		MaxSeries:  1000,
+		PerSegment: PerSegmentConfig{
+			EventMinDelay:   a.EventMinDelay,
+			Sampling:        SamplingConfig{RatePerCPU: a.EventsPerSecond, Burst: a.EventBurst},
+			DelayAttributes: slices.Clone(delayAttributes),
+			Attach:          a.Attach,
+			IdleDetach:      a.IdleDetach,
+		},
 	}
 }
 
@@ -79,43 +95,53 @@ func (a AcksConfig) convert(c common, withLogs bool, hz int) (acks.Config, []err
 	errs = append(errs, more...)
 	errs = append(errs, checkNetnsPaths("acks.netns", a.Netns, acks.MaxScopeNetns)...)
 	cfg.Netns = a.Netns
-	if a.EventMinDelay < 0 || a.EventMinDelay > 10*time.Second {
-		errs = append(errs, fmt.Errorf("acks.event_min_delay: %v must be between 0 and 10s (e.g. 10ms)", a.EventMinDelay))
-	}
-	cfg.EventMinDelay = a.EventMinDelay
-	errs = append(errs, checkSampling("acks.sampling", a.Sampling, "2x rate_per_cpu")...)
-	cfg.Delivery = c.delivery(a.Sampling)
-	if !withLogs || !c.Events.TcpackAckDelayed.Enabled {
-		cfg.EventsPerSecond = 0
-	}
 	if err := checkMapSize("acks.max_keys", a.MaxKeys, def.MaxKeys); err != nil {
 		errs = append(errs, err)
 	}
 	cfg.MaxKeys = a.MaxKeys
+	if err := checkMapSize("acks.max_sockets", a.MaxSockets, def.MaxSockets); err != nil {
+		errs = append(errs, err)
+	}
+	cfg.MaxSockets = a.MaxSockets
 	if a.MaxSeries < 1 {
 		errs = append(errs, fmt.Errorf("acks.max_series: %d must be at least 1 (default 1000)", a.MaxSeries))
 	}
-	errs = append(errs, checkAttach("acks", a.Attach, a.IdleDetach, def.IdleDetach,
+
+	ps := a.PerSegment
+	cfg.PerSegment = ps.Enabled
+	if ps.EventMinDelay < 0 || ps.EventMinDelay > 10*time.Second {
+		errs = append(errs, fmt.Errorf("acks.per_segment.event_min_delay: %v must be between 0 and 10s (e.g. 10ms)", ps.EventMinDelay))
+	}
+	cfg.EventMinDelay = ps.EventMinDelay
+	errs = append(errs, checkSampling("acks.per_segment.sampling", ps.Sampling, "2x rate_per_cpu")...)
+	cfg.Delivery = c.delivery(ps.Sampling)
+	if !ps.Enabled || !withLogs || !c.Events.TcpackAckDelayed.Enabled {
+		cfg.EventsPerSecond = 0
+	}
+	errs = append(errs, checkAttach("acks.per_segment", ps.Attach, ps.IdleDetach, def.IdleDetach,
 		"per-segment hooks while sockets in scope come and go", "every hook from the start")...)
-	cfg.Attach, cfg.IdleDetach = a.Attach, a.IdleDetach
-	for i, attr := range a.DelayAttributes {
+	cfg.Attach, cfg.IdleDetach = ps.Attach, ps.IdleDetach
+	for i, attr := range ps.DelayAttributes {
 		if !slices.Contains(delayAttributes, attr) {
-			errs = append(errs, fmt.Errorf("acks.delay_attributes[%d]: unknown attribute %q, use %s", i, attr, strings.Join(delayAttributes, " or ")))
+			errs = append(errs, fmt.Errorf("acks.per_segment.delay_attributes[%d]: unknown attribute %q, use %s", i, attr, strings.Join(delayAttributes, ", ")))
 		}
 	}
 	return cfg, errs
 }
 
-// acksFamily reports ACK delays and causes per (netns, local port).
+// acksFamily reports ACK counts, and with the per-segment tier delays and causes, per
+// (netns, service port, role).
 type acksFamily struct {
 	block  AcksConfig
 	common common
 	host   *familyHost
 	probe  *acks.Probe
-	// series are the (netns, port) series admitted under acks.max_series, for good.
+	// series are the series admitted under acks.max_series, for good.
 	series map[ackSeries]bool
 	// stats are the last collection's, kept for the delay histogram.
 	stats []acks.Stats
+	// walkErr is the last walk error logged, so that a lasting one is logged once.
+	walkErr string
 }
 
 func (f *acksFamily) name() string        { return acks.Family }
@@ -145,10 +171,23 @@ func (f *acksFamily) start(h *familyHost) (loader.Report, error) {
 
 func (f *acksFamily) close() error { return f.probe.Close() }
 
-// ackSeries identifies the statistics of one local port in one netns.
+// ackSeries identifies the statistics of one service port and role in one netns.
 type ackSeries struct {
 	netns uint32
 	port  uint16
+	role  acks.Role
+}
+
+var ackRoles = map[acks.Role]metadata.AttributeTcpackSocketRole{
+	acks.RoleServer: metadata.AttributeTcpackSocketRoleServer,
+	acks.RoleClient: metadata.AttributeTcpackSocketRoleClient,
+}
+
+var ackModes = map[acks.Mode]metadata.AttributeTcpackAckMode{
+	acks.ModeRoute:    metadata.AttributeTcpackAckModeRoute,
+	acks.ModeQuick:    metadata.AttributeTcpackAckModeQuick,
+	acks.ModePingpong: metadata.AttributeTcpackAckModePingpong,
+	acks.ModeDelayed:  metadata.AttributeTcpackAckModeDelayed,
 }
 
 var ackCauses = map[acks.Cause]metadata.AttributeTcpackAckCause{
@@ -165,28 +204,60 @@ func (f *acksFamily) record(now pcommon.Timestamp) error {
 	if err != nil {
 		return err
 	}
+	if err := f.probe.WalkErr(); err != nil && err.Error() != f.walkErr {
+		f.host.logger.Warn("acks: some namespaces could not be walked: their sockets open before the start are not counted, the others' counts come in only at their close", zap.Error(err))
+		f.walkErr = err.Error()
+	} else if err == nil {
+		f.walkErr = ""
+	}
 	f.stats = capSeries(f.series, f.block.MaxSeries, stats)
 	mb := f.host.mb
+	perSegment := f.block.PerSegment.Enabled
 	for _, s := range f.stats {
-		port, netns := int64(s.LocalPort), int64(s.Netns)
-		for cause, n := range s.ByCause {
-			mb.RecordTcpackAckCountDataPoint(now, int64(n), ackCauses[acks.Cause(cause)], port, netns)
+		port, role, netns := int64(s.ServerPort), ackRoles[s.Role], int64(s.Netns)
+		mb.RecordTcpackAckSegmentsReceivedDataPoint(now, int64(s.DataSegmentsIn), port, role, netns)
+		mb.RecordTcpackAckSegmentsSentDataPoint(now, int64(s.DataSegmentsOut), metadata.AttributeTcpackSegmentKindData, port, role, netns)
+		mb.RecordTcpackAckSegmentsSentDataPoint(now, int64(s.ControlSegmentsOut()), metadata.AttributeTcpackSegmentKindControl, port, role, netns)
+		mb.RecordTcpackAckForcedSegmentsSentDataPoint(now, int64(s.ForcedDataSegmentsOut), metadata.AttributeTcpackSegmentKindData, port, role, netns)
+		mb.RecordTcpackAckForcedSegmentsSentDataPoint(now, int64(s.ForcedControlSegmentsOut()), metadata.AttributeTcpackSegmentKindControl, port, role, netns)
+		if f.probe.TimerCounted() {
+			mb.RecordTcpackAckTimerCountDataPoint(now, int64(s.TimerAcks), port, role, netns)
+			if !f.probe.TimerDeferredSeen() {
+				mb.RecordTcpackAckTimerDeferredDataPoint(now, int64(s.TimerDeferred), port, role, netns)
+			}
 		}
-		mb.RecordTcpackAckOtherCountDataPoint(now, int64(s.OtherAcks), port, netns)
-		mb.RecordTcpackAckSegmentsDataPoint(now, int64(s.SegmentsAcked), port, netns)
-		mb.RecordTcpackAckQuotaExhaustedCountDataPoint(now, int64(s.QuotaSpent), port, netns)
-		mb.RecordTcpackAckForcedCountDataPoint(now, int64(s.Forced), port, netns)
+		for mode, n := range s.Sockets {
+			mb.RecordTcpackAckSocketsDataPoint(now, int64(n), ackModes[acks.Mode(mode)], port, role, netns)
+		}
+		mb.RecordTcpackAckSocketsForcedDataPoint(now, int64(s.SocketsForced), port, role, netns)
+		mb.RecordTcpackAckConnectionsDataPoint(now, int64(s.SocketsEstablished), metadata.AttributeTcpackSocketOriginEstablished, port, role, netns)
+		mb.RecordTcpackAckConnectionsDataPoint(now, int64(s.SocketsExisting), metadata.AttributeTcpackSocketOriginExisting, port, role, netns)
+		if !perSegment {
+			continue
+		}
+		for cause, n := range s.ByCause {
+			mb.RecordTcpackAckCountDataPoint(now, int64(n), ackCauses[acks.Cause(cause)], port, role, netns)
+		}
+		mb.RecordTcpackAckOtherCountDataPoint(now, int64(s.OtherAcks), port, role, netns)
+		mb.RecordTcpackAckSegmentsDataPoint(now, int64(s.SegmentsAcked), port, role, netns)
+		mb.RecordTcpackAckQuotaExhaustedCountDataPoint(now, int64(s.QuotaSpent), port, role, netns)
+		mb.RecordTcpackAckForcedCountDataPoint(now, int64(s.Forced), port, role, netns)
 		if f.probe.Decides() {
-			mb.RecordTcpackAckDelayDecisionsCountDataPoint(now, int64(s.DelayedDecisions), port, netns)
+			mb.RecordTcpackAckDelayDecisionsCountDataPoint(now, int64(s.DelayedDecisions), port, role, netns)
 		}
 	}
 	losses, err := f.probe.Losses()
 	if err != nil {
 		return err
 	}
+	mb.RecordTcpackKernelMapOverflowDataPoint(now, int64(losses.KeysFull), metadata.AttributeTcpackMapAckCounts)
+	mb.RecordTcpackAckUncountedDataPoint(now, int64(losses.SocketsFull), metadata.AttributeTcpackAckUncountedCauseSocketsFull)
+	mb.RecordTcpackAckUncountedDataPoint(now, int64(losses.TimerUnknown), metadata.AttributeTcpackAckUncountedCauseTimerUnknown)
+	if !perSegment {
+		return nil
+	}
 	mb.RecordTcpackEventsSuppressedDataPoint(now, int64(losses.SampledOut), metadata.AttributeTcpackEventKindAckDelayed, metadata.AttributeTcpackSuppressionCauseRateLimit)
 	mb.RecordTcpackEventsSuppressedDataPoint(now, int64(losses.RingBufferFull), metadata.AttributeTcpackEventKindAckDelayed, metadata.AttributeTcpackSuppressionCauseRingBufferFull)
-	mb.RecordTcpackKernelMapOverflowDataPoint(now, int64(losses.KeysFull), metadata.AttributeTcpackMapAckCounts)
 	mb.RecordTcpackAckUnobservedCountDataPoint(now, int64(losses.Unobserved))
 	armed, err := f.probe.Armed()
 	if err != nil {
@@ -203,12 +274,15 @@ func capSeries(admitted map[ackSeries]bool, limit int, stats []acks.Stats) []ack
 		if a.Netns != b.Netns {
 			return cmp.Compare(a.Netns, b.Netns)
 		}
-		return cmp.Compare(a.LocalPort, b.LocalPort)
+		if a.ServerPort != b.ServerPort {
+			return cmp.Compare(a.ServerPort, b.ServerPort)
+		}
+		return cmp.Compare(a.Role, b.Role)
 	})
 	out := make([]acks.Stats, 0, len(stats))
 	var overflow *acks.Stats
 	for _, s := range stats {
-		key := ackSeries{s.Netns, s.LocalPort}
+		key := ackSeries{s.Netns, s.ServerPort, s.Role}
 		if !admitted[key] && len(admitted) < limit {
 			admitted[key] = true
 		}
@@ -228,6 +302,19 @@ func capSeries(admitted map[ackSeries]bool, limit int, stats []acks.Stats) []ack
 }
 
 func mergeStats(into *acks.Stats, s acks.Stats) {
+	into.SegmentsOut += s.SegmentsOut
+	into.DataSegmentsOut += s.DataSegmentsOut
+	into.DataSegmentsIn += s.DataSegmentsIn
+	into.ForcedSegmentsOut += s.ForcedSegmentsOut
+	into.ForcedDataSegmentsOut += s.ForcedDataSegmentsOut
+	into.TimerAcks += s.TimerAcks
+	into.TimerDeferred += s.TimerDeferred
+	into.SocketsEstablished += s.SocketsEstablished
+	into.SocketsExisting += s.SocketsExisting
+	for i := range into.Sockets {
+		into.Sockets[i] += s.Sockets[i]
+	}
+	into.SocketsForced += s.SocketsForced
 	for i := range into.ByCause {
 		into.ByCause[i] += s.ByCause[i]
 	}
@@ -247,11 +334,12 @@ func mergeStats(into *acks.Stats, s acks.Stats) {
 // histograms, so it is built here, with the attributes acks.delay_attributes keeps.
 func (f *acksFamily) appendMetrics(md pmetric.Metrics, now pcommon.Timestamp) {
 	stats := f.stats
-	if len(stats) == 0 || md.ResourceMetrics().Len() == 0 {
+	if !f.block.PerSegment.Enabled || len(stats) == 0 || md.ResourceMetrics().Len() == 0 {
 		return
 	}
-	withPort := slices.Contains(f.block.DelayAttributes, "network.local.port")
-	withNetns := slices.Contains(f.block.DelayAttributes, "tcpack.netns.inode")
+	withPort := slices.Contains(f.block.PerSegment.DelayAttributes, "server.port")
+	withRole := slices.Contains(f.block.PerSegment.DelayAttributes, "tcpack.socket.role")
+	withNetns := slices.Contains(f.block.PerSegment.DelayAttributes, "tcpack.netns.inode")
 	merged := map[ackSeries]*acks.Stats{}
 	var order []ackSeries
 	for _, s := range stats {
@@ -260,7 +348,10 @@ func (f *acksFamily) appendMetrics(md pmetric.Metrics, now pcommon.Timestamp) {
 			key.netns = s.Netns
 		}
 		if withPort {
-			key.port = s.LocalPort
+			key.port = s.ServerPort
+		}
+		if withRole {
+			key.role = s.Role
 		}
 		m, ok := merged[key]
 		if !ok {
@@ -278,7 +369,7 @@ func (f *acksFamily) appendMetrics(md pmetric.Metrics, now pcommon.Timestamp) {
 	m := sm.At(0).Metrics().AppendEmpty()
 	m.SetName("tcpack.ack.delay")
 	m.SetUnit("s")
-	m.SetDescription("How long the oldest unacknowledged data waited for each ACK that acknowledged new data, on the sockets in the acks family's scope.")
+	m.SetDescription("How long the oldest unacknowledged data waited for each ACK that acknowledged new data, on the sockets in the acks family's scope, while the per-segment hooks are attached (tcpack.ack.armed).")
 	h := m.SetEmptyHistogram()
 	h.SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
 	for _, key := range order {
@@ -291,7 +382,10 @@ func (f *acksFamily) appendMetrics(md pmetric.Metrics, now pcommon.Timestamp) {
 		dp.SetCount(s.Delay.Count)
 		dp.SetSum(s.Delay.Sum)
 		if withPort {
-			dp.Attributes().PutInt("network.local.port", int64(key.port))
+			dp.Attributes().PutInt("server.port", int64(key.port))
+		}
+		if withRole {
+			dp.Attributes().PutStr("tcpack.socket.role", key.role.String())
 		}
 		if withNetns {
 			dp.Attributes().PutInt("tcpack.netns.inode", int64(key.netns))

@@ -77,9 +77,10 @@ func fastConfig() *Config {
 	cfg := createDefaultConfig()
 	cfg.CollectionInterval = 200 * time.Millisecond
 	cfg.RingBuffer.FlushInterval = 50 * time.Millisecond
-	// ACK statistics from a connection's first segment; TestACKsAttachOnTraffic tests the
-	// default.
-	cfg.Acks.Attach = loader.AttachAlways
+	// Per-segment ACK statistics from a connection's first segment; TestACKsAttachOnTraffic
+	// tests on_traffic. Only tests that ask for the ACK family get it.
+	cfg.Acks.Enabled = false
+	cfg.Acks.PerSegment.Attach = loader.AttachAlways
 	return cfg
 }
 
@@ -296,7 +297,7 @@ func histogramPoint(sink *consumertest.MetricsSink, port int64, netns uint32) (p
 					dps := ms.At(m).Histogram().DataPoints()
 					for d := 0; d < dps.Len(); d++ {
 						a := dps.At(d).Attributes()
-						if intAttr(a, "network.local.port") == port && intAttr(a, "tcpack.netns.inode") == int64(netns) {
+						if intAttr(a, "server.port") == port && intAttr(a, "tcpack.netns.inode") == int64(netns) && strAttr(a, "tcpack.socket.role") != "client" {
 							return dps.At(d), true
 						}
 					}
@@ -315,7 +316,7 @@ func ackCounts(sink *consumertest.MetricsSink, port int64, netns uint32) map[str
 	}
 	forEachPoint(all[len(all)-1], "tcpack.ack.count", func(dp pmetric.NumberDataPoint) {
 		a := dp.Attributes()
-		if intAttr(a, "network.local.port") == port && intAttr(a, "tcpack.netns.inode") == int64(netns) {
+		if intAttr(a, "server.port") == port && intAttr(a, "tcpack.netns.inode") == int64(netns) && strAttr(a, "tcpack.socket.role") != "client" {
 			counts[strAttr(a, "tcpack.ack.cause")] += dp.IntValue()
 		}
 	})
@@ -327,6 +328,7 @@ func TestReceiverReportsACKDelays(t *testing.T) {
 	cfg := fastConfig()
 	cfg.Drops.Enabled = false
 	cfg.Acks.Enabled = true
+	cfg.Acks.PerSegment.Enabled = true
 	cfg.Acks.LocalPorts = []int{5120}
 	r := startReceiver(t, NewFactory(), cfg)
 	pair := netnstest.NewPair(t)
@@ -379,14 +381,15 @@ func TestReceiverReportsACKDelays(t *testing.T) {
 	})
 }
 
-// With the default acks.attach, tcpack.ack.armed is 0 until a socket in scope opens, then 1,
+// With acks.per_segment.attach on_traffic (its default), tcpack.ack.armed is 0 until a socket in scope opens, then 1,
 // and the statistics count once it is 1.
 func TestACKsAttachOnTraffic(t *testing.T) {
 	netnstest.RequireRoot(t)
 	cfg := fastConfig()
 	cfg.Drops.Enabled = false
 	cfg.Acks.Enabled = true
-	cfg.Acks.Attach = loader.AttachOnTraffic
+	cfg.Acks.PerSegment.Enabled = true
+	cfg.Acks.PerSegment.Attach = loader.AttachOnTraffic
 	cfg.Acks.LocalPorts = []int{5123}
 	r := startReceiver(t, NewFactory(), cfg)
 	latestArmed := func() (int64, bool) {
@@ -422,6 +425,7 @@ func TestACKSeriesCap(t *testing.T) {
 	cfg := fastConfig()
 	cfg.Drops.Enabled = false
 	cfg.Acks.Enabled = true
+	cfg.Acks.PerSegment.Enabled = true
 	cfg.Acks.LocalPorts = []int{5121, 5122}
 	cfg.Acks.MaxSeries = 1
 	r := startReceiver(t, NewFactory(), cfg)

@@ -29,12 +29,64 @@ func (ms *TcpackAckArmedMetricConfig) Unmarshal(parser *confmap.Conf) error {
 	return nil
 }
 
+// TcpackAckConnectionsMetricAttributeKey specifies the key of an attribute for the tcpack.ack.connections metric.
+type TcpackAckConnectionsMetricAttributeKey string
+
+const (
+	TcpackAckConnectionsMetricAttributeKeyTcpackSocketOrigin TcpackAckConnectionsMetricAttributeKey = "tcpack.socket.origin"
+	TcpackAckConnectionsMetricAttributeKeyServerPort         TcpackAckConnectionsMetricAttributeKey = "server.port"
+	TcpackAckConnectionsMetricAttributeKeyTcpackSocketRole   TcpackAckConnectionsMetricAttributeKey = "tcpack.socket.role"
+	TcpackAckConnectionsMetricAttributeKeyTcpackNetnsInode   TcpackAckConnectionsMetricAttributeKey = "tcpack.netns.inode"
+)
+
+// TcpackAckConnectionsMetricConfig provides config for the tcpack.ack.connections metric.
+type TcpackAckConnectionsMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                   `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackAckConnectionsMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackAckConnectionsMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackAckConnectionsMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackAckConnectionsMetricAttributeKeyTcpackSocketOrigin, TcpackAckConnectionsMetricAttributeKeyServerPort, TcpackAckConnectionsMetricAttributeKeyTcpackSocketRole, TcpackAckConnectionsMetricAttributeKeyTcpackNetnsInode:
+		default:
+			return fmt.Errorf("metric tcpack.ack.connections doesn't have an attribute %v, valid attributes: [tcpack.socket.origin, server.port, tcpack.socket.role, tcpack.netns.inode]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
 // TcpackAckCountMetricAttributeKey specifies the key of an attribute for the tcpack.ack.count metric.
 type TcpackAckCountMetricAttributeKey string
 
 const (
 	TcpackAckCountMetricAttributeKeyTcpackAckCause   TcpackAckCountMetricAttributeKey = "tcpack.ack.cause"
-	TcpackAckCountMetricAttributeKeyNetworkLocalPort TcpackAckCountMetricAttributeKey = "network.local.port"
+	TcpackAckCountMetricAttributeKeyServerPort       TcpackAckCountMetricAttributeKey = "server.port"
+	TcpackAckCountMetricAttributeKeyTcpackSocketRole TcpackAckCountMetricAttributeKey = "tcpack.socket.role"
 	TcpackAckCountMetricAttributeKeyTcpackNetnsInode TcpackAckCountMetricAttributeKey = "tcpack.netns.inode"
 )
 
@@ -64,9 +116,9 @@ func (ms *TcpackAckCountMetricConfig) Unmarshal(parser *confmap.Conf) error {
 func (ms *TcpackAckCountMetricConfig) Validate() error {
 	for _, val := range ms.EnabledAttributes {
 		switch val {
-		case TcpackAckCountMetricAttributeKeyTcpackAckCause, TcpackAckCountMetricAttributeKeyNetworkLocalPort, TcpackAckCountMetricAttributeKeyTcpackNetnsInode:
+		case TcpackAckCountMetricAttributeKeyTcpackAckCause, TcpackAckCountMetricAttributeKeyServerPort, TcpackAckCountMetricAttributeKeyTcpackSocketRole, TcpackAckCountMetricAttributeKeyTcpackNetnsInode:
 		default:
-			return fmt.Errorf("metric tcpack.ack.count doesn't have an attribute %v, valid attributes: [tcpack.ack.cause, network.local.port, tcpack.netns.inode]", val)
+			return fmt.Errorf("metric tcpack.ack.count doesn't have an attribute %v, valid attributes: [tcpack.ack.cause, server.port, tcpack.socket.role, tcpack.netns.inode]", val)
 		}
 	}
 
@@ -83,7 +135,8 @@ func (ms *TcpackAckCountMetricConfig) Validate() error {
 type TcpackAckDelayDecisionsCountMetricAttributeKey string
 
 const (
-	TcpackAckDelayDecisionsCountMetricAttributeKeyNetworkLocalPort TcpackAckDelayDecisionsCountMetricAttributeKey = "network.local.port"
+	TcpackAckDelayDecisionsCountMetricAttributeKeyServerPort       TcpackAckDelayDecisionsCountMetricAttributeKey = "server.port"
+	TcpackAckDelayDecisionsCountMetricAttributeKeyTcpackSocketRole TcpackAckDelayDecisionsCountMetricAttributeKey = "tcpack.socket.role"
 	TcpackAckDelayDecisionsCountMetricAttributeKeyTcpackNetnsInode TcpackAckDelayDecisionsCountMetricAttributeKey = "tcpack.netns.inode"
 )
 
@@ -113,9 +166,9 @@ func (ms *TcpackAckDelayDecisionsCountMetricConfig) Unmarshal(parser *confmap.Co
 func (ms *TcpackAckDelayDecisionsCountMetricConfig) Validate() error {
 	for _, val := range ms.EnabledAttributes {
 		switch val {
-		case TcpackAckDelayDecisionsCountMetricAttributeKeyNetworkLocalPort, TcpackAckDelayDecisionsCountMetricAttributeKeyTcpackNetnsInode:
+		case TcpackAckDelayDecisionsCountMetricAttributeKeyServerPort, TcpackAckDelayDecisionsCountMetricAttributeKeyTcpackSocketRole, TcpackAckDelayDecisionsCountMetricAttributeKeyTcpackNetnsInode:
 		default:
-			return fmt.Errorf("metric tcpack.ack.delay_decisions.count doesn't have an attribute %v, valid attributes: [network.local.port, tcpack.netns.inode]", val)
+			return fmt.Errorf("metric tcpack.ack.delay_decisions.count doesn't have an attribute %v, valid attributes: [server.port, tcpack.socket.role, tcpack.netns.inode]", val)
 		}
 	}
 
@@ -132,7 +185,8 @@ func (ms *TcpackAckDelayDecisionsCountMetricConfig) Validate() error {
 type TcpackAckForcedCountMetricAttributeKey string
 
 const (
-	TcpackAckForcedCountMetricAttributeKeyNetworkLocalPort TcpackAckForcedCountMetricAttributeKey = "network.local.port"
+	TcpackAckForcedCountMetricAttributeKeyServerPort       TcpackAckForcedCountMetricAttributeKey = "server.port"
+	TcpackAckForcedCountMetricAttributeKeyTcpackSocketRole TcpackAckForcedCountMetricAttributeKey = "tcpack.socket.role"
 	TcpackAckForcedCountMetricAttributeKeyTcpackNetnsInode TcpackAckForcedCountMetricAttributeKey = "tcpack.netns.inode"
 )
 
@@ -162,9 +216,60 @@ func (ms *TcpackAckForcedCountMetricConfig) Unmarshal(parser *confmap.Conf) erro
 func (ms *TcpackAckForcedCountMetricConfig) Validate() error {
 	for _, val := range ms.EnabledAttributes {
 		switch val {
-		case TcpackAckForcedCountMetricAttributeKeyNetworkLocalPort, TcpackAckForcedCountMetricAttributeKeyTcpackNetnsInode:
+		case TcpackAckForcedCountMetricAttributeKeyServerPort, TcpackAckForcedCountMetricAttributeKeyTcpackSocketRole, TcpackAckForcedCountMetricAttributeKeyTcpackNetnsInode:
 		default:
-			return fmt.Errorf("metric tcpack.ack.forced.count doesn't have an attribute %v, valid attributes: [network.local.port, tcpack.netns.inode]", val)
+			return fmt.Errorf("metric tcpack.ack.forced.count doesn't have an attribute %v, valid attributes: [server.port, tcpack.socket.role, tcpack.netns.inode]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
+// TcpackAckForcedSegmentsSentMetricAttributeKey specifies the key of an attribute for the tcpack.ack.forced.segments.sent metric.
+type TcpackAckForcedSegmentsSentMetricAttributeKey string
+
+const (
+	TcpackAckForcedSegmentsSentMetricAttributeKeyTcpackSegmentKind TcpackAckForcedSegmentsSentMetricAttributeKey = "tcpack.segment.kind"
+	TcpackAckForcedSegmentsSentMetricAttributeKeyServerPort        TcpackAckForcedSegmentsSentMetricAttributeKey = "server.port"
+	TcpackAckForcedSegmentsSentMetricAttributeKeyTcpackSocketRole  TcpackAckForcedSegmentsSentMetricAttributeKey = "tcpack.socket.role"
+	TcpackAckForcedSegmentsSentMetricAttributeKeyTcpackNetnsInode  TcpackAckForcedSegmentsSentMetricAttributeKey = "tcpack.netns.inode"
+)
+
+// TcpackAckForcedSegmentsSentMetricConfig provides config for the tcpack.ack.forced.segments.sent metric.
+type TcpackAckForcedSegmentsSentMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                          `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackAckForcedSegmentsSentMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackAckForcedSegmentsSentMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackAckForcedSegmentsSentMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackAckForcedSegmentsSentMetricAttributeKeyTcpackSegmentKind, TcpackAckForcedSegmentsSentMetricAttributeKeyServerPort, TcpackAckForcedSegmentsSentMetricAttributeKeyTcpackSocketRole, TcpackAckForcedSegmentsSentMetricAttributeKeyTcpackNetnsInode:
+		default:
+			return fmt.Errorf("metric tcpack.ack.forced.segments.sent doesn't have an attribute %v, valid attributes: [tcpack.segment.kind, server.port, tcpack.socket.role, tcpack.netns.inode]", val)
 		}
 	}
 
@@ -181,7 +286,8 @@ func (ms *TcpackAckForcedCountMetricConfig) Validate() error {
 type TcpackAckOtherCountMetricAttributeKey string
 
 const (
-	TcpackAckOtherCountMetricAttributeKeyNetworkLocalPort TcpackAckOtherCountMetricAttributeKey = "network.local.port"
+	TcpackAckOtherCountMetricAttributeKeyServerPort       TcpackAckOtherCountMetricAttributeKey = "server.port"
+	TcpackAckOtherCountMetricAttributeKeyTcpackSocketRole TcpackAckOtherCountMetricAttributeKey = "tcpack.socket.role"
 	TcpackAckOtherCountMetricAttributeKeyTcpackNetnsInode TcpackAckOtherCountMetricAttributeKey = "tcpack.netns.inode"
 )
 
@@ -211,9 +317,9 @@ func (ms *TcpackAckOtherCountMetricConfig) Unmarshal(parser *confmap.Conf) error
 func (ms *TcpackAckOtherCountMetricConfig) Validate() error {
 	for _, val := range ms.EnabledAttributes {
 		switch val {
-		case TcpackAckOtherCountMetricAttributeKeyNetworkLocalPort, TcpackAckOtherCountMetricAttributeKeyTcpackNetnsInode:
+		case TcpackAckOtherCountMetricAttributeKeyServerPort, TcpackAckOtherCountMetricAttributeKeyTcpackSocketRole, TcpackAckOtherCountMetricAttributeKeyTcpackNetnsInode:
 		default:
-			return fmt.Errorf("metric tcpack.ack.other.count doesn't have an attribute %v, valid attributes: [network.local.port, tcpack.netns.inode]", val)
+			return fmt.Errorf("metric tcpack.ack.other.count doesn't have an attribute %v, valid attributes: [server.port, tcpack.socket.role, tcpack.netns.inode]", val)
 		}
 	}
 
@@ -230,7 +336,8 @@ func (ms *TcpackAckOtherCountMetricConfig) Validate() error {
 type TcpackAckQuotaExhaustedCountMetricAttributeKey string
 
 const (
-	TcpackAckQuotaExhaustedCountMetricAttributeKeyNetworkLocalPort TcpackAckQuotaExhaustedCountMetricAttributeKey = "network.local.port"
+	TcpackAckQuotaExhaustedCountMetricAttributeKeyServerPort       TcpackAckQuotaExhaustedCountMetricAttributeKey = "server.port"
+	TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackSocketRole TcpackAckQuotaExhaustedCountMetricAttributeKey = "tcpack.socket.role"
 	TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackNetnsInode TcpackAckQuotaExhaustedCountMetricAttributeKey = "tcpack.netns.inode"
 )
 
@@ -260,9 +367,9 @@ func (ms *TcpackAckQuotaExhaustedCountMetricConfig) Unmarshal(parser *confmap.Co
 func (ms *TcpackAckQuotaExhaustedCountMetricConfig) Validate() error {
 	for _, val := range ms.EnabledAttributes {
 		switch val {
-		case TcpackAckQuotaExhaustedCountMetricAttributeKeyNetworkLocalPort, TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackNetnsInode:
+		case TcpackAckQuotaExhaustedCountMetricAttributeKeyServerPort, TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackSocketRole, TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackNetnsInode:
 		default:
-			return fmt.Errorf("metric tcpack.ack.quota_exhausted.count doesn't have an attribute %v, valid attributes: [network.local.port, tcpack.netns.inode]", val)
+			return fmt.Errorf("metric tcpack.ack.quota_exhausted.count doesn't have an attribute %v, valid attributes: [server.port, tcpack.socket.role, tcpack.netns.inode]", val)
 		}
 	}
 
@@ -279,7 +386,8 @@ func (ms *TcpackAckQuotaExhaustedCountMetricConfig) Validate() error {
 type TcpackAckSegmentsMetricAttributeKey string
 
 const (
-	TcpackAckSegmentsMetricAttributeKeyNetworkLocalPort TcpackAckSegmentsMetricAttributeKey = "network.local.port"
+	TcpackAckSegmentsMetricAttributeKeyServerPort       TcpackAckSegmentsMetricAttributeKey = "server.port"
+	TcpackAckSegmentsMetricAttributeKeyTcpackSocketRole TcpackAckSegmentsMetricAttributeKey = "tcpack.socket.role"
 	TcpackAckSegmentsMetricAttributeKeyTcpackNetnsInode TcpackAckSegmentsMetricAttributeKey = "tcpack.netns.inode"
 )
 
@@ -309,9 +417,359 @@ func (ms *TcpackAckSegmentsMetricConfig) Unmarshal(parser *confmap.Conf) error {
 func (ms *TcpackAckSegmentsMetricConfig) Validate() error {
 	for _, val := range ms.EnabledAttributes {
 		switch val {
-		case TcpackAckSegmentsMetricAttributeKeyNetworkLocalPort, TcpackAckSegmentsMetricAttributeKeyTcpackNetnsInode:
+		case TcpackAckSegmentsMetricAttributeKeyServerPort, TcpackAckSegmentsMetricAttributeKeyTcpackSocketRole, TcpackAckSegmentsMetricAttributeKeyTcpackNetnsInode:
 		default:
-			return fmt.Errorf("metric tcpack.ack.segments doesn't have an attribute %v, valid attributes: [network.local.port, tcpack.netns.inode]", val)
+			return fmt.Errorf("metric tcpack.ack.segments doesn't have an attribute %v, valid attributes: [server.port, tcpack.socket.role, tcpack.netns.inode]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
+// TcpackAckSegmentsReceivedMetricAttributeKey specifies the key of an attribute for the tcpack.ack.segments.received metric.
+type TcpackAckSegmentsReceivedMetricAttributeKey string
+
+const (
+	TcpackAckSegmentsReceivedMetricAttributeKeyServerPort       TcpackAckSegmentsReceivedMetricAttributeKey = "server.port"
+	TcpackAckSegmentsReceivedMetricAttributeKeyTcpackSocketRole TcpackAckSegmentsReceivedMetricAttributeKey = "tcpack.socket.role"
+	TcpackAckSegmentsReceivedMetricAttributeKeyTcpackNetnsInode TcpackAckSegmentsReceivedMetricAttributeKey = "tcpack.netns.inode"
+)
+
+// TcpackAckSegmentsReceivedMetricConfig provides config for the tcpack.ack.segments.received metric.
+type TcpackAckSegmentsReceivedMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                        `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackAckSegmentsReceivedMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackAckSegmentsReceivedMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackAckSegmentsReceivedMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackAckSegmentsReceivedMetricAttributeKeyServerPort, TcpackAckSegmentsReceivedMetricAttributeKeyTcpackSocketRole, TcpackAckSegmentsReceivedMetricAttributeKeyTcpackNetnsInode:
+		default:
+			return fmt.Errorf("metric tcpack.ack.segments.received doesn't have an attribute %v, valid attributes: [server.port, tcpack.socket.role, tcpack.netns.inode]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
+// TcpackAckSegmentsSentMetricAttributeKey specifies the key of an attribute for the tcpack.ack.segments.sent metric.
+type TcpackAckSegmentsSentMetricAttributeKey string
+
+const (
+	TcpackAckSegmentsSentMetricAttributeKeyTcpackSegmentKind TcpackAckSegmentsSentMetricAttributeKey = "tcpack.segment.kind"
+	TcpackAckSegmentsSentMetricAttributeKeyServerPort        TcpackAckSegmentsSentMetricAttributeKey = "server.port"
+	TcpackAckSegmentsSentMetricAttributeKeyTcpackSocketRole  TcpackAckSegmentsSentMetricAttributeKey = "tcpack.socket.role"
+	TcpackAckSegmentsSentMetricAttributeKeyTcpackNetnsInode  TcpackAckSegmentsSentMetricAttributeKey = "tcpack.netns.inode"
+)
+
+// TcpackAckSegmentsSentMetricConfig provides config for the tcpack.ack.segments.sent metric.
+type TcpackAckSegmentsSentMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                    `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackAckSegmentsSentMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackAckSegmentsSentMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackAckSegmentsSentMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackAckSegmentsSentMetricAttributeKeyTcpackSegmentKind, TcpackAckSegmentsSentMetricAttributeKeyServerPort, TcpackAckSegmentsSentMetricAttributeKeyTcpackSocketRole, TcpackAckSegmentsSentMetricAttributeKeyTcpackNetnsInode:
+		default:
+			return fmt.Errorf("metric tcpack.ack.segments.sent doesn't have an attribute %v, valid attributes: [tcpack.segment.kind, server.port, tcpack.socket.role, tcpack.netns.inode]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
+// TcpackAckSocketsMetricAttributeKey specifies the key of an attribute for the tcpack.ack.sockets metric.
+type TcpackAckSocketsMetricAttributeKey string
+
+const (
+	TcpackAckSocketsMetricAttributeKeyTcpackAckMode    TcpackAckSocketsMetricAttributeKey = "tcpack.ack.mode"
+	TcpackAckSocketsMetricAttributeKeyServerPort       TcpackAckSocketsMetricAttributeKey = "server.port"
+	TcpackAckSocketsMetricAttributeKeyTcpackSocketRole TcpackAckSocketsMetricAttributeKey = "tcpack.socket.role"
+	TcpackAckSocketsMetricAttributeKeyTcpackNetnsInode TcpackAckSocketsMetricAttributeKey = "tcpack.netns.inode"
+)
+
+// TcpackAckSocketsMetricConfig provides config for the tcpack.ack.sockets metric.
+type TcpackAckSocketsMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                               `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackAckSocketsMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackAckSocketsMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackAckSocketsMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackAckSocketsMetricAttributeKeyTcpackAckMode, TcpackAckSocketsMetricAttributeKeyServerPort, TcpackAckSocketsMetricAttributeKeyTcpackSocketRole, TcpackAckSocketsMetricAttributeKeyTcpackNetnsInode:
+		default:
+			return fmt.Errorf("metric tcpack.ack.sockets doesn't have an attribute %v, valid attributes: [tcpack.ack.mode, server.port, tcpack.socket.role, tcpack.netns.inode]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
+// TcpackAckSocketsForcedMetricAttributeKey specifies the key of an attribute for the tcpack.ack.sockets.forced metric.
+type TcpackAckSocketsForcedMetricAttributeKey string
+
+const (
+	TcpackAckSocketsForcedMetricAttributeKeyServerPort       TcpackAckSocketsForcedMetricAttributeKey = "server.port"
+	TcpackAckSocketsForcedMetricAttributeKeyTcpackSocketRole TcpackAckSocketsForcedMetricAttributeKey = "tcpack.socket.role"
+	TcpackAckSocketsForcedMetricAttributeKeyTcpackNetnsInode TcpackAckSocketsForcedMetricAttributeKey = "tcpack.netns.inode"
+)
+
+// TcpackAckSocketsForcedMetricConfig provides config for the tcpack.ack.sockets.forced metric.
+type TcpackAckSocketsForcedMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                     `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackAckSocketsForcedMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackAckSocketsForcedMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackAckSocketsForcedMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackAckSocketsForcedMetricAttributeKeyServerPort, TcpackAckSocketsForcedMetricAttributeKeyTcpackSocketRole, TcpackAckSocketsForcedMetricAttributeKeyTcpackNetnsInode:
+		default:
+			return fmt.Errorf("metric tcpack.ack.sockets.forced doesn't have an attribute %v, valid attributes: [server.port, tcpack.socket.role, tcpack.netns.inode]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
+// TcpackAckTimerCountMetricAttributeKey specifies the key of an attribute for the tcpack.ack.timer.count metric.
+type TcpackAckTimerCountMetricAttributeKey string
+
+const (
+	TcpackAckTimerCountMetricAttributeKeyServerPort       TcpackAckTimerCountMetricAttributeKey = "server.port"
+	TcpackAckTimerCountMetricAttributeKeyTcpackSocketRole TcpackAckTimerCountMetricAttributeKey = "tcpack.socket.role"
+	TcpackAckTimerCountMetricAttributeKeyTcpackNetnsInode TcpackAckTimerCountMetricAttributeKey = "tcpack.netns.inode"
+)
+
+// TcpackAckTimerCountMetricConfig provides config for the tcpack.ack.timer.count metric.
+type TcpackAckTimerCountMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                  `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackAckTimerCountMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackAckTimerCountMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackAckTimerCountMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackAckTimerCountMetricAttributeKeyServerPort, TcpackAckTimerCountMetricAttributeKeyTcpackSocketRole, TcpackAckTimerCountMetricAttributeKeyTcpackNetnsInode:
+		default:
+			return fmt.Errorf("metric tcpack.ack.timer.count doesn't have an attribute %v, valid attributes: [server.port, tcpack.socket.role, tcpack.netns.inode]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
+// TcpackAckTimerDeferredMetricAttributeKey specifies the key of an attribute for the tcpack.ack.timer.deferred metric.
+type TcpackAckTimerDeferredMetricAttributeKey string
+
+const (
+	TcpackAckTimerDeferredMetricAttributeKeyServerPort       TcpackAckTimerDeferredMetricAttributeKey = "server.port"
+	TcpackAckTimerDeferredMetricAttributeKeyTcpackSocketRole TcpackAckTimerDeferredMetricAttributeKey = "tcpack.socket.role"
+	TcpackAckTimerDeferredMetricAttributeKeyTcpackNetnsInode TcpackAckTimerDeferredMetricAttributeKey = "tcpack.netns.inode"
+)
+
+// TcpackAckTimerDeferredMetricConfig provides config for the tcpack.ack.timer.deferred metric.
+type TcpackAckTimerDeferredMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                     `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackAckTimerDeferredMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackAckTimerDeferredMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackAckTimerDeferredMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackAckTimerDeferredMetricAttributeKeyServerPort, TcpackAckTimerDeferredMetricAttributeKeyTcpackSocketRole, TcpackAckTimerDeferredMetricAttributeKeyTcpackNetnsInode:
+		default:
+			return fmt.Errorf("metric tcpack.ack.timer.deferred doesn't have an attribute %v, valid attributes: [server.port, tcpack.socket.role, tcpack.netns.inode]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
+// TcpackAckUncountedMetricAttributeKey specifies the key of an attribute for the tcpack.ack.uncounted metric.
+type TcpackAckUncountedMetricAttributeKey string
+
+const (
+	TcpackAckUncountedMetricAttributeKeyTcpackAckUncountedCause TcpackAckUncountedMetricAttributeKey = "tcpack.ack.uncounted.cause"
+)
+
+// TcpackAckUncountedMetricConfig provides config for the tcpack.ack.uncounted metric.
+type TcpackAckUncountedMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                 `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackAckUncountedMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackAckUncountedMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackAckUncountedMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackAckUncountedMetricAttributeKeyTcpackAckUncountedCause:
+		default:
+			return fmt.Errorf("metric tcpack.ack.uncounted doesn't have an attribute %v, valid attributes: [tcpack.ack.uncounted.cause]", val)
 		}
 	}
 
@@ -1408,12 +1866,21 @@ func (ms *TcpackTxqueueQueuesMetricConfig) Validate() error {
 // MetricsConfig provides config for tcpack metrics.
 type MetricsConfig struct {
 	TcpackAckArmed                TcpackAckArmedMetricConfig                `mapstructure:"tcpack.ack.armed"`
+	TcpackAckConnections          TcpackAckConnectionsMetricConfig          `mapstructure:"tcpack.ack.connections"`
 	TcpackAckCount                TcpackAckCountMetricConfig                `mapstructure:"tcpack.ack.count"`
 	TcpackAckDelayDecisionsCount  TcpackAckDelayDecisionsCountMetricConfig  `mapstructure:"tcpack.ack.delay_decisions.count"`
 	TcpackAckForcedCount          TcpackAckForcedCountMetricConfig          `mapstructure:"tcpack.ack.forced.count"`
+	TcpackAckForcedSegmentsSent   TcpackAckForcedSegmentsSentMetricConfig   `mapstructure:"tcpack.ack.forced.segments.sent"`
 	TcpackAckOtherCount           TcpackAckOtherCountMetricConfig           `mapstructure:"tcpack.ack.other.count"`
 	TcpackAckQuotaExhaustedCount  TcpackAckQuotaExhaustedCountMetricConfig  `mapstructure:"tcpack.ack.quota_exhausted.count"`
 	TcpackAckSegments             TcpackAckSegmentsMetricConfig             `mapstructure:"tcpack.ack.segments"`
+	TcpackAckSegmentsReceived     TcpackAckSegmentsReceivedMetricConfig     `mapstructure:"tcpack.ack.segments.received"`
+	TcpackAckSegmentsSent         TcpackAckSegmentsSentMetricConfig         `mapstructure:"tcpack.ack.segments.sent"`
+	TcpackAckSockets              TcpackAckSocketsMetricConfig              `mapstructure:"tcpack.ack.sockets"`
+	TcpackAckSocketsForced        TcpackAckSocketsForcedMetricConfig        `mapstructure:"tcpack.ack.sockets.forced"`
+	TcpackAckTimerCount           TcpackAckTimerCountMetricConfig           `mapstructure:"tcpack.ack.timer.count"`
+	TcpackAckTimerDeferred        TcpackAckTimerDeferredMetricConfig        `mapstructure:"tcpack.ack.timer.deferred"`
+	TcpackAckUncounted            TcpackAckUncountedMetricConfig            `mapstructure:"tcpack.ack.uncounted"`
 	TcpackAckUnobservedCount      TcpackAckUnobservedCountMetricConfig      `mapstructure:"tcpack.ack.unobserved.count"`
 	TcpackDropBytes               TcpackDropBytesMetricConfig               `mapstructure:"tcpack.drop.bytes"`
 	TcpackDropCount               TcpackDropCountMetricConfig               `mapstructure:"tcpack.drop.count"`
@@ -1445,35 +1912,80 @@ func DefaultMetricsConfig() MetricsConfig {
 		TcpackAckArmed: TcpackAckArmedMetricConfig{
 			Enabled: true,
 		},
+		TcpackAckConnections: TcpackAckConnectionsMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []TcpackAckConnectionsMetricAttributeKey{TcpackAckConnectionsMetricAttributeKeyTcpackSocketOrigin, TcpackAckConnectionsMetricAttributeKeyServerPort, TcpackAckConnectionsMetricAttributeKeyTcpackSocketRole, TcpackAckConnectionsMetricAttributeKeyTcpackNetnsInode},
+		},
 		TcpackAckCount: TcpackAckCountMetricConfig{
 			Enabled:             true,
 			AggregationStrategy: AggregationStrategySum,
-			EnabledAttributes:   []TcpackAckCountMetricAttributeKey{TcpackAckCountMetricAttributeKeyTcpackAckCause, TcpackAckCountMetricAttributeKeyNetworkLocalPort, TcpackAckCountMetricAttributeKeyTcpackNetnsInode},
+			EnabledAttributes:   []TcpackAckCountMetricAttributeKey{TcpackAckCountMetricAttributeKeyTcpackAckCause, TcpackAckCountMetricAttributeKeyServerPort, TcpackAckCountMetricAttributeKeyTcpackSocketRole, TcpackAckCountMetricAttributeKeyTcpackNetnsInode},
 		},
 		TcpackAckDelayDecisionsCount: TcpackAckDelayDecisionsCountMetricConfig{
 			Enabled:             true,
 			AggregationStrategy: AggregationStrategySum,
-			EnabledAttributes:   []TcpackAckDelayDecisionsCountMetricAttributeKey{TcpackAckDelayDecisionsCountMetricAttributeKeyNetworkLocalPort, TcpackAckDelayDecisionsCountMetricAttributeKeyTcpackNetnsInode},
+			EnabledAttributes:   []TcpackAckDelayDecisionsCountMetricAttributeKey{TcpackAckDelayDecisionsCountMetricAttributeKeyServerPort, TcpackAckDelayDecisionsCountMetricAttributeKeyTcpackSocketRole, TcpackAckDelayDecisionsCountMetricAttributeKeyTcpackNetnsInode},
 		},
 		TcpackAckForcedCount: TcpackAckForcedCountMetricConfig{
 			Enabled:             true,
 			AggregationStrategy: AggregationStrategySum,
-			EnabledAttributes:   []TcpackAckForcedCountMetricAttributeKey{TcpackAckForcedCountMetricAttributeKeyNetworkLocalPort, TcpackAckForcedCountMetricAttributeKeyTcpackNetnsInode},
+			EnabledAttributes:   []TcpackAckForcedCountMetricAttributeKey{TcpackAckForcedCountMetricAttributeKeyServerPort, TcpackAckForcedCountMetricAttributeKeyTcpackSocketRole, TcpackAckForcedCountMetricAttributeKeyTcpackNetnsInode},
+		},
+		TcpackAckForcedSegmentsSent: TcpackAckForcedSegmentsSentMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []TcpackAckForcedSegmentsSentMetricAttributeKey{TcpackAckForcedSegmentsSentMetricAttributeKeyTcpackSegmentKind, TcpackAckForcedSegmentsSentMetricAttributeKeyServerPort, TcpackAckForcedSegmentsSentMetricAttributeKeyTcpackSocketRole, TcpackAckForcedSegmentsSentMetricAttributeKeyTcpackNetnsInode},
 		},
 		TcpackAckOtherCount: TcpackAckOtherCountMetricConfig{
 			Enabled:             true,
 			AggregationStrategy: AggregationStrategySum,
-			EnabledAttributes:   []TcpackAckOtherCountMetricAttributeKey{TcpackAckOtherCountMetricAttributeKeyNetworkLocalPort, TcpackAckOtherCountMetricAttributeKeyTcpackNetnsInode},
+			EnabledAttributes:   []TcpackAckOtherCountMetricAttributeKey{TcpackAckOtherCountMetricAttributeKeyServerPort, TcpackAckOtherCountMetricAttributeKeyTcpackSocketRole, TcpackAckOtherCountMetricAttributeKeyTcpackNetnsInode},
 		},
 		TcpackAckQuotaExhaustedCount: TcpackAckQuotaExhaustedCountMetricConfig{
 			Enabled:             true,
 			AggregationStrategy: AggregationStrategySum,
-			EnabledAttributes:   []TcpackAckQuotaExhaustedCountMetricAttributeKey{TcpackAckQuotaExhaustedCountMetricAttributeKeyNetworkLocalPort, TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackNetnsInode},
+			EnabledAttributes:   []TcpackAckQuotaExhaustedCountMetricAttributeKey{TcpackAckQuotaExhaustedCountMetricAttributeKeyServerPort, TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackSocketRole, TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackNetnsInode},
 		},
 		TcpackAckSegments: TcpackAckSegmentsMetricConfig{
 			Enabled:             true,
 			AggregationStrategy: AggregationStrategySum,
-			EnabledAttributes:   []TcpackAckSegmentsMetricAttributeKey{TcpackAckSegmentsMetricAttributeKeyNetworkLocalPort, TcpackAckSegmentsMetricAttributeKeyTcpackNetnsInode},
+			EnabledAttributes:   []TcpackAckSegmentsMetricAttributeKey{TcpackAckSegmentsMetricAttributeKeyServerPort, TcpackAckSegmentsMetricAttributeKeyTcpackSocketRole, TcpackAckSegmentsMetricAttributeKeyTcpackNetnsInode},
+		},
+		TcpackAckSegmentsReceived: TcpackAckSegmentsReceivedMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []TcpackAckSegmentsReceivedMetricAttributeKey{TcpackAckSegmentsReceivedMetricAttributeKeyServerPort, TcpackAckSegmentsReceivedMetricAttributeKeyTcpackSocketRole, TcpackAckSegmentsReceivedMetricAttributeKeyTcpackNetnsInode},
+		},
+		TcpackAckSegmentsSent: TcpackAckSegmentsSentMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []TcpackAckSegmentsSentMetricAttributeKey{TcpackAckSegmentsSentMetricAttributeKeyTcpackSegmentKind, TcpackAckSegmentsSentMetricAttributeKeyServerPort, TcpackAckSegmentsSentMetricAttributeKeyTcpackSocketRole, TcpackAckSegmentsSentMetricAttributeKeyTcpackNetnsInode},
+		},
+		TcpackAckSockets: TcpackAckSocketsMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategyAvg,
+			EnabledAttributes:   []TcpackAckSocketsMetricAttributeKey{TcpackAckSocketsMetricAttributeKeyTcpackAckMode, TcpackAckSocketsMetricAttributeKeyServerPort, TcpackAckSocketsMetricAttributeKeyTcpackSocketRole, TcpackAckSocketsMetricAttributeKeyTcpackNetnsInode},
+		},
+		TcpackAckSocketsForced: TcpackAckSocketsForcedMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategyAvg,
+			EnabledAttributes:   []TcpackAckSocketsForcedMetricAttributeKey{TcpackAckSocketsForcedMetricAttributeKeyServerPort, TcpackAckSocketsForcedMetricAttributeKeyTcpackSocketRole, TcpackAckSocketsForcedMetricAttributeKeyTcpackNetnsInode},
+		},
+		TcpackAckTimerCount: TcpackAckTimerCountMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []TcpackAckTimerCountMetricAttributeKey{TcpackAckTimerCountMetricAttributeKeyServerPort, TcpackAckTimerCountMetricAttributeKeyTcpackSocketRole, TcpackAckTimerCountMetricAttributeKeyTcpackNetnsInode},
+		},
+		TcpackAckTimerDeferred: TcpackAckTimerDeferredMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []TcpackAckTimerDeferredMetricAttributeKey{TcpackAckTimerDeferredMetricAttributeKeyServerPort, TcpackAckTimerDeferredMetricAttributeKeyTcpackSocketRole, TcpackAckTimerDeferredMetricAttributeKeyTcpackNetnsInode},
+		},
+		TcpackAckUncounted: TcpackAckUncountedMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []TcpackAckUncountedMetricAttributeKey{TcpackAckUncountedMetricAttributeKeyTcpackAckUncountedCause},
 		},
 		TcpackAckUnobservedCount: TcpackAckUnobservedCountMetricConfig{
 			Enabled: true,

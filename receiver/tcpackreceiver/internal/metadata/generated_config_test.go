@@ -29,35 +29,80 @@ func TestMetricsBuilderConfig(t *testing.T) {
 					TcpackAckArmed: TcpackAckArmedMetricConfig{
 						Enabled: true,
 					},
+					TcpackAckConnections: TcpackAckConnectionsMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackAckConnectionsMetricAttributeKey{TcpackAckConnectionsMetricAttributeKeyTcpackSocketOrigin, TcpackAckConnectionsMetricAttributeKeyServerPort, TcpackAckConnectionsMetricAttributeKeyTcpackSocketRole, TcpackAckConnectionsMetricAttributeKeyTcpackNetnsInode},
+					},
 					TcpackAckCount: TcpackAckCountMetricConfig{
 						Enabled:             true,
 						AggregationStrategy: AggregationStrategySum,
-						EnabledAttributes:   []TcpackAckCountMetricAttributeKey{TcpackAckCountMetricAttributeKeyTcpackAckCause, TcpackAckCountMetricAttributeKeyNetworkLocalPort, TcpackAckCountMetricAttributeKeyTcpackNetnsInode},
+						EnabledAttributes:   []TcpackAckCountMetricAttributeKey{TcpackAckCountMetricAttributeKeyTcpackAckCause, TcpackAckCountMetricAttributeKeyServerPort, TcpackAckCountMetricAttributeKeyTcpackSocketRole, TcpackAckCountMetricAttributeKeyTcpackNetnsInode},
 					},
 					TcpackAckDelayDecisionsCount: TcpackAckDelayDecisionsCountMetricConfig{
 						Enabled:             true,
 						AggregationStrategy: AggregationStrategySum,
-						EnabledAttributes:   []TcpackAckDelayDecisionsCountMetricAttributeKey{TcpackAckDelayDecisionsCountMetricAttributeKeyNetworkLocalPort, TcpackAckDelayDecisionsCountMetricAttributeKeyTcpackNetnsInode},
+						EnabledAttributes:   []TcpackAckDelayDecisionsCountMetricAttributeKey{TcpackAckDelayDecisionsCountMetricAttributeKeyServerPort, TcpackAckDelayDecisionsCountMetricAttributeKeyTcpackSocketRole, TcpackAckDelayDecisionsCountMetricAttributeKeyTcpackNetnsInode},
 					},
 					TcpackAckForcedCount: TcpackAckForcedCountMetricConfig{
 						Enabled:             true,
 						AggregationStrategy: AggregationStrategySum,
-						EnabledAttributes:   []TcpackAckForcedCountMetricAttributeKey{TcpackAckForcedCountMetricAttributeKeyNetworkLocalPort, TcpackAckForcedCountMetricAttributeKeyTcpackNetnsInode},
+						EnabledAttributes:   []TcpackAckForcedCountMetricAttributeKey{TcpackAckForcedCountMetricAttributeKeyServerPort, TcpackAckForcedCountMetricAttributeKeyTcpackSocketRole, TcpackAckForcedCountMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackAckForcedSegmentsSent: TcpackAckForcedSegmentsSentMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackAckForcedSegmentsSentMetricAttributeKey{TcpackAckForcedSegmentsSentMetricAttributeKeyTcpackSegmentKind, TcpackAckForcedSegmentsSentMetricAttributeKeyServerPort, TcpackAckForcedSegmentsSentMetricAttributeKeyTcpackSocketRole, TcpackAckForcedSegmentsSentMetricAttributeKeyTcpackNetnsInode},
 					},
 					TcpackAckOtherCount: TcpackAckOtherCountMetricConfig{
 						Enabled:             true,
 						AggregationStrategy: AggregationStrategySum,
-						EnabledAttributes:   []TcpackAckOtherCountMetricAttributeKey{TcpackAckOtherCountMetricAttributeKeyNetworkLocalPort, TcpackAckOtherCountMetricAttributeKeyTcpackNetnsInode},
+						EnabledAttributes:   []TcpackAckOtherCountMetricAttributeKey{TcpackAckOtherCountMetricAttributeKeyServerPort, TcpackAckOtherCountMetricAttributeKeyTcpackSocketRole, TcpackAckOtherCountMetricAttributeKeyTcpackNetnsInode},
 					},
 					TcpackAckQuotaExhaustedCount: TcpackAckQuotaExhaustedCountMetricConfig{
 						Enabled:             true,
 						AggregationStrategy: AggregationStrategySum,
-						EnabledAttributes:   []TcpackAckQuotaExhaustedCountMetricAttributeKey{TcpackAckQuotaExhaustedCountMetricAttributeKeyNetworkLocalPort, TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackNetnsInode},
+						EnabledAttributes:   []TcpackAckQuotaExhaustedCountMetricAttributeKey{TcpackAckQuotaExhaustedCountMetricAttributeKeyServerPort, TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackSocketRole, TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackNetnsInode},
 					},
 					TcpackAckSegments: TcpackAckSegmentsMetricConfig{
 						Enabled:             true,
 						AggregationStrategy: AggregationStrategySum,
-						EnabledAttributes:   []TcpackAckSegmentsMetricAttributeKey{TcpackAckSegmentsMetricAttributeKeyNetworkLocalPort, TcpackAckSegmentsMetricAttributeKeyTcpackNetnsInode},
+						EnabledAttributes:   []TcpackAckSegmentsMetricAttributeKey{TcpackAckSegmentsMetricAttributeKeyServerPort, TcpackAckSegmentsMetricAttributeKeyTcpackSocketRole, TcpackAckSegmentsMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackAckSegmentsReceived: TcpackAckSegmentsReceivedMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackAckSegmentsReceivedMetricAttributeKey{TcpackAckSegmentsReceivedMetricAttributeKeyServerPort, TcpackAckSegmentsReceivedMetricAttributeKeyTcpackSocketRole, TcpackAckSegmentsReceivedMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackAckSegmentsSent: TcpackAckSegmentsSentMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackAckSegmentsSentMetricAttributeKey{TcpackAckSegmentsSentMetricAttributeKeyTcpackSegmentKind, TcpackAckSegmentsSentMetricAttributeKeyServerPort, TcpackAckSegmentsSentMetricAttributeKeyTcpackSocketRole, TcpackAckSegmentsSentMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackAckSockets: TcpackAckSocketsMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategyAvg,
+						EnabledAttributes:   []TcpackAckSocketsMetricAttributeKey{TcpackAckSocketsMetricAttributeKeyTcpackAckMode, TcpackAckSocketsMetricAttributeKeyServerPort, TcpackAckSocketsMetricAttributeKeyTcpackSocketRole, TcpackAckSocketsMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackAckSocketsForced: TcpackAckSocketsForcedMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategyAvg,
+						EnabledAttributes:   []TcpackAckSocketsForcedMetricAttributeKey{TcpackAckSocketsForcedMetricAttributeKeyServerPort, TcpackAckSocketsForcedMetricAttributeKeyTcpackSocketRole, TcpackAckSocketsForcedMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackAckTimerCount: TcpackAckTimerCountMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackAckTimerCountMetricAttributeKey{TcpackAckTimerCountMetricAttributeKeyServerPort, TcpackAckTimerCountMetricAttributeKeyTcpackSocketRole, TcpackAckTimerCountMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackAckTimerDeferred: TcpackAckTimerDeferredMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackAckTimerDeferredMetricAttributeKey{TcpackAckTimerDeferredMetricAttributeKeyServerPort, TcpackAckTimerDeferredMetricAttributeKeyTcpackSocketRole, TcpackAckTimerDeferredMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackAckUncounted: TcpackAckUncountedMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackAckUncountedMetricAttributeKey{TcpackAckUncountedMetricAttributeKeyTcpackAckUncountedCause},
 					},
 					TcpackAckUnobservedCount: TcpackAckUnobservedCountMetricConfig{
 						Enabled: true,
@@ -185,35 +230,80 @@ func TestMetricsBuilderConfig(t *testing.T) {
 					TcpackAckArmed: TcpackAckArmedMetricConfig{
 						Enabled: false,
 					},
+					TcpackAckConnections: TcpackAckConnectionsMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackAckConnectionsMetricAttributeKey{TcpackAckConnectionsMetricAttributeKeyTcpackSocketOrigin, TcpackAckConnectionsMetricAttributeKeyServerPort, TcpackAckConnectionsMetricAttributeKeyTcpackSocketRole, TcpackAckConnectionsMetricAttributeKeyTcpackNetnsInode},
+					},
 					TcpackAckCount: TcpackAckCountMetricConfig{
 						Enabled:             false,
 						AggregationStrategy: AggregationStrategySum,
-						EnabledAttributes:   []TcpackAckCountMetricAttributeKey{TcpackAckCountMetricAttributeKeyTcpackAckCause, TcpackAckCountMetricAttributeKeyNetworkLocalPort, TcpackAckCountMetricAttributeKeyTcpackNetnsInode},
+						EnabledAttributes:   []TcpackAckCountMetricAttributeKey{TcpackAckCountMetricAttributeKeyTcpackAckCause, TcpackAckCountMetricAttributeKeyServerPort, TcpackAckCountMetricAttributeKeyTcpackSocketRole, TcpackAckCountMetricAttributeKeyTcpackNetnsInode},
 					},
 					TcpackAckDelayDecisionsCount: TcpackAckDelayDecisionsCountMetricConfig{
 						Enabled:             false,
 						AggregationStrategy: AggregationStrategySum,
-						EnabledAttributes:   []TcpackAckDelayDecisionsCountMetricAttributeKey{TcpackAckDelayDecisionsCountMetricAttributeKeyNetworkLocalPort, TcpackAckDelayDecisionsCountMetricAttributeKeyTcpackNetnsInode},
+						EnabledAttributes:   []TcpackAckDelayDecisionsCountMetricAttributeKey{TcpackAckDelayDecisionsCountMetricAttributeKeyServerPort, TcpackAckDelayDecisionsCountMetricAttributeKeyTcpackSocketRole, TcpackAckDelayDecisionsCountMetricAttributeKeyTcpackNetnsInode},
 					},
 					TcpackAckForcedCount: TcpackAckForcedCountMetricConfig{
 						Enabled:             false,
 						AggregationStrategy: AggregationStrategySum,
-						EnabledAttributes:   []TcpackAckForcedCountMetricAttributeKey{TcpackAckForcedCountMetricAttributeKeyNetworkLocalPort, TcpackAckForcedCountMetricAttributeKeyTcpackNetnsInode},
+						EnabledAttributes:   []TcpackAckForcedCountMetricAttributeKey{TcpackAckForcedCountMetricAttributeKeyServerPort, TcpackAckForcedCountMetricAttributeKeyTcpackSocketRole, TcpackAckForcedCountMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackAckForcedSegmentsSent: TcpackAckForcedSegmentsSentMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackAckForcedSegmentsSentMetricAttributeKey{TcpackAckForcedSegmentsSentMetricAttributeKeyTcpackSegmentKind, TcpackAckForcedSegmentsSentMetricAttributeKeyServerPort, TcpackAckForcedSegmentsSentMetricAttributeKeyTcpackSocketRole, TcpackAckForcedSegmentsSentMetricAttributeKeyTcpackNetnsInode},
 					},
 					TcpackAckOtherCount: TcpackAckOtherCountMetricConfig{
 						Enabled:             false,
 						AggregationStrategy: AggregationStrategySum,
-						EnabledAttributes:   []TcpackAckOtherCountMetricAttributeKey{TcpackAckOtherCountMetricAttributeKeyNetworkLocalPort, TcpackAckOtherCountMetricAttributeKeyTcpackNetnsInode},
+						EnabledAttributes:   []TcpackAckOtherCountMetricAttributeKey{TcpackAckOtherCountMetricAttributeKeyServerPort, TcpackAckOtherCountMetricAttributeKeyTcpackSocketRole, TcpackAckOtherCountMetricAttributeKeyTcpackNetnsInode},
 					},
 					TcpackAckQuotaExhaustedCount: TcpackAckQuotaExhaustedCountMetricConfig{
 						Enabled:             false,
 						AggregationStrategy: AggregationStrategySum,
-						EnabledAttributes:   []TcpackAckQuotaExhaustedCountMetricAttributeKey{TcpackAckQuotaExhaustedCountMetricAttributeKeyNetworkLocalPort, TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackNetnsInode},
+						EnabledAttributes:   []TcpackAckQuotaExhaustedCountMetricAttributeKey{TcpackAckQuotaExhaustedCountMetricAttributeKeyServerPort, TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackSocketRole, TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackNetnsInode},
 					},
 					TcpackAckSegments: TcpackAckSegmentsMetricConfig{
 						Enabled:             false,
 						AggregationStrategy: AggregationStrategySum,
-						EnabledAttributes:   []TcpackAckSegmentsMetricAttributeKey{TcpackAckSegmentsMetricAttributeKeyNetworkLocalPort, TcpackAckSegmentsMetricAttributeKeyTcpackNetnsInode},
+						EnabledAttributes:   []TcpackAckSegmentsMetricAttributeKey{TcpackAckSegmentsMetricAttributeKeyServerPort, TcpackAckSegmentsMetricAttributeKeyTcpackSocketRole, TcpackAckSegmentsMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackAckSegmentsReceived: TcpackAckSegmentsReceivedMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackAckSegmentsReceivedMetricAttributeKey{TcpackAckSegmentsReceivedMetricAttributeKeyServerPort, TcpackAckSegmentsReceivedMetricAttributeKeyTcpackSocketRole, TcpackAckSegmentsReceivedMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackAckSegmentsSent: TcpackAckSegmentsSentMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackAckSegmentsSentMetricAttributeKey{TcpackAckSegmentsSentMetricAttributeKeyTcpackSegmentKind, TcpackAckSegmentsSentMetricAttributeKeyServerPort, TcpackAckSegmentsSentMetricAttributeKeyTcpackSocketRole, TcpackAckSegmentsSentMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackAckSockets: TcpackAckSocketsMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategyAvg,
+						EnabledAttributes:   []TcpackAckSocketsMetricAttributeKey{TcpackAckSocketsMetricAttributeKeyTcpackAckMode, TcpackAckSocketsMetricAttributeKeyServerPort, TcpackAckSocketsMetricAttributeKeyTcpackSocketRole, TcpackAckSocketsMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackAckSocketsForced: TcpackAckSocketsForcedMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategyAvg,
+						EnabledAttributes:   []TcpackAckSocketsForcedMetricAttributeKey{TcpackAckSocketsForcedMetricAttributeKeyServerPort, TcpackAckSocketsForcedMetricAttributeKeyTcpackSocketRole, TcpackAckSocketsForcedMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackAckTimerCount: TcpackAckTimerCountMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackAckTimerCountMetricAttributeKey{TcpackAckTimerCountMetricAttributeKeyServerPort, TcpackAckTimerCountMetricAttributeKeyTcpackSocketRole, TcpackAckTimerCountMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackAckTimerDeferred: TcpackAckTimerDeferredMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackAckTimerDeferredMetricAttributeKey{TcpackAckTimerDeferredMetricAttributeKeyServerPort, TcpackAckTimerDeferredMetricAttributeKeyTcpackSocketRole, TcpackAckTimerDeferredMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackAckUncounted: TcpackAckUncountedMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackAckUncountedMetricAttributeKey{TcpackAckUncountedMetricAttributeKeyTcpackAckUncountedCause},
 					},
 					TcpackAckUnobservedCount: TcpackAckUnobservedCountMetricConfig{
 						Enabled: false,
@@ -338,10 +428,22 @@ func TestMetricsBuilderConfig(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := loadMetricsBuilderConfig(t, tt.name)
-			diff := cmp.Diff(tt.want, cfg, cmpopts.IgnoreUnexported(TcpackAckArmedMetricConfig{}, TcpackAckCountMetricConfig{}, TcpackAckDelayDecisionsCountMetricConfig{}, TcpackAckForcedCountMetricConfig{}, TcpackAckOtherCountMetricConfig{}, TcpackAckQuotaExhaustedCountMetricConfig{}, TcpackAckSegmentsMetricConfig{}, TcpackAckUnobservedCountMetricConfig{}, TcpackDropBytesMetricConfig{}, TcpackDropCountMetricConfig{}, TcpackEventsSuppressedMetricConfig{}, TcpackFootprintArmedMetricConfig{}, TcpackFootprintDropsMetricConfig{}, TcpackFootprintLostMetricConfig{}, TcpackFootprintPacketsMetricConfig{}, TcpackFootprintUnobservedMetricConfig{}, TcpackKernelMapOverflowMetricConfig{}, TcpackPacketOtherhostCountMetricConfig{}, TcpackProbeAttachedMetricConfig{}, TcpackQuickackAppliedCountMetricConfig{}, TcpackQuickackPolicyErrorsMetricConfig{}, TcpackQuickackRefusedCountMetricConfig{}, TcpackQuickackSocketsMetricConfig{}, TcpackTCPResetCountMetricConfig{}, TcpackTCPRetransmitCountMetricConfig{}, TcpackTxqueueBytesMetricConfig{}, TcpackTxqueueFlowChangesCountMetricConfig{}, TcpackTxqueueFlowsMetricConfig{}, TcpackTxqueuePacketsMetricConfig{}, TcpackTxqueuePicksCountMetricConfig{}, TcpackTxqueueQueuesMetricConfig{}, ResourceAttributeConfig{}))
+			diff := cmp.Diff(tt.want, cfg, cmpopts.IgnoreUnexported(TcpackAckArmedMetricConfig{}, TcpackAckConnectionsMetricConfig{}, TcpackAckCountMetricConfig{}, TcpackAckDelayDecisionsCountMetricConfig{}, TcpackAckForcedCountMetricConfig{}, TcpackAckForcedSegmentsSentMetricConfig{}, TcpackAckOtherCountMetricConfig{}, TcpackAckQuotaExhaustedCountMetricConfig{}, TcpackAckSegmentsMetricConfig{}, TcpackAckSegmentsReceivedMetricConfig{}, TcpackAckSegmentsSentMetricConfig{}, TcpackAckSocketsMetricConfig{}, TcpackAckSocketsForcedMetricConfig{}, TcpackAckTimerCountMetricConfig{}, TcpackAckTimerDeferredMetricConfig{}, TcpackAckUncountedMetricConfig{}, TcpackAckUnobservedCountMetricConfig{}, TcpackDropBytesMetricConfig{}, TcpackDropCountMetricConfig{}, TcpackEventsSuppressedMetricConfig{}, TcpackFootprintArmedMetricConfig{}, TcpackFootprintDropsMetricConfig{}, TcpackFootprintLostMetricConfig{}, TcpackFootprintPacketsMetricConfig{}, TcpackFootprintUnobservedMetricConfig{}, TcpackKernelMapOverflowMetricConfig{}, TcpackPacketOtherhostCountMetricConfig{}, TcpackProbeAttachedMetricConfig{}, TcpackQuickackAppliedCountMetricConfig{}, TcpackQuickackPolicyErrorsMetricConfig{}, TcpackQuickackRefusedCountMetricConfig{}, TcpackQuickackSocketsMetricConfig{}, TcpackTCPResetCountMetricConfig{}, TcpackTCPRetransmitCountMetricConfig{}, TcpackTxqueueBytesMetricConfig{}, TcpackTxqueueFlowChangesCountMetricConfig{}, TcpackTxqueueFlowsMetricConfig{}, TcpackTxqueuePacketsMetricConfig{}, TcpackTxqueuePicksCountMetricConfig{}, TcpackTxqueueQueuesMetricConfig{}, ResourceAttributeConfig{}))
 			require.Emptyf(t, diff, "Config mismatch (-expected +actual):\n%s", diff)
 		})
 	}
+}
+
+func TestTcpackAckConnectionsMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackAckConnections
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackAckConnectionsMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.connections doesn't have an attribute invalid, valid attributes: [tcpack.socket.origin, server.port, tcpack.socket.role, tcpack.netns.inode]")
+
+	cfg = DefaultMetricsConfig().TcpackAckConnections
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
 }
 
 func TestTcpackAckCountMetricsConfig_Validate(t *testing.T) {
@@ -349,7 +451,7 @@ func TestTcpackAckCountMetricsConfig_Validate(t *testing.T) {
 	require.NoError(t, cfg.Validate())
 
 	cfg.EnabledAttributes = []TcpackAckCountMetricAttributeKey{"invalid"}
-	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.count doesn't have an attribute invalid, valid attributes: [tcpack.ack.cause, network.local.port, tcpack.netns.inode]")
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.count doesn't have an attribute invalid, valid attributes: [tcpack.ack.cause, server.port, tcpack.socket.role, tcpack.netns.inode]")
 
 	cfg = DefaultMetricsConfig().TcpackAckCount
 	cfg.AggregationStrategy = "invalid"
@@ -361,7 +463,7 @@ func TestTcpackAckDelayDecisionsCountMetricsConfig_Validate(t *testing.T) {
 	require.NoError(t, cfg.Validate())
 
 	cfg.EnabledAttributes = []TcpackAckDelayDecisionsCountMetricAttributeKey{"invalid"}
-	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.delay_decisions.count doesn't have an attribute invalid, valid attributes: [network.local.port, tcpack.netns.inode]")
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.delay_decisions.count doesn't have an attribute invalid, valid attributes: [server.port, tcpack.socket.role, tcpack.netns.inode]")
 
 	cfg = DefaultMetricsConfig().TcpackAckDelayDecisionsCount
 	cfg.AggregationStrategy = "invalid"
@@ -373,9 +475,21 @@ func TestTcpackAckForcedCountMetricsConfig_Validate(t *testing.T) {
 	require.NoError(t, cfg.Validate())
 
 	cfg.EnabledAttributes = []TcpackAckForcedCountMetricAttributeKey{"invalid"}
-	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.forced.count doesn't have an attribute invalid, valid attributes: [network.local.port, tcpack.netns.inode]")
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.forced.count doesn't have an attribute invalid, valid attributes: [server.port, tcpack.socket.role, tcpack.netns.inode]")
 
 	cfg = DefaultMetricsConfig().TcpackAckForcedCount
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestTcpackAckForcedSegmentsSentMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackAckForcedSegmentsSent
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackAckForcedSegmentsSentMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.forced.segments.sent doesn't have an attribute invalid, valid attributes: [tcpack.segment.kind, server.port, tcpack.socket.role, tcpack.netns.inode]")
+
+	cfg = DefaultMetricsConfig().TcpackAckForcedSegmentsSent
 	cfg.AggregationStrategy = "invalid"
 	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
 }
@@ -385,7 +499,7 @@ func TestTcpackAckOtherCountMetricsConfig_Validate(t *testing.T) {
 	require.NoError(t, cfg.Validate())
 
 	cfg.EnabledAttributes = []TcpackAckOtherCountMetricAttributeKey{"invalid"}
-	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.other.count doesn't have an attribute invalid, valid attributes: [network.local.port, tcpack.netns.inode]")
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.other.count doesn't have an attribute invalid, valid attributes: [server.port, tcpack.socket.role, tcpack.netns.inode]")
 
 	cfg = DefaultMetricsConfig().TcpackAckOtherCount
 	cfg.AggregationStrategy = "invalid"
@@ -397,7 +511,7 @@ func TestTcpackAckQuotaExhaustedCountMetricsConfig_Validate(t *testing.T) {
 	require.NoError(t, cfg.Validate())
 
 	cfg.EnabledAttributes = []TcpackAckQuotaExhaustedCountMetricAttributeKey{"invalid"}
-	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.quota_exhausted.count doesn't have an attribute invalid, valid attributes: [network.local.port, tcpack.netns.inode]")
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.quota_exhausted.count doesn't have an attribute invalid, valid attributes: [server.port, tcpack.socket.role, tcpack.netns.inode]")
 
 	cfg = DefaultMetricsConfig().TcpackAckQuotaExhaustedCount
 	cfg.AggregationStrategy = "invalid"
@@ -409,9 +523,93 @@ func TestTcpackAckSegmentsMetricsConfig_Validate(t *testing.T) {
 	require.NoError(t, cfg.Validate())
 
 	cfg.EnabledAttributes = []TcpackAckSegmentsMetricAttributeKey{"invalid"}
-	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.segments doesn't have an attribute invalid, valid attributes: [network.local.port, tcpack.netns.inode]")
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.segments doesn't have an attribute invalid, valid attributes: [server.port, tcpack.socket.role, tcpack.netns.inode]")
 
 	cfg = DefaultMetricsConfig().TcpackAckSegments
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestTcpackAckSegmentsReceivedMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackAckSegmentsReceived
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackAckSegmentsReceivedMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.segments.received doesn't have an attribute invalid, valid attributes: [server.port, tcpack.socket.role, tcpack.netns.inode]")
+
+	cfg = DefaultMetricsConfig().TcpackAckSegmentsReceived
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestTcpackAckSegmentsSentMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackAckSegmentsSent
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackAckSegmentsSentMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.segments.sent doesn't have an attribute invalid, valid attributes: [tcpack.segment.kind, server.port, tcpack.socket.role, tcpack.netns.inode]")
+
+	cfg = DefaultMetricsConfig().TcpackAckSegmentsSent
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestTcpackAckSocketsMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackAckSockets
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackAckSocketsMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.sockets doesn't have an attribute invalid, valid attributes: [tcpack.ack.mode, server.port, tcpack.socket.role, tcpack.netns.inode]")
+
+	cfg = DefaultMetricsConfig().TcpackAckSockets
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestTcpackAckSocketsForcedMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackAckSocketsForced
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackAckSocketsForcedMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.sockets.forced doesn't have an attribute invalid, valid attributes: [server.port, tcpack.socket.role, tcpack.netns.inode]")
+
+	cfg = DefaultMetricsConfig().TcpackAckSocketsForced
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestTcpackAckTimerCountMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackAckTimerCount
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackAckTimerCountMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.timer.count doesn't have an attribute invalid, valid attributes: [server.port, tcpack.socket.role, tcpack.netns.inode]")
+
+	cfg = DefaultMetricsConfig().TcpackAckTimerCount
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestTcpackAckTimerDeferredMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackAckTimerDeferred
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackAckTimerDeferredMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.timer.deferred doesn't have an attribute invalid, valid attributes: [server.port, tcpack.socket.role, tcpack.netns.inode]")
+
+	cfg = DefaultMetricsConfig().TcpackAckTimerDeferred
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestTcpackAckUncountedMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackAckUncounted
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackAckUncountedMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.ack.uncounted doesn't have an attribute invalid, valid attributes: [tcpack.ack.uncounted.cause]")
+
+	cfg = DefaultMetricsConfig().TcpackAckUncounted
 	cfg.AggregationStrategy = "invalid"
 	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
 }

@@ -87,6 +87,66 @@ var MapAttributeTcpackAckCause = map[string]AttributeTcpackAckCause{
 	"data_arrival": AttributeTcpackAckCauseDataArrival,
 }
 
+// AttributeTcpackAckMode specifies the value tcpack.ack.mode attribute.
+type AttributeTcpackAckMode int
+
+const (
+	_ AttributeTcpackAckMode = iota
+	AttributeTcpackAckModeRoute
+	AttributeTcpackAckModeQuick
+	AttributeTcpackAckModePingpong
+	AttributeTcpackAckModeDelayed
+)
+
+// String returns the string representation of the AttributeTcpackAckMode.
+func (av AttributeTcpackAckMode) String() string {
+	switch av {
+	case AttributeTcpackAckModeRoute:
+		return "route"
+	case AttributeTcpackAckModeQuick:
+		return "quick"
+	case AttributeTcpackAckModePingpong:
+		return "pingpong"
+	case AttributeTcpackAckModeDelayed:
+		return "delayed"
+	}
+	return ""
+}
+
+// MapAttributeTcpackAckMode is a helper map of string to AttributeTcpackAckMode attribute value.
+var MapAttributeTcpackAckMode = map[string]AttributeTcpackAckMode{
+	"route":    AttributeTcpackAckModeRoute,
+	"quick":    AttributeTcpackAckModeQuick,
+	"pingpong": AttributeTcpackAckModePingpong,
+	"delayed":  AttributeTcpackAckModeDelayed,
+}
+
+// AttributeTcpackAckUncountedCause specifies the value tcpack.ack.uncounted.cause attribute.
+type AttributeTcpackAckUncountedCause int
+
+const (
+	_ AttributeTcpackAckUncountedCause = iota
+	AttributeTcpackAckUncountedCauseSocketsFull
+	AttributeTcpackAckUncountedCauseTimerUnknown
+)
+
+// String returns the string representation of the AttributeTcpackAckUncountedCause.
+func (av AttributeTcpackAckUncountedCause) String() string {
+	switch av {
+	case AttributeTcpackAckUncountedCauseSocketsFull:
+		return "sockets_full"
+	case AttributeTcpackAckUncountedCauseTimerUnknown:
+		return "timer_unknown"
+	}
+	return ""
+}
+
+// MapAttributeTcpackAckUncountedCause is a helper map of string to AttributeTcpackAckUncountedCause attribute value.
+var MapAttributeTcpackAckUncountedCause = map[string]AttributeTcpackAckUncountedCause{
+	"sockets_full":  AttributeTcpackAckUncountedCauseSocketsFull,
+	"timer_unknown": AttributeTcpackAckUncountedCauseTimerUnknown,
+}
+
 // AttributeTcpackEventKind specifies the value tcpack.event.kind attribute.
 type AttributeTcpackEventKind int
 
@@ -299,6 +359,84 @@ var MapAttributeTcpackQuickackRefusal = map[string]AttributeTcpackQuickackRefusa
 	"setsockopt_failed": AttributeTcpackQuickackRefusalSetsockoptFailed,
 }
 
+// AttributeTcpackSegmentKind specifies the value tcpack.segment.kind attribute.
+type AttributeTcpackSegmentKind int
+
+const (
+	_ AttributeTcpackSegmentKind = iota
+	AttributeTcpackSegmentKindData
+	AttributeTcpackSegmentKindControl
+)
+
+// String returns the string representation of the AttributeTcpackSegmentKind.
+func (av AttributeTcpackSegmentKind) String() string {
+	switch av {
+	case AttributeTcpackSegmentKindData:
+		return "data"
+	case AttributeTcpackSegmentKindControl:
+		return "control"
+	}
+	return ""
+}
+
+// MapAttributeTcpackSegmentKind is a helper map of string to AttributeTcpackSegmentKind attribute value.
+var MapAttributeTcpackSegmentKind = map[string]AttributeTcpackSegmentKind{
+	"data":    AttributeTcpackSegmentKindData,
+	"control": AttributeTcpackSegmentKindControl,
+}
+
+// AttributeTcpackSocketOrigin specifies the value tcpack.socket.origin attribute.
+type AttributeTcpackSocketOrigin int
+
+const (
+	_ AttributeTcpackSocketOrigin = iota
+	AttributeTcpackSocketOriginEstablished
+	AttributeTcpackSocketOriginExisting
+)
+
+// String returns the string representation of the AttributeTcpackSocketOrigin.
+func (av AttributeTcpackSocketOrigin) String() string {
+	switch av {
+	case AttributeTcpackSocketOriginEstablished:
+		return "established"
+	case AttributeTcpackSocketOriginExisting:
+		return "existing"
+	}
+	return ""
+}
+
+// MapAttributeTcpackSocketOrigin is a helper map of string to AttributeTcpackSocketOrigin attribute value.
+var MapAttributeTcpackSocketOrigin = map[string]AttributeTcpackSocketOrigin{
+	"established": AttributeTcpackSocketOriginEstablished,
+	"existing":    AttributeTcpackSocketOriginExisting,
+}
+
+// AttributeTcpackSocketRole specifies the value tcpack.socket.role attribute.
+type AttributeTcpackSocketRole int
+
+const (
+	_ AttributeTcpackSocketRole = iota
+	AttributeTcpackSocketRoleServer
+	AttributeTcpackSocketRoleClient
+)
+
+// String returns the string representation of the AttributeTcpackSocketRole.
+func (av AttributeTcpackSocketRole) String() string {
+	switch av {
+	case AttributeTcpackSocketRoleServer:
+		return "server"
+	case AttributeTcpackSocketRoleClient:
+		return "client"
+	}
+	return ""
+}
+
+// MapAttributeTcpackSocketRole is a helper map of string to AttributeTcpackSocketRole attribute value.
+var MapAttributeTcpackSocketRole = map[string]AttributeTcpackSocketRole{
+	"server": AttributeTcpackSocketRoleServer,
+	"client": AttributeTcpackSocketRoleClient,
+}
+
 // AttributeTcpackSuppressionCause specifies the value tcpack.suppression.cause attribute.
 type AttributeTcpackSuppressionCause int
 
@@ -389,29 +527,65 @@ var MetricsInfo = metricsInfo{
 	TcpackAckArmed: metricInfo{
 		Name: "tcpack.ack.armed",
 	},
+	TcpackAckConnections: metricInfo{
+		Name:       "tcpack.ack.connections",
+		Attributes: []string{"tcpack.socket.origin", "server.port", "tcpack.socket.role", "tcpack.netns.inode"},
+	},
 	TcpackAckCount: metricInfo{
 		Name:       "tcpack.ack.count",
-		Attributes: []string{"tcpack.ack.cause", "network.local.port", "tcpack.netns.inode"},
+		Attributes: []string{"tcpack.ack.cause", "server.port", "tcpack.socket.role", "tcpack.netns.inode"},
 	},
 	TcpackAckDelayDecisionsCount: metricInfo{
 		Name:       "tcpack.ack.delay_decisions.count",
-		Attributes: []string{"network.local.port", "tcpack.netns.inode"},
+		Attributes: []string{"server.port", "tcpack.socket.role", "tcpack.netns.inode"},
 	},
 	TcpackAckForcedCount: metricInfo{
 		Name:       "tcpack.ack.forced.count",
-		Attributes: []string{"network.local.port", "tcpack.netns.inode"},
+		Attributes: []string{"server.port", "tcpack.socket.role", "tcpack.netns.inode"},
+	},
+	TcpackAckForcedSegmentsSent: metricInfo{
+		Name:       "tcpack.ack.forced.segments.sent",
+		Attributes: []string{"tcpack.segment.kind", "server.port", "tcpack.socket.role", "tcpack.netns.inode"},
 	},
 	TcpackAckOtherCount: metricInfo{
 		Name:       "tcpack.ack.other.count",
-		Attributes: []string{"network.local.port", "tcpack.netns.inode"},
+		Attributes: []string{"server.port", "tcpack.socket.role", "tcpack.netns.inode"},
 	},
 	TcpackAckQuotaExhaustedCount: metricInfo{
 		Name:       "tcpack.ack.quota_exhausted.count",
-		Attributes: []string{"network.local.port", "tcpack.netns.inode"},
+		Attributes: []string{"server.port", "tcpack.socket.role", "tcpack.netns.inode"},
 	},
 	TcpackAckSegments: metricInfo{
 		Name:       "tcpack.ack.segments",
-		Attributes: []string{"network.local.port", "tcpack.netns.inode"},
+		Attributes: []string{"server.port", "tcpack.socket.role", "tcpack.netns.inode"},
+	},
+	TcpackAckSegmentsReceived: metricInfo{
+		Name:       "tcpack.ack.segments.received",
+		Attributes: []string{"server.port", "tcpack.socket.role", "tcpack.netns.inode"},
+	},
+	TcpackAckSegmentsSent: metricInfo{
+		Name:       "tcpack.ack.segments.sent",
+		Attributes: []string{"tcpack.segment.kind", "server.port", "tcpack.socket.role", "tcpack.netns.inode"},
+	},
+	TcpackAckSockets: metricInfo{
+		Name:       "tcpack.ack.sockets",
+		Attributes: []string{"tcpack.ack.mode", "server.port", "tcpack.socket.role", "tcpack.netns.inode"},
+	},
+	TcpackAckSocketsForced: metricInfo{
+		Name:       "tcpack.ack.sockets.forced",
+		Attributes: []string{"server.port", "tcpack.socket.role", "tcpack.netns.inode"},
+	},
+	TcpackAckTimerCount: metricInfo{
+		Name:       "tcpack.ack.timer.count",
+		Attributes: []string{"server.port", "tcpack.socket.role", "tcpack.netns.inode"},
+	},
+	TcpackAckTimerDeferred: metricInfo{
+		Name:       "tcpack.ack.timer.deferred",
+		Attributes: []string{"server.port", "tcpack.socket.role", "tcpack.netns.inode"},
+	},
+	TcpackAckUncounted: metricInfo{
+		Name:       "tcpack.ack.uncounted",
+		Attributes: []string{"tcpack.ack.uncounted.cause"},
 	},
 	TcpackAckUnobservedCount: metricInfo{
 		Name: "tcpack.ack.unobserved.count",
@@ -509,12 +683,21 @@ var MetricsInfo = metricsInfo{
 
 type metricsInfo struct {
 	TcpackAckArmed                metricInfo
+	TcpackAckConnections          metricInfo
 	TcpackAckCount                metricInfo
 	TcpackAckDelayDecisionsCount  metricInfo
 	TcpackAckForcedCount          metricInfo
+	TcpackAckForcedSegmentsSent   metricInfo
 	TcpackAckOtherCount           metricInfo
 	TcpackAckQuotaExhaustedCount  metricInfo
 	TcpackAckSegments             metricInfo
+	TcpackAckSegmentsReceived     metricInfo
+	TcpackAckSegmentsSent         metricInfo
+	TcpackAckSockets              metricInfo
+	TcpackAckSocketsForced        metricInfo
+	TcpackAckTimerCount           metricInfo
+	TcpackAckTimerDeferred        metricInfo
+	TcpackAckUncounted            metricInfo
 	TcpackAckUnobservedCount      metricInfo
 	TcpackDropBytes               metricInfo
 	TcpackDropCount               metricInfo
@@ -555,7 +738,7 @@ type metricTcpackAckArmed struct {
 // init fills tcpack.ack.armed metric with initial data.
 func (m *metricTcpackAckArmed) init() {
 	m.data.SetName("tcpack.ack.armed")
-	m.data.SetDescription("1 while the ACK family's per-segment hooks (tcp_probe, the delayed-ACK hooks) are attached and its statistics count; under acks.attach on_traffic, 0 from acks.idle_detach after the last socket in scope closed until the next one opens.")
+	m.data.SetDescription("1 while the ACK family's per-segment hooks (tcp_probe, the delayed-ACK hooks) are attached and its statistics count; under acks.per_segment.attach on_traffic, 0 from acks.per_segment.idle_detach after the last socket in scope closed until the next one opens.")
 	m.data.SetUnit("1")
 	m.data.SetEmptyGauge()
 }
@@ -596,6 +779,106 @@ func newMetricTcpackAckArmed(cfg TcpackAckArmedMetricConfig) metricTcpackAckArme
 	return m
 }
 
+type metricTcpackAckConnections struct {
+	data          pmetric.Metric                   // data buffer for generated metric.
+	config        TcpackAckConnectionsMetricConfig // metric config provided by user.
+	capacity      int                              // max observed number of data points added to the metric.
+	aggDataPoints []int64                          // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.ack.connections metric with initial data.
+func (m *metricTcpackAckConnections) init() {
+	m.data.SetName("tcpack.ack.connections")
+	m.data.SetDescription("Sockets the acks family has counted, by how they came to be counted.")
+	m.data.SetUnit("{socket}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackAckConnections) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, tcpackSocketOriginAttributeValue string, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckConnectionsMetricAttributeKeyTcpackSocketOrigin) {
+		dp.Attributes().PutStr("tcpack.socket.origin", tcpackSocketOriginAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckConnectionsMetricAttributeKeyServerPort) {
+		dp.Attributes().PutInt("server.port", serverPortAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckConnectionsMetricAttributeKeyTcpackSocketRole) {
+		dp.Attributes().PutStr("tcpack.socket.role", tcpackSocketRoleAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckConnectionsMetricAttributeKeyTcpackNetnsInode) {
+		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackAckConnections) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackAckConnections) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackAckConnections(cfg TcpackAckConnectionsMetricConfig) metricTcpackAckConnections {
+	m := metricTcpackAckConnections{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
 type metricTcpackAckCount struct {
 	data          pmetric.Metric             // data buffer for generated metric.
 	config        TcpackAckCountMetricConfig // metric config provided by user.
@@ -606,7 +889,7 @@ type metricTcpackAckCount struct {
 // init fills tcpack.ack.count metric with initial data.
 func (m *metricTcpackAckCount) init() {
 	m.data.SetName("tcpack.ack.count")
-	m.data.SetDescription("ACKs sent that acknowledged new data, by cause, on the sockets in the acks family's scope.")
+	m.data.SetDescription("ACKs sent that acknowledged new data, by cause, on the sockets in the acks family's scope. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.")
 	m.data.SetUnit("{ack}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)
@@ -615,7 +898,7 @@ func (m *metricTcpackAckCount) init() {
 	m.aggDataPoints = m.aggDataPoints[:0]
 }
 
-func (m *metricTcpackAckCount) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, tcpackAckCauseAttributeValue string, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+func (m *metricTcpackAckCount) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, tcpackAckCauseAttributeValue string, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
 	if !m.config.Enabled {
 		return
 	}
@@ -626,8 +909,11 @@ func (m *metricTcpackAckCount) recordDataPoint(start pcommon.Timestamp, ts pcomm
 	if slices.Contains(m.config.EnabledAttributes, TcpackAckCountMetricAttributeKeyTcpackAckCause) {
 		dp.Attributes().PutStr("tcpack.ack.cause", tcpackAckCauseAttributeValue)
 	}
-	if slices.Contains(m.config.EnabledAttributes, TcpackAckCountMetricAttributeKeyNetworkLocalPort) {
-		dp.Attributes().PutInt("network.local.port", networkLocalPortAttributeValue)
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckCountMetricAttributeKeyServerPort) {
+		dp.Attributes().PutInt("server.port", serverPortAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckCountMetricAttributeKeyTcpackSocketRole) {
+		dp.Attributes().PutStr("tcpack.socket.role", tcpackSocketRoleAttributeValue)
 	}
 	if slices.Contains(m.config.EnabledAttributes, TcpackAckCountMetricAttributeKeyTcpackNetnsInode) {
 		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
@@ -703,7 +989,7 @@ type metricTcpackAckDelayDecisionsCount struct {
 // init fills tcpack.ack.delay_decisions.count metric with initial data.
 func (m *metricTcpackAckDelayDecisionsCount) init() {
 	m.data.SetName("tcpack.ack.delay_decisions.count")
-	m.data.SetDescription("Times the kernel decided to delay an ACK (tcp_send_delayed_ack armed the delayed-ACK timer). Counted only where fentry or kprobes can hook it; tcpack.probe.attached says whether they did.")
+	m.data.SetDescription("Times the kernel decided to delay an ACK (tcp_send_delayed_ack armed the delayed-ACK timer). Counted only where fentry or kprobes can hook it; tcpack.probe.attached says whether they did. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.")
 	m.data.SetUnit("{decision}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)
@@ -712,7 +998,7 @@ func (m *metricTcpackAckDelayDecisionsCount) init() {
 	m.aggDataPoints = m.aggDataPoints[:0]
 }
 
-func (m *metricTcpackAckDelayDecisionsCount) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+func (m *metricTcpackAckDelayDecisionsCount) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
 	if !m.config.Enabled {
 		return
 	}
@@ -720,8 +1006,11 @@ func (m *metricTcpackAckDelayDecisionsCount) recordDataPoint(start pcommon.Times
 	dp := pmetric.NewNumberDataPoint()
 	dp.SetStartTimestamp(start)
 	dp.SetTimestamp(ts)
-	if slices.Contains(m.config.EnabledAttributes, TcpackAckDelayDecisionsCountMetricAttributeKeyNetworkLocalPort) {
-		dp.Attributes().PutInt("network.local.port", networkLocalPortAttributeValue)
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckDelayDecisionsCountMetricAttributeKeyServerPort) {
+		dp.Attributes().PutInt("server.port", serverPortAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckDelayDecisionsCountMetricAttributeKeyTcpackSocketRole) {
+		dp.Attributes().PutStr("tcpack.socket.role", tcpackSocketRoleAttributeValue)
 	}
 	if slices.Contains(m.config.EnabledAttributes, TcpackAckDelayDecisionsCountMetricAttributeKeyTcpackNetnsInode) {
 		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
@@ -797,7 +1086,7 @@ type metricTcpackAckForcedCount struct {
 // init fills tcpack.ack.forced.count metric with initial data.
 func (m *metricTcpackAckForcedCount) init() {
 	m.data.SetName("tcpack.ack.forced.count")
-	m.data.SetDescription("ACKs that acknowledged new data sent by sockets the quickack family forces; with tcpack.ack.count, the share of forced ACKs.")
+	m.data.SetDescription("ACKs that acknowledged new data sent by sockets the quickack family forces; with tcpack.ack.count, the share of forced ACKs. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.")
 	m.data.SetUnit("{ack}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)
@@ -806,7 +1095,7 @@ func (m *metricTcpackAckForcedCount) init() {
 	m.aggDataPoints = m.aggDataPoints[:0]
 }
 
-func (m *metricTcpackAckForcedCount) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+func (m *metricTcpackAckForcedCount) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
 	if !m.config.Enabled {
 		return
 	}
@@ -814,8 +1103,11 @@ func (m *metricTcpackAckForcedCount) recordDataPoint(start pcommon.Timestamp, ts
 	dp := pmetric.NewNumberDataPoint()
 	dp.SetStartTimestamp(start)
 	dp.SetTimestamp(ts)
-	if slices.Contains(m.config.EnabledAttributes, TcpackAckForcedCountMetricAttributeKeyNetworkLocalPort) {
-		dp.Attributes().PutInt("network.local.port", networkLocalPortAttributeValue)
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckForcedCountMetricAttributeKeyServerPort) {
+		dp.Attributes().PutInt("server.port", serverPortAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckForcedCountMetricAttributeKeyTcpackSocketRole) {
+		dp.Attributes().PutStr("tcpack.socket.role", tcpackSocketRoleAttributeValue)
 	}
 	if slices.Contains(m.config.EnabledAttributes, TcpackAckForcedCountMetricAttributeKeyTcpackNetnsInode) {
 		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
@@ -881,6 +1173,106 @@ func newMetricTcpackAckForcedCount(cfg TcpackAckForcedCountMetricConfig) metricT
 	return m
 }
 
+type metricTcpackAckForcedSegmentsSent struct {
+	data          pmetric.Metric                          // data buffer for generated metric.
+	config        TcpackAckForcedSegmentsSentMetricConfig // metric config provided by user.
+	capacity      int                                     // max observed number of data points added to the metric.
+	aggDataPoints []int64                                 // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.ack.forced.segments.sent metric with initial data.
+func (m *metricTcpackAckForcedSegmentsSent) init() {
+	m.data.SetName("tcpack.ack.forced.segments.sent")
+	m.data.SetDescription("Segments sent by the sockets tcpack forces into quick ACKs (quickack family, mark or bounded timeout), by kind as tcpack.ack.segments.sent; with it, the share of ACKs forcing accounts for.")
+	m.data.SetUnit("{segment}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackAckForcedSegmentsSent) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, tcpackSegmentKindAttributeValue string, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckForcedSegmentsSentMetricAttributeKeyTcpackSegmentKind) {
+		dp.Attributes().PutStr("tcpack.segment.kind", tcpackSegmentKindAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckForcedSegmentsSentMetricAttributeKeyServerPort) {
+		dp.Attributes().PutInt("server.port", serverPortAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckForcedSegmentsSentMetricAttributeKeyTcpackSocketRole) {
+		dp.Attributes().PutStr("tcpack.socket.role", tcpackSocketRoleAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckForcedSegmentsSentMetricAttributeKeyTcpackNetnsInode) {
+		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackAckForcedSegmentsSent) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackAckForcedSegmentsSent) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackAckForcedSegmentsSent(cfg TcpackAckForcedSegmentsSentMetricConfig) metricTcpackAckForcedSegmentsSent {
+	m := metricTcpackAckForcedSegmentsSent{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
 type metricTcpackAckOtherCount struct {
 	data          pmetric.Metric                  // data buffer for generated metric.
 	config        TcpackAckOtherCountMetricConfig // metric config provided by user.
@@ -891,7 +1283,7 @@ type metricTcpackAckOtherCount struct {
 // init fills tcpack.ack.other.count metric with initial data.
 func (m *metricTcpackAckOtherCount) init() {
 	m.data.SetName("tcpack.ack.other.count")
-	m.data.SetDescription("Pure ACKs sent that acknowledged nothing new (window updates, duplicate ACKs).")
+	m.data.SetDescription("Pure ACKs sent that acknowledged nothing new (window updates, duplicate ACKs). Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.")
 	m.data.SetUnit("{ack}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)
@@ -900,7 +1292,7 @@ func (m *metricTcpackAckOtherCount) init() {
 	m.aggDataPoints = m.aggDataPoints[:0]
 }
 
-func (m *metricTcpackAckOtherCount) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+func (m *metricTcpackAckOtherCount) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
 	if !m.config.Enabled {
 		return
 	}
@@ -908,8 +1300,11 @@ func (m *metricTcpackAckOtherCount) recordDataPoint(start pcommon.Timestamp, ts 
 	dp := pmetric.NewNumberDataPoint()
 	dp.SetStartTimestamp(start)
 	dp.SetTimestamp(ts)
-	if slices.Contains(m.config.EnabledAttributes, TcpackAckOtherCountMetricAttributeKeyNetworkLocalPort) {
-		dp.Attributes().PutInt("network.local.port", networkLocalPortAttributeValue)
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckOtherCountMetricAttributeKeyServerPort) {
+		dp.Attributes().PutInt("server.port", serverPortAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckOtherCountMetricAttributeKeyTcpackSocketRole) {
+		dp.Attributes().PutStr("tcpack.socket.role", tcpackSocketRoleAttributeValue)
 	}
 	if slices.Contains(m.config.EnabledAttributes, TcpackAckOtherCountMetricAttributeKeyTcpackNetnsInode) {
 		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
@@ -985,7 +1380,7 @@ type metricTcpackAckQuotaExhaustedCount struct {
 // init fills tcpack.ack.quota_exhausted.count metric with initial data.
 func (m *metricTcpackAckQuotaExhaustedCount) init() {
 	m.data.SetName("tcpack.ack.quota_exhausted.count")
-	m.data.SetDescription("Times a socket spent the last quick ACK of its quota (icsk_ack.quick 1 -> 0); later ACKs wait for the delayed-ACK rules.")
+	m.data.SetDescription("Times a socket spent the last quick ACK of its quota (icsk_ack.quick 1 -> 0); later ACKs wait for the delayed-ACK rules. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.")
 	m.data.SetUnit("{event}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)
@@ -994,7 +1389,7 @@ func (m *metricTcpackAckQuotaExhaustedCount) init() {
 	m.aggDataPoints = m.aggDataPoints[:0]
 }
 
-func (m *metricTcpackAckQuotaExhaustedCount) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+func (m *metricTcpackAckQuotaExhaustedCount) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
 	if !m.config.Enabled {
 		return
 	}
@@ -1002,8 +1397,11 @@ func (m *metricTcpackAckQuotaExhaustedCount) recordDataPoint(start pcommon.Times
 	dp := pmetric.NewNumberDataPoint()
 	dp.SetStartTimestamp(start)
 	dp.SetTimestamp(ts)
-	if slices.Contains(m.config.EnabledAttributes, TcpackAckQuotaExhaustedCountMetricAttributeKeyNetworkLocalPort) {
-		dp.Attributes().PutInt("network.local.port", networkLocalPortAttributeValue)
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckQuotaExhaustedCountMetricAttributeKeyServerPort) {
+		dp.Attributes().PutInt("server.port", serverPortAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackSocketRole) {
+		dp.Attributes().PutStr("tcpack.socket.role", tcpackSocketRoleAttributeValue)
 	}
 	if slices.Contains(m.config.EnabledAttributes, TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackNetnsInode) {
 		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
@@ -1079,7 +1477,7 @@ type metricTcpackAckSegments struct {
 // init fills tcpack.ack.segments metric with initial data.
 func (m *metricTcpackAckSegments) init() {
 	m.data.SetName("tcpack.ack.segments")
-	m.data.SetDescription("Data segments received and acknowledged; with tcpack.ack.count, how many segments an ACK covers.")
+	m.data.SetDescription("Data segments received and acknowledged; with tcpack.ack.count, how many segments an ACK covers. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.")
 	m.data.SetUnit("{segment}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)
@@ -1088,7 +1486,7 @@ func (m *metricTcpackAckSegments) init() {
 	m.aggDataPoints = m.aggDataPoints[:0]
 }
 
-func (m *metricTcpackAckSegments) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+func (m *metricTcpackAckSegments) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
 	if !m.config.Enabled {
 		return
 	}
@@ -1096,8 +1494,11 @@ func (m *metricTcpackAckSegments) recordDataPoint(start pcommon.Timestamp, ts pc
 	dp := pmetric.NewNumberDataPoint()
 	dp.SetStartTimestamp(start)
 	dp.SetTimestamp(ts)
-	if slices.Contains(m.config.EnabledAttributes, TcpackAckSegmentsMetricAttributeKeyNetworkLocalPort) {
-		dp.Attributes().PutInt("network.local.port", networkLocalPortAttributeValue)
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckSegmentsMetricAttributeKeyServerPort) {
+		dp.Attributes().PutInt("server.port", serverPortAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckSegmentsMetricAttributeKeyTcpackSocketRole) {
+		dp.Attributes().PutStr("tcpack.socket.role", tcpackSocketRoleAttributeValue)
 	}
 	if slices.Contains(m.config.EnabledAttributes, TcpackAckSegmentsMetricAttributeKeyTcpackNetnsInode) {
 		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
@@ -1163,6 +1564,681 @@ func newMetricTcpackAckSegments(cfg TcpackAckSegmentsMetricConfig) metricTcpackA
 	return m
 }
 
+type metricTcpackAckSegmentsReceived struct {
+	data          pmetric.Metric                        // data buffer for generated metric.
+	config        TcpackAckSegmentsReceivedMetricConfig // metric config provided by user.
+	capacity      int                                   // max observed number of data points added to the metric.
+	aggDataPoints []int64                               // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.ack.segments.received metric with initial data.
+func (m *metricTcpackAckSegmentsReceived) init() {
+	m.data.SetName("tcpack.ack.segments.received")
+	m.data.SetDescription("Segments received with data, as the sockets count them (TCP_INFO data_segs_in), on every socket in the acks family's scope. From a walk of the sockets each collection and at each socket's close; no program runs per packet.")
+	m.data.SetUnit("{segment}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackAckSegmentsReceived) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckSegmentsReceivedMetricAttributeKeyServerPort) {
+		dp.Attributes().PutInt("server.port", serverPortAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckSegmentsReceivedMetricAttributeKeyTcpackSocketRole) {
+		dp.Attributes().PutStr("tcpack.socket.role", tcpackSocketRoleAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckSegmentsReceivedMetricAttributeKeyTcpackNetnsInode) {
+		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackAckSegmentsReceived) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackAckSegmentsReceived) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackAckSegmentsReceived(cfg TcpackAckSegmentsReceivedMetricConfig) metricTcpackAckSegmentsReceived {
+	m := metricTcpackAckSegmentsReceived{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricTcpackAckSegmentsSent struct {
+	data          pmetric.Metric                    // data buffer for generated metric.
+	config        TcpackAckSegmentsSentMetricConfig // metric config provided by user.
+	capacity      int                               // max observed number of data points added to the metric.
+	aggDataPoints []int64                           // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.ack.segments.sent metric with initial data.
+func (m *metricTcpackAckSegmentsSent) init() {
+	m.data.SetName("tcpack.ack.segments.sent")
+	m.data.SetDescription("Segments sent, as the sockets count them, by kind. data - with payload (data_segs_out), each carrying an ACK; control - without payload (segs_out - data_segs_out) - pure ACKs, and the SYN, FIN and RST of each connection. From the socket walk and each socket's close.")
+	m.data.SetUnit("{segment}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackAckSegmentsSent) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, tcpackSegmentKindAttributeValue string, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckSegmentsSentMetricAttributeKeyTcpackSegmentKind) {
+		dp.Attributes().PutStr("tcpack.segment.kind", tcpackSegmentKindAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckSegmentsSentMetricAttributeKeyServerPort) {
+		dp.Attributes().PutInt("server.port", serverPortAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckSegmentsSentMetricAttributeKeyTcpackSocketRole) {
+		dp.Attributes().PutStr("tcpack.socket.role", tcpackSocketRoleAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckSegmentsSentMetricAttributeKeyTcpackNetnsInode) {
+		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackAckSegmentsSent) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackAckSegmentsSent) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackAckSegmentsSent(cfg TcpackAckSegmentsSentMetricConfig) metricTcpackAckSegmentsSent {
+	m := metricTcpackAckSegmentsSent{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricTcpackAckSockets struct {
+	data          pmetric.Metric               // data buffer for generated metric.
+	config        TcpackAckSocketsMetricConfig // metric config provided by user.
+	capacity      int                          // max observed number of data points added to the metric.
+	aggDataPoints []int64                      // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.ack.sockets metric with initial data.
+func (m *metricTcpackAckSockets) init() {
+	m.data.SetName("tcpack.ack.sockets")
+	m.data.SetDescription("Sockets open at the last walk, by quick-ACK mode.")
+	m.data.SetUnit("{socket}")
+	m.data.SetEmptyGauge()
+	m.data.Gauge().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackAckSockets) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, tcpackAckModeAttributeValue string, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckSocketsMetricAttributeKeyTcpackAckMode) {
+		dp.Attributes().PutStr("tcpack.ack.mode", tcpackAckModeAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckSocketsMetricAttributeKeyServerPort) {
+		dp.Attributes().PutInt("server.port", serverPortAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckSocketsMetricAttributeKeyTcpackSocketRole) {
+		dp.Attributes().PutStr("tcpack.socket.role", tcpackSocketRoleAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckSocketsMetricAttributeKeyTcpackNetnsInode) {
+		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Gauge().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackAckSockets) updateCapacity() {
+	if m.data.Gauge().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Gauge().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackAckSockets) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Gauge().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Gauge().DataPoints().At(i).SetIntValue(m.data.Gauge().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackAckSockets(cfg TcpackAckSocketsMetricConfig) metricTcpackAckSockets {
+	m := metricTcpackAckSockets{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricTcpackAckSocketsForced struct {
+	data          pmetric.Metric                     // data buffer for generated metric.
+	config        TcpackAckSocketsForcedMetricConfig // metric config provided by user.
+	capacity      int                                // max observed number of data points added to the metric.
+	aggDataPoints []int64                            // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.ack.sockets.forced metric with initial data.
+func (m *metricTcpackAckSocketsForced) init() {
+	m.data.SetName("tcpack.ack.sockets.forced")
+	m.data.SetDescription("Sockets open at the last walk that tcpack forces into quick ACKs.")
+	m.data.SetUnit("{socket}")
+	m.data.SetEmptyGauge()
+	m.data.Gauge().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackAckSocketsForced) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckSocketsForcedMetricAttributeKeyServerPort) {
+		dp.Attributes().PutInt("server.port", serverPortAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckSocketsForcedMetricAttributeKeyTcpackSocketRole) {
+		dp.Attributes().PutStr("tcpack.socket.role", tcpackSocketRoleAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckSocketsForcedMetricAttributeKeyTcpackNetnsInode) {
+		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Gauge().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackAckSocketsForced) updateCapacity() {
+	if m.data.Gauge().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Gauge().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackAckSocketsForced) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Gauge().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Gauge().DataPoints().At(i).SetIntValue(m.data.Gauge().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackAckSocketsForced(cfg TcpackAckSocketsForcedMetricConfig) metricTcpackAckSocketsForced {
+	m := metricTcpackAckSocketsForced{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricTcpackAckTimerCount struct {
+	data          pmetric.Metric                  // data buffer for generated metric.
+	config        TcpackAckTimerCountMetricConfig // metric config provided by user.
+	capacity      int                             // max observed number of data points added to the metric.
+	aggDataPoints []int64                         // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.ack.timer.count metric with initial data.
+func (m *metricTcpackAckTimerCount) init() {
+	m.data.SetName("tcpack.ack.timer.count")
+	m.data.SetDescription("ACKs the delayed-ACK timer sent - the ACKs that waited the longest (TcpExtDelayedACKs, per socket). Seen at each timer expiry (tcp_delack_timer_handler where fentry or kprobes work, else timer_expire_entry); see tcpack.ack.timer.deferred.")
+	m.data.SetUnit("{ack}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackAckTimerCount) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckTimerCountMetricAttributeKeyServerPort) {
+		dp.Attributes().PutInt("server.port", serverPortAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckTimerCountMetricAttributeKeyTcpackSocketRole) {
+		dp.Attributes().PutStr("tcpack.socket.role", tcpackSocketRoleAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckTimerCountMetricAttributeKeyTcpackNetnsInode) {
+		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackAckTimerCount) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackAckTimerCount) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackAckTimerCount(cfg TcpackAckTimerCountMetricConfig) metricTcpackAckTimerCount {
+	m := metricTcpackAckTimerCount{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricTcpackAckTimerDeferred struct {
+	data          pmetric.Metric                     // data buffer for generated metric.
+	config        TcpackAckTimerDeferredMetricConfig // metric config provided by user.
+	capacity      int                                // max observed number of data points added to the metric.
+	aggDataPoints []int64                            // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.ack.timer.deferred metric with initial data.
+func (m *metricTcpackAckTimerDeferred) init() {
+	m.data.SetName("tcpack.ack.timer.deferred")
+	m.data.SetDescription("Delayed-ACK timer expiries that found the application holding the socket, with an ACK due (TcpExtDelayedACKLocked). The kernel leaves the ACK to the socket's release; where the timer is seen at timer_expire_entry (no fentry or kprobes), such an ACK, if it leaves then, is not in tcpack.ack.timer.count.")
+	m.data.SetUnit("{expiry}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackAckTimerDeferred) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckTimerDeferredMetricAttributeKeyServerPort) {
+		dp.Attributes().PutInt("server.port", serverPortAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckTimerDeferredMetricAttributeKeyTcpackSocketRole) {
+		dp.Attributes().PutStr("tcpack.socket.role", tcpackSocketRoleAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckTimerDeferredMetricAttributeKeyTcpackNetnsInode) {
+		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackAckTimerDeferred) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackAckTimerDeferred) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackAckTimerDeferred(cfg TcpackAckTimerDeferredMetricConfig) metricTcpackAckTimerDeferred {
+	m := metricTcpackAckTimerDeferred{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricTcpackAckUncounted struct {
+	data          pmetric.Metric                 // data buffer for generated metric.
+	config        TcpackAckUncountedMetricConfig // metric config provided by user.
+	capacity      int                            // max observed number of data points added to the metric.
+	aggDataPoints []int64                        // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.ack.uncounted metric with initial data.
+func (m *metricTcpackAckUncounted) init() {
+	m.data.SetName("tcpack.ack.uncounted")
+	m.data.SetDescription("What the acks family's counts miss, by cause. sockets_full - sockets whose timer ACKs cannot be counted (no room, raise acks.max_sockets); timer_unknown - timer ACKs of sockets the family has no record of (open before the start in a namespace the walk could not enter, or left out for want of room).")
+	m.data.SetUnit("{event}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackAckUncounted) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, tcpackAckUncountedCauseAttributeValue string) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackAckUncountedMetricAttributeKeyTcpackAckUncountedCause) {
+		dp.Attributes().PutStr("tcpack.ack.uncounted.cause", tcpackAckUncountedCauseAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackAckUncounted) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackAckUncounted) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackAckUncounted(cfg TcpackAckUncountedMetricConfig) metricTcpackAckUncounted {
+	m := metricTcpackAckUncounted{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
 type metricTcpackAckUnobservedCount struct {
 	data     pmetric.Metric                       // data buffer for generated metric.
 	config   TcpackAckUnobservedCountMetricConfig // metric config provided by user.
@@ -1172,7 +2248,7 @@ type metricTcpackAckUnobservedCount struct {
 // init fills tcpack.ack.unobserved.count metric with initial data.
 func (m *metricTcpackAckUnobservedCount) init() {
 	m.data.SetName("tcpack.ack.unobserved.count")
-	m.data.SetDescription("Pure ACKs sent by sockets in scope while the per-segment hooks were still detached (acks.attach on_traffic, within about 100 ms of the first such socket after an idle spell); they are in no other ACK metric.")
+	m.data.SetDescription("Pure ACKs sent by sockets in scope while the per-segment hooks were still detached (acks.per_segment.attach on_traffic, within about 100 ms of the first such socket after an idle spell); they are in no other ACK metric.")
 	m.data.SetUnit("{ack}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)
@@ -3315,12 +4391,21 @@ type MetricsBuilder struct {
 	resourceAttributeIncludeFilter      map[string]filter.Filter
 	resourceAttributeExcludeFilter      map[string]filter.Filter
 	metricTcpackAckArmed                metricTcpackAckArmed
+	metricTcpackAckConnections          metricTcpackAckConnections
 	metricTcpackAckCount                metricTcpackAckCount
 	metricTcpackAckDelayDecisionsCount  metricTcpackAckDelayDecisionsCount
 	metricTcpackAckForcedCount          metricTcpackAckForcedCount
+	metricTcpackAckForcedSegmentsSent   metricTcpackAckForcedSegmentsSent
 	metricTcpackAckOtherCount           metricTcpackAckOtherCount
 	metricTcpackAckQuotaExhaustedCount  metricTcpackAckQuotaExhaustedCount
 	metricTcpackAckSegments             metricTcpackAckSegments
+	metricTcpackAckSegmentsReceived     metricTcpackAckSegmentsReceived
+	metricTcpackAckSegmentsSent         metricTcpackAckSegmentsSent
+	metricTcpackAckSockets              metricTcpackAckSockets
+	metricTcpackAckSocketsForced        metricTcpackAckSocketsForced
+	metricTcpackAckTimerCount           metricTcpackAckTimerCount
+	metricTcpackAckTimerDeferred        metricTcpackAckTimerDeferred
+	metricTcpackAckUncounted            metricTcpackAckUncounted
 	metricTcpackAckUnobservedCount      metricTcpackAckUnobservedCount
 	metricTcpackDropBytes               metricTcpackDropBytes
 	metricTcpackDropCount               metricTcpackDropCount
@@ -3371,12 +4456,21 @@ func NewMetricsBuilder(mbc MetricsBuilderConfig, settings receiver.Settings, opt
 		metricsBuffer:                       pmetric.NewMetrics(),
 		buildInfo:                           settings.BuildInfo,
 		metricTcpackAckArmed:                newMetricTcpackAckArmed(mbc.Metrics.TcpackAckArmed),
+		metricTcpackAckConnections:          newMetricTcpackAckConnections(mbc.Metrics.TcpackAckConnections),
 		metricTcpackAckCount:                newMetricTcpackAckCount(mbc.Metrics.TcpackAckCount),
 		metricTcpackAckDelayDecisionsCount:  newMetricTcpackAckDelayDecisionsCount(mbc.Metrics.TcpackAckDelayDecisionsCount),
 		metricTcpackAckForcedCount:          newMetricTcpackAckForcedCount(mbc.Metrics.TcpackAckForcedCount),
+		metricTcpackAckForcedSegmentsSent:   newMetricTcpackAckForcedSegmentsSent(mbc.Metrics.TcpackAckForcedSegmentsSent),
 		metricTcpackAckOtherCount:           newMetricTcpackAckOtherCount(mbc.Metrics.TcpackAckOtherCount),
 		metricTcpackAckQuotaExhaustedCount:  newMetricTcpackAckQuotaExhaustedCount(mbc.Metrics.TcpackAckQuotaExhaustedCount),
 		metricTcpackAckSegments:             newMetricTcpackAckSegments(mbc.Metrics.TcpackAckSegments),
+		metricTcpackAckSegmentsReceived:     newMetricTcpackAckSegmentsReceived(mbc.Metrics.TcpackAckSegmentsReceived),
+		metricTcpackAckSegmentsSent:         newMetricTcpackAckSegmentsSent(mbc.Metrics.TcpackAckSegmentsSent),
+		metricTcpackAckSockets:              newMetricTcpackAckSockets(mbc.Metrics.TcpackAckSockets),
+		metricTcpackAckSocketsForced:        newMetricTcpackAckSocketsForced(mbc.Metrics.TcpackAckSocketsForced),
+		metricTcpackAckTimerCount:           newMetricTcpackAckTimerCount(mbc.Metrics.TcpackAckTimerCount),
+		metricTcpackAckTimerDeferred:        newMetricTcpackAckTimerDeferred(mbc.Metrics.TcpackAckTimerDeferred),
+		metricTcpackAckUncounted:            newMetricTcpackAckUncounted(mbc.Metrics.TcpackAckUncounted),
 		metricTcpackAckUnobservedCount:      newMetricTcpackAckUnobservedCount(mbc.Metrics.TcpackAckUnobservedCount),
 		metricTcpackDropBytes:               newMetricTcpackDropBytes(mbc.Metrics.TcpackDropBytes),
 		metricTcpackDropCount:               newMetricTcpackDropCount(mbc.Metrics.TcpackDropCount),
@@ -3486,12 +4580,21 @@ func (mb *MetricsBuilder) EmitForResource(options ...ResourceMetricsOption) {
 	ils.Scope().SetVersion(mb.buildInfo.Version)
 	ils.Metrics().EnsureCapacity(mb.metricsCapacity)
 	mb.metricTcpackAckArmed.emit(ils.Metrics())
+	mb.metricTcpackAckConnections.emit(ils.Metrics())
 	mb.metricTcpackAckCount.emit(ils.Metrics())
 	mb.metricTcpackAckDelayDecisionsCount.emit(ils.Metrics())
 	mb.metricTcpackAckForcedCount.emit(ils.Metrics())
+	mb.metricTcpackAckForcedSegmentsSent.emit(ils.Metrics())
 	mb.metricTcpackAckOtherCount.emit(ils.Metrics())
 	mb.metricTcpackAckQuotaExhaustedCount.emit(ils.Metrics())
 	mb.metricTcpackAckSegments.emit(ils.Metrics())
+	mb.metricTcpackAckSegmentsReceived.emit(ils.Metrics())
+	mb.metricTcpackAckSegmentsSent.emit(ils.Metrics())
+	mb.metricTcpackAckSockets.emit(ils.Metrics())
+	mb.metricTcpackAckSocketsForced.emit(ils.Metrics())
+	mb.metricTcpackAckTimerCount.emit(ils.Metrics())
+	mb.metricTcpackAckTimerDeferred.emit(ils.Metrics())
+	mb.metricTcpackAckUncounted.emit(ils.Metrics())
 	mb.metricTcpackAckUnobservedCount.emit(ils.Metrics())
 	mb.metricTcpackDropBytes.emit(ils.Metrics())
 	mb.metricTcpackDropCount.emit(ils.Metrics())
@@ -3552,34 +4655,79 @@ func (mb *MetricsBuilder) RecordTcpackAckArmedDataPoint(ts pcommon.Timestamp, va
 	mb.metricTcpackAckArmed.recordDataPoint(mb.startTime, ts, val)
 }
 
+// RecordTcpackAckConnectionsDataPoint adds a data point to tcpack.ack.connections metric.
+func (mb *MetricsBuilder) RecordTcpackAckConnectionsDataPoint(ts pcommon.Timestamp, val int64, tcpackSocketOriginAttributeValue AttributeTcpackSocketOrigin, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue AttributeTcpackSocketRole, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackAckConnections.recordDataPoint(mb.startTime, ts, val, tcpackSocketOriginAttributeValue.String(), serverPortAttributeValue, tcpackSocketRoleAttributeValue.String(), tcpackNetnsInodeAttributeValue)
+}
+
 // RecordTcpackAckCountDataPoint adds a data point to tcpack.ack.count metric.
-func (mb *MetricsBuilder) RecordTcpackAckCountDataPoint(ts pcommon.Timestamp, val int64, tcpackAckCauseAttributeValue AttributeTcpackAckCause, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
-	mb.metricTcpackAckCount.recordDataPoint(mb.startTime, ts, val, tcpackAckCauseAttributeValue.String(), networkLocalPortAttributeValue, tcpackNetnsInodeAttributeValue)
+func (mb *MetricsBuilder) RecordTcpackAckCountDataPoint(ts pcommon.Timestamp, val int64, tcpackAckCauseAttributeValue AttributeTcpackAckCause, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue AttributeTcpackSocketRole, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackAckCount.recordDataPoint(mb.startTime, ts, val, tcpackAckCauseAttributeValue.String(), serverPortAttributeValue, tcpackSocketRoleAttributeValue.String(), tcpackNetnsInodeAttributeValue)
 }
 
 // RecordTcpackAckDelayDecisionsCountDataPoint adds a data point to tcpack.ack.delay_decisions.count metric.
-func (mb *MetricsBuilder) RecordTcpackAckDelayDecisionsCountDataPoint(ts pcommon.Timestamp, val int64, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
-	mb.metricTcpackAckDelayDecisionsCount.recordDataPoint(mb.startTime, ts, val, networkLocalPortAttributeValue, tcpackNetnsInodeAttributeValue)
+func (mb *MetricsBuilder) RecordTcpackAckDelayDecisionsCountDataPoint(ts pcommon.Timestamp, val int64, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue AttributeTcpackSocketRole, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackAckDelayDecisionsCount.recordDataPoint(mb.startTime, ts, val, serverPortAttributeValue, tcpackSocketRoleAttributeValue.String(), tcpackNetnsInodeAttributeValue)
 }
 
 // RecordTcpackAckForcedCountDataPoint adds a data point to tcpack.ack.forced.count metric.
-func (mb *MetricsBuilder) RecordTcpackAckForcedCountDataPoint(ts pcommon.Timestamp, val int64, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
-	mb.metricTcpackAckForcedCount.recordDataPoint(mb.startTime, ts, val, networkLocalPortAttributeValue, tcpackNetnsInodeAttributeValue)
+func (mb *MetricsBuilder) RecordTcpackAckForcedCountDataPoint(ts pcommon.Timestamp, val int64, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue AttributeTcpackSocketRole, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackAckForcedCount.recordDataPoint(mb.startTime, ts, val, serverPortAttributeValue, tcpackSocketRoleAttributeValue.String(), tcpackNetnsInodeAttributeValue)
+}
+
+// RecordTcpackAckForcedSegmentsSentDataPoint adds a data point to tcpack.ack.forced.segments.sent metric.
+func (mb *MetricsBuilder) RecordTcpackAckForcedSegmentsSentDataPoint(ts pcommon.Timestamp, val int64, tcpackSegmentKindAttributeValue AttributeTcpackSegmentKind, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue AttributeTcpackSocketRole, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackAckForcedSegmentsSent.recordDataPoint(mb.startTime, ts, val, tcpackSegmentKindAttributeValue.String(), serverPortAttributeValue, tcpackSocketRoleAttributeValue.String(), tcpackNetnsInodeAttributeValue)
 }
 
 // RecordTcpackAckOtherCountDataPoint adds a data point to tcpack.ack.other.count metric.
-func (mb *MetricsBuilder) RecordTcpackAckOtherCountDataPoint(ts pcommon.Timestamp, val int64, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
-	mb.metricTcpackAckOtherCount.recordDataPoint(mb.startTime, ts, val, networkLocalPortAttributeValue, tcpackNetnsInodeAttributeValue)
+func (mb *MetricsBuilder) RecordTcpackAckOtherCountDataPoint(ts pcommon.Timestamp, val int64, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue AttributeTcpackSocketRole, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackAckOtherCount.recordDataPoint(mb.startTime, ts, val, serverPortAttributeValue, tcpackSocketRoleAttributeValue.String(), tcpackNetnsInodeAttributeValue)
 }
 
 // RecordTcpackAckQuotaExhaustedCountDataPoint adds a data point to tcpack.ack.quota_exhausted.count metric.
-func (mb *MetricsBuilder) RecordTcpackAckQuotaExhaustedCountDataPoint(ts pcommon.Timestamp, val int64, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
-	mb.metricTcpackAckQuotaExhaustedCount.recordDataPoint(mb.startTime, ts, val, networkLocalPortAttributeValue, tcpackNetnsInodeAttributeValue)
+func (mb *MetricsBuilder) RecordTcpackAckQuotaExhaustedCountDataPoint(ts pcommon.Timestamp, val int64, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue AttributeTcpackSocketRole, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackAckQuotaExhaustedCount.recordDataPoint(mb.startTime, ts, val, serverPortAttributeValue, tcpackSocketRoleAttributeValue.String(), tcpackNetnsInodeAttributeValue)
 }
 
 // RecordTcpackAckSegmentsDataPoint adds a data point to tcpack.ack.segments metric.
-func (mb *MetricsBuilder) RecordTcpackAckSegmentsDataPoint(ts pcommon.Timestamp, val int64, networkLocalPortAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
-	mb.metricTcpackAckSegments.recordDataPoint(mb.startTime, ts, val, networkLocalPortAttributeValue, tcpackNetnsInodeAttributeValue)
+func (mb *MetricsBuilder) RecordTcpackAckSegmentsDataPoint(ts pcommon.Timestamp, val int64, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue AttributeTcpackSocketRole, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackAckSegments.recordDataPoint(mb.startTime, ts, val, serverPortAttributeValue, tcpackSocketRoleAttributeValue.String(), tcpackNetnsInodeAttributeValue)
+}
+
+// RecordTcpackAckSegmentsReceivedDataPoint adds a data point to tcpack.ack.segments.received metric.
+func (mb *MetricsBuilder) RecordTcpackAckSegmentsReceivedDataPoint(ts pcommon.Timestamp, val int64, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue AttributeTcpackSocketRole, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackAckSegmentsReceived.recordDataPoint(mb.startTime, ts, val, serverPortAttributeValue, tcpackSocketRoleAttributeValue.String(), tcpackNetnsInodeAttributeValue)
+}
+
+// RecordTcpackAckSegmentsSentDataPoint adds a data point to tcpack.ack.segments.sent metric.
+func (mb *MetricsBuilder) RecordTcpackAckSegmentsSentDataPoint(ts pcommon.Timestamp, val int64, tcpackSegmentKindAttributeValue AttributeTcpackSegmentKind, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue AttributeTcpackSocketRole, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackAckSegmentsSent.recordDataPoint(mb.startTime, ts, val, tcpackSegmentKindAttributeValue.String(), serverPortAttributeValue, tcpackSocketRoleAttributeValue.String(), tcpackNetnsInodeAttributeValue)
+}
+
+// RecordTcpackAckSocketsDataPoint adds a data point to tcpack.ack.sockets metric.
+func (mb *MetricsBuilder) RecordTcpackAckSocketsDataPoint(ts pcommon.Timestamp, val int64, tcpackAckModeAttributeValue AttributeTcpackAckMode, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue AttributeTcpackSocketRole, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackAckSockets.recordDataPoint(mb.startTime, ts, val, tcpackAckModeAttributeValue.String(), serverPortAttributeValue, tcpackSocketRoleAttributeValue.String(), tcpackNetnsInodeAttributeValue)
+}
+
+// RecordTcpackAckSocketsForcedDataPoint adds a data point to tcpack.ack.sockets.forced metric.
+func (mb *MetricsBuilder) RecordTcpackAckSocketsForcedDataPoint(ts pcommon.Timestamp, val int64, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue AttributeTcpackSocketRole, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackAckSocketsForced.recordDataPoint(mb.startTime, ts, val, serverPortAttributeValue, tcpackSocketRoleAttributeValue.String(), tcpackNetnsInodeAttributeValue)
+}
+
+// RecordTcpackAckTimerCountDataPoint adds a data point to tcpack.ack.timer.count metric.
+func (mb *MetricsBuilder) RecordTcpackAckTimerCountDataPoint(ts pcommon.Timestamp, val int64, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue AttributeTcpackSocketRole, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackAckTimerCount.recordDataPoint(mb.startTime, ts, val, serverPortAttributeValue, tcpackSocketRoleAttributeValue.String(), tcpackNetnsInodeAttributeValue)
+}
+
+// RecordTcpackAckTimerDeferredDataPoint adds a data point to tcpack.ack.timer.deferred metric.
+func (mb *MetricsBuilder) RecordTcpackAckTimerDeferredDataPoint(ts pcommon.Timestamp, val int64, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue AttributeTcpackSocketRole, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackAckTimerDeferred.recordDataPoint(mb.startTime, ts, val, serverPortAttributeValue, tcpackSocketRoleAttributeValue.String(), tcpackNetnsInodeAttributeValue)
+}
+
+// RecordTcpackAckUncountedDataPoint adds a data point to tcpack.ack.uncounted metric.
+func (mb *MetricsBuilder) RecordTcpackAckUncountedDataPoint(ts pcommon.Timestamp, val int64, tcpackAckUncountedCauseAttributeValue AttributeTcpackAckUncountedCause) {
+	mb.metricTcpackAckUncounted.recordDataPoint(mb.startTime, ts, val, tcpackAckUncountedCauseAttributeValue.String())
 }
 
 // RecordTcpackAckUnobservedCountDataPoint adds a data point to tcpack.ack.unobserved.count metric.

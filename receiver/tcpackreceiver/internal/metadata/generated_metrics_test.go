@@ -67,12 +67,21 @@ func TestMetricsBuilder(t *testing.T) {
 			settings.Logger = zap.New(observedZapCore)
 			mb := NewMetricsBuilder(loadMetricsBuilderConfig(t, tt.name), settings, WithStartTime(start))
 			aggMap := make(map[string]string) // contains the aggregation strategies for each metric name
+			aggMap["tcpack.ack.connections"] = mb.metricTcpackAckConnections.config.AggregationStrategy
 			aggMap["tcpack.ack.count"] = mb.metricTcpackAckCount.config.AggregationStrategy
 			aggMap["tcpack.ack.delay_decisions.count"] = mb.metricTcpackAckDelayDecisionsCount.config.AggregationStrategy
 			aggMap["tcpack.ack.forced.count"] = mb.metricTcpackAckForcedCount.config.AggregationStrategy
+			aggMap["tcpack.ack.forced.segments.sent"] = mb.metricTcpackAckForcedSegmentsSent.config.AggregationStrategy
 			aggMap["tcpack.ack.other.count"] = mb.metricTcpackAckOtherCount.config.AggregationStrategy
 			aggMap["tcpack.ack.quota_exhausted.count"] = mb.metricTcpackAckQuotaExhaustedCount.config.AggregationStrategy
 			aggMap["tcpack.ack.segments"] = mb.metricTcpackAckSegments.config.AggregationStrategy
+			aggMap["tcpack.ack.segments.received"] = mb.metricTcpackAckSegmentsReceived.config.AggregationStrategy
+			aggMap["tcpack.ack.segments.sent"] = mb.metricTcpackAckSegmentsSent.config.AggregationStrategy
+			aggMap["tcpack.ack.sockets"] = mb.metricTcpackAckSockets.config.AggregationStrategy
+			aggMap["tcpack.ack.sockets.forced"] = mb.metricTcpackAckSocketsForced.config.AggregationStrategy
+			aggMap["tcpack.ack.timer.count"] = mb.metricTcpackAckTimerCount.config.AggregationStrategy
+			aggMap["tcpack.ack.timer.deferred"] = mb.metricTcpackAckTimerDeferred.config.AggregationStrategy
+			aggMap["tcpack.ack.uncounted"] = mb.metricTcpackAckUncounted.config.AggregationStrategy
 			aggMap["tcpack.drop.bytes"] = mb.metricTcpackDropBytes.config.AggregationStrategy
 			aggMap["tcpack.drop.count"] = mb.metricTcpackDropCount.config.AggregationStrategy
 			aggMap["tcpack.events.suppressed"] = mb.metricTcpackEventsSuppressed.config.AggregationStrategy
@@ -106,39 +115,93 @@ func TestMetricsBuilder(t *testing.T) {
 			mb.RecordTcpackAckArmedDataPoint(ts, 1)
 			defaultMetricsCount++
 			allMetricsCount++
-			mb.RecordTcpackAckCountDataPoint(ts, 1, AttributeTcpackAckCausePiggyback, 18, 18)
+			mb.RecordTcpackAckConnectionsDataPoint(ts, 1, AttributeTcpackSocketOriginEstablished, 11, AttributeTcpackSocketRoleServer, 18)
 			if tt.name == "reaggregate_set" {
-				mb.RecordTcpackAckCountDataPoint(ts, 3, AttributeTcpackAckCauseRoute, 19, 19)
+				mb.RecordTcpackAckConnectionsDataPoint(ts, 3, AttributeTcpackSocketOriginExisting, 12, AttributeTcpackSocketRoleClient, 19)
 			}
 			defaultMetricsCount++
 			allMetricsCount++
-			mb.RecordTcpackAckDelayDecisionsCountDataPoint(ts, 1, 18, 18)
+			mb.RecordTcpackAckCountDataPoint(ts, 1, AttributeTcpackAckCausePiggyback, 11, AttributeTcpackSocketRoleServer, 18)
 			if tt.name == "reaggregate_set" {
-				mb.RecordTcpackAckDelayDecisionsCountDataPoint(ts, 3, 19, 19)
+				mb.RecordTcpackAckCountDataPoint(ts, 3, AttributeTcpackAckCauseRoute, 12, AttributeTcpackSocketRoleClient, 19)
 			}
 			defaultMetricsCount++
 			allMetricsCount++
-			mb.RecordTcpackAckForcedCountDataPoint(ts, 1, 18, 18)
+			mb.RecordTcpackAckDelayDecisionsCountDataPoint(ts, 1, 11, AttributeTcpackSocketRoleServer, 18)
 			if tt.name == "reaggregate_set" {
-				mb.RecordTcpackAckForcedCountDataPoint(ts, 3, 19, 19)
+				mb.RecordTcpackAckDelayDecisionsCountDataPoint(ts, 3, 12, AttributeTcpackSocketRoleClient, 19)
 			}
 			defaultMetricsCount++
 			allMetricsCount++
-			mb.RecordTcpackAckOtherCountDataPoint(ts, 1, 18, 18)
+			mb.RecordTcpackAckForcedCountDataPoint(ts, 1, 11, AttributeTcpackSocketRoleServer, 18)
 			if tt.name == "reaggregate_set" {
-				mb.RecordTcpackAckOtherCountDataPoint(ts, 3, 19, 19)
+				mb.RecordTcpackAckForcedCountDataPoint(ts, 3, 12, AttributeTcpackSocketRoleClient, 19)
 			}
 			defaultMetricsCount++
 			allMetricsCount++
-			mb.RecordTcpackAckQuotaExhaustedCountDataPoint(ts, 1, 18, 18)
+			mb.RecordTcpackAckForcedSegmentsSentDataPoint(ts, 1, AttributeTcpackSegmentKindData, 11, AttributeTcpackSocketRoleServer, 18)
 			if tt.name == "reaggregate_set" {
-				mb.RecordTcpackAckQuotaExhaustedCountDataPoint(ts, 3, 19, 19)
+				mb.RecordTcpackAckForcedSegmentsSentDataPoint(ts, 3, AttributeTcpackSegmentKindControl, 12, AttributeTcpackSocketRoleClient, 19)
 			}
 			defaultMetricsCount++
 			allMetricsCount++
-			mb.RecordTcpackAckSegmentsDataPoint(ts, 1, 18, 18)
+			mb.RecordTcpackAckOtherCountDataPoint(ts, 1, 11, AttributeTcpackSocketRoleServer, 18)
 			if tt.name == "reaggregate_set" {
-				mb.RecordTcpackAckSegmentsDataPoint(ts, 3, 19, 19)
+				mb.RecordTcpackAckOtherCountDataPoint(ts, 3, 12, AttributeTcpackSocketRoleClient, 19)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackAckQuotaExhaustedCountDataPoint(ts, 1, 11, AttributeTcpackSocketRoleServer, 18)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackAckQuotaExhaustedCountDataPoint(ts, 3, 12, AttributeTcpackSocketRoleClient, 19)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackAckSegmentsDataPoint(ts, 1, 11, AttributeTcpackSocketRoleServer, 18)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackAckSegmentsDataPoint(ts, 3, 12, AttributeTcpackSocketRoleClient, 19)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackAckSegmentsReceivedDataPoint(ts, 1, 11, AttributeTcpackSocketRoleServer, 18)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackAckSegmentsReceivedDataPoint(ts, 3, 12, AttributeTcpackSocketRoleClient, 19)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackAckSegmentsSentDataPoint(ts, 1, AttributeTcpackSegmentKindData, 11, AttributeTcpackSocketRoleServer, 18)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackAckSegmentsSentDataPoint(ts, 3, AttributeTcpackSegmentKindControl, 12, AttributeTcpackSocketRoleClient, 19)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackAckSocketsDataPoint(ts, 1, AttributeTcpackAckModeRoute, 11, AttributeTcpackSocketRoleServer, 18)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackAckSocketsDataPoint(ts, 3, AttributeTcpackAckModeQuick, 12, AttributeTcpackSocketRoleClient, 19)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackAckSocketsForcedDataPoint(ts, 1, 11, AttributeTcpackSocketRoleServer, 18)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackAckSocketsForcedDataPoint(ts, 3, 12, AttributeTcpackSocketRoleClient, 19)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackAckTimerCountDataPoint(ts, 1, 11, AttributeTcpackSocketRoleServer, 18)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackAckTimerCountDataPoint(ts, 3, 12, AttributeTcpackSocketRoleClient, 19)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackAckTimerDeferredDataPoint(ts, 1, 11, AttributeTcpackSocketRoleServer, 18)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackAckTimerDeferredDataPoint(ts, 3, 12, AttributeTcpackSocketRoleClient, 19)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackAckUncountedDataPoint(ts, 1, AttributeTcpackAckUncountedCauseSocketsFull)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackAckUncountedDataPoint(ts, 3, AttributeTcpackAckUncountedCauseTimerUnknown)
 			}
 			defaultMetricsCount++
 			allMetricsCount++
@@ -279,12 +342,21 @@ func TestMetricsBuilder(t *testing.T) {
 			res := rb.Emit()
 			metrics := mb.Emit(WithResource(res))
 			if tt.name == "reaggregate_set" {
+				assert.Empty(t, mb.metricTcpackAckConnections.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackAckCount.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackAckDelayDecisionsCount.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackAckForcedCount.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackAckForcedSegmentsSent.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackAckOtherCount.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackAckQuotaExhaustedCount.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackAckSegments.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackAckSegmentsReceived.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackAckSegmentsSent.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackAckSockets.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackAckSocketsForced.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackAckTimerCount.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackAckTimerDeferred.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackAckUncounted.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackDropBytes.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackDropCount.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackEventsSuppressed.aggDataPoints)
@@ -337,20 +409,79 @@ func TestMetricsBuilder(t *testing.T) {
 					validatedMetrics["tcpack.ack.armed"] = true
 					assert.Equal(t, pmetric.MetricTypeGauge, mi.Type())
 					assert.Equal(t, 1, mi.Gauge().DataPoints().Len())
-					assert.Equal(t, "1 while the ACK family's per-segment hooks (tcp_probe, the delayed-ACK hooks) are attached and its statistics count; under acks.attach on_traffic, 0 from acks.idle_detach after the last socket in scope closed until the next one opens.", mi.Description())
+					assert.Equal(t, "1 while the ACK family's per-segment hooks (tcp_probe, the delayed-ACK hooks) are attached and its statistics count; under acks.per_segment.attach on_traffic, 0 from acks.per_segment.idle_detach after the last socket in scope closed until the next one opens.", mi.Description())
 					assert.Equal(t, "1", mi.Unit())
 					dp := mi.Gauge().DataPoints().At(0)
 					assert.Equal(t, start, dp.StartTimestamp())
 					assert.Equal(t, ts, dp.Timestamp())
 					assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
 					assert.Equal(t, int64(1), dp.IntValue())
+				case "tcpack.ack.connections":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.ack.connections"], "Found a duplicate in the metrics slice: tcpack.ack.connections")
+						validatedMetrics["tcpack.ack.connections"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Sockets the acks family has counted, by how they came to be counted.", mi.Description())
+						assert.Equal(t, "{socket}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						tcpackSocketOriginAttrVal, ok := dp.Attributes().Get("tcpack.socket.origin")
+						assert.True(t, ok)
+						assert.Equal(t, "established", tcpackSocketOriginAttrVal.Str())
+						serverPortAttrVal, ok := dp.Attributes().Get("server.port")
+						assert.True(t, ok)
+						assert.EqualValues(t, 11, serverPortAttrVal.Int())
+						tcpackSocketRoleAttrVal, ok := dp.Attributes().Get("tcpack.socket.role")
+						assert.True(t, ok)
+						assert.Equal(t, "server", tcpackSocketRoleAttrVal.Str())
+						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.ack.connections"], "Found a duplicate in the metrics slice: tcpack.ack.connections")
+						validatedMetrics["tcpack.ack.connections"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Sockets the acks family has counted, by how they came to be counted.", mi.Description())
+						assert.Equal(t, "{socket}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.ack.connections"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("tcpack.socket.origin")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("server.port")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.socket.role")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.netns.inode")
+						assert.False(t, ok)
+					}
 				case "tcpack.ack.count":
 					if tt.name != "reaggregate_set" {
 						assert.False(t, validatedMetrics["tcpack.ack.count"], "Found a duplicate in the metrics slice: tcpack.ack.count")
 						validatedMetrics["tcpack.ack.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "ACKs sent that acknowledged new data, by cause, on the sockets in the acks family's scope.", mi.Description())
+						assert.Equal(t, "ACKs sent that acknowledged new data, by cause, on the sockets in the acks family's scope. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.", mi.Description())
 						assert.Equal(t, "{ack}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -362,9 +493,12 @@ func TestMetricsBuilder(t *testing.T) {
 						tcpackAckCauseAttrVal, ok := dp.Attributes().Get("tcpack.ack.cause")
 						assert.True(t, ok)
 						assert.Equal(t, "piggyback", tcpackAckCauseAttrVal.Str())
-						networkLocalPortAttrVal, ok := dp.Attributes().Get("network.local.port")
+						serverPortAttrVal, ok := dp.Attributes().Get("server.port")
 						assert.True(t, ok)
-						assert.EqualValues(t, 18, networkLocalPortAttrVal.Int())
+						assert.EqualValues(t, 11, serverPortAttrVal.Int())
+						tcpackSocketRoleAttrVal, ok := dp.Attributes().Get("tcpack.socket.role")
+						assert.True(t, ok)
+						assert.Equal(t, "server", tcpackSocketRoleAttrVal.Str())
 						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
 						assert.True(t, ok)
 						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
@@ -373,7 +507,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.ack.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "ACKs sent that acknowledged new data, by cause, on the sockets in the acks family's scope.", mi.Description())
+						assert.Equal(t, "ACKs sent that acknowledged new data, by cause, on the sockets in the acks family's scope. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.", mi.Description())
 						assert.Equal(t, "{ack}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -393,7 +527,9 @@ func TestMetricsBuilder(t *testing.T) {
 						}
 						_, ok := dp.Attributes().Get("tcpack.ack.cause")
 						assert.False(t, ok)
-						_, ok = dp.Attributes().Get("network.local.port")
+						_, ok = dp.Attributes().Get("server.port")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.socket.role")
 						assert.False(t, ok)
 						_, ok = dp.Attributes().Get("tcpack.netns.inode")
 						assert.False(t, ok)
@@ -404,7 +540,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.ack.delay_decisions.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Times the kernel decided to delay an ACK (tcp_send_delayed_ack armed the delayed-ACK timer). Counted only where fentry or kprobes can hook it; tcpack.probe.attached says whether they did.", mi.Description())
+						assert.Equal(t, "Times the kernel decided to delay an ACK (tcp_send_delayed_ack armed the delayed-ACK timer). Counted only where fentry or kprobes can hook it; tcpack.probe.attached says whether they did. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.", mi.Description())
 						assert.Equal(t, "{decision}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -413,9 +549,12 @@ func TestMetricsBuilder(t *testing.T) {
 						assert.Equal(t, ts, dp.Timestamp())
 						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
 						assert.Equal(t, int64(1), dp.IntValue())
-						networkLocalPortAttrVal, ok := dp.Attributes().Get("network.local.port")
+						serverPortAttrVal, ok := dp.Attributes().Get("server.port")
 						assert.True(t, ok)
-						assert.EqualValues(t, 18, networkLocalPortAttrVal.Int())
+						assert.EqualValues(t, 11, serverPortAttrVal.Int())
+						tcpackSocketRoleAttrVal, ok := dp.Attributes().Get("tcpack.socket.role")
+						assert.True(t, ok)
+						assert.Equal(t, "server", tcpackSocketRoleAttrVal.Str())
 						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
 						assert.True(t, ok)
 						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
@@ -424,7 +563,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.ack.delay_decisions.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Times the kernel decided to delay an ACK (tcp_send_delayed_ack armed the delayed-ACK timer). Counted only where fentry or kprobes can hook it; tcpack.probe.attached says whether they did.", mi.Description())
+						assert.Equal(t, "Times the kernel decided to delay an ACK (tcp_send_delayed_ack armed the delayed-ACK timer). Counted only where fentry or kprobes can hook it; tcpack.probe.attached says whether they did. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.", mi.Description())
 						assert.Equal(t, "{decision}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -442,7 +581,9 @@ func TestMetricsBuilder(t *testing.T) {
 						case "max":
 							assert.Equal(t, int64(3), dp.IntValue())
 						}
-						_, ok := dp.Attributes().Get("network.local.port")
+						_, ok := dp.Attributes().Get("server.port")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.socket.role")
 						assert.False(t, ok)
 						_, ok = dp.Attributes().Get("tcpack.netns.inode")
 						assert.False(t, ok)
@@ -453,7 +594,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.ack.forced.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "ACKs that acknowledged new data sent by sockets the quickack family forces; with tcpack.ack.count, the share of forced ACKs.", mi.Description())
+						assert.Equal(t, "ACKs that acknowledged new data sent by sockets the quickack family forces; with tcpack.ack.count, the share of forced ACKs. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.", mi.Description())
 						assert.Equal(t, "{ack}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -462,9 +603,12 @@ func TestMetricsBuilder(t *testing.T) {
 						assert.Equal(t, ts, dp.Timestamp())
 						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
 						assert.Equal(t, int64(1), dp.IntValue())
-						networkLocalPortAttrVal, ok := dp.Attributes().Get("network.local.port")
+						serverPortAttrVal, ok := dp.Attributes().Get("server.port")
 						assert.True(t, ok)
-						assert.EqualValues(t, 18, networkLocalPortAttrVal.Int())
+						assert.EqualValues(t, 11, serverPortAttrVal.Int())
+						tcpackSocketRoleAttrVal, ok := dp.Attributes().Get("tcpack.socket.role")
+						assert.True(t, ok)
+						assert.Equal(t, "server", tcpackSocketRoleAttrVal.Str())
 						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
 						assert.True(t, ok)
 						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
@@ -473,7 +617,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.ack.forced.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "ACKs that acknowledged new data sent by sockets the quickack family forces; with tcpack.ack.count, the share of forced ACKs.", mi.Description())
+						assert.Equal(t, "ACKs that acknowledged new data sent by sockets the quickack family forces; with tcpack.ack.count, the share of forced ACKs. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.", mi.Description())
 						assert.Equal(t, "{ack}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -491,7 +635,68 @@ func TestMetricsBuilder(t *testing.T) {
 						case "max":
 							assert.Equal(t, int64(3), dp.IntValue())
 						}
-						_, ok := dp.Attributes().Get("network.local.port")
+						_, ok := dp.Attributes().Get("server.port")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.socket.role")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.netns.inode")
+						assert.False(t, ok)
+					}
+				case "tcpack.ack.forced.segments.sent":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.ack.forced.segments.sent"], "Found a duplicate in the metrics slice: tcpack.ack.forced.segments.sent")
+						validatedMetrics["tcpack.ack.forced.segments.sent"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Segments sent by the sockets tcpack forces into quick ACKs (quickack family, mark or bounded timeout), by kind as tcpack.ack.segments.sent; with it, the share of ACKs forcing accounts for.", mi.Description())
+						assert.Equal(t, "{segment}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						tcpackSegmentKindAttrVal, ok := dp.Attributes().Get("tcpack.segment.kind")
+						assert.True(t, ok)
+						assert.Equal(t, "data", tcpackSegmentKindAttrVal.Str())
+						serverPortAttrVal, ok := dp.Attributes().Get("server.port")
+						assert.True(t, ok)
+						assert.EqualValues(t, 11, serverPortAttrVal.Int())
+						tcpackSocketRoleAttrVal, ok := dp.Attributes().Get("tcpack.socket.role")
+						assert.True(t, ok)
+						assert.Equal(t, "server", tcpackSocketRoleAttrVal.Str())
+						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.ack.forced.segments.sent"], "Found a duplicate in the metrics slice: tcpack.ack.forced.segments.sent")
+						validatedMetrics["tcpack.ack.forced.segments.sent"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Segments sent by the sockets tcpack forces into quick ACKs (quickack family, mark or bounded timeout), by kind as tcpack.ack.segments.sent; with it, the share of ACKs forcing accounts for.", mi.Description())
+						assert.Equal(t, "{segment}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.ack.forced.segments.sent"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("tcpack.segment.kind")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("server.port")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.socket.role")
 						assert.False(t, ok)
 						_, ok = dp.Attributes().Get("tcpack.netns.inode")
 						assert.False(t, ok)
@@ -502,7 +707,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.ack.other.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Pure ACKs sent that acknowledged nothing new (window updates, duplicate ACKs).", mi.Description())
+						assert.Equal(t, "Pure ACKs sent that acknowledged nothing new (window updates, duplicate ACKs). Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.", mi.Description())
 						assert.Equal(t, "{ack}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -511,9 +716,12 @@ func TestMetricsBuilder(t *testing.T) {
 						assert.Equal(t, ts, dp.Timestamp())
 						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
 						assert.Equal(t, int64(1), dp.IntValue())
-						networkLocalPortAttrVal, ok := dp.Attributes().Get("network.local.port")
+						serverPortAttrVal, ok := dp.Attributes().Get("server.port")
 						assert.True(t, ok)
-						assert.EqualValues(t, 18, networkLocalPortAttrVal.Int())
+						assert.EqualValues(t, 11, serverPortAttrVal.Int())
+						tcpackSocketRoleAttrVal, ok := dp.Attributes().Get("tcpack.socket.role")
+						assert.True(t, ok)
+						assert.Equal(t, "server", tcpackSocketRoleAttrVal.Str())
 						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
 						assert.True(t, ok)
 						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
@@ -522,7 +730,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.ack.other.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Pure ACKs sent that acknowledged nothing new (window updates, duplicate ACKs).", mi.Description())
+						assert.Equal(t, "Pure ACKs sent that acknowledged nothing new (window updates, duplicate ACKs). Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.", mi.Description())
 						assert.Equal(t, "{ack}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -540,7 +748,9 @@ func TestMetricsBuilder(t *testing.T) {
 						case "max":
 							assert.Equal(t, int64(3), dp.IntValue())
 						}
-						_, ok := dp.Attributes().Get("network.local.port")
+						_, ok := dp.Attributes().Get("server.port")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.socket.role")
 						assert.False(t, ok)
 						_, ok = dp.Attributes().Get("tcpack.netns.inode")
 						assert.False(t, ok)
@@ -551,7 +761,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.ack.quota_exhausted.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Times a socket spent the last quick ACK of its quota (icsk_ack.quick 1 -> 0); later ACKs wait for the delayed-ACK rules.", mi.Description())
+						assert.Equal(t, "Times a socket spent the last quick ACK of its quota (icsk_ack.quick 1 -> 0); later ACKs wait for the delayed-ACK rules. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.", mi.Description())
 						assert.Equal(t, "{event}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -560,9 +770,12 @@ func TestMetricsBuilder(t *testing.T) {
 						assert.Equal(t, ts, dp.Timestamp())
 						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
 						assert.Equal(t, int64(1), dp.IntValue())
-						networkLocalPortAttrVal, ok := dp.Attributes().Get("network.local.port")
+						serverPortAttrVal, ok := dp.Attributes().Get("server.port")
 						assert.True(t, ok)
-						assert.EqualValues(t, 18, networkLocalPortAttrVal.Int())
+						assert.EqualValues(t, 11, serverPortAttrVal.Int())
+						tcpackSocketRoleAttrVal, ok := dp.Attributes().Get("tcpack.socket.role")
+						assert.True(t, ok)
+						assert.Equal(t, "server", tcpackSocketRoleAttrVal.Str())
 						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
 						assert.True(t, ok)
 						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
@@ -571,7 +784,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.ack.quota_exhausted.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Times a socket spent the last quick ACK of its quota (icsk_ack.quick 1 -> 0); later ACKs wait for the delayed-ACK rules.", mi.Description())
+						assert.Equal(t, "Times a socket spent the last quick ACK of its quota (icsk_ack.quick 1 -> 0); later ACKs wait for the delayed-ACK rules. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.", mi.Description())
 						assert.Equal(t, "{event}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -589,7 +802,9 @@ func TestMetricsBuilder(t *testing.T) {
 						case "max":
 							assert.Equal(t, int64(3), dp.IntValue())
 						}
-						_, ok := dp.Attributes().Get("network.local.port")
+						_, ok := dp.Attributes().Get("server.port")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.socket.role")
 						assert.False(t, ok)
 						_, ok = dp.Attributes().Get("tcpack.netns.inode")
 						assert.False(t, ok)
@@ -600,7 +815,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.ack.segments"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Data segments received and acknowledged; with tcpack.ack.count, how many segments an ACK covers.", mi.Description())
+						assert.Equal(t, "Data segments received and acknowledged; with tcpack.ack.count, how many segments an ACK covers. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.", mi.Description())
 						assert.Equal(t, "{segment}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -609,9 +824,12 @@ func TestMetricsBuilder(t *testing.T) {
 						assert.Equal(t, ts, dp.Timestamp())
 						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
 						assert.Equal(t, int64(1), dp.IntValue())
-						networkLocalPortAttrVal, ok := dp.Attributes().Get("network.local.port")
+						serverPortAttrVal, ok := dp.Attributes().Get("server.port")
 						assert.True(t, ok)
-						assert.EqualValues(t, 18, networkLocalPortAttrVal.Int())
+						assert.EqualValues(t, 11, serverPortAttrVal.Int())
+						tcpackSocketRoleAttrVal, ok := dp.Attributes().Get("tcpack.socket.role")
+						assert.True(t, ok)
+						assert.Equal(t, "server", tcpackSocketRoleAttrVal.Str())
 						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
 						assert.True(t, ok)
 						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
@@ -620,7 +838,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.ack.segments"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Data segments received and acknowledged; with tcpack.ack.count, how many segments an ACK covers.", mi.Description())
+						assert.Equal(t, "Data segments received and acknowledged; with tcpack.ack.count, how many segments an ACK covers. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.", mi.Description())
 						assert.Equal(t, "{segment}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -638,9 +856,381 @@ func TestMetricsBuilder(t *testing.T) {
 						case "max":
 							assert.Equal(t, int64(3), dp.IntValue())
 						}
-						_, ok := dp.Attributes().Get("network.local.port")
+						_, ok := dp.Attributes().Get("server.port")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.socket.role")
 						assert.False(t, ok)
 						_, ok = dp.Attributes().Get("tcpack.netns.inode")
+						assert.False(t, ok)
+					}
+				case "tcpack.ack.segments.received":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.ack.segments.received"], "Found a duplicate in the metrics slice: tcpack.ack.segments.received")
+						validatedMetrics["tcpack.ack.segments.received"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Segments received with data, as the sockets count them (TCP_INFO data_segs_in), on every socket in the acks family's scope. From a walk of the sockets each collection and at each socket's close; no program runs per packet.", mi.Description())
+						assert.Equal(t, "{segment}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						serverPortAttrVal, ok := dp.Attributes().Get("server.port")
+						assert.True(t, ok)
+						assert.EqualValues(t, 11, serverPortAttrVal.Int())
+						tcpackSocketRoleAttrVal, ok := dp.Attributes().Get("tcpack.socket.role")
+						assert.True(t, ok)
+						assert.Equal(t, "server", tcpackSocketRoleAttrVal.Str())
+						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.ack.segments.received"], "Found a duplicate in the metrics slice: tcpack.ack.segments.received")
+						validatedMetrics["tcpack.ack.segments.received"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Segments received with data, as the sockets count them (TCP_INFO data_segs_in), on every socket in the acks family's scope. From a walk of the sockets each collection and at each socket's close; no program runs per packet.", mi.Description())
+						assert.Equal(t, "{segment}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.ack.segments.received"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("server.port")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.socket.role")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.netns.inode")
+						assert.False(t, ok)
+					}
+				case "tcpack.ack.segments.sent":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.ack.segments.sent"], "Found a duplicate in the metrics slice: tcpack.ack.segments.sent")
+						validatedMetrics["tcpack.ack.segments.sent"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Segments sent, as the sockets count them, by kind. data - with payload (data_segs_out), each carrying an ACK; control - without payload (segs_out - data_segs_out) - pure ACKs, and the SYN, FIN and RST of each connection. From the socket walk and each socket's close.", mi.Description())
+						assert.Equal(t, "{segment}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						tcpackSegmentKindAttrVal, ok := dp.Attributes().Get("tcpack.segment.kind")
+						assert.True(t, ok)
+						assert.Equal(t, "data", tcpackSegmentKindAttrVal.Str())
+						serverPortAttrVal, ok := dp.Attributes().Get("server.port")
+						assert.True(t, ok)
+						assert.EqualValues(t, 11, serverPortAttrVal.Int())
+						tcpackSocketRoleAttrVal, ok := dp.Attributes().Get("tcpack.socket.role")
+						assert.True(t, ok)
+						assert.Equal(t, "server", tcpackSocketRoleAttrVal.Str())
+						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.ack.segments.sent"], "Found a duplicate in the metrics slice: tcpack.ack.segments.sent")
+						validatedMetrics["tcpack.ack.segments.sent"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Segments sent, as the sockets count them, by kind. data - with payload (data_segs_out), each carrying an ACK; control - without payload (segs_out - data_segs_out) - pure ACKs, and the SYN, FIN and RST of each connection. From the socket walk and each socket's close.", mi.Description())
+						assert.Equal(t, "{segment}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.ack.segments.sent"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("tcpack.segment.kind")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("server.port")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.socket.role")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.netns.inode")
+						assert.False(t, ok)
+					}
+				case "tcpack.ack.sockets":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.ack.sockets"], "Found a duplicate in the metrics slice: tcpack.ack.sockets")
+						validatedMetrics["tcpack.ack.sockets"] = true
+						assert.Equal(t, pmetric.MetricTypeGauge, mi.Type())
+						assert.Equal(t, 1, mi.Gauge().DataPoints().Len())
+						assert.Equal(t, "Sockets open at the last walk, by quick-ACK mode.", mi.Description())
+						assert.Equal(t, "{socket}", mi.Unit())
+						dp := mi.Gauge().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						tcpackAckModeAttrVal, ok := dp.Attributes().Get("tcpack.ack.mode")
+						assert.True(t, ok)
+						assert.Equal(t, "route", tcpackAckModeAttrVal.Str())
+						serverPortAttrVal, ok := dp.Attributes().Get("server.port")
+						assert.True(t, ok)
+						assert.EqualValues(t, 11, serverPortAttrVal.Int())
+						tcpackSocketRoleAttrVal, ok := dp.Attributes().Get("tcpack.socket.role")
+						assert.True(t, ok)
+						assert.Equal(t, "server", tcpackSocketRoleAttrVal.Str())
+						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.ack.sockets"], "Found a duplicate in the metrics slice: tcpack.ack.sockets")
+						validatedMetrics["tcpack.ack.sockets"] = true
+						assert.Equal(t, pmetric.MetricTypeGauge, mi.Type())
+						assert.Equal(t, 1, mi.Gauge().DataPoints().Len())
+						assert.Equal(t, "Sockets open at the last walk, by quick-ACK mode.", mi.Description())
+						assert.Equal(t, "{socket}", mi.Unit())
+						dp := mi.Gauge().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.ack.sockets"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("tcpack.ack.mode")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("server.port")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.socket.role")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.netns.inode")
+						assert.False(t, ok)
+					}
+				case "tcpack.ack.sockets.forced":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.ack.sockets.forced"], "Found a duplicate in the metrics slice: tcpack.ack.sockets.forced")
+						validatedMetrics["tcpack.ack.sockets.forced"] = true
+						assert.Equal(t, pmetric.MetricTypeGauge, mi.Type())
+						assert.Equal(t, 1, mi.Gauge().DataPoints().Len())
+						assert.Equal(t, "Sockets open at the last walk that tcpack forces into quick ACKs.", mi.Description())
+						assert.Equal(t, "{socket}", mi.Unit())
+						dp := mi.Gauge().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						serverPortAttrVal, ok := dp.Attributes().Get("server.port")
+						assert.True(t, ok)
+						assert.EqualValues(t, 11, serverPortAttrVal.Int())
+						tcpackSocketRoleAttrVal, ok := dp.Attributes().Get("tcpack.socket.role")
+						assert.True(t, ok)
+						assert.Equal(t, "server", tcpackSocketRoleAttrVal.Str())
+						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.ack.sockets.forced"], "Found a duplicate in the metrics slice: tcpack.ack.sockets.forced")
+						validatedMetrics["tcpack.ack.sockets.forced"] = true
+						assert.Equal(t, pmetric.MetricTypeGauge, mi.Type())
+						assert.Equal(t, 1, mi.Gauge().DataPoints().Len())
+						assert.Equal(t, "Sockets open at the last walk that tcpack forces into quick ACKs.", mi.Description())
+						assert.Equal(t, "{socket}", mi.Unit())
+						dp := mi.Gauge().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.ack.sockets.forced"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("server.port")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.socket.role")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.netns.inode")
+						assert.False(t, ok)
+					}
+				case "tcpack.ack.timer.count":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.ack.timer.count"], "Found a duplicate in the metrics slice: tcpack.ack.timer.count")
+						validatedMetrics["tcpack.ack.timer.count"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "ACKs the delayed-ACK timer sent - the ACKs that waited the longest (TcpExtDelayedACKs, per socket). Seen at each timer expiry (tcp_delack_timer_handler where fentry or kprobes work, else timer_expire_entry); see tcpack.ack.timer.deferred.", mi.Description())
+						assert.Equal(t, "{ack}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						serverPortAttrVal, ok := dp.Attributes().Get("server.port")
+						assert.True(t, ok)
+						assert.EqualValues(t, 11, serverPortAttrVal.Int())
+						tcpackSocketRoleAttrVal, ok := dp.Attributes().Get("tcpack.socket.role")
+						assert.True(t, ok)
+						assert.Equal(t, "server", tcpackSocketRoleAttrVal.Str())
+						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.ack.timer.count"], "Found a duplicate in the metrics slice: tcpack.ack.timer.count")
+						validatedMetrics["tcpack.ack.timer.count"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "ACKs the delayed-ACK timer sent - the ACKs that waited the longest (TcpExtDelayedACKs, per socket). Seen at each timer expiry (tcp_delack_timer_handler where fentry or kprobes work, else timer_expire_entry); see tcpack.ack.timer.deferred.", mi.Description())
+						assert.Equal(t, "{ack}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.ack.timer.count"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("server.port")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.socket.role")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.netns.inode")
+						assert.False(t, ok)
+					}
+				case "tcpack.ack.timer.deferred":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.ack.timer.deferred"], "Found a duplicate in the metrics slice: tcpack.ack.timer.deferred")
+						validatedMetrics["tcpack.ack.timer.deferred"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Delayed-ACK timer expiries that found the application holding the socket, with an ACK due (TcpExtDelayedACKLocked). The kernel leaves the ACK to the socket's release; where the timer is seen at timer_expire_entry (no fentry or kprobes), such an ACK, if it leaves then, is not in tcpack.ack.timer.count.", mi.Description())
+						assert.Equal(t, "{expiry}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						serverPortAttrVal, ok := dp.Attributes().Get("server.port")
+						assert.True(t, ok)
+						assert.EqualValues(t, 11, serverPortAttrVal.Int())
+						tcpackSocketRoleAttrVal, ok := dp.Attributes().Get("tcpack.socket.role")
+						assert.True(t, ok)
+						assert.Equal(t, "server", tcpackSocketRoleAttrVal.Str())
+						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.ack.timer.deferred"], "Found a duplicate in the metrics slice: tcpack.ack.timer.deferred")
+						validatedMetrics["tcpack.ack.timer.deferred"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Delayed-ACK timer expiries that found the application holding the socket, with an ACK due (TcpExtDelayedACKLocked). The kernel leaves the ACK to the socket's release; where the timer is seen at timer_expire_entry (no fentry or kprobes), such an ACK, if it leaves then, is not in tcpack.ack.timer.count.", mi.Description())
+						assert.Equal(t, "{expiry}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.ack.timer.deferred"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("server.port")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.socket.role")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.netns.inode")
+						assert.False(t, ok)
+					}
+				case "tcpack.ack.uncounted":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.ack.uncounted"], "Found a duplicate in the metrics slice: tcpack.ack.uncounted")
+						validatedMetrics["tcpack.ack.uncounted"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "What the acks family's counts miss, by cause. sockets_full - sockets whose timer ACKs cannot be counted (no room, raise acks.max_sockets); timer_unknown - timer ACKs of sockets the family has no record of (open before the start in a namespace the walk could not enter, or left out for want of room).", mi.Description())
+						assert.Equal(t, "{event}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						tcpackAckUncountedCauseAttrVal, ok := dp.Attributes().Get("tcpack.ack.uncounted.cause")
+						assert.True(t, ok)
+						assert.Equal(t, "sockets_full", tcpackAckUncountedCauseAttrVal.Str())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.ack.uncounted"], "Found a duplicate in the metrics slice: tcpack.ack.uncounted")
+						validatedMetrics["tcpack.ack.uncounted"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "What the acks family's counts miss, by cause. sockets_full - sockets whose timer ACKs cannot be counted (no room, raise acks.max_sockets); timer_unknown - timer ACKs of sockets the family has no record of (open before the start in a namespace the walk could not enter, or left out for want of room).", mi.Description())
+						assert.Equal(t, "{event}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.ack.uncounted"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("tcpack.ack.uncounted.cause")
 						assert.False(t, ok)
 					}
 				case "tcpack.ack.unobserved.count":
@@ -648,7 +1238,7 @@ func TestMetricsBuilder(t *testing.T) {
 					validatedMetrics["tcpack.ack.unobserved.count"] = true
 					assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 					assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-					assert.Equal(t, "Pure ACKs sent by sockets in scope while the per-segment hooks were still detached (acks.attach on_traffic, within about 100 ms of the first such socket after an idle spell); they are in no other ACK metric.", mi.Description())
+					assert.Equal(t, "Pure ACKs sent by sockets in scope while the per-segment hooks were still detached (acks.per_segment.attach on_traffic, within about 100 ms of the first such socket after an idle spell); they are in no other ACK metric.", mi.Description())
 					assert.Equal(t, "{ack}", mi.Unit())
 					assert.True(t, mi.Sum().IsMonotonic())
 					assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
