@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -613,32 +612,7 @@ func TestTimerSendsACKsForAnIdleReader(t *testing.T) {
 
 // delayedACKs reads TcpExtDelayedACKs (ACKs sent by the delayed-ACK timer) in a namespace.
 func delayedACKs(t *testing.T, ns *netnstest.NS) uint64 {
-	t.Helper()
-	var raw []byte
-	var err error
-	// thread-self: /proc/net follows the process's first thread, not the one in ns.
-	ns.Run(t, func() { raw, err = os.ReadFile("/proc/thread-self/net/netstat") })
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(string(raw), "\n")
-	for i := 0; i+1 < len(lines); i++ {
-		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
-		if len(names) == 0 || names[0] != "TcpExt:" || len(values) != len(names) {
-			continue
-		}
-		for j, n := range names {
-			if n == "DelayedACKs" {
-				v, err := strconv.ParseUint(values[j], 10, 64)
-				if err != nil {
-					t.Fatal(err)
-				}
-				return v
-			}
-		}
-	}
-	t.Fatal("no TcpExt DelayedACKs in /proc/net/netstat")
-	return 0
+	return ns.Netstat(t, "TcpExt", "DelayedACKs")
 }
 
 // With attach on_traffic and a scope no open socket is in, only sock_ops is attached; an

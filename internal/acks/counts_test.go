@@ -2,8 +2,6 @@ package acks_test
 
 import (
 	"fmt"
-	"io"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -53,59 +51,6 @@ func snapshot(t *testing.T, p *acks.Probe) []acks.Stats {
 	return snap
 }
 
-// answerLater runs requests 64-byte requests on c, the server reading each only think after
-// it came, then answering at once: once the quick-ACK quota is spent, the delayed-ACK timer
-// sends the ACK of every request (a read would send it, but none comes in time).
-func answerLater(c *netnstest.Paced, requests int, think time.Duration) error {
-	served := make(chan error, 1)
-	go func() {
-		buf := make([]byte, 64)
-		for range requests {
-			time.Sleep(think)
-			if _, err := io.ReadFull(c.Server, buf); err != nil {
-				served <- err
-				return
-			}
-			if _, err := c.Server.Write(buf); err != nil {
-				served <- err
-				return
-			}
-		}
-		served <- nil
-	}()
-	buf := make([]byte, 64)
-	for range requests {
-		if _, err := c.Client.Write(buf); err != nil {
-			return err
-		}
-		if _, err := io.ReadFull(c.Client, buf); err != nil {
-			return err
-		}
-	}
-	return <-served
-}
-
-// connectMany opens n connections from A to one listener in B.
-func connectMany(t *testing.T, pair *netnstest.Pair, port, n int) []*netnstest.Paced {
-	t.Helper()
-	addr := fmt.Sprintf("%s:%d", pair.B.Addr, port)
-	ln := pair.B.Listen(t, "tcp4", addr)
-	var out []*netnstest.Paced
-	for range n {
-		c, err := pair.A.Dial("tcp4", addr, time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close(); s.Close() })
-		out = append(out, &netnstest.Paced{Client: c.(*net.TCPConn), Server: s.(*net.TCPConn)})
-	}
-	return out
-}
-
 // TestCountsEqualTheSocketsOwn: with no per-segment hook, the counts per service port equal
 // the sums of the sockets' own TCP_INFO counters, read once the sockets are closed, exactly;
 // and the ACKs counted as the delayed-ACK timer's equal the kernel's TcpExtDelayedACKs of the
@@ -134,12 +79,12 @@ func TestCountsEqualTheSocketsOwn(t *testing.T) {
 	slow := pair.PacedTraffic(t, 5140, 300, 2*time.Millisecond, 50*time.Millisecond)
 
 	const conns, requests = 4, 75
-	rr := connectMany(t, pair, 5141, conns)
+	rr := pair.ConnectMany(t, 5141, conns)
 	errs := make(chan error, conns)
 	var wg sync.WaitGroup
 	for _, c := range rr {
 		wg.Add(1)
-		go func() { defer wg.Done(); errs <- answerLater(c, requests, 100*time.Millisecond) }()
+		go func() { defer wg.Done(); errs <- c.AnswerLate(requests, 100*time.Millisecond) }()
 	}
 	// Mid-run, every open socket is walked once: four of 5141 on each side, one of 5140
 	// and of 5142.
@@ -277,7 +222,7 @@ func TestCountsWithEveryTimerStrategy(t *testing.T) {
 			before := delayedACKs(t, pair.B)
 			port := uint16(5145 + i)
 			conn := pair.Connect(t, int(port))
-			if err := answerLater(conn, 40, 100*time.Millisecond); err != nil {
+			if err := conn.AnswerLate(40, 100*time.Millisecond); err != nil {
 				t.Fatal(err)
 			}
 			conn.Finish(t)

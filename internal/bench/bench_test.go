@@ -67,10 +67,15 @@ var modes = []mode{
 	// own spread, the noise any other mode's figure sits in.
 	{"baseline_again", "", nil},
 	{"drops", "tcpack: {}", nil},
-	// The ACK family on every socket: the cost issue 4 bounds at >= 95% of baseline.
-	{"acks_all", "tcpack: {drops: {enabled: false}, acks: {enabled: true}}", nil},
-	// Scoped to a port with no traffic: >= 99%; only tcp_probe's storage lookup remains.
-	{"acks_idle_port", "tcpack: {drops: {enabled: false}, acks: {enabled: true, local_ports: [9]}}", nil},
+	// The ACK family as configured by default: counts on every socket from the sockets' own
+	// counters and timer expiries, no program per packet. Issue 23 bounds it at >= 99%.
+	{"acks_counts", "tcpack: {drops: {enabled: false}, acks: {enabled: true}}", nil},
+	// Its per-segment tier on every socket (the family's design before the counts): issue 4
+	// bounded it at >= 95% of baseline.
+	{"acks_all", "tcpack: {drops: {enabled: false}, acks: {enabled: true, per_segment: {enabled: true}}}", nil},
+	// The per-segment tier scoped to a port with no traffic: >= 99%; only tcp_probe's storage
+	// lookup remains.
+	{"acks_idle_port", "tcpack: {drops: {enabled: false}, acks: {enabled: true, local_ports: [9], per_segment: {enabled: true}}}", nil},
 	// Every packet sent (queue counts, flow map); OTHERHOST only at its drop: issue 6 bounds
 	// TCP bulk and RR at >= 98% of baseline.
 	{"txqueue", "tcpack: {drops: {enabled: false}, txqueue: {enabled: true}}", nil},

@@ -44,13 +44,15 @@ service:
 `, dir, tcpack)
 }
 
-// dropsAndAcks: the drops family with generous sampling and the ACK family on port 6010.
+// dropsAndAcks: the drops family with generous sampling and the ACK family on port 6010,
+// with its per-segment tier.
 const dropsAndAcks = `    collection_interval: 500ms
     drops:
       sampling: {rate_per_cpu: 1000, burst: 1000}
     acks:
       enabled: true
       local_ports: [6010]
+      per_segment: {enabled: true}
     ring_buffer: {flush_interval: 50ms}`
 
 // collector is a running otelcol-tcpack writing metrics and logs to JSON files in outDir.
@@ -136,7 +138,7 @@ func ackDelay(metrics []pmetric.Metrics, port int64, netns uint32) (uint64, floa
 					dps := ms.At(m).Histogram().DataPoints()
 					for d := 0; d < dps.Len(); d++ {
 						a := dps.At(d).Attributes()
-						if num(a, "network.local.port") == port && num(a, "tcpack.netns.inode") == int64(netns) {
+						if num(a, "server.port") == port && num(a, "tcpack.netns.inode") == int64(netns) && str(a, "tcpack.socket.role") == "server" {
 							return dps.At(d).Count(), dps.At(d).Sum()
 						}
 					}

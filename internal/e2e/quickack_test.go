@@ -16,7 +16,7 @@ import (
 // it and a control port, attached always: the test counts every ACK from the first segment.
 const quickackSettings = `    collection_interval: 300ms
     drops: {enabled: false}
-    acks: {enabled: true, local_ports: [6020, 6021], attach: always}
+    acks: {enabled: true, local_ports: [6020, 6021], per_segment: {enabled: true, attach: always}}
     quickack:
       enabled: true
       netns: [/run/netns/%s]

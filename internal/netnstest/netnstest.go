@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -511,6 +512,90 @@ func (c *Paced) Covered(t testing.TB, acked uint64) (bool, string) {
 func (c *Paced) Retransmits(t testing.TB) uint64 {
 	t.Helper()
 	return uint64(TCPInfo(t, c.Client).Total_retrans)
+}
+
+// AnswerLate runs requests 64-byte requests on c, the server reading each only think after
+// it came, then answering at once: once the quick-ACK quota is spent, the delayed-ACK timer
+// sends the ACK of every request (a read would send it, but none comes in time).
+func (c *Paced) AnswerLate(requests int, think time.Duration) error {
+	served := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 64)
+		for range requests {
+			time.Sleep(think)
+			if _, err := io.ReadFull(c.Server, buf); err != nil {
+				served <- err
+				return
+			}
+			if _, err := c.Server.Write(buf); err != nil {
+				served <- err
+				return
+			}
+		}
+		served <- nil
+	}()
+	buf := make([]byte, 64)
+	for range requests {
+		if _, err := c.Client.Write(buf); err != nil {
+			return err
+		}
+		if _, err := io.ReadFull(c.Client, buf); err != nil {
+			return err
+		}
+	}
+	return <-served
+}
+
+// ConnectMany opens n connections from A to one listener on B:port.
+func (p *Pair) ConnectMany(t testing.TB, port, n int) []*Paced {
+	t.Helper()
+	addr := fmt.Sprintf("%s:%d", p.B.Addr, port)
+	ln := p.B.Listen(t, "tcp4", addr)
+	var out []*Paced
+	for range n {
+		c, err := p.A.Dial("tcp4", addr, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close(); s.Close() })
+		out = append(out, &Paced{Client: c.(*net.TCPConn), Server: s.(*net.TCPConn)})
+	}
+	return out
+}
+
+// Netstat reads one counter of /proc/net/netstat in the namespace, such as TcpExt
+// DelayedACKs (the ACKs the delayed-ACK timer sent).
+func (ns *NS) Netstat(t testing.TB, group, name string) uint64 {
+	t.Helper()
+	var raw []byte
+	var err error
+	// thread-self: /proc/net follows the process's first thread, not the one in ns.
+	ns.Run(t, func() { raw, err = os.ReadFile("/proc/thread-self/net/netstat") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(raw), "\n")
+	for i := 0; i+1 < len(lines); i++ {
+		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if len(names) == 0 || names[0] != group+":" || len(values) != len(names) {
+			continue
+		}
+		for j, n := range names {
+			if n == name {
+				v, err := strconv.ParseUint(values[j], 10, 64)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return v
+			}
+		}
+	}
+	t.Fatalf("no %s %s in /proc/net/netstat", group, name)
+	return 0
 }
 
 // Finish closes the connection in the orderly way (client FIN, server FIN, each side reading

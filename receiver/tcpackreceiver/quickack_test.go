@@ -36,6 +36,7 @@ func TestReceiverForcesQuickACKsAndReportsThem(t *testing.T) {
 	cfg := fastConfig()
 	cfg.Drops.Enabled = false
 	cfg.Acks.Enabled = true
+	cfg.Acks.PerSegment.Enabled = true
 	cfg.Acks.LocalPorts = []int{5130, 5131}
 	cfg.Quickack.Enabled = true
 	cfg.Quickack.Netns = []string{"/run/netns/" + pair.B.Name}
@@ -57,7 +58,8 @@ func TestReceiverForcesQuickACKsAndReportsThem(t *testing.T) {
 	})
 	onPort := func(port int64) func(pmetric.NumberDataPoint) bool {
 		return func(dp pmetric.NumberDataPoint) bool {
-			return intAttr(dp.Attributes(), "network.local.port") == port && intAttr(dp.Attributes(), "tcpack.netns.inode") == int64(pair.B.Inode)
+			return intAttr(dp.Attributes(), "server.port") == port && intAttr(dp.Attributes(), "tcpack.netns.inode") == int64(pair.B.Inode) &&
+				strAttr(dp.Attributes(), "tcpack.socket.role") == "server"
 		}
 	}
 	netnstest.Eventually(t, 10*time.Second, "tcpack.ack.forced.count", func() (bool, string) {
@@ -66,6 +68,20 @@ func TestReceiverForcesQuickACKsAndReportsThem(t *testing.T) {
 		controlForced, _ := latestPoint(r, "tcpack.ack.forced.count", onPort(5131))
 		return forced >= 270 && forced == all && controlForced == 0,
 			fmt.Sprintf("target: %d forced of %d ACKs; control: %d forced", forced, all, controlForced)
+	})
+	// The counting tier sees forcing too: the target's socket is forced, and its pure ACKs
+	// are in the forced control segments; the control port has none.
+	netnstest.Eventually(t, 10*time.Second, "tcpack.ack.sockets.forced and tcpack.ack.forced.segments.sent", func() (bool, string) {
+		sockets, _ := latestPoint(r, "tcpack.ack.sockets.forced", onPort(5130))
+		control := func(port int64) int64 {
+			v, _ := latestPoint(r, "tcpack.ack.forced.segments.sent", func(dp pmetric.NumberDataPoint) bool {
+				return onPort(port)(dp) && strAttr(dp.Attributes(), "tcpack.segment.kind") == "control"
+			})
+			return v
+		}
+		target, other := control(5130), control(5131)
+		return sockets == 1 && target >= 270 && other == 0,
+			fmt.Sprintf("forced sockets on 5130: %d; forced control segments: %d on 5130, %d on 5131", sockets, target, other)
 	})
 
 	applied := func() (n int, rec plog.LogRecord) {
