@@ -484,6 +484,53 @@ type Stats struct {
 	Delay Histogram
 }
 
+// stats are one CPU's statistics, without their key.
+func (v acksAckStats) stats() Stats {
+	s := Stats{
+		SegmentsOut: v.SegsOut, DataSegmentsOut: v.DataSegsOut, DataSegmentsIn: v.DataSegsIn,
+		ForcedSegmentsOut: v.ForcedSegsOut, ForcedDataSegmentsOut: v.ForcedDataSegsOut,
+		TimerAcks: v.TimerAcks, TimerDeferred: v.TimerDeferred,
+		SocketsEstablished: v.SocketsEstablished, SocketsExisting: v.SocketsExisting,
+		ByCause: v.ByCause, OtherAcks: v.OtherAcks, SegmentsAcked: v.SegsAcked, QuotaSpent: v.QuotaSpent,
+		Forced: v.Forced, DelayedDecisions: v.DelayedDecisions,
+		Delay: Histogram{Counts: v.DelayHist[:], Sum: float64(v.DelaySumNs) / 1e9},
+	}
+	for _, c := range v.DelayHist {
+		s.Delay.Count += c
+	}
+	return s
+}
+
+// Add adds o's counts to s's (the key and bounds stay s's): for sums over CPUs and series.
+func (s *Stats) Add(o Stats) {
+	s.SegmentsOut += o.SegmentsOut
+	s.DataSegmentsOut += o.DataSegmentsOut
+	s.DataSegmentsIn += o.DataSegmentsIn
+	s.ForcedSegmentsOut += o.ForcedSegmentsOut
+	s.ForcedDataSegmentsOut += o.ForcedDataSegmentsOut
+	s.TimerAcks += o.TimerAcks
+	s.TimerDeferred += o.TimerDeferred
+	s.SocketsEstablished += o.SocketsEstablished
+	s.SocketsExisting += o.SocketsExisting
+	for i := range s.Sockets {
+		s.Sockets[i] += o.Sockets[i]
+	}
+	s.SocketsForced += o.SocketsForced
+	for i := range s.ByCause {
+		s.ByCause[i] += o.ByCause[i]
+	}
+	s.OtherAcks += o.OtherAcks
+	s.SegmentsAcked += o.SegmentsAcked
+	s.QuotaSpent += o.QuotaSpent
+	s.Forced += o.Forced
+	s.DelayedDecisions += o.DelayedDecisions
+	for i := range s.Delay.Counts {
+		s.Delay.Counts[i] += o.Delay.Counts[i]
+	}
+	s.Delay.Sum += o.Delay.Sum
+	s.Delay.Count += o.Delay.Count
+}
+
 // ControlSegmentsOut are the segments sent without data: pure ACKs, and SYN, FIN, RST.
 func (s Stats) ControlSegmentsOut() uint64 { return sub(s.SegmentsOut, s.DataSegmentsOut) }
 
@@ -548,32 +595,9 @@ func (p *Probe) Snapshot() ([]Stats, error) {
 		if g, ok := sockets[id]; ok {
 			s.Sockets, s.SocketsForced = g.modes, g.forced
 		}
-		var sumNs uint64
 		for _, v := range perCPU {
-			s.SegmentsOut += v.SegsOut
-			s.DataSegmentsOut += v.DataSegsOut
-			s.DataSegmentsIn += v.DataSegsIn
-			s.ForcedSegmentsOut += v.ForcedSegsOut
-			s.ForcedDataSegmentsOut += v.ForcedDataSegsOut
-			s.TimerAcks += v.TimerAcks
-			s.TimerDeferred += v.TimerDeferred
-			s.SocketsEstablished += v.SocketsEstablished
-			s.SocketsExisting += v.SocketsExisting
-			for i, c := range v.ByCause {
-				s.ByCause[i] += c
-			}
-			s.OtherAcks += v.OtherAcks
-			s.SegmentsAcked += v.SegsAcked
-			s.QuotaSpent += v.QuotaSpent
-			s.Forced += v.Forced
-			s.DelayedDecisions += v.DelayedDecisions
-			sumNs += v.DelaySumNs
-			for i, c := range v.DelayHist {
-				s.Delay.Counts[i] += c
-				s.Delay.Count += c
-			}
+			s.Add(v.stats())
 		}
-		s.Delay.Sum = float64(sumNs) / 1e9
 		out = append(out, s)
 	}
 	if err := it.Err(); err != nil {

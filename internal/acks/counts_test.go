@@ -2,7 +2,6 @@ package acks_test
 
 import (
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -80,12 +79,7 @@ func TestCountsEqualTheSocketsOwn(t *testing.T) {
 
 	const conns, requests = 4, 75
 	rr := pair.ConnectMany(t, 5141, conns)
-	errs := make(chan error, conns)
-	var wg sync.WaitGroup
-	for _, c := range rr {
-		wg.Add(1)
-		go func() { defer wg.Done(); errs <- c.AnswerLate(requests, 100*time.Millisecond) }()
-	}
+	wait := netnstest.AnswerLateAll(rr, requests, 100*time.Millisecond)
 	// Mid-run, every open socket is walked once: four of 5141 on each side, one of 5140
 	// and of 5142.
 	time.Sleep(time.Second)
@@ -108,12 +102,8 @@ func TestCountsEqualTheSocketsOwn(t *testing.T) {
 			t.Errorf("port %d %s: %d sockets open at the walk %v, want %d", want.port, want.role, open, s.Sockets, want.n)
 		}
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
+	if err := wait(); err != nil {
+		t.Fatal(err)
 	}
 
 	want := map[string]segments{}

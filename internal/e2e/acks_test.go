@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -63,18 +62,8 @@ func TestCollectorCountsACKsExactly(t *testing.T) {
 	slow := pair.PacedTraffic(t, 6151, 200, 2*time.Millisecond, 50*time.Millisecond)
 	const conns, requests = 4, 60
 	rr := pair.ConnectMany(t, 6152, conns)
-	errs := make(chan error, conns)
-	var wg sync.WaitGroup
-	for _, conn := range rr {
-		wg.Add(1)
-		go func() { defer wg.Done(); errs <- conn.AnswerLate(requests, 100*time.Millisecond) }()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
+	if err := netnstest.AnswerLateAll(rr, requests, 100*time.Millisecond)(); err != nil {
+		t.Fatal(err)
 	}
 
 	want := map[int64]sent{}

@@ -546,6 +546,22 @@ func (c *Paced) AnswerLate(requests int, think time.Duration) error {
 	return <-served
 }
 
+// AnswerLateAll runs AnswerLate on every connection at once; wait returns when all are
+// done, with their errors.
+func AnswerLateAll(conns []*Paced, requests int, think time.Duration) (wait func() error) {
+	errs := make(chan error, len(conns))
+	for _, c := range conns {
+		go func() { errs <- c.AnswerLate(requests, think) }()
+	}
+	return func() error {
+		var all []error
+		for range conns {
+			all = append(all, <-errs)
+		}
+		return errors.Join(all...)
+	}
+}
+
 // ConnectMany opens n connections from A to one listener on B:port.
 func (p *Pair) ConnectMany(t testing.TB, port, n int) []*Paced {
 	t.Helper()

@@ -293,41 +293,12 @@ func capSeries(admitted map[ackSeries]bool, limit int, stats []acks.Stats) []ack
 		if overflow == nil {
 			overflow = &acks.Stats{Delay: acks.Histogram{Bounds: s.Delay.Bounds, Counts: make([]uint64, len(s.Delay.Counts))}}
 		}
-		mergeStats(overflow, s)
+		overflow.Add(s)
 	}
 	if overflow != nil {
 		out = append(out, *overflow)
 	}
 	return out
-}
-
-func mergeStats(into *acks.Stats, s acks.Stats) {
-	into.SegmentsOut += s.SegmentsOut
-	into.DataSegmentsOut += s.DataSegmentsOut
-	into.DataSegmentsIn += s.DataSegmentsIn
-	into.ForcedSegmentsOut += s.ForcedSegmentsOut
-	into.ForcedDataSegmentsOut += s.ForcedDataSegmentsOut
-	into.TimerAcks += s.TimerAcks
-	into.TimerDeferred += s.TimerDeferred
-	into.SocketsEstablished += s.SocketsEstablished
-	into.SocketsExisting += s.SocketsExisting
-	for i := range into.Sockets {
-		into.Sockets[i] += s.Sockets[i]
-	}
-	into.SocketsForced += s.SocketsForced
-	for i := range into.ByCause {
-		into.ByCause[i] += s.ByCause[i]
-	}
-	into.OtherAcks += s.OtherAcks
-	into.SegmentsAcked += s.SegmentsAcked
-	into.QuotaSpent += s.QuotaSpent
-	into.Forced += s.Forced
-	into.DelayedDecisions += s.DelayedDecisions
-	for i := range into.Delay.Counts {
-		into.Delay.Counts[i] += s.Delay.Counts[i]
-	}
-	into.Delay.Sum += s.Delay.Sum
-	into.Delay.Count += s.Delay.Count
 }
 
 // appendMetrics adds tcpack.ack.delay to the emitted metrics. mdatagen cannot generate
@@ -359,7 +330,7 @@ func (f *acksFamily) appendMetrics(md pmetric.Metrics, now pcommon.Timestamp) {
 			merged[key] = m
 			order = append(order, key)
 		}
-		mergeStats(m, s)
+		m.Add(s)
 	}
 
 	sm := md.ResourceMetrics().At(0).ScopeMetrics()
