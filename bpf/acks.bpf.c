@@ -82,10 +82,9 @@ struct ack_stats {
 
 /* Per-socket state, on every socket in scope. */
 struct ack_sock {
-	/* What the walk or the close has counted of the socket's own counters: segs_out in the
-	 * high half, data_segs_out in the low half, claimed together with one compare-and-swap
-	 * so that a walk and a close racing on one socket count each segment once. */
-	__u64 seen_out;
+	/* What the walk or the close has counted of the socket's own counters. */
+	__u32 seen_segs_out;
+	__u32 seen_data_segs_out;
 	__u32 seen_data_segs_in;
 	__u32 netns;
 	__u32 stats_id; /* 1 + its key's index in ack_counts; 0: no room */
@@ -418,9 +417,9 @@ static __always_inline bool sent_by_delack_timer(struct bpf_sock *bsk)
 	return true;
 }
 
-/* Gives a socket its statistics and its storage. seen_out and seen_data_segs_in are what is
+/* Gives a socket its statistics and its storage. The seen_ counters are what is
  * already counted: zero for a socket counted from its establishment, its counters so far for
- * one the walk at start finds open. */
+ * one a walk finds open and not yet counted. */
 static __always_inline struct ack_sock *count_socket(struct sock *sk, __u32 netns, __u16 server_port, __u8 role,
 						     struct tcp_sock *baseline)
 {
@@ -434,7 +433,8 @@ static __always_inline struct ack_sock *count_socket(struct sock *sk, __u32 netn
 	if (!s)
 		return as;
 	if (baseline) {
-		as->seen_out = ((__u64)baseline->segs_out << 32) | baseline->data_segs_out;
+		as->seen_segs_out = baseline->segs_out;
+		as->seen_data_segs_out = baseline->data_segs_out;
 		as->seen_data_segs_in = baseline->data_segs_in;
 		s->sockets_existing++;
 	} else {
@@ -446,38 +446,32 @@ static __always_inline struct ack_sock *count_socket(struct sock *sk, __u32 netn
 	return as;
 }
 
-/* Adds what the socket sent and received since it was last counted. */
+/* Adds what the socket sent and received since it was last counted. Both callers hold the
+ * socket's lock (the walk: iter/tcp locks each full socket; the close: tcp_set_state runs
+ * under it), so nothing is sent meanwhile and no two folds of one socket overlap. */
 static __always_inline void fold_counts(struct ack_sock *as, struct tcp_sock *tp)
 {
 	struct ack_stats *s = stats_of(as->stats_id);
 	if (!s)
 		return;
-	/* data_segs_out first: the kernel counts a segment in segs_out before it counts its data,
-	 * so the pair read this way never holds more data segments than segments. */
-	__u32 data_out = tp->data_segs_out;
-	asm volatile("" ::: "memory");
-	__u64 out = ((__u64)tp->segs_out << 32) | data_out;
-	__u64 seen = as->seen_out;
-	if (out != seen && __sync_val_compare_and_swap(&as->seen_out, seen, out) == seen) {
-		__u32 segs = (__u32)(out >> 32) - (__u32)(seen >> 32);
-		__u32 data = data_out - (__u32)seen;
-		s->segs_out += segs;
-		s->data_segs_out += data;
-		bool forced = false;
-		if (force_mark && tp->inet_conn.icsk_inet.sk.sk_mark == force_mark)
-			forced = true;
-		if (bpf_core_field_exists(tp->inet_conn.icsk_delack_max) && delack_max_default_jiffies &&
-		    tp->inet_conn.icsk_delack_max < delack_max_default_jiffies)
-			forced = true;
-		if (forced) {
-			s->forced_segs_out += segs;
-			s->forced_data_segs_out += data;
-		}
+	__u32 segs = tp->segs_out - as->seen_segs_out;
+	__u32 data = tp->data_segs_out - as->seen_data_segs_out;
+	s->segs_out += segs;
+	s->data_segs_out += data;
+	s->data_segs_in += tp->data_segs_in - as->seen_data_segs_in;
+	as->seen_segs_out = tp->segs_out;
+	as->seen_data_segs_out = tp->data_segs_out;
+	as->seen_data_segs_in = tp->data_segs_in;
+	bool forced = false;
+	if (force_mark && tp->inet_conn.icsk_inet.sk.sk_mark == force_mark)
+		forced = true;
+	if (bpf_core_field_exists(tp->inet_conn.icsk_delack_max) && delack_max_default_jiffies &&
+	    tp->inet_conn.icsk_delack_max < delack_max_default_jiffies)
+		forced = true;
+	if (forced) {
+		s->forced_segs_out += segs;
+		s->forced_data_segs_out += data;
 	}
-	__u32 data_in = tp->data_segs_in;
-	__u32 seen_in = as->seen_data_segs_in;
-	if (data_in != seen_in && __sync_val_compare_and_swap(&as->seen_data_segs_in, seen_in, data_in) == seen_in)
-		s->data_segs_in += data_in - seen_in;
 }
 
 SEC("sockops")

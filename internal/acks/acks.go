@@ -229,7 +229,9 @@ func (p *Probe) walk() (map[uint32]socketGauges, error) {
 	l := p.set.Link(hookWalk).(*link.Iter)
 	own, _ := kernel.NetnsInode(kernel.OwnNetns)
 	gauges := map[uint32]socketGauges{}
-	var errs []error
+	// Each walk sees its namespace's listeners again before its other sockets: a listener
+	// closed since is no reason to call a socket accepted.
+	errs := []error{forgetListeners(p.set.Maps[acksMapListenPorts])}
 	for _, path := range p.namespaces() {
 		walk := func() error {
 			rd, err := l.Open()
@@ -256,6 +258,27 @@ func (p *Probe) walk() (map[uint32]socketGauges, error) {
 		}
 	}
 	return gauges, errors.Join(errs...)
+}
+
+// forgetListeners empties the map of listening ports.
+func forgetListeners(m *ebpf.Map) error {
+	var keys []acksListenKey
+	var key acksListenKey
+	var one uint8
+	it := m.Iterate()
+	for it.Next(&key, &one) {
+		keys = append(keys, key)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("%s: read listening ports: %w", Family, err)
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	if _, err := m.BatchDelete(keys, nil); err != nil {
+		return fmt.Errorf("%s: forget listening ports: %w", Family, err)
+	}
+	return nil
 }
 
 // WalkErr says which namespaces the last walk could not reach, if any: their sockets open
@@ -698,6 +721,24 @@ func (p *Probe) TimerDeferredSeen() bool {
 		}
 	}
 	return false
+}
+
+// TimerCountsAgree judges timer ACKs counted (and expiries deferred) against the kernel's
+// TcpExtDelayedACKs for the same sockets. Where the handler is hooked the counts are exact.
+// At timer_expire_entry, the ACKs of deferred expiries leave unseen; and on 6.18 a few timer
+// ACKs (at most 8 of 236 in the tests, in about one run of five, more under load) leave
+// without the program seeing their timer's expiry, for a reason not found yet: up to 4% of
+// the kernel's count is tolerated there, and reported.
+func TimerCountsAgree(counted, deferred, kernel uint64, handlerHooked bool) (bool, string) {
+	why := fmt.Sprintf("timer ACKs counted %d (%d expiries deferred), TcpExtDelayedACKs %d", counted, deferred, kernel)
+	if handlerHooked {
+		return counted == kernel, why
+	}
+	unseen := kernel - min(kernel, counted+deferred)
+	if unseen > 0 {
+		why += fmt.Sprintf("; %d not seen at timer_expire_entry", unseen)
+	}
+	return counted <= kernel && unseen*25 <= kernel, why
 }
 
 // TimerCounted says whether any hook counts the delayed-ACK timer's ACKs.

@@ -51,18 +51,19 @@ type acksAckKey struct {
 }
 
 type acksAckSock struct {
-	_              structs.HostLayout
-	SeenOut        uint64
-	SeenDataSegsIn uint32
-	Netns          uint32
-	StatsId        uint32
-	Live           uint8
-	Closed         uint8
-	Pad            [2]uint8
-	FirstUnackedNs uint64
-	LastRxNs       uint64
-	Unacked        uint32
-	Pad2           uint32
+	_               structs.HostLayout
+	SeenSegsOut     uint32
+	SeenDataSegsOut uint32
+	SeenDataSegsIn  uint32
+	Netns           uint32
+	StatsId         uint32
+	Live            uint8
+	Closed          uint8
+	Pad             [2]uint8
+	FirstUnackedNs  uint64
+	LastRxNs        uint64
+	Unacked         uint32
+	Pad2            uint32
 }
 
 type acksAckStats struct {

@@ -61,9 +61,6 @@ type Strategy struct {
 	// Args is how many tracepoint arguments the program reads: the tracepoint must pass at
 	// least that many. Variants of one hook differ here where kernels differ.
 	Args int
-	// Map, for an Iter over a map's elements (Target "bpf_sk_storage_map", ...), is the
-	// map's name in the object.
-	Map string
 	// Symbols are kernel functions the program compares addresses with (their addresses are
 	// set as variables before the load): each must be in kallsyms.
 	Symbols []string
@@ -184,7 +181,7 @@ func (s *Set) Resume(hook string) error {
 	if !ok || a.link != nil {
 		return nil
 	}
-	l, err := attachProgram(a.prog, a.strategy, s.Maps)
+	l, err := attachProgram(a.prog, a.strategy)
 	if err != nil {
 		return fmt.Errorf("resume %s (%s): %s", hook, a.strategy, summarize(err))
 	}
@@ -294,7 +291,7 @@ func attach(env *kernel.Env, spec *ebpf.CollectionSpec, maps map[string]*ebpf.Ma
 	}
 	prog := coll.DetachProgram(s.Program)
 	coll.Close() // the maps are clones of the shared ones
-	l, err := attachProgram(prog, s, maps)
+	l, err := attachProgram(prog, s)
 	if err != nil {
 		prog.Close()
 		return nil, nil, fmt.Errorf("attach: %s", summarize(err))
@@ -344,7 +341,7 @@ func precheck(env *kernel.Env, s Strategy) error {
 	return nil
 }
 
-func attachProgram(prog *ebpf.Program, s Strategy, maps map[string]*ebpf.Map) (link.Link, error) {
+func attachProgram(prog *ebpf.Program, s Strategy) (link.Link, error) {
 	switch s.Kind {
 	case TPBTF, FEntry, FExit:
 		return link.AttachTracing(link.TracingOptions{Program: prog})
@@ -364,14 +361,7 @@ func attachProgram(prog *ebpf.Program, s Strategy, maps map[string]*ebpf.Map) (l
 	case CgroupSkbIngress:
 		return link.AttachCgroup(link.CgroupOptions{Path: s.Target, Attach: ebpf.AttachCGroupInetIngress, Program: prog})
 	case Iter:
-		if s.Map == "" {
-			return link.AttachIter(link.IterOptions{Program: prog})
-		}
-		m, ok := maps[s.Map]
-		if !ok {
-			return nil, fmt.Errorf("iterator over map %s: not in object", s.Map)
-		}
-		return link.AttachIter(link.IterOptions{Program: prog, Map: m})
+		return link.AttachIter(link.IterOptions{Program: prog})
 	}
 	return nil, fmt.Errorf("unknown attach kind %q", s.Kind)
 }
