@@ -834,9 +834,8 @@ int BPF_KPROBE(ack_delack_timer_kprobe, struct sock *sk)
 	return 0;
 }
 
-/* Every timer_list expiry on the host (a few thousand a second on a busy one); the
- * delayed-ACK timer is the one whose callback is tcp_delack_timer, and its socket the
- * inet_connection_sock the timer is embedded in. */
+/* Every timer_list expiry on the host; the delayed-ACK timer is the one whose callback is
+ * tcp_delack_timer, and its socket the inet_connection_sock the timer is embedded in. */
 SEC("tp_btf/timer_expire_entry")
 int BPF_PROG(ack_delack_timer_expiry, struct timer_list *timer)
 {
