@@ -27,6 +27,7 @@
 char LICENSE[] SEC("license") = "GPL";
 
 #define SOL_SOCKET 1
+#define SOL_TCP 6
 #define TCP_FLAG_ACK 0x10
 #define ICSK_ACK_TIMER 2
 #define NSEC_PER_USEC 1000ULL
@@ -90,7 +91,10 @@ struct ack_sock {
 	__u32 stats_id; /* 1 + its key's index in ack_counts; 0: no room */
 	__u8 live;      /* counted open in socks_in_scope until it closes */
 	__u8 closed;    /* its last counts are in */
-	__u8 _pad[2];
+	/* Sampling windows: data arrived before this window opened, unseen by tcp_probe, so the
+	 * socket's next ACK is not timed. */
+	__u8 skip_next;
+	__u8 _pad;
 	/* Per segment. */
 	__u64 first_unacked_ns; /* arrival of the oldest data not yet acknowledged */
 	__u64 last_rx_ns;
@@ -155,6 +159,10 @@ const volatile __u32 max_keys = 4096;
 const volatile __u64 event_min_delay_ns = 10000000;
 /* The per-segment tier: sock_ops asks in-scope sockets for the header-option callback. */
 const volatile __u8 per_segment = 0;
+/* attach: windows, the per-segment tier sampled: the header-option callback only while a
+ * window is open (armed), asked for at establishment and by the walk that opens each window,
+ * dropped by each socket at its first segment outside one. */
+const volatile __u8 sample_windows = 0;
 /* The address of tcp_delack_timer, the delayed-ACK timer's callback (from kallsyms), which
  * tells its expiries from every other timer's at timer_expire_entry. */
 const volatile __u64 delack_timer_fn = 0;
@@ -255,7 +263,8 @@ enum counter {
 	COUNTER_UNOBSERVED = 3, /* pure ACKs of in-scope sockets sent while the per-segment hooks were off */
 	COUNTER_SOCKETS_FULL = 4, /* sockets not counted: no room in ack_sock_ids */
 	COUNTER_TIMER_UNKNOWN = 5, /* timer ACKs of sockets the family has no record of (scope_all) */
-	COUNTER_MAX = 6,
+	COUNTER_WINDOW_UNFLAGGED = 6, /* sockets a window's walk could not ask for the header-option callback */
+	COUNTER_MAX = 7,
 };
 
 /* One event kind: a pure ACK that waited at least event_min_delay_ns. */
@@ -292,6 +301,15 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } armed SEC(".maps");
+
+/* Whether the per-segment hooks are attached and judging: always, on traffic while armed, in
+ * windows while one is open. */
+static __always_inline bool window_open(void)
+{
+	__u32 k = 0;
+	__u32 *on = bpf_map_lookup_elem(&armed, &k);
+	return on && *on;
+}
 
 static __always_inline bool in_scope(bool typed, __u16 local_port, __u16 peer_port, struct sock *sk)
 {
@@ -495,6 +513,12 @@ int ack_sockops(struct bpf_sock_ops *skops)
 						   passive ? ROLE_SERVER : ROLE_CLIENT, NULL);
 		if (!as || !per_segment)
 			return 1;
+		if (sample_windows) {
+			if (window_open())
+				bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+									 BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+			return 1;
+		}
 		/* HDR_OPT_LEN_CB then runs for every segment this socket transmits, STATE_CB at
 		 * each state change, which tells when it closes. */
 		long err = bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG |
@@ -541,18 +565,35 @@ int ack_sockops(struct bpf_sock_ops *skops)
 	bool pure = skops->skb_len == 0 && flags == TCP_FLAG_ACK;
 	if (skops->skb_len == 0 && !pure)
 		return 1; /* FIN, RST: not what this family is about */
-	__u32 ak = 0;
-	__u32 *is_armed = bpf_map_lookup_elem(&armed, &ak);
-	if (!is_armed || !*is_armed) {
-		/* tcp_probe has not counted what this ACK acknowledges: no statistics. */
-		if (pure)
-			count_in(&counters, COUNTER_UNOBSERVED);
-		as->unacked = 0;
-		return 1;
+	if (!window_open()) {
+		if (!sample_windows) {
+			/* tcp_probe has not counted what this ACK acknowledges: no statistics. */
+			if (pure)
+				count_in(&counters, COUNTER_UNOBSERVED);
+			as->unacked = 0;
+			return 1;
+		}
+		/* The window closed: no more callbacks until the next one asks again. This ACK is
+		 * still judged if it acknowledges data tcp_probe saw in the window: else no delay
+		 * longer than what was left of the window would ever be measured. */
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+		if (!as->unacked || as->skip_next) {
+			as->unacked = 0;
+			as->skip_next = 0;
+			return 1;
+		}
 	}
 	/* The handler sends nothing but a pure ACK, so data segments (a bulk sender's many)
 	 * skip the lookup. */
 	bool by_timer = pure && sent_by_delack_timer(bsk);
+	if (as->skip_next) {
+		/* It acknowledges data that arrived before the window: its delay is unknown. */
+		as->skip_next = 0;
+		as->unacked = 0;
+		if (pure)
+			count_in(&counters, COUNTER_UNOBSERVED);
+		return 1;
+	}
 
 	if (!as->unacked) {
 		/* A data segment with nothing to acknowledge (a request, a bulk write) costs only
@@ -932,5 +973,34 @@ int ack_walk(struct bpf_iter__tcp *ctx)
 	    tp->inet_conn.icsk_delack_max < delack_max_default_jiffies)
 		r.forced = 1;
 	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
+	return 0;
+}
+
+/* The walk that opens a sampling window (attach: windows), in each namespace, after the
+ * per-segment hooks attached and armed is set: every socket the family counts asks for the
+ * header-option callback again (bpf_setsockopt of TCP_BPF_SOCK_OPS_CB_FLAGS, 6.12+; older
+ * kernels refuse it, and there only connections established in a window are sampled). What
+ * tcp_probe counted before this walk is forgotten, and a socket holding data it has not
+ * acknowledged yet, which arrived unseen, does not time its next ACK. */
+SEC("iter/tcp")
+int ack_window_open(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	if (!skc)
+		return 0;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+	__u8 state = tp->inet_conn.icsk_inet.sk.__sk_common.skc_state;
+	if (state == TCP_LISTEN || state == TCP_CLOSE || state == TCP_SYN_SENT || state == TCP_SYN_RECV)
+		return 0;
+	struct ack_sock *as = bpf_sk_storage_get(&ack_socks, (struct sock *)tp, 0, 0);
+	if (!as || as->closed || !as->stats_id)
+		return 0;
+	as->unacked = 0;
+	as->skip_next = tp->rcv_nxt != tp->rcv_wup;
+	int flags = tp->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
+	if (bpf_setsockopt(tp, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, &flags, sizeof(flags)))
+		count_in(&counters, COUNTER_WINDOW_UNFLAGGED);
 	return 0;
 }

@@ -66,7 +66,10 @@ type Config struct {
 	// EventMinDelay: pure ACKs that waited at least this long are sampled as events.
 	EventMinDelay time.Duration
 	eventreader.Delivery
-	// Attach is loader.AttachOnTraffic (also when empty) or loader.AttachAlways. On traffic,
+	// Attach is AttachWindows (also when empty), loader.AttachOnTraffic or
+	// loader.AttachAlways. In windows, the per-segment hooks are attached for Window out of
+	// every Period, and only then do in-scope sockets ask for a callback per segment sent:
+	// the statistics are a sample, SampledTime says of how long. On traffic,
 	// the per-segment hooks (tcp_probe, tcp_send_delayed_ack) are attached only while
 	// in-scope sockets established since the start come and go: sock_ops counts those open and
 	// those opened. Pure ACKs sent before the hooks are in place (within about a poll, 100 ms,
@@ -76,24 +79,60 @@ type Config struct {
 	// IdleDetach is how long no in-scope socket may be open, or opened, before the
 	// per-segment hooks detach again (on traffic only).
 	IdleDetach time.Duration
+	// Window and Period: the sampling windows (windows only).
+	Window, Period time.Duration
 }
 
-// DefaultConfig counts every socket; the per-segment tier is off.
+// AttachWindows samples the per-segment tier: its hooks attached for a window of each period.
+const AttachWindows = "windows"
+
+// MinWindow is the shortest sampling window: one poll of the watcher that opens and closes
+// the windows.
+const MinWindow = loader.ArmPoll
+
+// CheckWindows validates a sampling window and period.
+func CheckWindows(window, period time.Duration) error {
+	switch {
+	case window < MinWindow:
+		return fmt.Errorf("window %s, at least %s", window, MinWindow)
+	case period <= window:
+		return fmt.Errorf("period %s, longer than the window %s", period, window)
+	}
+	return nil
+}
+
+// CheckAttach validates the per-segment tier's attach mode and its timings.
+func CheckAttach(cfg Config) error {
+	if cfg.Attach == "" || cfg.Attach == AttachWindows {
+		return CheckWindows(cfg.Window, cfg.Period)
+	}
+	return loader.CheckAttach(cfg.Attach, cfg.IdleDetach)
+}
+
+// windows says whether cfg samples the per-segment tier in windows.
+func (cfg Config) windows() bool {
+	return cfg.PerSegment && (cfg.Attach == "" || cfg.Attach == AttachWindows)
+}
+
+// DefaultConfig counts every socket; the per-segment tier is off, and sampled when on: 100 ms
+// of every 2 s, 5% of the time, where it costs about a tenth of TCP RR (BENCHMARKS.md).
 func DefaultConfig() Config {
 	return Config{
 		EventMinDelay: 10 * time.Millisecond,
 		Delivery:      eventreader.DefaultDelivery(100, 200),
 		MaxKeys:       4096,
 		MaxSockets:    65536,
-		Attach:        loader.AttachOnTraffic,
+		Attach:        AttachWindows,
 		IdleDetach:    time.Minute,
+		Window:        100 * time.Millisecond,
+		Period:        2 * time.Second,
 	}
 }
 
 // delackTimerCallback is the delayed-ACK timer's callback, which timer_expire_entry names.
 const delackTimerCallback = "tcp_delack_timer"
 
-func hooks(cgroup string, perSegment bool) []loader.Hook {
+func hooks(cgroup string, perSegment, windows bool) []loader.Hook {
 	hs := []loader.Hook{
 		// sock_ops at establishment gives each socket its service port. It must sit at the
 		// cgroup root, above every listener (notes/kernel.md).
@@ -118,6 +157,13 @@ func hooks(cgroup string, perSegment bool) []loader.Hook {
 	if !perSegment {
 		return hs
 	}
+	if windows {
+		// Where the kernel refuses the walk's program, only connections established in a
+		// window are sampled.
+		hs = append(hs, loader.Hook{Name: hookWindowWalk, Optional: true, Strategies: []loader.Strategy{
+			{Kind: loader.Iter, Program: acksProgAckWindowOpen, Target: "tcp"},
+		}})
+	}
 	return append(hs,
 		loader.Hook{Name: "tcp_probe", Strategies: []loader.Strategy{
 			{Kind: loader.TPBTF, Program: acksProgAckDataArrival, Target: "tcp_probe", Args: 2},
@@ -134,13 +180,14 @@ func hooks(cgroup string, perSegment bool) []loader.Hook {
 const (
 	hookDelackTimer = "delack_timer"
 	hookWalk        = "iter_tcp"
+	hookWindowWalk  = "iter_tcp_window"
 )
 
 // hookedDelackTimer is HOOKED_DELACK_TIMER in bpf/acks.bpf.c.
 const hookedDelackTimer = 1
 
 // HookNames lists the family's hooks, for reporting a family that could not start.
-func HookNames() []string { return loader.HookNames(hooks("", true)) }
+func HookNames() []string { return loader.HookNames(hooks("", true, true)) }
 
 // Probe is the loaded ACK family.
 type Probe struct {
@@ -150,9 +197,13 @@ type Probe struct {
 	report loader.Report
 	reader *eventreader.Reader
 	// arming is nil with loader.AttachAlways or without the per-segment tier; mu guards its
-	// state.
+	// state and the sampled time.
 	arming *loader.Arming
 	mu     sync.Mutex
+	// sampled is how long the per-segment hooks judged ACKs before judgingSince, the start
+	// of the current spell (zero while they do not).
+	sampled      time.Duration
+	judgingSince time.Time
 	// walkErr is why the last walk missed namespaces, if it did.
 	walkErr error
 }
@@ -174,7 +225,7 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 	if cfg.IdleDetach == 0 {
 		cfg.IdleDetach = DefaultConfig().IdleDetach
 	}
-	set, report, err := loader.Load(Family, env, spec, hooks(cgroup, cfg.PerSegment), loader.Options{Only: cfg.Strategies})
+	set, report, err := loader.Load(Family, env, spec, hooks(cgroup, cfg.PerSegment, cfg.windows()), loader.Options{Only: cfg.Strategies})
 	if err != nil {
 		return nil, err
 	}
@@ -196,6 +247,12 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 	case !cfg.PerSegment:
 	case cfg.Attach == loader.AttachAlways:
 		if err := setArmed(set, true); err != nil {
+			set.Close()
+			return nil, err
+		}
+		p.judgingSince = time.Now()
+	case cfg.windows():
+		if err := p.startWindows(); err != nil {
 			set.Close()
 			return nil, err
 		}
@@ -226,12 +283,19 @@ func (p *Probe) namespaces() []string {
 // the start) from now; it sums the walk's records per statistics index (ack_ids' value).
 // Namespaces that could not be walked are in the error; the others are walked anyway.
 func (p *Probe) walk() (map[uint32]socketGauges, error) {
-	l := p.set.Link(hookWalk).(*link.Iter)
-	own, _ := kernel.NetnsInode(kernel.OwnNetns)
 	gauges := map[uint32]socketGauges{}
 	// Each walk sees its namespace's listeners again before its other sockets: a listener
 	// closed since is no reason to call a socket accepted.
-	errs := []error{forgetListeners(p.set.Maps[acksMapListenPorts])}
+	err := forgetListeners(p.set.Maps[acksMapListenPorts])
+	return gauges, errors.Join(err, p.walkEach(hookWalk, func(data []byte) { addGauges(gauges, data) }))
+}
+
+// walkEach runs the iter/tcp program of hook in every namespace and hands read what it
+// wrote in each.
+func (p *Probe) walkEach(hook string, read func([]byte)) error {
+	l := p.set.Link(hook).(*link.Iter)
+	own, _ := kernel.NetnsInode(kernel.OwnNetns)
+	var errs []error
 	for _, path := range p.namespaces() {
 		walk := func() error {
 			rd, err := l.Open()
@@ -240,7 +304,7 @@ func (p *Probe) walk() (map[uint32]socketGauges, error) {
 			}
 			defer rd.Close()
 			data, err := io.ReadAll(rd)
-			addGauges(gauges, data)
+			read(data)
 			return err
 		}
 		var err error
@@ -257,7 +321,7 @@ func (p *Probe) walk() (map[uint32]socketGauges, error) {
 			errs = append(errs, fmt.Errorf("%s: walk the sockets of netns %s: %w", Family, path, err))
 		}
 	}
-	return gauges, errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
 // forgetListeners empties the map of listening ports.
@@ -291,7 +355,7 @@ func (p *Probe) WalkErr() error {
 
 func configure(spec *ebpf.CollectionSpec, env *kernel.Env, cfg Config) error {
 	if cfg.PerSegment {
-		if err := loader.CheckAttach(cfg.Attach, cfg.IdleDetach); err != nil {
+		if err := CheckAttach(cfg); err != nil {
 			return fmt.Errorf("%s: %w", Family, err)
 		}
 	}
@@ -310,6 +374,7 @@ func configure(spec *ebpf.CollectionSpec, env *kernel.Env, cfg Config) error {
 		acksVarEventMinDelayNs:         uint64(cfg.EventMinDelay),
 		acksVarMaxKeys:                 cfg.MaxKeys,
 		acksVarPerSegment:              boolByte(cfg.PerSegment),
+		acksVarSampleWindows:           boolByte(cfg.windows()),
 		acksVarDelackTimerFn:           timerFn,
 	}
 	for name, v := range vars {
@@ -691,9 +756,14 @@ type Losses struct {
 	SampledOut     uint64 // delayed-ACK events the rate limit suppressed
 	RingBufferFull uint64 // events lost to a full ring buffer
 	KeysFull       uint64 // sockets or ACKs not counted: no room in the statistics map
-	// Unobserved are pure ACKs of in-scope sockets sent while the per-segment hooks were
-	// detached (loader.AttachOnTraffic, before they attached): not in the statistics.
+	// Unobserved are pure ACKs of in-scope sockets not in the statistics: sent while the
+	// per-segment hooks were detached (loader.AttachOnTraffic, before they attached), or, in
+	// windows, the first ACK of a socket in a window, of data that arrived before it.
 	Unobserved uint64
+	// WindowUnreached counts, at each window, the open sockets the window's walk could not
+	// ask for per-segment callbacks (kernels before 6.12 refuse it): in windows, only
+	// connections established in a window are sampled there.
+	WindowUnreached uint64
 	// SocketsFull are sockets whose delayed-ACK timer ACKs cannot be counted: no room in
 	// the map of counted sockets (acks.max_sockets). TimerUnknown are timer ACKs of sockets
 	// the family has no record of (open before the start where the start walk could not
@@ -709,7 +779,7 @@ func (p *Probe) Losses() (Losses, error) {
 		return Losses{}, fmt.Errorf("%s: %w", Family, err)
 	}
 	return Losses{SampledOut: c[0], RingBufferFull: c[1], KeysFull: c[2], Unobserved: c[3],
-		SocketsFull: c[4], TimerUnknown: c[5]}, nil
+		SocketsFull: c[4], TimerUnknown: c[5], WindowUnreached: c[6]}, nil
 }
 
 // TimerDeferredSeen says whether the ACKs the delayed-ACK timer leaves to the socket's

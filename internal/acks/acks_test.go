@@ -622,6 +622,7 @@ func delayedACKs(t *testing.T, ns *netnstest.NS) uint64 {
 func TestOnTrafficAttachesPerSegmentHooksOnlyWhileSocketsInScopeAreOpen(t *testing.T) {
 	cfg := acks.DefaultConfig()
 	cfg.PerSegment = true
+	cfg.Attach = loader.AttachOnTraffic
 	cfg.LocalPorts = []uint16{5130, 5132, 5133}
 	cfg.IdleDetach = time.Second
 	p, _ := startAs(t, cfg)

@@ -59,7 +59,8 @@ type acksAckSock struct {
 	StatsId         uint32
 	Live            uint8
 	Closed          uint8
-	Pad             [2]uint8
+	SkipNext        uint8
+	Pad             uint8
 	FirstUnackedNs  uint64
 	LastRxNs        uint64
 	Unacked         uint32
@@ -158,6 +159,7 @@ const (
 	acksProgAckSocketClosed        = "ack_socket_closed"
 	acksProgAckSockops             = "ack_sockops"
 	acksProgAckWalk                = "ack_walk"
+	acksProgAckWindowOpen          = "ack_window_open"
 	acksVarDelackMaxDefaultJiffies = "delack_max_default_jiffies"
 	acksVarDelackTimerFn           = "delack_timer_fn"
 	acksVarEventBurst              = "event_burst"
@@ -169,6 +171,7 @@ const (
 	acksVarMaxKeys                 = "max_keys"
 	acksVarPerSegment              = "per_segment"
 	acksVarRingbufWakeupBytes      = "ringbuf_wakeup_bytes"
+	acksVarSampleWindows           = "sample_windows"
 	acksVarScopeAll                = "scope_all"
 	acksVarScopeByFlow             = "scope_by_flow"
 	acksVarScopeByNetns            = "scope_by_netns"
@@ -230,6 +233,7 @@ type acksProgramSpecs struct {
 	AckSocketClosed      *ebpf.ProgramSpec `ebpf:"ack_socket_closed"`
 	AckSockops           *ebpf.ProgramSpec `ebpf:"ack_sockops"`
 	AckWalk              *ebpf.ProgramSpec `ebpf:"ack_walk"`
+	AckWindowOpen        *ebpf.ProgramSpec `ebpf:"ack_window_open"`
 }
 
 // acksMapSpecs contains maps before they are loaded into the kernel.
@@ -269,6 +273,7 @@ type acksVariableSpecs struct {
 	MaxKeys                 *ebpf.VariableSpec `ebpf:"max_keys"`
 	PerSegment              *ebpf.VariableSpec `ebpf:"per_segment"`
 	RingbufWakeupBytes      *ebpf.VariableSpec `ebpf:"ringbuf_wakeup_bytes"`
+	SampleWindows           *ebpf.VariableSpec `ebpf:"sample_windows"`
 	ScopeAll                *ebpf.VariableSpec `ebpf:"scope_all"`
 	ScopeByFlow             *ebpf.VariableSpec `ebpf:"scope_by_flow"`
 	ScopeByNetns            *ebpf.VariableSpec `ebpf:"scope_by_netns"`
@@ -352,6 +357,7 @@ type acksVariables struct {
 	MaxKeys                 *ebpf.Variable `ebpf:"max_keys"`
 	PerSegment              *ebpf.Variable `ebpf:"per_segment"`
 	RingbufWakeupBytes      *ebpf.Variable `ebpf:"ringbuf_wakeup_bytes"`
+	SampleWindows           *ebpf.Variable `ebpf:"sample_windows"`
 	ScopeAll                *ebpf.Variable `ebpf:"scope_all"`
 	ScopeByFlow             *ebpf.Variable `ebpf:"scope_by_flow"`
 	ScopeByNetns            *ebpf.Variable `ebpf:"scope_by_netns"`
@@ -375,6 +381,7 @@ type acksPrograms struct {
 	AckSocketClosed      *ebpf.Program `ebpf:"ack_socket_closed"`
 	AckSockops           *ebpf.Program `ebpf:"ack_sockops"`
 	AckWalk              *ebpf.Program `ebpf:"ack_walk"`
+	AckWindowOpen        *ebpf.Program `ebpf:"ack_window_open"`
 }
 
 func (p *acksPrograms) Close() error {
@@ -389,6 +396,7 @@ func (p *acksPrograms) Close() error {
 		p.AckSocketClosed,
 		p.AckSockops,
 		p.AckWalk,
+		p.AckWindowOpen,
 	)
 }
 

@@ -18,6 +18,7 @@ var perSegment = map[string]bool{
 // sockTraffic is the ACK family's side of loader.Arming: traffic is an in-scope socket open,
 // or opened since the last poll, as sock_ops counts them.
 type sockTraffic struct {
+	p      *Probe
 	set    *loader.Set
 	hooks  []string // attached at load, so known to work on this kernel
 	opened int64    // in-scope sockets ever opened, as of the last poll
@@ -25,7 +26,17 @@ type sockTraffic struct {
 
 // startArming detaches the per-segment hooks that attached at load and starts the watcher.
 func (p *Probe) startArming(idleDetach time.Duration) error {
-	t := &sockTraffic{set: p.set}
+	t, err := p.suspendPerSegment("until a socket in scope opens")
+	if err != nil {
+		return err
+	}
+	p.arming = loader.StartArming(t, &p.mu, idleDetach)
+	return nil
+}
+
+// suspendPerSegment detaches the per-segment hooks that attached at load.
+func (p *Probe) suspendPerSegment(until string) (*sockTraffic, error) {
+	t := &sockTraffic{p: p, set: p.set}
 	for _, h := range p.report.Hooks {
 		if h.Attached != nil && perSegment[h.Hook] {
 			t.hooks = append(t.hooks, h.Hook)
@@ -33,11 +44,53 @@ func (p *Probe) startArming(idleDetach time.Duration) error {
 	}
 	for _, h := range t.hooks {
 		if err := p.set.Suspend(h); err != nil {
-			return fmt.Errorf("%s: detach %s until a socket in scope opens: %w", Family, h, err)
+			return nil, fmt.Errorf("%s: detach %s %s: %w", Family, h, until, err)
 		}
 	}
-	p.arming = loader.StartArming(t, &p.mu, idleDetach)
+	return t, nil
+}
+
+// windowTraffic is the ACK family's side of loader.Arming in windows: "traffic" is the
+// window at the start of each period. The watcher polls every loader.ArmPoll, so a window
+// opens and closes within a poll of its schedule.
+type windowTraffic struct {
+	*sockTraffic
+	from           time.Time
+	window, period time.Duration
+}
+
+// startWindows detaches the per-segment hooks until the first window.
+func (p *Probe) startWindows() error {
+	t, err := p.suspendPerSegment("until the first sampling window")
+	if err != nil {
+		return err
+	}
+	w := &windowTraffic{sockTraffic: t, from: time.Now(), window: p.cfg.Window, period: p.cfg.Period}
+	// Disarmed at the first poll outside a window: no idle spell.
+	p.arming = loader.StartArming(w, &p.mu, 0)
 	return nil
+}
+
+func (w *windowTraffic) Busy(_ bool, now time.Time) (bool, error) {
+	return now.Sub(w.from)%w.period < w.window, nil
+}
+
+// Arm attaches the hooks, arms, then asks the sockets already open for their per-segment
+// callbacks (established ones get it from sock_ops while armed).
+func (w *windowTraffic) Arm(now time.Time) (bool, error) {
+	armed, err := w.sockTraffic.Arm(now)
+	if !armed {
+		return false, err
+	}
+	return true, errors.Join(err, w.p.openWindow())
+}
+
+// openWindow runs the window's walk, where the kernel took its program.
+func (p *Probe) openWindow() error {
+	if p.set.Link(hookWindowWalk) == nil {
+		return nil
+	}
+	return p.walkEach(hookWindowWalk, func([]byte) {})
 }
 
 func (t *sockTraffic) Busy(bool, time.Time) (bool, error) {
@@ -55,7 +108,7 @@ func (t *sockTraffic) Busy(bool, time.Time) (bool, error) {
 // Arm attaches the hooks, then lets sock_ops judge ACKs: an ACK whose segments tcp_probe could
 // not see is then never in the statistics. Without tcp_probe nothing can be judged, so the
 // family stays unarmed and tries again at the next poll.
-func (t *sockTraffic) Arm(time.Time) (bool, error) {
+func (t *sockTraffic) Arm(now time.Time) (bool, error) {
 	var errs []error
 	for _, h := range t.hooks {
 		err := t.set.Resume(h)
@@ -72,6 +125,7 @@ func (t *sockTraffic) Arm(time.Time) (bool, error) {
 	if err := setArmed(t.set, true); err != nil {
 		return false, errors.Join(append(errs, err)...)
 	}
+	t.p.judgingSince = now
 	return true, errors.Join(errs...)
 }
 
@@ -80,6 +134,8 @@ func (t *sockTraffic) Disarm() (bool, error) {
 	if err := setArmed(t.set, false); err != nil {
 		return false, err
 	}
+	t.p.sampled += time.Since(t.p.judgingSince)
+	t.p.judgingSince = time.Time{}
 	var errs []error
 	for _, h := range t.hooks {
 		errs = append(errs, t.set.Suspend(h))
@@ -111,4 +167,16 @@ func (p *Probe) Armed() (bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.arming.Armed(), p.arming.LastErr()
+}
+
+// SampledTime is how long the per-segment hooks have judged ACKs since the start: the
+// per-segment statistics cover that much of the time (all of it with loader.AttachAlways).
+func (p *Probe) SampledTime() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	d := p.sampled
+	if !p.judgingSince.IsZero() {
+		d += time.Since(p.judgingSince)
+	}
+	return d
 }

@@ -15,6 +15,7 @@ type target struct {
 
 var targets = []target{
 	{"acks_counts", "tcp_rr_64B_x4", 99},    // issue 23: ACK counts on every socket
+	{"acks_sampled", "tcp_rr_64B_x4", 99},   // issue 23: the per-segment tier in windows
 	{"acks_all", "tcp_rr_64B_x4", 95},       // issue 4: the per-segment tier on every socket
 	{"acks_idle_port", "tcp_rr_64B_x4", 99}, // issue 4: scoped to a port with no traffic
 	{"txqueue", "tcp_rr_64B_x4", 98},        // issue 6

@@ -436,7 +436,7 @@ func TestAgentWorksWithItsCapabilities(t *testing.T) {
 	links := netnstest.CountLinks(t)
 	dir := t.TempDir()
 	config := runnable(t, agent.config, dir, func(tcpack map[string]any) {
-		tcpack["acks"] = map[string]any{"enabled": true, "local_ports": []int{6130}, "per_segment": map[string]any{"enabled": true}}
+		tcpack["acks"] = map[string]any{"enabled": true, "local_ports": []int{6130}, "per_segment": map[string]any{"enabled": true, "attach": "on_traffic"}}
 	})
 	c := &collector{collectortest.StartWith(t, collectortest.Binary(t), config, collectortest.Options{
 		Env:     containerEnv(agent.c),
@@ -460,7 +460,7 @@ func TestAgentWorksWithItsCapabilities(t *testing.T) {
 	pair := netnstest.NewPair(t)
 	const synN = 3
 	pair.A.SendSYNs(t, fmt.Sprintf("%s:6131", pair.B.Addr), synN, 45000)
-	// acks.per_segment.attach on_traffic (the default): the connection attaches the per-segment hooks,
+	// acks.per_segment.attach on_traffic: the connection attaches the per-segment hooks,
 	// which the agent's capabilities must allow at run time too.
 	conn := pair.Connect(t, 6130)
 	netnstest.Eventually(t, 10*time.Second, "tcpack.ack.armed 1 once a socket in scope is open", func() (bool, string) {
@@ -518,7 +518,7 @@ func TestSidecarForcesWithItsCapabilities(t *testing.T) {
 	other := netnstest.Connect(t, pair.B, pair.A, pair.A.Addr, 8080)
 	other.Exchange(t, 50, 2*time.Millisecond, 0)
 	app := pair.Connect(t, 8080)
-	// acks.per_segment.attach on_traffic (the example's default): ACKs sent before the per-segment hooks
+	// acks.per_segment.attach on_traffic (the example's choice): ACKs sent before the per-segment hooks
 	// attach, within about a poll of the first socket in scope, are not in the statistics.
 	netnstest.Eventually(t, 10*time.Second, "tcpack.ack.armed 1 once the app's socket is open", func() (bool, string) {
 		metrics, _ := c.read(t)

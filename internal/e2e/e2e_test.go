@@ -52,7 +52,7 @@ const dropsAndAcks = `    collection_interval: 500ms
     acks:
       enabled: true
       local_ports: [6010]
-      per_segment: {enabled: true}
+      per_segment: {enabled: true, attach: on_traffic}
     ring_buffer: {flush_interval: 50ms}`
 
 // collector is a running otelcol-tcpack writing metrics and logs to JSON files in outDir.

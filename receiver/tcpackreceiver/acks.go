@@ -52,9 +52,12 @@ type PerSegmentConfig struct {
 	// DelayAttributes are the attributes of the tcpack.ack.delay histogram; the others are
 	// aggregated away (the other ACK metrics choose theirs under metrics:).
 	DelayAttributes []string `mapstructure:"delay_attributes"`
-	// Attach is on_traffic (the default: the per-segment hooks attach only while a socket in
-	// scope is open) or always (exact statistics from the first segment).
+	// Attach is windows (the default: the per-segment hooks judge ACKs for Window out of
+	// every Period), on_traffic (only while a socket in scope is open) or always (every ACK).
 	Attach string `mapstructure:"attach"`
+	// Window and Period are the sampling windows under windows.
+	Window time.Duration `mapstructure:"window"`
+	Period time.Duration `mapstructure:"period"`
 	// IdleDetach is how long no socket in scope may be open before on_traffic detaches the
 	// per-segment hooks again.
 	IdleDetach time.Duration `mapstructure:"idle_detach"`
@@ -76,6 +79,8 @@ func defaultAcksConfig() AcksConfig {
 			DelayAttributes: slices.Clone(delayAttributes),
 			Attach:          a.Attach,
 			IdleDetach:      a.IdleDetach,
+			Window:          a.Window,
+			Period:          a.Period,
 		},
 	}
 }
@@ -118,15 +123,32 @@ func (a AcksConfig) convert(c common, withLogs bool, hz int) (acks.Config, []err
 	if !ps.Enabled || !withLogs || !c.Events.TcpackAckDelayed.Enabled {
 		cfg.EventsPerSecond = 0
 	}
-	errs = append(errs, checkAttach("acks.per_segment", ps.Attach, ps.IdleDetach, def.IdleDetach,
-		"per-segment hooks while sockets in scope come and go", "every hook from the start")...)
-	cfg.Attach, cfg.IdleDetach = ps.Attach, ps.IdleDetach
+	errs = append(errs, checkPerSegmentAttach(ps, def)...)
+	cfg.Attach, cfg.IdleDetach, cfg.Window, cfg.Period = ps.Attach, ps.IdleDetach, ps.Window, ps.Period
 	for i, attr := range ps.DelayAttributes {
 		if !slices.Contains(delayAttributes, attr) {
 			errs = append(errs, fmt.Errorf("acks.per_segment.delay_attributes[%d]: unknown attribute %q, use %s", i, attr, strings.Join(delayAttributes, ", ")))
 		}
 	}
 	return cfg, errs
+}
+
+// checkPerSegmentAttach validates acks.per_segment.attach and the timings of its mode.
+func checkPerSegmentAttach(ps PerSegmentConfig, def acks.Config) []error {
+	switch ps.Attach {
+	case "", acks.AttachWindows:
+		if ps.Window < acks.MinWindow {
+			return []error{fmt.Errorf("acks.per_segment.window: %s is too short, use at least %s (default %s)", ps.Window, acks.MinWindow, def.Window)}
+		}
+		if ps.Period <= ps.Window {
+			return []error{fmt.Errorf("acks.per_segment.period: %s must be longer than window %s (default %s: %s of every %s)", ps.Period, ps.Window, def.Period, def.Window, def.Period)}
+		}
+		return nil
+	case loader.AttachOnTraffic, loader.AttachAlways:
+		return checkAttach("acks.per_segment", ps.Attach, ps.IdleDetach, def.IdleDetach, "", "")
+	}
+	return []error{fmt.Errorf("acks.per_segment.attach: %q, use %s (the default: the per-segment hooks for a window of each period), %s (while sockets in scope come and go) or %s (every hook from the start)",
+		ps.Attach, acks.AttachWindows, loader.AttachOnTraffic, loader.AttachAlways)}
 }
 
 // acksFamily reports ACK counts, and with the per-segment tier delays and causes, per
@@ -142,6 +164,8 @@ type acksFamily struct {
 	stats []acks.Stats
 	// walkErr is the last walk error logged, so that a lasting one is logged once.
 	walkErr string
+	// unreachedLogged: the windows' walk could not reach open sockets, and the log said so.
+	unreachedLogged bool
 }
 
 func (f *acksFamily) name() string        { return acks.Family }
@@ -259,6 +283,12 @@ func (f *acksFamily) record(now pcommon.Timestamp) error {
 	mb.RecordTcpackEventsSuppressedDataPoint(now, int64(losses.SampledOut), metadata.AttributeTcpackEventKindAckDelayed, metadata.AttributeTcpackSuppressionCauseRateLimit)
 	mb.RecordTcpackEventsSuppressedDataPoint(now, int64(losses.RingBufferFull), metadata.AttributeTcpackEventKindAckDelayed, metadata.AttributeTcpackSuppressionCauseRingBufferFull)
 	mb.RecordTcpackAckUnobservedCountDataPoint(now, int64(losses.Unobserved))
+	mb.RecordTcpackAckSampledTimeDataPoint(now, f.probe.SampledTime().Seconds())
+	if losses.WindowUnreached > 0 && !f.unreachedLogged {
+		f.host.logger.Warn("acks: this kernel refuses to ask open sockets for per-segment callbacks from the socket walk (TCP_BPF_SOCK_OPS_CB_FLAGS, Linux 6.12+): the sampling windows see only connections established inside a window; use acks.per_segment.attach always to judge every socket",
+			zap.Uint64("sockets_unreached", losses.WindowUnreached))
+		f.unreachedLogged = true
+	}
 	armed, err := f.probe.Armed()
 	if err != nil {
 		f.host.logger.Warn("acks: attaching the per-segment hooks on traffic", zap.Error(err))
@@ -340,7 +370,7 @@ func (f *acksFamily) appendMetrics(md pmetric.Metrics, now pcommon.Timestamp) {
 	m := sm.At(0).Metrics().AppendEmpty()
 	m.SetName("tcpack.ack.delay")
 	m.SetUnit("s")
-	m.SetDescription("How long the oldest unacknowledged data waited for each ACK that acknowledged new data, on the sockets in the acks family's scope, while the per-segment hooks are attached (tcpack.ack.armed).")
+	m.SetDescription("How long the oldest unacknowledged data waited for each ACK that acknowledged new data, on the sockets in the acks family's scope, while the per-segment hooks are attached (tcpack.ack.armed; for how long, tcpack.ack.sampled.time).")
 	h := m.SetEmptyHistogram()
 	h.SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
 	for _, key := range order {

@@ -151,8 +151,12 @@ func TestValidateNamesFieldAndFix(t *testing.T) {
 		{"ack delay", func(c *Config) { c.Acks.PerSegment.EventMinDelay = -time.Second }, []string{"acks.per_segment.event_min_delay"}},
 		{"ack sockets", func(c *Config) { c.Acks.MaxSockets = 0 }, []string{"acks.max_sockets"}},
 		{"ack series", func(c *Config) { c.Acks.MaxSeries = 0 }, []string{"acks.max_series", "at least 1"}},
-		{"ack attach", func(c *Config) { c.Acks.PerSegment.Attach = "lazy" }, []string{"acks.per_segment.attach", "use on_traffic", "or always"}},
-		{"ack idle detach", func(c *Config) { c.Acks.PerSegment.IdleDetach = 100 * time.Millisecond }, []string{"acks.per_segment.idle_detach", "at least 1s"}},
+		{"ack attach", func(c *Config) { c.Acks.PerSegment.Attach = "lazy" }, []string{"acks.per_segment.attach", "use windows", "on_traffic", "or always"}},
+		{"ack idle detach", func(c *Config) {
+			c.Acks.PerSegment.Attach, c.Acks.PerSegment.IdleDetach = "on_traffic", 100*time.Millisecond
+		}, []string{"acks.per_segment.idle_detach", "at least 1s"}},
+		{"ack window", func(c *Config) { c.Acks.PerSegment.Window = 10 * time.Millisecond }, []string{"acks.per_segment.window", "at least 100ms", "default 100ms"}},
+		{"ack period", func(c *Config) { c.Acks.PerSegment.Period = 100 * time.Millisecond }, []string{"acks.per_segment.period", "longer than window 100ms", "default 2s"}},
 		{"ack attributes", func(c *Config) { c.Acks.PerSegment.DelayAttributes = []string{"network.peer.port"} }, []string{"acks.per_segment.delay_attributes[0]", "server.port, tcpack.socket.role, tcpack.netns.inode"}},
 		{"quickack no target", func(c *Config) { c.Quickack.Enabled = true }, []string{"quickack: no target", "local_ports"}},
 		{"quickack port", func(c *Config) { c.Quickack.Enabled = true; c.Quickack.LocalPorts = []int{0} }, []string{"quickack.local_ports[0]", "1..65535"}},

@@ -382,6 +382,26 @@ func (ms *TcpackAckQuotaExhaustedCountMetricConfig) Validate() error {
 	return nil
 }
 
+// TcpackAckSampledTimeMetricConfig provides config for the tcpack.ack.sampled.time metric.
+type TcpackAckSampledTimeMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+}
+
+func (ms *TcpackAckSampledTimeMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
 // TcpackAckSegmentsMetricAttributeKey specifies the key of an attribute for the tcpack.ack.segments metric.
 type TcpackAckSegmentsMetricAttributeKey string
 
@@ -1873,6 +1893,7 @@ type MetricsConfig struct {
 	TcpackAckForcedSegmentsSent   TcpackAckForcedSegmentsSentMetricConfig   `mapstructure:"tcpack.ack.forced.segments.sent"`
 	TcpackAckOtherCount           TcpackAckOtherCountMetricConfig           `mapstructure:"tcpack.ack.other.count"`
 	TcpackAckQuotaExhaustedCount  TcpackAckQuotaExhaustedCountMetricConfig  `mapstructure:"tcpack.ack.quota_exhausted.count"`
+	TcpackAckSampledTime          TcpackAckSampledTimeMetricConfig          `mapstructure:"tcpack.ack.sampled.time"`
 	TcpackAckSegments             TcpackAckSegmentsMetricConfig             `mapstructure:"tcpack.ack.segments"`
 	TcpackAckSegmentsReceived     TcpackAckSegmentsReceivedMetricConfig     `mapstructure:"tcpack.ack.segments.received"`
 	TcpackAckSegmentsSent         TcpackAckSegmentsSentMetricConfig         `mapstructure:"tcpack.ack.segments.sent"`
@@ -1946,6 +1967,9 @@ func DefaultMetricsConfig() MetricsConfig {
 			Enabled:             true,
 			AggregationStrategy: AggregationStrategySum,
 			EnabledAttributes:   []TcpackAckQuotaExhaustedCountMetricAttributeKey{TcpackAckQuotaExhaustedCountMetricAttributeKeyServerPort, TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackSocketRole, TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackNetnsInode},
+		},
+		TcpackAckSampledTime: TcpackAckSampledTimeMetricConfig{
+			Enabled: true,
 		},
 		TcpackAckSegments: TcpackAckSegmentsMetricConfig{
 			Enabled:             true,

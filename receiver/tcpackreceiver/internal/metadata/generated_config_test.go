@@ -64,6 +64,9 @@ func TestMetricsBuilderConfig(t *testing.T) {
 						AggregationStrategy: AggregationStrategySum,
 						EnabledAttributes:   []TcpackAckQuotaExhaustedCountMetricAttributeKey{TcpackAckQuotaExhaustedCountMetricAttributeKeyServerPort, TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackSocketRole, TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackNetnsInode},
 					},
+					TcpackAckSampledTime: TcpackAckSampledTimeMetricConfig{
+						Enabled: true,
+					},
 					TcpackAckSegments: TcpackAckSegmentsMetricConfig{
 						Enabled:             true,
 						AggregationStrategy: AggregationStrategySum,
@@ -265,6 +268,9 @@ func TestMetricsBuilderConfig(t *testing.T) {
 						AggregationStrategy: AggregationStrategySum,
 						EnabledAttributes:   []TcpackAckQuotaExhaustedCountMetricAttributeKey{TcpackAckQuotaExhaustedCountMetricAttributeKeyServerPort, TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackSocketRole, TcpackAckQuotaExhaustedCountMetricAttributeKeyTcpackNetnsInode},
 					},
+					TcpackAckSampledTime: TcpackAckSampledTimeMetricConfig{
+						Enabled: false,
+					},
 					TcpackAckSegments: TcpackAckSegmentsMetricConfig{
 						Enabled:             false,
 						AggregationStrategy: AggregationStrategySum,
@@ -428,7 +434,7 @@ func TestMetricsBuilderConfig(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := loadMetricsBuilderConfig(t, tt.name)
-			diff := cmp.Diff(tt.want, cfg, cmpopts.IgnoreUnexported(TcpackAckArmedMetricConfig{}, TcpackAckConnectionsMetricConfig{}, TcpackAckCountMetricConfig{}, TcpackAckDelayDecisionsCountMetricConfig{}, TcpackAckForcedCountMetricConfig{}, TcpackAckForcedSegmentsSentMetricConfig{}, TcpackAckOtherCountMetricConfig{}, TcpackAckQuotaExhaustedCountMetricConfig{}, TcpackAckSegmentsMetricConfig{}, TcpackAckSegmentsReceivedMetricConfig{}, TcpackAckSegmentsSentMetricConfig{}, TcpackAckSocketsMetricConfig{}, TcpackAckSocketsForcedMetricConfig{}, TcpackAckTimerCountMetricConfig{}, TcpackAckTimerDeferredMetricConfig{}, TcpackAckUncountedMetricConfig{}, TcpackAckUnobservedCountMetricConfig{}, TcpackDropBytesMetricConfig{}, TcpackDropCountMetricConfig{}, TcpackEventsSuppressedMetricConfig{}, TcpackFootprintArmedMetricConfig{}, TcpackFootprintDropsMetricConfig{}, TcpackFootprintLostMetricConfig{}, TcpackFootprintPacketsMetricConfig{}, TcpackFootprintUnobservedMetricConfig{}, TcpackKernelMapOverflowMetricConfig{}, TcpackPacketOtherhostCountMetricConfig{}, TcpackProbeAttachedMetricConfig{}, TcpackQuickackAppliedCountMetricConfig{}, TcpackQuickackPolicyErrorsMetricConfig{}, TcpackQuickackRefusedCountMetricConfig{}, TcpackQuickackSocketsMetricConfig{}, TcpackTCPResetCountMetricConfig{}, TcpackTCPRetransmitCountMetricConfig{}, TcpackTxqueueBytesMetricConfig{}, TcpackTxqueueFlowChangesCountMetricConfig{}, TcpackTxqueueFlowsMetricConfig{}, TcpackTxqueuePacketsMetricConfig{}, TcpackTxqueuePicksCountMetricConfig{}, TcpackTxqueueQueuesMetricConfig{}, ResourceAttributeConfig{}))
+			diff := cmp.Diff(tt.want, cfg, cmpopts.IgnoreUnexported(TcpackAckArmedMetricConfig{}, TcpackAckConnectionsMetricConfig{}, TcpackAckCountMetricConfig{}, TcpackAckDelayDecisionsCountMetricConfig{}, TcpackAckForcedCountMetricConfig{}, TcpackAckForcedSegmentsSentMetricConfig{}, TcpackAckOtherCountMetricConfig{}, TcpackAckQuotaExhaustedCountMetricConfig{}, TcpackAckSampledTimeMetricConfig{}, TcpackAckSegmentsMetricConfig{}, TcpackAckSegmentsReceivedMetricConfig{}, TcpackAckSegmentsSentMetricConfig{}, TcpackAckSocketsMetricConfig{}, TcpackAckSocketsForcedMetricConfig{}, TcpackAckTimerCountMetricConfig{}, TcpackAckTimerDeferredMetricConfig{}, TcpackAckUncountedMetricConfig{}, TcpackAckUnobservedCountMetricConfig{}, TcpackDropBytesMetricConfig{}, TcpackDropCountMetricConfig{}, TcpackEventsSuppressedMetricConfig{}, TcpackFootprintArmedMetricConfig{}, TcpackFootprintDropsMetricConfig{}, TcpackFootprintLostMetricConfig{}, TcpackFootprintPacketsMetricConfig{}, TcpackFootprintUnobservedMetricConfig{}, TcpackKernelMapOverflowMetricConfig{}, TcpackPacketOtherhostCountMetricConfig{}, TcpackProbeAttachedMetricConfig{}, TcpackQuickackAppliedCountMetricConfig{}, TcpackQuickackPolicyErrorsMetricConfig{}, TcpackQuickackRefusedCountMetricConfig{}, TcpackQuickackSocketsMetricConfig{}, TcpackTCPResetCountMetricConfig{}, TcpackTCPRetransmitCountMetricConfig{}, TcpackTxqueueBytesMetricConfig{}, TcpackTxqueueFlowChangesCountMetricConfig{}, TcpackTxqueueFlowsMetricConfig{}, TcpackTxqueuePacketsMetricConfig{}, TcpackTxqueuePicksCountMetricConfig{}, TcpackTxqueueQueuesMetricConfig{}, ResourceAttributeConfig{}))
 			require.Emptyf(t, diff, "Config mismatch (-expected +actual):\n%s", diff)
 		})
 	}

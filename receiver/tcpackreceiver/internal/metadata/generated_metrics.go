@@ -555,6 +555,9 @@ var MetricsInfo = metricsInfo{
 		Name:       "tcpack.ack.quota_exhausted.count",
 		Attributes: []string{"server.port", "tcpack.socket.role", "tcpack.netns.inode"},
 	},
+	TcpackAckSampledTime: metricInfo{
+		Name: "tcpack.ack.sampled.time",
+	},
 	TcpackAckSegments: metricInfo{
 		Name:       "tcpack.ack.segments",
 		Attributes: []string{"server.port", "tcpack.socket.role", "tcpack.netns.inode"},
@@ -690,6 +693,7 @@ type metricsInfo struct {
 	TcpackAckForcedSegmentsSent   metricInfo
 	TcpackAckOtherCount           metricInfo
 	TcpackAckQuotaExhaustedCount  metricInfo
+	TcpackAckSampledTime          metricInfo
 	TcpackAckSegments             metricInfo
 	TcpackAckSegmentsReceived     metricInfo
 	TcpackAckSegmentsSent         metricInfo
@@ -738,7 +742,7 @@ type metricTcpackAckArmed struct {
 // init fills tcpack.ack.armed metric with initial data.
 func (m *metricTcpackAckArmed) init() {
 	m.data.SetName("tcpack.ack.armed")
-	m.data.SetDescription("1 while the ACK family's per-segment hooks (tcp_probe, the delayed-ACK hooks) are attached and its statistics count; under acks.per_segment.attach on_traffic, 0 from acks.per_segment.idle_detach after the last socket in scope closed until the next one opens.")
+	m.data.SetDescription("1 while the ACK family's per-segment hooks (tcp_probe, the delayed-ACK hooks) are attached and its statistics count; 0 outside the sampling windows under acks.per_segment.attach windows (the default), and under on_traffic from acks.per_segment.idle_detach after the last socket in scope closed until the next one opens.")
 	m.data.SetUnit("1")
 	m.data.SetEmptyGauge()
 }
@@ -889,7 +893,7 @@ type metricTcpackAckCount struct {
 // init fills tcpack.ack.count metric with initial data.
 func (m *metricTcpackAckCount) init() {
 	m.data.SetName("tcpack.ack.count")
-	m.data.SetDescription("ACKs sent that acknowledged new data, by cause, on the sockets in the acks family's scope. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.")
+	m.data.SetDescription("ACKs sent that acknowledged new data, by cause, on the sockets in the acks family's scope. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed; for how long, tcpack.ack.sampled.time), so a share of the traffic, not a total.")
 	m.data.SetUnit("{ack}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)
@@ -989,7 +993,7 @@ type metricTcpackAckDelayDecisionsCount struct {
 // init fills tcpack.ack.delay_decisions.count metric with initial data.
 func (m *metricTcpackAckDelayDecisionsCount) init() {
 	m.data.SetName("tcpack.ack.delay_decisions.count")
-	m.data.SetDescription("Times the kernel decided to delay an ACK (tcp_send_delayed_ack armed the delayed-ACK timer). Counted only where fentry or kprobes can hook it; tcpack.probe.attached says whether they did. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.")
+	m.data.SetDescription("Times the kernel decided to delay an ACK (tcp_send_delayed_ack armed the delayed-ACK timer). Counted only where fentry or kprobes can hook it; tcpack.probe.attached says whether they did. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed; for how long, tcpack.ack.sampled.time), so a share of the traffic, not a total.")
 	m.data.SetUnit("{decision}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)
@@ -1086,7 +1090,7 @@ type metricTcpackAckForcedCount struct {
 // init fills tcpack.ack.forced.count metric with initial data.
 func (m *metricTcpackAckForcedCount) init() {
 	m.data.SetName("tcpack.ack.forced.count")
-	m.data.SetDescription("ACKs that acknowledged new data sent by sockets the quickack family forces; with tcpack.ack.count, the share of forced ACKs. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.")
+	m.data.SetDescription("ACKs that acknowledged new data sent by sockets the quickack family forces; with tcpack.ack.count, the share of forced ACKs. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed; for how long, tcpack.ack.sampled.time), so a share of the traffic, not a total.")
 	m.data.SetUnit("{ack}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)
@@ -1283,7 +1287,7 @@ type metricTcpackAckOtherCount struct {
 // init fills tcpack.ack.other.count metric with initial data.
 func (m *metricTcpackAckOtherCount) init() {
 	m.data.SetName("tcpack.ack.other.count")
-	m.data.SetDescription("Pure ACKs sent that acknowledged nothing new (window updates, duplicate ACKs). Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.")
+	m.data.SetDescription("Pure ACKs sent that acknowledged nothing new (window updates, duplicate ACKs). Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed; for how long, tcpack.ack.sampled.time), so a share of the traffic, not a total.")
 	m.data.SetUnit("{ack}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)
@@ -1380,7 +1384,7 @@ type metricTcpackAckQuotaExhaustedCount struct {
 // init fills tcpack.ack.quota_exhausted.count metric with initial data.
 func (m *metricTcpackAckQuotaExhaustedCount) init() {
 	m.data.SetName("tcpack.ack.quota_exhausted.count")
-	m.data.SetDescription("Times a socket spent the last quick ACK of its quota (icsk_ack.quick 1 -> 0); later ACKs wait for the delayed-ACK rules. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.")
+	m.data.SetDescription("Times a socket spent the last quick ACK of its quota (icsk_ack.quick 1 -> 0); later ACKs wait for the delayed-ACK rules. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed; for how long, tcpack.ack.sampled.time), so a share of the traffic, not a total.")
 	m.data.SetUnit("{event}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)
@@ -1467,6 +1471,58 @@ func newMetricTcpackAckQuotaExhaustedCount(cfg TcpackAckQuotaExhaustedCountMetri
 	return m
 }
 
+type metricTcpackAckSampledTime struct {
+	data     pmetric.Metric                   // data buffer for generated metric.
+	config   TcpackAckSampledTimeMetricConfig // metric config provided by user.
+	capacity int                              // max observed number of data points added to the metric.
+}
+
+// init fills tcpack.ack.sampled.time metric with initial data.
+func (m *metricTcpackAckSampledTime) init() {
+	m.data.SetName("tcpack.ack.sampled.time")
+	m.data.SetDescription("How long the ACK family's per-segment hooks have judged ACKs since the start, in seconds (acks.per_segment.enabled). The per-segment metrics (tcpack.ack.count, .other.count, .segments, .quota_exhausted.count, .forced.count, .delay_decisions.count, .unobserved.count, tcpack.ack.delay) cover only this time - under attach windows (the default) about window/period of it, under always all of it - so they are a sample whose rate, not total, means something; the counting metrics (.segments.sent, .segments.received, .timer.count, ...) are totals.")
+	m.data.SetUnit("s")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+}
+
+func (m *metricTcpackAckSampledTime) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val float64) {
+	if !m.config.Enabled {
+		return
+	}
+	dp := m.data.Sum().DataPoints().AppendEmpty()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	dp.SetDoubleValue(val)
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackAckSampledTime) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackAckSampledTime) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackAckSampledTime(cfg TcpackAckSampledTimeMetricConfig) metricTcpackAckSampledTime {
+	m := metricTcpackAckSampledTime{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
 type metricTcpackAckSegments struct {
 	data          pmetric.Metric                // data buffer for generated metric.
 	config        TcpackAckSegmentsMetricConfig // metric config provided by user.
@@ -1477,7 +1533,7 @@ type metricTcpackAckSegments struct {
 // init fills tcpack.ack.segments metric with initial data.
 func (m *metricTcpackAckSegments) init() {
 	m.data.SetName("tcpack.ack.segments")
-	m.data.SetDescription("Data segments received and acknowledged; with tcpack.ack.count, how many segments an ACK covers. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.")
+	m.data.SetDescription("Data segments received and acknowledged; with tcpack.ack.count, how many segments an ACK covers. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed; for how long, tcpack.ack.sampled.time), so a share of the traffic, not a total.")
 	m.data.SetUnit("{segment}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)
@@ -2248,7 +2304,7 @@ type metricTcpackAckUnobservedCount struct {
 // init fills tcpack.ack.unobserved.count metric with initial data.
 func (m *metricTcpackAckUnobservedCount) init() {
 	m.data.SetName("tcpack.ack.unobserved.count")
-	m.data.SetDescription("Pure ACKs sent by sockets in scope while the per-segment hooks were still detached (acks.per_segment.attach on_traffic, within about 100 ms of the first such socket after an idle spell); they are in no other ACK metric.")
+	m.data.SetDescription("Pure ACKs of sockets in scope the per-segment tier saw but could not judge - under attach on_traffic those sent while its hooks were still detached (within about 100 ms of the first such socket after an idle spell), under windows the first ACK of a socket in a window when it acknowledges data that arrived before the window; they are in no other per-segment metric.")
 	m.data.SetUnit("{ack}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)
@@ -4398,6 +4454,7 @@ type MetricsBuilder struct {
 	metricTcpackAckForcedSegmentsSent   metricTcpackAckForcedSegmentsSent
 	metricTcpackAckOtherCount           metricTcpackAckOtherCount
 	metricTcpackAckQuotaExhaustedCount  metricTcpackAckQuotaExhaustedCount
+	metricTcpackAckSampledTime          metricTcpackAckSampledTime
 	metricTcpackAckSegments             metricTcpackAckSegments
 	metricTcpackAckSegmentsReceived     metricTcpackAckSegmentsReceived
 	metricTcpackAckSegmentsSent         metricTcpackAckSegmentsSent
@@ -4463,6 +4520,7 @@ func NewMetricsBuilder(mbc MetricsBuilderConfig, settings receiver.Settings, opt
 		metricTcpackAckForcedSegmentsSent:   newMetricTcpackAckForcedSegmentsSent(mbc.Metrics.TcpackAckForcedSegmentsSent),
 		metricTcpackAckOtherCount:           newMetricTcpackAckOtherCount(mbc.Metrics.TcpackAckOtherCount),
 		metricTcpackAckQuotaExhaustedCount:  newMetricTcpackAckQuotaExhaustedCount(mbc.Metrics.TcpackAckQuotaExhaustedCount),
+		metricTcpackAckSampledTime:          newMetricTcpackAckSampledTime(mbc.Metrics.TcpackAckSampledTime),
 		metricTcpackAckSegments:             newMetricTcpackAckSegments(mbc.Metrics.TcpackAckSegments),
 		metricTcpackAckSegmentsReceived:     newMetricTcpackAckSegmentsReceived(mbc.Metrics.TcpackAckSegmentsReceived),
 		metricTcpackAckSegmentsSent:         newMetricTcpackAckSegmentsSent(mbc.Metrics.TcpackAckSegmentsSent),
@@ -4587,6 +4645,7 @@ func (mb *MetricsBuilder) EmitForResource(options ...ResourceMetricsOption) {
 	mb.metricTcpackAckForcedSegmentsSent.emit(ils.Metrics())
 	mb.metricTcpackAckOtherCount.emit(ils.Metrics())
 	mb.metricTcpackAckQuotaExhaustedCount.emit(ils.Metrics())
+	mb.metricTcpackAckSampledTime.emit(ils.Metrics())
 	mb.metricTcpackAckSegments.emit(ils.Metrics())
 	mb.metricTcpackAckSegmentsReceived.emit(ils.Metrics())
 	mb.metricTcpackAckSegmentsSent.emit(ils.Metrics())
@@ -4688,6 +4747,11 @@ func (mb *MetricsBuilder) RecordTcpackAckOtherCountDataPoint(ts pcommon.Timestam
 // RecordTcpackAckQuotaExhaustedCountDataPoint adds a data point to tcpack.ack.quota_exhausted.count metric.
 func (mb *MetricsBuilder) RecordTcpackAckQuotaExhaustedCountDataPoint(ts pcommon.Timestamp, val int64, serverPortAttributeValue int64, tcpackSocketRoleAttributeValue AttributeTcpackSocketRole, tcpackNetnsInodeAttributeValue int64) {
 	mb.metricTcpackAckQuotaExhaustedCount.recordDataPoint(mb.startTime, ts, val, serverPortAttributeValue, tcpackSocketRoleAttributeValue.String(), tcpackNetnsInodeAttributeValue)
+}
+
+// RecordTcpackAckSampledTimeDataPoint adds a data point to tcpack.ack.sampled.time metric.
+func (mb *MetricsBuilder) RecordTcpackAckSampledTimeDataPoint(ts pcommon.Timestamp, val float64) {
+	mb.metricTcpackAckSampledTime.recordDataPoint(mb.startTime, ts, val)
 }
 
 // RecordTcpackAckSegmentsDataPoint adds a data point to tcpack.ack.segments metric.

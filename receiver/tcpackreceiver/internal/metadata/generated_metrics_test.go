@@ -157,6 +157,9 @@ func TestMetricsBuilder(t *testing.T) {
 			}
 			defaultMetricsCount++
 			allMetricsCount++
+			mb.RecordTcpackAckSampledTimeDataPoint(ts, 1)
+			defaultMetricsCount++
+			allMetricsCount++
 			mb.RecordTcpackAckSegmentsDataPoint(ts, 1, 11, AttributeTcpackSocketRoleServer, 18)
 			if tt.name == "reaggregate_set" {
 				mb.RecordTcpackAckSegmentsDataPoint(ts, 3, 12, AttributeTcpackSocketRoleClient, 19)
@@ -409,7 +412,7 @@ func TestMetricsBuilder(t *testing.T) {
 					validatedMetrics["tcpack.ack.armed"] = true
 					assert.Equal(t, pmetric.MetricTypeGauge, mi.Type())
 					assert.Equal(t, 1, mi.Gauge().DataPoints().Len())
-					assert.Equal(t, "1 while the ACK family's per-segment hooks (tcp_probe, the delayed-ACK hooks) are attached and its statistics count; under acks.per_segment.attach on_traffic, 0 from acks.per_segment.idle_detach after the last socket in scope closed until the next one opens.", mi.Description())
+					assert.Equal(t, "1 while the ACK family's per-segment hooks (tcp_probe, the delayed-ACK hooks) are attached and its statistics count; 0 outside the sampling windows under acks.per_segment.attach windows (the default), and under on_traffic from acks.per_segment.idle_detach after the last socket in scope closed until the next one opens.", mi.Description())
 					assert.Equal(t, "1", mi.Unit())
 					dp := mi.Gauge().DataPoints().At(0)
 					assert.Equal(t, start, dp.StartTimestamp())
@@ -481,7 +484,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.ack.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "ACKs sent that acknowledged new data, by cause, on the sockets in the acks family's scope. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.", mi.Description())
+						assert.Equal(t, "ACKs sent that acknowledged new data, by cause, on the sockets in the acks family's scope. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed; for how long, tcpack.ack.sampled.time), so a share of the traffic, not a total.", mi.Description())
 						assert.Equal(t, "{ack}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -507,7 +510,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.ack.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "ACKs sent that acknowledged new data, by cause, on the sockets in the acks family's scope. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.", mi.Description())
+						assert.Equal(t, "ACKs sent that acknowledged new data, by cause, on the sockets in the acks family's scope. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed; for how long, tcpack.ack.sampled.time), so a share of the traffic, not a total.", mi.Description())
 						assert.Equal(t, "{ack}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -540,7 +543,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.ack.delay_decisions.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Times the kernel decided to delay an ACK (tcp_send_delayed_ack armed the delayed-ACK timer). Counted only where fentry or kprobes can hook it; tcpack.probe.attached says whether they did. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.", mi.Description())
+						assert.Equal(t, "Times the kernel decided to delay an ACK (tcp_send_delayed_ack armed the delayed-ACK timer). Counted only where fentry or kprobes can hook it; tcpack.probe.attached says whether they did. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed; for how long, tcpack.ack.sampled.time), so a share of the traffic, not a total.", mi.Description())
 						assert.Equal(t, "{decision}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -563,7 +566,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.ack.delay_decisions.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Times the kernel decided to delay an ACK (tcp_send_delayed_ack armed the delayed-ACK timer). Counted only where fentry or kprobes can hook it; tcpack.probe.attached says whether they did. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.", mi.Description())
+						assert.Equal(t, "Times the kernel decided to delay an ACK (tcp_send_delayed_ack armed the delayed-ACK timer). Counted only where fentry or kprobes can hook it; tcpack.probe.attached says whether they did. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed; for how long, tcpack.ack.sampled.time), so a share of the traffic, not a total.", mi.Description())
 						assert.Equal(t, "{decision}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -594,7 +597,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.ack.forced.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "ACKs that acknowledged new data sent by sockets the quickack family forces; with tcpack.ack.count, the share of forced ACKs. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.", mi.Description())
+						assert.Equal(t, "ACKs that acknowledged new data sent by sockets the quickack family forces; with tcpack.ack.count, the share of forced ACKs. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed; for how long, tcpack.ack.sampled.time), so a share of the traffic, not a total.", mi.Description())
 						assert.Equal(t, "{ack}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -617,7 +620,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.ack.forced.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "ACKs that acknowledged new data sent by sockets the quickack family forces; with tcpack.ack.count, the share of forced ACKs. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.", mi.Description())
+						assert.Equal(t, "ACKs that acknowledged new data sent by sockets the quickack family forces; with tcpack.ack.count, the share of forced ACKs. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed; for how long, tcpack.ack.sampled.time), so a share of the traffic, not a total.", mi.Description())
 						assert.Equal(t, "{ack}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -707,7 +710,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.ack.other.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Pure ACKs sent that acknowledged nothing new (window updates, duplicate ACKs). Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.", mi.Description())
+						assert.Equal(t, "Pure ACKs sent that acknowledged nothing new (window updates, duplicate ACKs). Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed; for how long, tcpack.ack.sampled.time), so a share of the traffic, not a total.", mi.Description())
 						assert.Equal(t, "{ack}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -730,7 +733,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.ack.other.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Pure ACKs sent that acknowledged nothing new (window updates, duplicate ACKs). Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.", mi.Description())
+						assert.Equal(t, "Pure ACKs sent that acknowledged nothing new (window updates, duplicate ACKs). Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed; for how long, tcpack.ack.sampled.time), so a share of the traffic, not a total.", mi.Description())
 						assert.Equal(t, "{ack}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -761,7 +764,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.ack.quota_exhausted.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Times a socket spent the last quick ACK of its quota (icsk_ack.quick 1 -> 0); later ACKs wait for the delayed-ACK rules. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.", mi.Description())
+						assert.Equal(t, "Times a socket spent the last quick ACK of its quota (icsk_ack.quick 1 -> 0); later ACKs wait for the delayed-ACK rules. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed; for how long, tcpack.ack.sampled.time), so a share of the traffic, not a total.", mi.Description())
 						assert.Equal(t, "{event}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -784,7 +787,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.ack.quota_exhausted.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Times a socket spent the last quick ACK of its quota (icsk_ack.quick 1 -> 0); later ACKs wait for the delayed-ACK rules. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.", mi.Description())
+						assert.Equal(t, "Times a socket spent the last quick ACK of its quota (icsk_ack.quick 1 -> 0); later ACKs wait for the delayed-ACK rules. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed; for how long, tcpack.ack.sampled.time), so a share of the traffic, not a total.", mi.Description())
 						assert.Equal(t, "{event}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -809,13 +812,27 @@ func TestMetricsBuilder(t *testing.T) {
 						_, ok = dp.Attributes().Get("tcpack.netns.inode")
 						assert.False(t, ok)
 					}
+				case "tcpack.ack.sampled.time":
+					assert.False(t, validatedMetrics["tcpack.ack.sampled.time"], "Found a duplicate in the metrics slice: tcpack.ack.sampled.time")
+					validatedMetrics["tcpack.ack.sampled.time"] = true
+					assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+					assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+					assert.Equal(t, "How long the ACK family's per-segment hooks have judged ACKs since the start, in seconds (acks.per_segment.enabled). The per-segment metrics (tcpack.ack.count, .other.count, .segments, .quota_exhausted.count, .forced.count, .delay_decisions.count, .unobserved.count, tcpack.ack.delay) cover only this time - under attach windows (the default) about window/period of it, under always all of it - so they are a sample whose rate, not total, means something; the counting metrics (.segments.sent, .segments.received, .timer.count, ...) are totals.", mi.Description())
+					assert.Equal(t, "s", mi.Unit())
+					assert.True(t, mi.Sum().IsMonotonic())
+					assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+					dp := mi.Sum().DataPoints().At(0)
+					assert.Equal(t, start, dp.StartTimestamp())
+					assert.Equal(t, ts, dp.Timestamp())
+					assert.Equal(t, pmetric.NumberDataPointValueTypeDouble, dp.ValueType())
+					assert.InDelta(t, float64(1), dp.DoubleValue(), 0.01)
 				case "tcpack.ack.segments":
 					if tt.name != "reaggregate_set" {
 						assert.False(t, validatedMetrics["tcpack.ack.segments"], "Found a duplicate in the metrics slice: tcpack.ack.segments")
 						validatedMetrics["tcpack.ack.segments"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Data segments received and acknowledged; with tcpack.ack.count, how many segments an ACK covers. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.", mi.Description())
+						assert.Equal(t, "Data segments received and acknowledged; with tcpack.ack.count, how many segments an ACK covers. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed; for how long, tcpack.ack.sampled.time), so a share of the traffic, not a total.", mi.Description())
 						assert.Equal(t, "{segment}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -838,7 +855,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.ack.segments"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Data segments received and acknowledged; with tcpack.ack.count, how many segments an ACK covers. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed), so a share of the traffic, not a total.", mi.Description())
+						assert.Equal(t, "Data segments received and acknowledged; with tcpack.ack.count, how many segments an ACK covers. Per-segment tier (acks.per_segment.enabled) - counted only while its hooks are attached (tcpack.ack.armed; for how long, tcpack.ack.sampled.time), so a share of the traffic, not a total.", mi.Description())
 						assert.Equal(t, "{segment}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -1238,7 +1255,7 @@ func TestMetricsBuilder(t *testing.T) {
 					validatedMetrics["tcpack.ack.unobserved.count"] = true
 					assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 					assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-					assert.Equal(t, "Pure ACKs sent by sockets in scope while the per-segment hooks were still detached (acks.per_segment.attach on_traffic, within about 100 ms of the first such socket after an idle spell); they are in no other ACK metric.", mi.Description())
+					assert.Equal(t, "Pure ACKs of sockets in scope the per-segment tier saw but could not judge - under attach on_traffic those sent while its hooks were still detached (within about 100 ms of the first such socket after an idle spell), under windows the first ACK of a socket in a window when it acknowledges data that arrived before the window; they are in no other per-segment metric.", mi.Description())
 					assert.Equal(t, "{ack}", mi.Unit())
 					assert.True(t, mi.Sum().IsMonotonic())
 					assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
