@@ -346,9 +346,10 @@ func programCosts(b *testing.B, bin string, workloads []workload) {
 	}
 	// Closing the handle restores kernel.bpf_stats_enabled, also if the benchmark dies.
 	defer stats.Close()
-	// Every family, the ACK family on every socket, the footprint with its idle flow (the
-	// cost of a packet no flow matches): every program gets runs to measure.
-	c := startCollector(b, bin, "tcpack: {acks: {enabled: true}, txqueue: {enabled: true}, footprint: {flows: [{name: idle, protocol: tcp, local_port: 9}]}}")
+	// Every family, the ACK family on every socket with its per-segment tier in its default
+	// sampling windows, the footprint with its idle flow (the cost of a packet no flow
+	// matches): every program gets runs to measure.
+	c := startCollector(b, bin, "tcpack: {acks: {enabled: true, per_segment: {enabled: true}}, txqueue: {enabled: true}, footprint: {flows: [{name: idle, protocol: tcp, local_port: 9}]}}")
 	defer c.Stop(b)
 	fmt.Printf("\n%-16s %-24s %12s %10s %10s\n", "workload", "program", "runs/s", "ns/run", "% busy")
 	for _, w := range workloads {
