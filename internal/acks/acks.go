@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -115,7 +116,8 @@ func (cfg Config) windows() bool {
 }
 
 // DefaultConfig counts every socket; the per-segment tier is off, and sampled when on: 100 ms
-// of every 2 s, 5% of the time, where it costs about a tenth of TCP RR (BENCHMARKS.md).
+// of every 5 s, 2% of the time: the tier costs about 6% of TCP RR while attached, and each
+// window starts with a walk of the socket tables (BENCHMARKS.md).
 func DefaultConfig() Config {
 	return Config{
 		EventMinDelay: 10 * time.Millisecond,
@@ -125,7 +127,7 @@ func DefaultConfig() Config {
 		Attach:        AttachWindows,
 		IdleDetach:    time.Minute,
 		Window:        100 * time.Millisecond,
-		Period:        2 * time.Second,
+		Period:        5 * time.Second,
 	}
 }
 
@@ -206,6 +208,9 @@ type Probe struct {
 	judgingSince time.Time
 	// walkErr is why the last walk missed namespaces, if it did.
 	walkErr error
+	// walked are the namespaces of the last collection's walk, which the sampling windows'
+	// walks reuse: no scan of /proc per window.
+	walked atomic.Pointer[[]string]
 }
 
 // Start loads and attaches the family, then counts the sockets already open; sampled
@@ -287,16 +292,18 @@ func (p *Probe) walk() (map[uint32]socketGauges, error) {
 	// Each walk sees its namespace's listeners again before its other sockets: a listener
 	// closed since is no reason to call a socket accepted.
 	err := forgetListeners(p.set.Maps[acksMapListenPorts])
-	return gauges, errors.Join(err, p.walkEach(hookWalk, func(data []byte) { addGauges(gauges, data) }))
+	namespaces := p.namespaces()
+	p.walked.Store(&namespaces)
+	return gauges, errors.Join(err, p.walkEach(hookWalk, namespaces, func(data []byte) { addGauges(gauges, data) }))
 }
 
-// walkEach runs the iter/tcp program of hook in every namespace and hands read what it
-// wrote in each.
-func (p *Probe) walkEach(hook string, read func([]byte)) error {
+// walkEach runs the iter/tcp program of hook in each namespace and hands read what it wrote
+// in each.
+func (p *Probe) walkEach(hook string, namespaces []string, read func([]byte)) error {
 	l := p.set.Link(hook).(*link.Iter)
 	own, _ := kernel.NetnsInode(kernel.OwnNetns)
 	var errs []error
-	for _, path := range p.namespaces() {
+	for _, path := range namespaces {
 		walk := func() error {
 			rd, err := l.Open()
 			if err != nil {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/tcpack/tcpack/internal/loader"
 )
 
@@ -85,12 +87,20 @@ func (w *windowTraffic) Arm(now time.Time) (bool, error) {
 	return true, errors.Join(err, w.p.openWindow())
 }
 
-// openWindow runs the window's walk, where the kernel took its program.
+// openWindow runs the window's walk, where the kernel took its program, in the namespaces
+// of the last collection's walk; a namespace new since has only its connections established
+// in a window sampled until the next collection. No socket counted, no walk: it would visit
+// every bucket of the kernel's socket tables for nothing.
 func (p *Probe) openWindow() error {
-	if p.set.Link(hookWindowWalk) == nil {
+	namespaces := p.walked.Load()
+	if p.set.Link(hookWindowWalk) == nil || namespaces == nil {
 		return nil
 	}
-	return p.walkEach(hookWindowWalk, func([]byte) {})
+	var key uint64
+	if err := p.set.Maps[acksMapAckSockIds].NextKey(nil, &key); errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil
+	}
+	return p.walkEach(hookWindowWalk, *namespaces, func([]byte) {})
 }
 
 func (t *sockTraffic) Busy(bool, time.Time) (bool, error) {

@@ -138,7 +138,7 @@ func churn(t *testing.T, pair *netnstest.Pair, port int, lasting time.Duration) 
 
 // A window closes on its schedule, but an ACK of data that arrived in it is judged when it
 // leaves, also after the close: else no delay longer than what was left of the window would
-// ever be measured. The client sends every 50 ms and the server reads every 200 ms, so past
+// ever be measured. The client sends every 37 ms and the server reads every 200 ms, so past
 // the quick-ACK quota the delayed-ACK timer sends each ACK about 40 ms after its data: those
 // of data that came in a window's last 40 ms leave after it closed, and are judged (seen as
 // tcpack.ack.delayed events sent between windows). The connection is established inside a
@@ -183,7 +183,8 @@ func TestWindowsJudgeACKsOfWindowDataAfterTheClose(t *testing.T) {
 		return armed, fmt.Sprintf("armed %v, %v", armed, err)
 	})
 	c := pair.Connect(t, 5162)
-	c.Exchange(t, 80, 50*time.Millisecond, 200*time.Millisecond)
+	// 37 ms, out of step with the windows, so that arrivals fall at every point of them.
+	c.Exchange(t, 80, 37*time.Millisecond, 200*time.Millisecond)
 	time.Sleep(period)
 	close(stop)
 	<-polled

@@ -74,7 +74,7 @@ var modes = []mode{
 	// bounded it at >= 95% of baseline.
 	{"acks_all", "tcpack: {drops: {enabled: false}, acks: {enabled: true, per_segment: {enabled: true, attach: always}}}", nil},
 	// The per-segment tier sampled, as configured by default when enabled (attach: windows,
-	// 100 ms of every 2 s): issue 23 bounds it at >= 99%, like the counts.
+	// 100 ms of every 5 s): issue 23 bounds it at >= 99%, like the counts.
 	{"acks_sampled", "tcpack: {drops: {enabled: false}, acks: {enabled: true, per_segment: {enabled: true}}}", nil},
 	// The per-segment tier on traffic, scoped to a port with no traffic: >= 99%; no socket in
 	// scope opens, so its per-segment hooks never attach.
