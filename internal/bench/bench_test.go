@@ -81,7 +81,7 @@ var modes = []mode{
 	{"acks_idle_port", "tcpack: {drops: {enabled: false}, acks: {enabled: true, local_ports: [9], per_segment: {enabled: true, attach: on_traffic}}}", nil},
 	// Every packet sent (queue counts, flow map); OTHERHOST only at its drop: issue 6 bounds
 	// TCP bulk and RR at >= 98% of baseline.
-	{"txqueue", "tcpack: {drops: {enabled: false}, txqueue: {enabled: true}}", nil},
+	{"txqueue", "tcpack: {drops: {enabled: false}, txqueue: {enabled: true, mode: per_packet}}", nil},
 	// The footprint family with one flow no packet matches, in its default attach mode
 	// (on_traffic): only the sentinels (net_dev_queue, netif_receive_skb) run and parse, for
 	// 100 ms of every second, nothing counts. Issue 7 bounds it at >= 98% of baseline for RR
@@ -349,7 +349,7 @@ func programCosts(b *testing.B, bin string, workloads []workload) {
 	// Every family, the ACK family on every socket with its per-segment tier in its default
 	// sampling windows, the footprint with its idle flow (the cost of a packet no flow
 	// matches): every program gets runs to measure.
-	c := startCollector(b, bin, "tcpack: {acks: {enabled: true, per_segment: {enabled: true}}, txqueue: {enabled: true}, footprint: {flows: [{name: idle, protocol: tcp, local_port: 9}]}}")
+	c := startCollector(b, bin, "tcpack: {acks: {enabled: true, per_segment: {enabled: true}}, txqueue: {enabled: true, mode: per_packet}, footprint: {flows: [{name: idle, protocol: tcp, local_port: 9}]}}")
 	defer c.Stop(b)
 	fmt.Printf("\n%-16s %-24s %12s %10s %10s\n", "workload", "program", "runs/s", "ns/run", "% busy")
 	for _, w := range workloads {

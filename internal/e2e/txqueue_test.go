@@ -17,10 +17,11 @@ import (
 	"github.com/tcpack/tcpack/internal/netnstest"
 )
 
-// txqueueAlone: the txqueue family without the default drops family.
+// txqueueAlone: the txqueue family without the default drops family, per packet (flow
+// queues and OTHERHOST events; the kernel_stats default is tested in internal/txqueue).
 const txqueueAlone = `    collection_interval: 300ms
     drops: {enabled: false}
-    txqueue: {enabled: true}`
+    txqueue: {enabled: true, mode: per_packet}`
 
 // TestCollectorExportsTxQueues runs the txqueue family in the built collector: TCP flows over
 // a 4-queue veth come out as tcpack.txqueue.packets per queue equal to the qdisc's own

@@ -2,6 +2,7 @@ package txqueue
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -52,8 +53,12 @@ type QueueCount struct {
 	Packets uint64
 	Xmits   uint64
 	Bytes   uint64
-	// TxQueues is the interface's real_num_tx_queues at its last transmit.
+	// Drops and Requeues, where the source counts them (SourceQdisc).
+	Drops, Requeues uint64
+	// TxQueues is the interface's real_num_tx_queues at its last transmit (SourcePerPacket),
+	// or its number of transmit queues (SourceQdisc).
 	TxQueues uint32
+	Source   Source
 }
 
 // InterfaceCount is one interface's per-interface counters.
@@ -83,7 +88,10 @@ type Stats struct {
 type Snapshot struct {
 	Queues     []QueueCount
 	Interfaces []InterfaceCount
-	Stats      Stats
+	// Devices are every interface of every namespace with the source of its per-queue
+	// counts (ModeKernelStats only).
+	Devices []Interface
+	Stats   Stats
 }
 
 // Flow is a connected socket's flow out of one interface, as the flow map holds it.
@@ -111,8 +119,11 @@ const pruneAt = 0.9
 // Snapshot reads and sums the per-CPU counting maps. Counts are cumulative since Start.
 func (p *Probe) Snapshot() (Snapshot, error) {
 	var snap Snapshot
-	var err error
-	if snap.Queues, err = p.readQueues(); err != nil {
+	var err, unread error
+	if p.qdiscs != nil {
+		// A namespace that cannot be read is reported, the others still are.
+		snap.Queues, snap.Devices, unread = p.qdiscs.read(kernel.AllNetns())
+	} else if snap.Queues, err = p.readQueues(); err != nil {
 		return snap, err
 	}
 	if snap.Interfaces, err = p.readInterfaces(); err != nil {
@@ -125,7 +136,7 @@ func (p *Probe) Snapshot() (Snapshot, error) {
 		float64(len(snap.Interfaces)) >= pruneAt*float64(p.cfg.MaxInterfaces) {
 		_, err = p.PruneDeadNetns()
 	}
-	return snap, err
+	return snap, errors.Join(unread, err)
 }
 
 // readQueues sums each queue's entry in queue_counts, where it counts on CPUs whose slot
@@ -150,7 +161,7 @@ func (p *Probe) readQueues() ([]QueueCount, error) {
 	var perCPU []txqueueQueueValue
 	it := p.set.Maps[txqueueMapQueueCounts].Iterate()
 	for it.Next(&key, &perCPU) {
-		byKey[key] = &QueueCount{Netns: key.Netns, Ifindex: key.Ifindex, Queue: key.Queue}
+		byKey[key] = &QueueCount{Netns: key.Netns, Ifindex: key.Ifindex, Queue: key.Queue, Source: SourcePerPacket}
 		for _, v := range perCPU {
 			add(key, v)
 		}

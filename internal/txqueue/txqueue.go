@@ -35,8 +35,21 @@ const (
 	HookPickReturn = "netdev_pick_tx_return"
 )
 
+// Modes: where the per-queue counts come from.
+const (
+	// ModeKernelStats reads the counters the kernel keeps per transmit queue (the child
+	// qdiscs of mq) each collection: no program on the packet path. Interfaces without them
+	// get no per-queue counts, and flow queues and picks are not reported.
+	ModeKernelStats = "kernel_stats"
+	// ModePerPacket counts every packet sent at net_dev_start_xmit, on every interface, with
+	// each flow's queue, its changes and (where netdev_pick_tx can be hooked) the picks.
+	ModePerPacket = "per_packet"
+)
+
 // Config sizes the kernel side and bounds what reaches user space.
 type Config struct {
+	// Mode is ModeKernelStats (also when empty) or ModePerPacket.
+	Mode string
 	eventreader.Delivery
 	// DisabledEvents are event kinds not to sample at all.
 	DisabledEvents []Kind
@@ -71,11 +84,12 @@ func DefaultConfig() Config {
 // kernels with neither the family still reports queues and moves, without the pick's reason.
 // Entry and exit are separate hooks; each works alone, the verdict needs both.
 func hooks(cfg Config, otherhostReason bool) []loader.Hook {
-	hs := []loader.Hook{
-		{Name: HookXmit, Strategies: []loader.Strategy{
+	var hs []loader.Hook
+	if cfg.perPacket() {
+		hs = append(hs, loader.Hook{Name: HookXmit, Strategies: []loader.Strategy{
 			{Kind: loader.TPBTF, Program: txqueueProgNetDevStartXmitBtf, Target: "net_dev_start_xmit", Args: 2},
 			{Kind: loader.RawTP, Program: txqueueProgNetDevStartXmitRaw, Target: "net_dev_start_xmit", Args: 2},
-		}},
+		}})
 	}
 	if cfg.Otherhost {
 		var strategies []loader.Strategy
@@ -89,6 +103,9 @@ func hooks(cfg Config, otherhostReason bool) []loader.Hook {
 			loader.Strategy{Kind: loader.TPBTF, Program: txqueueProgNetifReceiveSkbBtf, Target: "netif_receive_skb", Args: 1},
 			loader.Strategy{Kind: loader.RawTP, Program: txqueueProgNetifReceiveSkbRaw, Target: "netif_receive_skb", Args: 1},
 		)})
+	}
+	if !cfg.perPacket() {
+		return hs
 	}
 	return append(hs,
 		loader.Hook{Name: HookPick, Optional: true, Strategies: []loader.Strategy{
@@ -112,7 +129,20 @@ func OtherhostAtDrop(env *kernel.Env) bool {
 }
 
 // HookNames lists the family's hooks, for reporting a family that could not start.
-func HookNames() []string { return loader.HookNames(hooks(Config{Otherhost: true}, true)) }
+func HookNames() []string {
+	return loader.HookNames(hooks(Config{Mode: ModePerPacket, Otherhost: true}, true))
+}
+
+func (cfg Config) perPacket() bool { return cfg.Mode == ModePerPacket }
+
+// CheckMode validates a mode.
+func CheckMode(mode string) error {
+	switch mode {
+	case "", ModeKernelStats, ModePerPacket:
+		return nil
+	}
+	return fmt.Errorf("mode %q, want %s or %s", mode, ModeKernelStats, ModePerPacket)
+}
 
 // Probe is the loaded txqueue family.
 type Probe struct {
@@ -121,6 +151,8 @@ type Probe struct {
 	set    *loader.Set
 	report loader.Report
 	reader *eventreader.Reader
+	// qdiscs reads the per-queue counts in ModeKernelStats (nil in ModePerPacket).
+	qdiscs *qdiscReader
 
 	flowsMu sync.Mutex // Flows advances the epoch: one read at a time
 }
@@ -128,6 +160,9 @@ type Probe struct {
 // Start loads and attaches the family. Sampled events are decoded and passed to sink in
 // batches, from one goroutine; sink may be nil to count only.
 func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
+	if err := CheckMode(cfg.Mode); err != nil {
+		return nil, fmt.Errorf("%s: %w", Family, err)
+	}
 	spec, err := loadTxqueue()
 	if err != nil {
 		return nil, err
@@ -140,6 +175,14 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 		return nil, err
 	}
 	p := &Probe{env: env, cfg: cfg, set: set, report: report}
+	if !cfg.perPacket() {
+		// The first read is the baseline: counts from the start, as the other families'.
+		p.qdiscs = newQdiscReader()
+		if _, _, err := p.qdiscs.read(kernel.AllNetns()); err != nil {
+			set.Close()
+			return nil, err
+		}
+	}
 	if p.reader, err = eventreader.Start(set.Maps[txqueueMapEvents], cfg.FlushInterval, p.decode(), sink); err != nil {
 		set.Close()
 		return nil, fmt.Errorf("%s: %w", Family, err)

@@ -118,7 +118,7 @@ func multiqueuePair(t *testing.T) *netnstest.Pair {
 // qdisc's per-queue counts and, summed, the interface's own tx counter; the flows spread over
 // more than one queue; and each flow's queue in the flow map accounts for its queue's packets.
 func TestPerQueueCounts(t *testing.T) {
-	p, events := start(t, txqueue.DefaultConfig())
+	p, events := start(t, perPacketConfig())
 	pair := multiqueuePair(t)
 	qdisc := netnstest.MQPerQueue(t, pair.A)
 	txBefore := sysfsUint(t, pair.A, "statistics/tx_packets")
@@ -292,7 +292,7 @@ func pickRuns() []pickRun {
 }
 
 func flowMovesQueue(t *testing.T, run pickRun) {
-	cfg := txqueue.DefaultConfig()
+	cfg := perPacketConfig()
 	cfg.Strategies = run.strategies
 	p, events := start(t, cfg)
 	exit := map[loader.Kind]loader.Kind{loader.FEntry: loader.FExit, loader.Kprobe: loader.Kretprobe}
@@ -426,7 +426,7 @@ func writeFromCPU(t *testing.T, c *net.TCPConn, cpu int) {
 // address says so) into B's promiscuous veth: each is counted as PACKET_OTHERHOST on B's
 // interface, and sampled with both MACs, B's own MAC and the IP addresses.
 func TestOtherhost(t *testing.T) {
-	p, events := start(t, txqueue.DefaultConfig())
+	p, events := start(t, perPacketConfig())
 	pair := netnstest.NewPairWith(t, netnstest.PairOptions{NoIPv6: true})
 	const foreignMAC, foreignAddr = "02:00:00:00:00:99", "198.18.0.3"
 	pair.A.Exec(t, "ip", "neigh", "replace", foreignAddr, "lladdr", foreignMAC, "dev", pair.A.Veth, "nud", "permanent")
@@ -476,7 +476,7 @@ func TestOtherhost(t *testing.T) {
 // TestQueueKeysBounded: with room for one queue key, traffic on the others is counted as
 // overflow, not lost silently.
 func TestQueueKeysBounded(t *testing.T) {
-	cfg := txqueue.DefaultConfig()
+	cfg := perPacketConfig()
 	cfg.MaxQueueKeys = 1
 	p, _ := start(t, cfg)
 	pair := multiqueuePair(t)
@@ -491,7 +491,7 @@ func TestQueueKeysBounded(t *testing.T) {
 // the per-CPU slots that cache it, so namespaces that come and go cannot fill either for good;
 // those of a live one stay.
 func TestPruneDeadNetns(t *testing.T) {
-	p, _ := start(t, txqueue.DefaultConfig())
+	p, _ := start(t, perPacketConfig())
 	noIPv6 := netnstest.PairOptions{NoIPv6: true} // no router solicitations in the counts
 	gone, alive := netnstest.NewPairWith(t, noIPv6), netnstest.NewPairWith(t, noIPv6)
 	sent := func(ns *netnstest.NS) func() uint64 {
@@ -533,7 +533,7 @@ func TestPruneDeadNetns(t *testing.T) {
 }
 
 func TestEventRateLimit(t *testing.T) {
-	cfg := txqueue.DefaultConfig()
+	cfg := perPacketConfig()
 	cfg.EventsPerSecond, cfg.EventBurst = 1, 2
 	began := time.Now()
 	p, events := start(t, cfg)
@@ -561,7 +561,7 @@ func TestRestartLeavesNothingBehind(t *testing.T) {
 	env := netnstest.KernelEnv(t)
 	linksBefore, fdsBefore := netnstest.CountLinks(t), netnstest.CountFDs(t)
 	for i := 0; i < 3; i++ {
-		p, err := txqueue.Start(env, txqueue.DefaultConfig(), nil)
+		p, err := txqueue.Start(env, perPacketConfig(), nil)
 		if err != nil {
 			t.Fatalf("start %d: %v", i, err)
 		}
@@ -585,7 +585,7 @@ func TestRestartLeavesNothingBehind(t *testing.T) {
 
 // TestRawTracepoints: the raw_tp fallback counts as the typed programs do.
 func TestRawTracepoints(t *testing.T) {
-	cfg := txqueue.DefaultConfig()
+	cfg := perPacketConfig()
 	cfg.Strategies = []loader.Kind{loader.RawTP}
 	p, _ := start(t, cfg)
 	for _, h := range p.Report().Hooks {
@@ -612,7 +612,7 @@ func TestRawTracepoints(t *testing.T) {
 // TestAttachReport prints one MATRIX line per hook for the README's kernel table. The pick
 // hooks must attach wherever the kernel matrix says fentry/fexit or kprobes exist.
 func TestAttachReport(t *testing.T) {
-	p, _ := start(t, txqueue.DefaultConfig())
+	p, _ := start(t, perPacketConfig())
 	for _, h := range p.Report().Hooks {
 		if h.Attached == nil {
 			var reasons []string

@@ -3,6 +3,7 @@ package tcpackreceiver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 
 	"go.opentelemetry.io/collector/pdata/pcommon"
@@ -16,6 +17,10 @@ import (
 // PACKET_OTHERHOST).
 type TxqueueConfig struct {
 	Enabled bool `mapstructure:"enabled"`
+	// Mode is kernel_stats (the default: per-queue counts from the kernel's own counters, no
+	// program per packet) or per_packet (a program on every packet sent: every interface,
+	// flow queues, changes and picks).
+	Mode string `mapstructure:"mode"`
 	// Strategies restricts the attach mechanisms, in the family's order of preference; empty
 	// means all (tp_btf, raw_tp for the tracepoints; fentry/fexit, kprobe/kretprobe for
 	// netdev_pick_tx).
@@ -36,6 +41,7 @@ type TxqueueConfig struct {
 func defaultTxqueueConfig() TxqueueConfig {
 	d := txqueue.DefaultConfig()
 	return TxqueueConfig{
+		Mode:          txqueue.ModeKernelStats,
 		MaxKeys:       d.MaxQueueKeys,
 		MaxInterfaces: d.MaxInterfaces,
 		MaxFlows:      d.MaxFlows,
@@ -53,10 +59,17 @@ func (q TxqueueConfig) convert(c common, withLogs bool) (txqueue.Config, []error
 	cfg := txqueue.DefaultConfig()
 	cfg.MaxQueueKeys, cfg.MaxInterfaces, cfg.MaxFlows, cfg.Otherhost = q.MaxKeys, q.MaxInterfaces, q.MaxFlows, q.Otherhost
 	cfg.Delivery = c.delivery(q.Sampling)
+	cfg.Mode = q.Mode
 	var errs []error
-	cfg.Strategies, errs = checkStrategies("txqueue.strategies", q.Strategies, txqueueStrategies)
-	if len(q.Strategies) > 0 && !slices.Contains(q.Strategies, string(loader.TPBTF)) && !slices.Contains(q.Strategies, string(loader.RawTP)) {
-		errs = append(errs, errors.New("txqueue.strategies: must include tp_btf or raw_tp: the queue counts come from the net_dev_start_xmit tracepoint"))
+	if txqueue.CheckMode(q.Mode) != nil {
+		errs = append(errs, fmt.Errorf("txqueue.mode: %q, use %s (the default: per-queue counts from mq's child qdiscs, no program per packet) or %s (a program on every packet sent: every interface, flow queues and changes)",
+			q.Mode, txqueue.ModeKernelStats, txqueue.ModePerPacket))
+	}
+	var more []error
+	cfg.Strategies, more = checkStrategies("txqueue.strategies", q.Strategies, txqueueStrategies)
+	errs = append(errs, more...)
+	if q.Mode == txqueue.ModePerPacket && len(q.Strategies) > 0 && !slices.Contains(q.Strategies, string(loader.TPBTF)) && !slices.Contains(q.Strategies, string(loader.RawTP)) {
+		errs = append(errs, errors.New("txqueue.strategies: must include tp_btf or raw_tp: under mode per_packet the queue counts come from the net_dev_start_xmit tracepoint"))
 	}
 	for _, m := range []struct {
 		field  string
@@ -115,6 +128,12 @@ var txqueuePicks = map[txqueue.Selector]metadata.AttributeTcpackTxqueuePick{
 	txqueue.SelectorHash:    metadata.AttributeTcpackTxqueuePickHash,
 }
 
+var txqueueSources = map[txqueue.Source]metadata.AttributeTcpackTxqueueSource{
+	txqueue.SourceNone:      metadata.AttributeTcpackTxqueueSourceNone,
+	txqueue.SourceQdisc:     metadata.AttributeTcpackTxqueueSourceQdisc,
+	txqueue.SourcePerPacket: metadata.AttributeTcpackTxqueueSourcePerPacket,
+}
+
 type ifSeries struct {
 	netns uint32
 	name  string
@@ -141,11 +160,20 @@ func (f *txqueueFamily) record(now pcommon.Timestamp) error {
 		netns := int64(q.Netns)
 		mb.RecordTcpackTxqueuePacketsDataPoint(now, int64(q.Packets), q.Interface, int64(q.Queue), netns)
 		mb.RecordTcpackTxqueueBytesDataPoint(now, int64(q.Bytes), q.Interface, int64(q.Queue), netns)
+		if q.Source == txqueue.SourceQdisc {
+			mb.RecordTcpackTxqueueDropsDataPoint(now, int64(q.Drops), q.Interface, int64(q.Queue), netns)
+			mb.RecordTcpackTxqueueRequeuesDataPoint(now, int64(q.Requeues), q.Interface, int64(q.Queue), netns)
+		}
 		key := ifSeries{q.Netns, q.Interface}
 		queues[key] = max(queues[key], q.TxQueues)
 	}
-	for key, n := range queues {
-		mb.RecordTcpackTxqueueQueuesDataPoint(now, int64(n), key.name, int64(key.netns))
+	if snap.Devices == nil {
+		for key, n := range queues {
+			mb.RecordTcpackTxqueueQueuesDataPoint(now, int64(n), key.name, metadata.AttributeTcpackTxqueueSourcePerPacket, int64(key.netns))
+		}
+	}
+	for _, d := range snap.Devices {
+		mb.RecordTcpackTxqueueQueuesDataPoint(now, int64(d.TxQueues), d.Interface, txqueueSources[d.Source], int64(d.Netns))
 	}
 	picks := f.probe.Picks()
 	for _, c := range snap.Interfaces {

@@ -52,7 +52,8 @@ func TestTxqueueValidateNamesFieldAndFix(t *testing.T) {
 		want   []string
 	}{
 		{"strategy", func(q *TxqueueConfig) { q.Strategies = []string{"tp_btf", "uprobe"} }, []string{"txqueue.strategies[1]", `"uprobe"`, "kretprobe"}},
-		{"no tracepoint", func(q *TxqueueConfig) { q.Strategies = []string{"fentry", "fexit"} }, []string{"txqueue.strategies", "tp_btf or raw_tp"}},
+		{"no tracepoint", func(q *TxqueueConfig) { q.Mode, q.Strategies = "per_packet", []string{"fentry", "fexit"} }, []string{"txqueue.strategies", "tp_btf or raw_tp"}},
+		{"mode", func(q *TxqueueConfig) { q.Mode = "sampled" }, []string{"txqueue.mode", "use kernel_stats", "or per_packet"}},
 		{"max keys", func(q *TxqueueConfig) { q.MaxKeys = 0 }, []string{"txqueue.max_keys", "1..1048576"}},
 		{"max interfaces", func(q *TxqueueConfig) { q.MaxInterfaces = 1 << 21 }, []string{"txqueue.max_interfaces"}},
 		{"max flows", func(q *TxqueueConfig) { q.MaxFlows = 0 }, []string{"txqueue.max_flows"}},
@@ -103,6 +104,7 @@ func TestReceiverReportsTxqueue(t *testing.T) {
 	cfg := fastConfig()
 	cfg.Drops.Enabled = false
 	cfg.Txqueue.Enabled = true
+	cfg.Txqueue.Mode = "per_packet" // flows, moves and picks: every packet
 	r := startReceiver(t, NewFactory(), cfg)
 
 	pair := netnstest.NewPairWith(t, netnstest.PairOptions{TxQueues: 4, NoIPv6: true})

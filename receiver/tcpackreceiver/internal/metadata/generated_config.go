@@ -1635,6 +1635,56 @@ func (ms *TcpackTxqueueBytesMetricConfig) Validate() error {
 	return nil
 }
 
+// TcpackTxqueueDropsMetricAttributeKey specifies the key of an attribute for the tcpack.txqueue.drops metric.
+type TcpackTxqueueDropsMetricAttributeKey string
+
+const (
+	TcpackTxqueueDropsMetricAttributeKeyNetworkInterfaceName TcpackTxqueueDropsMetricAttributeKey = "network.interface.name"
+	TcpackTxqueueDropsMetricAttributeKeyTcpackTxqueueQueue   TcpackTxqueueDropsMetricAttributeKey = "tcpack.txqueue.queue"
+	TcpackTxqueueDropsMetricAttributeKeyTcpackNetnsInode     TcpackTxqueueDropsMetricAttributeKey = "tcpack.netns.inode"
+)
+
+// TcpackTxqueueDropsMetricConfig provides config for the tcpack.txqueue.drops metric.
+type TcpackTxqueueDropsMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                 `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackTxqueueDropsMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackTxqueueDropsMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackTxqueueDropsMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackTxqueueDropsMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueDropsMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueueDropsMetricAttributeKeyTcpackNetnsInode:
+		default:
+			return fmt.Errorf("metric tcpack.txqueue.drops doesn't have an attribute %v, valid attributes: [network.interface.name, tcpack.txqueue.queue, tcpack.netns.inode]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
 // TcpackTxqueueFlowChangesCountMetricAttributeKey specifies the key of an attribute for the tcpack.txqueue.flow.changes.count metric.
 type TcpackTxqueueFlowChangesCountMetricAttributeKey string
 
@@ -1839,6 +1889,7 @@ type TcpackTxqueueQueuesMetricAttributeKey string
 
 const (
 	TcpackTxqueueQueuesMetricAttributeKeyNetworkInterfaceName TcpackTxqueueQueuesMetricAttributeKey = "network.interface.name"
+	TcpackTxqueueQueuesMetricAttributeKeyTcpackTxqueueSource  TcpackTxqueueQueuesMetricAttributeKey = "tcpack.txqueue.source"
 	TcpackTxqueueQueuesMetricAttributeKeyTcpackNetnsInode     TcpackTxqueueQueuesMetricAttributeKey = "tcpack.netns.inode"
 )
 
@@ -1868,9 +1919,59 @@ func (ms *TcpackTxqueueQueuesMetricConfig) Unmarshal(parser *confmap.Conf) error
 func (ms *TcpackTxqueueQueuesMetricConfig) Validate() error {
 	for _, val := range ms.EnabledAttributes {
 		switch val {
-		case TcpackTxqueueQueuesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueQueuesMetricAttributeKeyTcpackNetnsInode:
+		case TcpackTxqueueQueuesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueQueuesMetricAttributeKeyTcpackTxqueueSource, TcpackTxqueueQueuesMetricAttributeKeyTcpackNetnsInode:
 		default:
-			return fmt.Errorf("metric tcpack.txqueue.queues doesn't have an attribute %v, valid attributes: [network.interface.name, tcpack.netns.inode]", val)
+			return fmt.Errorf("metric tcpack.txqueue.queues doesn't have an attribute %v, valid attributes: [network.interface.name, tcpack.txqueue.source, tcpack.netns.inode]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
+// TcpackTxqueueRequeuesMetricAttributeKey specifies the key of an attribute for the tcpack.txqueue.requeues metric.
+type TcpackTxqueueRequeuesMetricAttributeKey string
+
+const (
+	TcpackTxqueueRequeuesMetricAttributeKeyNetworkInterfaceName TcpackTxqueueRequeuesMetricAttributeKey = "network.interface.name"
+	TcpackTxqueueRequeuesMetricAttributeKeyTcpackTxqueueQueue   TcpackTxqueueRequeuesMetricAttributeKey = "tcpack.txqueue.queue"
+	TcpackTxqueueRequeuesMetricAttributeKeyTcpackNetnsInode     TcpackTxqueueRequeuesMetricAttributeKey = "tcpack.netns.inode"
+)
+
+// TcpackTxqueueRequeuesMetricConfig provides config for the tcpack.txqueue.requeues metric.
+type TcpackTxqueueRequeuesMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                    `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []TcpackTxqueueRequeuesMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *TcpackTxqueueRequeuesMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *TcpackTxqueueRequeuesMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case TcpackTxqueueRequeuesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueRequeuesMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueueRequeuesMetricAttributeKeyTcpackNetnsInode:
+		default:
+			return fmt.Errorf("metric tcpack.txqueue.requeues doesn't have an attribute %v, valid attributes: [network.interface.name, tcpack.txqueue.queue, tcpack.netns.inode]", val)
 		}
 	}
 
@@ -1921,11 +2022,13 @@ type MetricsConfig struct {
 	TcpackTCPResetCount           TcpackTCPResetCountMetricConfig           `mapstructure:"tcpack.tcp.reset.count"`
 	TcpackTCPRetransmitCount      TcpackTCPRetransmitCountMetricConfig      `mapstructure:"tcpack.tcp.retransmit.count"`
 	TcpackTxqueueBytes            TcpackTxqueueBytesMetricConfig            `mapstructure:"tcpack.txqueue.bytes"`
+	TcpackTxqueueDrops            TcpackTxqueueDropsMetricConfig            `mapstructure:"tcpack.txqueue.drops"`
 	TcpackTxqueueFlowChangesCount TcpackTxqueueFlowChangesCountMetricConfig `mapstructure:"tcpack.txqueue.flow.changes.count"`
 	TcpackTxqueueFlows            TcpackTxqueueFlowsMetricConfig            `mapstructure:"tcpack.txqueue.flows"`
 	TcpackTxqueuePackets          TcpackTxqueuePacketsMetricConfig          `mapstructure:"tcpack.txqueue.packets"`
 	TcpackTxqueuePicksCount       TcpackTxqueuePicksCountMetricConfig       `mapstructure:"tcpack.txqueue.picks.count"`
 	TcpackTxqueueQueues           TcpackTxqueueQueuesMetricConfig           `mapstructure:"tcpack.txqueue.queues"`
+	TcpackTxqueueRequeues         TcpackTxqueueRequeuesMetricConfig         `mapstructure:"tcpack.txqueue.requeues"`
 }
 
 func DefaultMetricsConfig() MetricsConfig {
@@ -2098,6 +2201,11 @@ func DefaultMetricsConfig() MetricsConfig {
 			AggregationStrategy: AggregationStrategySum,
 			EnabledAttributes:   []TcpackTxqueueBytesMetricAttributeKey{TcpackTxqueueBytesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueBytesMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueueBytesMetricAttributeKeyTcpackNetnsInode},
 		},
+		TcpackTxqueueDrops: TcpackTxqueueDropsMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []TcpackTxqueueDropsMetricAttributeKey{TcpackTxqueueDropsMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueDropsMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueueDropsMetricAttributeKeyTcpackNetnsInode},
+		},
 		TcpackTxqueueFlowChangesCount: TcpackTxqueueFlowChangesCountMetricConfig{
 			Enabled:             true,
 			AggregationStrategy: AggregationStrategySum,
@@ -2121,7 +2229,12 @@ func DefaultMetricsConfig() MetricsConfig {
 		TcpackTxqueueQueues: TcpackTxqueueQueuesMetricConfig{
 			Enabled:             true,
 			AggregationStrategy: AggregationStrategyAvg,
-			EnabledAttributes:   []TcpackTxqueueQueuesMetricAttributeKey{TcpackTxqueueQueuesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueQueuesMetricAttributeKeyTcpackNetnsInode},
+			EnabledAttributes:   []TcpackTxqueueQueuesMetricAttributeKey{TcpackTxqueueQueuesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueQueuesMetricAttributeKeyTcpackTxqueueSource, TcpackTxqueueQueuesMetricAttributeKeyTcpackNetnsInode},
+		},
+		TcpackTxqueueRequeues: TcpackTxqueueRequeuesMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []TcpackTxqueueRequeuesMetricAttributeKey{TcpackTxqueueRequeuesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueRequeuesMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueueRequeuesMetricAttributeKeyTcpackNetnsInode},
 		},
 	}
 }

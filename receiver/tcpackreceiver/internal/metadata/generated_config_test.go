@@ -194,6 +194,11 @@ func TestMetricsBuilderConfig(t *testing.T) {
 						AggregationStrategy: AggregationStrategySum,
 						EnabledAttributes:   []TcpackTxqueueBytesMetricAttributeKey{TcpackTxqueueBytesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueBytesMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueueBytesMetricAttributeKeyTcpackNetnsInode},
 					},
+					TcpackTxqueueDrops: TcpackTxqueueDropsMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackTxqueueDropsMetricAttributeKey{TcpackTxqueueDropsMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueDropsMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueueDropsMetricAttributeKeyTcpackNetnsInode},
+					},
 					TcpackTxqueueFlowChangesCount: TcpackTxqueueFlowChangesCountMetricConfig{
 						Enabled:             true,
 						AggregationStrategy: AggregationStrategySum,
@@ -217,7 +222,12 @@ func TestMetricsBuilderConfig(t *testing.T) {
 					TcpackTxqueueQueues: TcpackTxqueueQueuesMetricConfig{
 						Enabled:             true,
 						AggregationStrategy: AggregationStrategyAvg,
-						EnabledAttributes:   []TcpackTxqueueQueuesMetricAttributeKey{TcpackTxqueueQueuesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueQueuesMetricAttributeKeyTcpackNetnsInode},
+						EnabledAttributes:   []TcpackTxqueueQueuesMetricAttributeKey{TcpackTxqueueQueuesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueQueuesMetricAttributeKeyTcpackTxqueueSource, TcpackTxqueueQueuesMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackTxqueueRequeues: TcpackTxqueueRequeuesMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackTxqueueRequeuesMetricAttributeKey{TcpackTxqueueRequeuesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueRequeuesMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueueRequeuesMetricAttributeKeyTcpackNetnsInode},
 					},
 				},
 				ResourceAttributes: ResourceAttributesConfig{
@@ -398,6 +408,11 @@ func TestMetricsBuilderConfig(t *testing.T) {
 						AggregationStrategy: AggregationStrategySum,
 						EnabledAttributes:   []TcpackTxqueueBytesMetricAttributeKey{TcpackTxqueueBytesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueBytesMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueueBytesMetricAttributeKeyTcpackNetnsInode},
 					},
+					TcpackTxqueueDrops: TcpackTxqueueDropsMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackTxqueueDropsMetricAttributeKey{TcpackTxqueueDropsMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueDropsMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueueDropsMetricAttributeKeyTcpackNetnsInode},
+					},
 					TcpackTxqueueFlowChangesCount: TcpackTxqueueFlowChangesCountMetricConfig{
 						Enabled:             false,
 						AggregationStrategy: AggregationStrategySum,
@@ -421,7 +436,12 @@ func TestMetricsBuilderConfig(t *testing.T) {
 					TcpackTxqueueQueues: TcpackTxqueueQueuesMetricConfig{
 						Enabled:             false,
 						AggregationStrategy: AggregationStrategyAvg,
-						EnabledAttributes:   []TcpackTxqueueQueuesMetricAttributeKey{TcpackTxqueueQueuesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueQueuesMetricAttributeKeyTcpackNetnsInode},
+						EnabledAttributes:   []TcpackTxqueueQueuesMetricAttributeKey{TcpackTxqueueQueuesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueQueuesMetricAttributeKeyTcpackTxqueueSource, TcpackTxqueueQueuesMetricAttributeKeyTcpackNetnsInode},
+					},
+					TcpackTxqueueRequeues: TcpackTxqueueRequeuesMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []TcpackTxqueueRequeuesMetricAttributeKey{TcpackTxqueueRequeuesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueRequeuesMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueueRequeuesMetricAttributeKeyTcpackNetnsInode},
 					},
 				},
 				ResourceAttributes: ResourceAttributesConfig{
@@ -434,7 +454,7 @@ func TestMetricsBuilderConfig(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := loadMetricsBuilderConfig(t, tt.name)
-			diff := cmp.Diff(tt.want, cfg, cmpopts.IgnoreUnexported(TcpackAckArmedMetricConfig{}, TcpackAckConnectionsMetricConfig{}, TcpackAckCountMetricConfig{}, TcpackAckDelayDecisionsCountMetricConfig{}, TcpackAckForcedCountMetricConfig{}, TcpackAckForcedSegmentsSentMetricConfig{}, TcpackAckOtherCountMetricConfig{}, TcpackAckQuotaExhaustedCountMetricConfig{}, TcpackAckSampledTimeMetricConfig{}, TcpackAckSegmentsMetricConfig{}, TcpackAckSegmentsReceivedMetricConfig{}, TcpackAckSegmentsSentMetricConfig{}, TcpackAckSocketsMetricConfig{}, TcpackAckSocketsForcedMetricConfig{}, TcpackAckTimerCountMetricConfig{}, TcpackAckTimerDeferredMetricConfig{}, TcpackAckUncountedMetricConfig{}, TcpackAckUnobservedCountMetricConfig{}, TcpackDropBytesMetricConfig{}, TcpackDropCountMetricConfig{}, TcpackEventsSuppressedMetricConfig{}, TcpackFootprintArmedMetricConfig{}, TcpackFootprintDropsMetricConfig{}, TcpackFootprintLostMetricConfig{}, TcpackFootprintPacketsMetricConfig{}, TcpackFootprintUnobservedMetricConfig{}, TcpackKernelMapOverflowMetricConfig{}, TcpackPacketOtherhostCountMetricConfig{}, TcpackProbeAttachedMetricConfig{}, TcpackQuickackAppliedCountMetricConfig{}, TcpackQuickackPolicyErrorsMetricConfig{}, TcpackQuickackRefusedCountMetricConfig{}, TcpackQuickackSocketsMetricConfig{}, TcpackTCPResetCountMetricConfig{}, TcpackTCPRetransmitCountMetricConfig{}, TcpackTxqueueBytesMetricConfig{}, TcpackTxqueueFlowChangesCountMetricConfig{}, TcpackTxqueueFlowsMetricConfig{}, TcpackTxqueuePacketsMetricConfig{}, TcpackTxqueuePicksCountMetricConfig{}, TcpackTxqueueQueuesMetricConfig{}, ResourceAttributeConfig{}))
+			diff := cmp.Diff(tt.want, cfg, cmpopts.IgnoreUnexported(TcpackAckArmedMetricConfig{}, TcpackAckConnectionsMetricConfig{}, TcpackAckCountMetricConfig{}, TcpackAckDelayDecisionsCountMetricConfig{}, TcpackAckForcedCountMetricConfig{}, TcpackAckForcedSegmentsSentMetricConfig{}, TcpackAckOtherCountMetricConfig{}, TcpackAckQuotaExhaustedCountMetricConfig{}, TcpackAckSampledTimeMetricConfig{}, TcpackAckSegmentsMetricConfig{}, TcpackAckSegmentsReceivedMetricConfig{}, TcpackAckSegmentsSentMetricConfig{}, TcpackAckSocketsMetricConfig{}, TcpackAckSocketsForcedMetricConfig{}, TcpackAckTimerCountMetricConfig{}, TcpackAckTimerDeferredMetricConfig{}, TcpackAckUncountedMetricConfig{}, TcpackAckUnobservedCountMetricConfig{}, TcpackDropBytesMetricConfig{}, TcpackDropCountMetricConfig{}, TcpackEventsSuppressedMetricConfig{}, TcpackFootprintArmedMetricConfig{}, TcpackFootprintDropsMetricConfig{}, TcpackFootprintLostMetricConfig{}, TcpackFootprintPacketsMetricConfig{}, TcpackFootprintUnobservedMetricConfig{}, TcpackKernelMapOverflowMetricConfig{}, TcpackPacketOtherhostCountMetricConfig{}, TcpackProbeAttachedMetricConfig{}, TcpackQuickackAppliedCountMetricConfig{}, TcpackQuickackPolicyErrorsMetricConfig{}, TcpackQuickackRefusedCountMetricConfig{}, TcpackQuickackSocketsMetricConfig{}, TcpackTCPResetCountMetricConfig{}, TcpackTCPRetransmitCountMetricConfig{}, TcpackTxqueueBytesMetricConfig{}, TcpackTxqueueDropsMetricConfig{}, TcpackTxqueueFlowChangesCountMetricConfig{}, TcpackTxqueueFlowsMetricConfig{}, TcpackTxqueuePacketsMetricConfig{}, TcpackTxqueuePicksCountMetricConfig{}, TcpackTxqueueQueuesMetricConfig{}, TcpackTxqueueRequeuesMetricConfig{}, ResourceAttributeConfig{}))
 			require.Emptyf(t, diff, "Config mismatch (-expected +actual):\n%s", diff)
 		})
 	}
@@ -800,6 +820,18 @@ func TestTcpackTxqueueBytesMetricsConfig_Validate(t *testing.T) {
 	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
 }
 
+func TestTcpackTxqueueDropsMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackTxqueueDrops
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackTxqueueDropsMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.txqueue.drops doesn't have an attribute invalid, valid attributes: [network.interface.name, tcpack.txqueue.queue, tcpack.netns.inode]")
+
+	cfg = DefaultMetricsConfig().TcpackTxqueueDrops
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
 func TestTcpackTxqueueFlowChangesCountMetricsConfig_Validate(t *testing.T) {
 	cfg := DefaultMetricsConfig().TcpackTxqueueFlowChangesCount
 	require.NoError(t, cfg.Validate())
@@ -853,9 +885,21 @@ func TestTcpackTxqueueQueuesMetricsConfig_Validate(t *testing.T) {
 	require.NoError(t, cfg.Validate())
 
 	cfg.EnabledAttributes = []TcpackTxqueueQueuesMetricAttributeKey{"invalid"}
-	require.ErrorContains(t, cfg.Validate(), "metric tcpack.txqueue.queues doesn't have an attribute invalid, valid attributes: [network.interface.name, tcpack.netns.inode]")
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.txqueue.queues doesn't have an attribute invalid, valid attributes: [network.interface.name, tcpack.txqueue.source, tcpack.netns.inode]")
 
 	cfg = DefaultMetricsConfig().TcpackTxqueueQueues
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestTcpackTxqueueRequeuesMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().TcpackTxqueueRequeues
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []TcpackTxqueueRequeuesMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric tcpack.txqueue.requeues doesn't have an attribute invalid, valid attributes: [network.interface.name, tcpack.txqueue.queue, tcpack.netns.inode]")
+
+	cfg = DefaultMetricsConfig().TcpackTxqueueRequeues
 	cfg.AggregationStrategy = "invalid"
 	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
 }

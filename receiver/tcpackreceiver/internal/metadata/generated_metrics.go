@@ -523,6 +523,36 @@ var MapAttributeTcpackTxqueuePick = map[string]AttributeTcpackTxqueuePick{
 	"unknown": AttributeTcpackTxqueuePickUnknown,
 }
 
+// AttributeTcpackTxqueueSource specifies the value tcpack.txqueue.source attribute.
+type AttributeTcpackTxqueueSource int
+
+const (
+	_ AttributeTcpackTxqueueSource = iota
+	AttributeTcpackTxqueueSourceQdisc
+	AttributeTcpackTxqueueSourcePerPacket
+	AttributeTcpackTxqueueSourceNone
+)
+
+// String returns the string representation of the AttributeTcpackTxqueueSource.
+func (av AttributeTcpackTxqueueSource) String() string {
+	switch av {
+	case AttributeTcpackTxqueueSourceQdisc:
+		return "qdisc"
+	case AttributeTcpackTxqueueSourcePerPacket:
+		return "per_packet"
+	case AttributeTcpackTxqueueSourceNone:
+		return "none"
+	}
+	return ""
+}
+
+// MapAttributeTcpackTxqueueSource is a helper map of string to AttributeTcpackTxqueueSource attribute value.
+var MapAttributeTcpackTxqueueSource = map[string]AttributeTcpackTxqueueSource{
+	"qdisc":      AttributeTcpackTxqueueSourceQdisc,
+	"per_packet": AttributeTcpackTxqueueSourcePerPacket,
+	"none":       AttributeTcpackTxqueueSourceNone,
+}
+
 var MetricsInfo = metricsInfo{
 	TcpackAckArmed: metricInfo{
 		Name: "tcpack.ack.armed",
@@ -662,6 +692,10 @@ var MetricsInfo = metricsInfo{
 		Name:       "tcpack.txqueue.bytes",
 		Attributes: []string{"network.interface.name", "tcpack.txqueue.queue", "tcpack.netns.inode"},
 	},
+	TcpackTxqueueDrops: metricInfo{
+		Name:       "tcpack.txqueue.drops",
+		Attributes: []string{"network.interface.name", "tcpack.txqueue.queue", "tcpack.netns.inode"},
+	},
 	TcpackTxqueueFlowChangesCount: metricInfo{
 		Name:       "tcpack.txqueue.flow.changes.count",
 		Attributes: []string{"network.interface.name", "tcpack.netns.inode"},
@@ -680,7 +714,11 @@ var MetricsInfo = metricsInfo{
 	},
 	TcpackTxqueueQueues: metricInfo{
 		Name:       "tcpack.txqueue.queues",
-		Attributes: []string{"network.interface.name", "tcpack.netns.inode"},
+		Attributes: []string{"network.interface.name", "tcpack.txqueue.source", "tcpack.netns.inode"},
+	},
+	TcpackTxqueueRequeues: metricInfo{
+		Name:       "tcpack.txqueue.requeues",
+		Attributes: []string{"network.interface.name", "tcpack.txqueue.queue", "tcpack.netns.inode"},
 	},
 }
 
@@ -721,11 +759,13 @@ type metricsInfo struct {
 	TcpackTCPResetCount           metricInfo
 	TcpackTCPRetransmitCount      metricInfo
 	TcpackTxqueueBytes            metricInfo
+	TcpackTxqueueDrops            metricInfo
 	TcpackTxqueueFlowChangesCount metricInfo
 	TcpackTxqueueFlows            metricInfo
 	TcpackTxqueuePackets          metricInfo
 	TcpackTxqueuePicksCount       metricInfo
 	TcpackTxqueueQueues           metricInfo
+	TcpackTxqueueRequeues         metricInfo
 }
 
 type metricInfo struct {
@@ -3961,6 +4001,103 @@ func newMetricTcpackTxqueueBytes(cfg TcpackTxqueueBytesMetricConfig) metricTcpac
 	return m
 }
 
+type metricTcpackTxqueueDrops struct {
+	data          pmetric.Metric                 // data buffer for generated metric.
+	config        TcpackTxqueueDropsMetricConfig // metric config provided by user.
+	capacity      int                            // max observed number of data points added to the metric.
+	aggDataPoints []int64                        // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.txqueue.drops metric with initial data.
+func (m *metricTcpackTxqueueDrops) init() {
+	m.data.SetName("tcpack.txqueue.drops")
+	m.data.SetDescription("Packets the transmit queue's mq child qdisc dropped (txqueue.mode kernel_stats; qdisc source only).")
+	m.data.SetUnit("{packet}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackTxqueueDrops) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, networkInterfaceNameAttributeValue string, tcpackTxqueueQueueAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackTxqueueDropsMetricAttributeKeyNetworkInterfaceName) {
+		dp.Attributes().PutStr("network.interface.name", networkInterfaceNameAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackTxqueueDropsMetricAttributeKeyTcpackTxqueueQueue) {
+		dp.Attributes().PutInt("tcpack.txqueue.queue", tcpackTxqueueQueueAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackTxqueueDropsMetricAttributeKeyTcpackNetnsInode) {
+		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackTxqueueDrops) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackTxqueueDrops) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackTxqueueDrops(cfg TcpackTxqueueDropsMetricConfig) metricTcpackTxqueueDrops {
+	m := metricTcpackTxqueueDrops{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
 type metricTcpackTxqueueFlowChangesCount struct {
 	data          pmetric.Metric                            // data buffer for generated metric.
 	config        TcpackTxqueueFlowChangesCountMetricConfig // metric config provided by user.
@@ -4160,7 +4297,7 @@ type metricTcpackTxqueuePackets struct {
 // init fills tcpack.txqueue.packets metric with initial data.
 func (m *metricTcpackTxqueuePackets) init() {
 	m.data.SetName("tcpack.txqueue.packets")
-	m.data.SetDescription("Packets handed to the driver per transmit queue (tracepoint net:net_dev_start_xmit); a GSO packet counts its segments, as qdiscs and most NICs count.")
+	m.data.SetDescription("Packets handed to the driver per transmit queue, counted by the queue's mq child qdisc (txqueue.mode kernel_stats, the default; interfaces without mq are not counted, see tcpack.txqueue.queues) or at the tracepoint net:net_dev_start_xmit (mode per_packet); a GSO packet counts its segments, as qdiscs and most NICs count.")
 	m.data.SetUnit("{packet}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)
@@ -4354,14 +4491,14 @@ type metricTcpackTxqueueQueues struct {
 // init fills tcpack.txqueue.queues metric with initial data.
 func (m *metricTcpackTxqueueQueues) init() {
 	m.data.SetName("tcpack.txqueue.queues")
-	m.data.SetDescription("Transmit queues in use on the interface (real_num_tx_queues at its last transmit).")
+	m.data.SetDescription("Transmit queues of the interface, by the source of its per-queue counts - under txqueue.mode kernel_stats every interface of every namespace (its numtxqueues), under per_packet those that sent (real_num_tx_queues at the last transmit).")
 	m.data.SetUnit("{queue}")
 	m.data.SetEmptyGauge()
 	m.data.Gauge().DataPoints().EnsureCapacity(m.capacity)
 	m.aggDataPoints = m.aggDataPoints[:0]
 }
 
-func (m *metricTcpackTxqueueQueues) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, networkInterfaceNameAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
+func (m *metricTcpackTxqueueQueues) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, networkInterfaceNameAttributeValue string, tcpackTxqueueSourceAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
 	if !m.config.Enabled {
 		return
 	}
@@ -4371,6 +4508,9 @@ func (m *metricTcpackTxqueueQueues) recordDataPoint(start pcommon.Timestamp, ts 
 	dp.SetTimestamp(ts)
 	if slices.Contains(m.config.EnabledAttributes, TcpackTxqueueQueuesMetricAttributeKeyNetworkInterfaceName) {
 		dp.Attributes().PutStr("network.interface.name", networkInterfaceNameAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackTxqueueQueuesMetricAttributeKeyTcpackTxqueueSource) {
+		dp.Attributes().PutStr("tcpack.txqueue.source", tcpackTxqueueSourceAttributeValue)
 	}
 	if slices.Contains(m.config.EnabledAttributes, TcpackTxqueueQueuesMetricAttributeKeyTcpackNetnsInode) {
 		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
@@ -4436,6 +4576,103 @@ func newMetricTcpackTxqueueQueues(cfg TcpackTxqueueQueuesMetricConfig) metricTcp
 	return m
 }
 
+type metricTcpackTxqueueRequeues struct {
+	data          pmetric.Metric                    // data buffer for generated metric.
+	config        TcpackTxqueueRequeuesMetricConfig // metric config provided by user.
+	capacity      int                               // max observed number of data points added to the metric.
+	aggDataPoints []int64                           // slice containing number of aggregated datapoints at each index
+}
+
+// init fills tcpack.txqueue.requeues metric with initial data.
+func (m *metricTcpackTxqueueRequeues) init() {
+	m.data.SetName("tcpack.txqueue.requeues")
+	m.data.SetDescription("Packets the transmit queue's mq child qdisc put back because the driver was busy (txqueue.mode kernel_stats; qdisc source only).")
+	m.data.SetUnit("{packet}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricTcpackTxqueueRequeues) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, networkInterfaceNameAttributeValue string, tcpackTxqueueQueueAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, TcpackTxqueueRequeuesMetricAttributeKeyNetworkInterfaceName) {
+		dp.Attributes().PutStr("network.interface.name", networkInterfaceNameAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackTxqueueRequeuesMetricAttributeKeyTcpackTxqueueQueue) {
+		dp.Attributes().PutInt("tcpack.txqueue.queue", tcpackTxqueueQueueAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, TcpackTxqueueRequeuesMetricAttributeKeyTcpackNetnsInode) {
+		dp.Attributes().PutInt("tcpack.netns.inode", tcpackNetnsInodeAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackTxqueueRequeues) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackTxqueueRequeues) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackTxqueueRequeues(cfg TcpackTxqueueRequeuesMetricConfig) metricTcpackTxqueueRequeues {
+	m := metricTcpackTxqueueRequeues{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
 // MetricsBuilder provides an interface for scrapers to report metrics while taking care of all the transformations
 // required to produce metric representation defined in metadata and user config.
 type MetricsBuilder struct {
@@ -4482,11 +4719,13 @@ type MetricsBuilder struct {
 	metricTcpackTCPResetCount           metricTcpackTCPResetCount
 	metricTcpackTCPRetransmitCount      metricTcpackTCPRetransmitCount
 	metricTcpackTxqueueBytes            metricTcpackTxqueueBytes
+	metricTcpackTxqueueDrops            metricTcpackTxqueueDrops
 	metricTcpackTxqueueFlowChangesCount metricTcpackTxqueueFlowChangesCount
 	metricTcpackTxqueueFlows            metricTcpackTxqueueFlows
 	metricTcpackTxqueuePackets          metricTcpackTxqueuePackets
 	metricTcpackTxqueuePicksCount       metricTcpackTxqueuePicksCount
 	metricTcpackTxqueueQueues           metricTcpackTxqueueQueues
+	metricTcpackTxqueueRequeues         metricTcpackTxqueueRequeues
 }
 
 // MetricBuilderOption applies changes to default metrics builder.
@@ -4548,11 +4787,13 @@ func NewMetricsBuilder(mbc MetricsBuilderConfig, settings receiver.Settings, opt
 		metricTcpackTCPResetCount:           newMetricTcpackTCPResetCount(mbc.Metrics.TcpackTCPResetCount),
 		metricTcpackTCPRetransmitCount:      newMetricTcpackTCPRetransmitCount(mbc.Metrics.TcpackTCPRetransmitCount),
 		metricTcpackTxqueueBytes:            newMetricTcpackTxqueueBytes(mbc.Metrics.TcpackTxqueueBytes),
+		metricTcpackTxqueueDrops:            newMetricTcpackTxqueueDrops(mbc.Metrics.TcpackTxqueueDrops),
 		metricTcpackTxqueueFlowChangesCount: newMetricTcpackTxqueueFlowChangesCount(mbc.Metrics.TcpackTxqueueFlowChangesCount),
 		metricTcpackTxqueueFlows:            newMetricTcpackTxqueueFlows(mbc.Metrics.TcpackTxqueueFlows),
 		metricTcpackTxqueuePackets:          newMetricTcpackTxqueuePackets(mbc.Metrics.TcpackTxqueuePackets),
 		metricTcpackTxqueuePicksCount:       newMetricTcpackTxqueuePicksCount(mbc.Metrics.TcpackTxqueuePicksCount),
 		metricTcpackTxqueueQueues:           newMetricTcpackTxqueueQueues(mbc.Metrics.TcpackTxqueueQueues),
+		metricTcpackTxqueueRequeues:         newMetricTcpackTxqueueRequeues(mbc.Metrics.TcpackTxqueueRequeues),
 		resourceAttributeIncludeFilter:      make(map[string]filter.Filter),
 		resourceAttributeExcludeFilter:      make(map[string]filter.Filter),
 	}
@@ -4673,11 +4914,13 @@ func (mb *MetricsBuilder) EmitForResource(options ...ResourceMetricsOption) {
 	mb.metricTcpackTCPResetCount.emit(ils.Metrics())
 	mb.metricTcpackTCPRetransmitCount.emit(ils.Metrics())
 	mb.metricTcpackTxqueueBytes.emit(ils.Metrics())
+	mb.metricTcpackTxqueueDrops.emit(ils.Metrics())
 	mb.metricTcpackTxqueueFlowChangesCount.emit(ils.Metrics())
 	mb.metricTcpackTxqueueFlows.emit(ils.Metrics())
 	mb.metricTcpackTxqueuePackets.emit(ils.Metrics())
 	mb.metricTcpackTxqueuePicksCount.emit(ils.Metrics())
 	mb.metricTcpackTxqueueQueues.emit(ils.Metrics())
+	mb.metricTcpackTxqueueRequeues.emit(ils.Metrics())
 
 	for _, op := range options {
 		op.apply(rm)
@@ -4889,6 +5132,11 @@ func (mb *MetricsBuilder) RecordTcpackTxqueueBytesDataPoint(ts pcommon.Timestamp
 	mb.metricTcpackTxqueueBytes.recordDataPoint(mb.startTime, ts, val, networkInterfaceNameAttributeValue, tcpackTxqueueQueueAttributeValue, tcpackNetnsInodeAttributeValue)
 }
 
+// RecordTcpackTxqueueDropsDataPoint adds a data point to tcpack.txqueue.drops metric.
+func (mb *MetricsBuilder) RecordTcpackTxqueueDropsDataPoint(ts pcommon.Timestamp, val int64, networkInterfaceNameAttributeValue string, tcpackTxqueueQueueAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackTxqueueDrops.recordDataPoint(mb.startTime, ts, val, networkInterfaceNameAttributeValue, tcpackTxqueueQueueAttributeValue, tcpackNetnsInodeAttributeValue)
+}
+
 // RecordTcpackTxqueueFlowChangesCountDataPoint adds a data point to tcpack.txqueue.flow.changes.count metric.
 func (mb *MetricsBuilder) RecordTcpackTxqueueFlowChangesCountDataPoint(ts pcommon.Timestamp, val int64, networkInterfaceNameAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
 	mb.metricTcpackTxqueueFlowChangesCount.recordDataPoint(mb.startTime, ts, val, networkInterfaceNameAttributeValue, tcpackNetnsInodeAttributeValue)
@@ -4910,8 +5158,13 @@ func (mb *MetricsBuilder) RecordTcpackTxqueuePicksCountDataPoint(ts pcommon.Time
 }
 
 // RecordTcpackTxqueueQueuesDataPoint adds a data point to tcpack.txqueue.queues metric.
-func (mb *MetricsBuilder) RecordTcpackTxqueueQueuesDataPoint(ts pcommon.Timestamp, val int64, networkInterfaceNameAttributeValue string, tcpackNetnsInodeAttributeValue int64) {
-	mb.metricTcpackTxqueueQueues.recordDataPoint(mb.startTime, ts, val, networkInterfaceNameAttributeValue, tcpackNetnsInodeAttributeValue)
+func (mb *MetricsBuilder) RecordTcpackTxqueueQueuesDataPoint(ts pcommon.Timestamp, val int64, networkInterfaceNameAttributeValue string, tcpackTxqueueSourceAttributeValue AttributeTcpackTxqueueSource, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackTxqueueQueues.recordDataPoint(mb.startTime, ts, val, networkInterfaceNameAttributeValue, tcpackTxqueueSourceAttributeValue.String(), tcpackNetnsInodeAttributeValue)
+}
+
+// RecordTcpackTxqueueRequeuesDataPoint adds a data point to tcpack.txqueue.requeues metric.
+func (mb *MetricsBuilder) RecordTcpackTxqueueRequeuesDataPoint(ts pcommon.Timestamp, val int64, networkInterfaceNameAttributeValue string, tcpackTxqueueQueueAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
+	mb.metricTcpackTxqueueRequeues.recordDataPoint(mb.startTime, ts, val, networkInterfaceNameAttributeValue, tcpackTxqueueQueueAttributeValue, tcpackNetnsInodeAttributeValue)
 }
 
 // Reset resets metrics builder to its initial state. It should be used when external metrics source is restarted,

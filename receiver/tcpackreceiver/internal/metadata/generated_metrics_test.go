@@ -97,11 +97,13 @@ func TestMetricsBuilder(t *testing.T) {
 			aggMap["tcpack.tcp.reset.count"] = mb.metricTcpackTCPResetCount.config.AggregationStrategy
 			aggMap["tcpack.tcp.retransmit.count"] = mb.metricTcpackTCPRetransmitCount.config.AggregationStrategy
 			aggMap["tcpack.txqueue.bytes"] = mb.metricTcpackTxqueueBytes.config.AggregationStrategy
+			aggMap["tcpack.txqueue.drops"] = mb.metricTcpackTxqueueDrops.config.AggregationStrategy
 			aggMap["tcpack.txqueue.flow.changes.count"] = mb.metricTcpackTxqueueFlowChangesCount.config.AggregationStrategy
 			aggMap["tcpack.txqueue.flows"] = mb.metricTcpackTxqueueFlows.config.AggregationStrategy
 			aggMap["tcpack.txqueue.packets"] = mb.metricTcpackTxqueuePackets.config.AggregationStrategy
 			aggMap["tcpack.txqueue.picks.count"] = mb.metricTcpackTxqueuePicksCount.config.AggregationStrategy
 			aggMap["tcpack.txqueue.queues"] = mb.metricTcpackTxqueueQueues.config.AggregationStrategy
+			aggMap["tcpack.txqueue.requeues"] = mb.metricTcpackTxqueueRequeues.config.AggregationStrategy
 
 			expectedWarnings := 0
 			if tt.metricsSet != testDataSetReag {
@@ -310,6 +312,12 @@ func TestMetricsBuilder(t *testing.T) {
 			}
 			defaultMetricsCount++
 			allMetricsCount++
+			mb.RecordTcpackTxqueueDropsDataPoint(ts, 1, "network.interface.name-val", 20, 18)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackTxqueueDropsDataPoint(ts, 3, "network.interface.name-val-2", 21, 19)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
 			mb.RecordTcpackTxqueueFlowChangesCountDataPoint(ts, 1, "network.interface.name-val", 18)
 			if tt.name == "reaggregate_set" {
 				mb.RecordTcpackTxqueueFlowChangesCountDataPoint(ts, 3, "network.interface.name-val-2", 19)
@@ -334,9 +342,15 @@ func TestMetricsBuilder(t *testing.T) {
 			}
 			defaultMetricsCount++
 			allMetricsCount++
-			mb.RecordTcpackTxqueueQueuesDataPoint(ts, 1, "network.interface.name-val", 18)
+			mb.RecordTcpackTxqueueQueuesDataPoint(ts, 1, "network.interface.name-val", AttributeTcpackTxqueueSourceQdisc, 18)
 			if tt.name == "reaggregate_set" {
-				mb.RecordTcpackTxqueueQueuesDataPoint(ts, 3, "network.interface.name-val-2", 19)
+				mb.RecordTcpackTxqueueQueuesDataPoint(ts, 3, "network.interface.name-val-2", AttributeTcpackTxqueueSourcePerPacket, 19)
+			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackTxqueueRequeuesDataPoint(ts, 1, "network.interface.name-val", 20, 18)
+			if tt.name == "reaggregate_set" {
+				mb.RecordTcpackTxqueueRequeuesDataPoint(ts, 3, "network.interface.name-val-2", 21, 19)
 			}
 
 			rb := mb.NewResourceBuilder()
@@ -375,11 +389,13 @@ func TestMetricsBuilder(t *testing.T) {
 				assert.Empty(t, mb.metricTcpackTCPResetCount.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackTCPRetransmitCount.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackTxqueueBytes.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackTxqueueDrops.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackTxqueueFlowChangesCount.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackTxqueueFlows.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackTxqueuePackets.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackTxqueuePicksCount.aggDataPoints)
 				assert.Empty(t, mb.metricTcpackTxqueueQueues.aggDataPoints)
+				assert.Empty(t, mb.metricTcpackTxqueueRequeues.aggDataPoints)
 			}
 
 			if tt.expectEmpty {
@@ -2121,6 +2137,60 @@ func TestMetricsBuilder(t *testing.T) {
 						_, ok = dp.Attributes().Get("tcpack.netns.inode")
 						assert.False(t, ok)
 					}
+				case "tcpack.txqueue.drops":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.txqueue.drops"], "Found a duplicate in the metrics slice: tcpack.txqueue.drops")
+						validatedMetrics["tcpack.txqueue.drops"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Packets the transmit queue's mq child qdisc dropped (txqueue.mode kernel_stats; qdisc source only).", mi.Description())
+						assert.Equal(t, "{packet}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						networkInterfaceNameAttrVal, ok := dp.Attributes().Get("network.interface.name")
+						assert.True(t, ok)
+						assert.Equal(t, "network.interface.name-val", networkInterfaceNameAttrVal.Str())
+						tcpackTxqueueQueueAttrVal, ok := dp.Attributes().Get("tcpack.txqueue.queue")
+						assert.True(t, ok)
+						assert.EqualValues(t, 20, tcpackTxqueueQueueAttrVal.Int())
+						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.txqueue.drops"], "Found a duplicate in the metrics slice: tcpack.txqueue.drops")
+						validatedMetrics["tcpack.txqueue.drops"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Packets the transmit queue's mq child qdisc dropped (txqueue.mode kernel_stats; qdisc source only).", mi.Description())
+						assert.Equal(t, "{packet}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.txqueue.drops"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("network.interface.name")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.txqueue.queue")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.netns.inode")
+						assert.False(t, ok)
+					}
 				case "tcpack.txqueue.flow.changes.count":
 					if tt.name != "reaggregate_set" {
 						assert.False(t, validatedMetrics["tcpack.txqueue.flow.changes.count"], "Found a duplicate in the metrics slice: tcpack.txqueue.flow.changes.count")
@@ -2226,7 +2296,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.txqueue.packets"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Packets handed to the driver per transmit queue (tracepoint net:net_dev_start_xmit); a GSO packet counts its segments, as qdiscs and most NICs count.", mi.Description())
+						assert.Equal(t, "Packets handed to the driver per transmit queue, counted by the queue's mq child qdisc (txqueue.mode kernel_stats, the default; interfaces without mq are not counted, see tcpack.txqueue.queues) or at the tracepoint net:net_dev_start_xmit (mode per_packet); a GSO packet counts its segments, as qdiscs and most NICs count.", mi.Description())
 						assert.Equal(t, "{packet}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -2249,7 +2319,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.txqueue.packets"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Packets handed to the driver per transmit queue (tracepoint net:net_dev_start_xmit); a GSO packet counts its segments, as qdiscs and most NICs count.", mi.Description())
+						assert.Equal(t, "Packets handed to the driver per transmit queue, counted by the queue's mq child qdisc (txqueue.mode kernel_stats, the default; interfaces without mq are not counted, see tcpack.txqueue.queues) or at the tracepoint net:net_dev_start_xmit (mode per_packet); a GSO packet counts its segments, as qdiscs and most NICs count.", mi.Description())
 						assert.Equal(t, "{packet}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -2334,7 +2404,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.txqueue.queues"] = true
 						assert.Equal(t, pmetric.MetricTypeGauge, mi.Type())
 						assert.Equal(t, 1, mi.Gauge().DataPoints().Len())
-						assert.Equal(t, "Transmit queues in use on the interface (real_num_tx_queues at its last transmit).", mi.Description())
+						assert.Equal(t, "Transmit queues of the interface, by the source of its per-queue counts - under txqueue.mode kernel_stats every interface of every namespace (its numtxqueues), under per_packet those that sent (real_num_tx_queues at the last transmit).", mi.Description())
 						assert.Equal(t, "{queue}", mi.Unit())
 						dp := mi.Gauge().DataPoints().At(0)
 						assert.Equal(t, start, dp.StartTimestamp())
@@ -2344,6 +2414,9 @@ func TestMetricsBuilder(t *testing.T) {
 						networkInterfaceNameAttrVal, ok := dp.Attributes().Get("network.interface.name")
 						assert.True(t, ok)
 						assert.Equal(t, "network.interface.name-val", networkInterfaceNameAttrVal.Str())
+						tcpackTxqueueSourceAttrVal, ok := dp.Attributes().Get("tcpack.txqueue.source")
+						assert.True(t, ok)
+						assert.Equal(t, "qdisc", tcpackTxqueueSourceAttrVal.Str())
 						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
 						assert.True(t, ok)
 						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
@@ -2352,7 +2425,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.txqueue.queues"] = true
 						assert.Equal(t, pmetric.MetricTypeGauge, mi.Type())
 						assert.Equal(t, 1, mi.Gauge().DataPoints().Len())
-						assert.Equal(t, "Transmit queues in use on the interface (real_num_tx_queues at its last transmit).", mi.Description())
+						assert.Equal(t, "Transmit queues of the interface, by the source of its per-queue counts - under txqueue.mode kernel_stats every interface of every namespace (its numtxqueues), under per_packet those that sent (real_num_tx_queues at the last transmit).", mi.Description())
 						assert.Equal(t, "{queue}", mi.Unit())
 						dp := mi.Gauge().DataPoints().At(0)
 						assert.Equal(t, start, dp.StartTimestamp())
@@ -2369,6 +2442,62 @@ func TestMetricsBuilder(t *testing.T) {
 							assert.Equal(t, int64(3), dp.IntValue())
 						}
 						_, ok := dp.Attributes().Get("network.interface.name")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.txqueue.source")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.netns.inode")
+						assert.False(t, ok)
+					}
+				case "tcpack.txqueue.requeues":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["tcpack.txqueue.requeues"], "Found a duplicate in the metrics slice: tcpack.txqueue.requeues")
+						validatedMetrics["tcpack.txqueue.requeues"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Packets the transmit queue's mq child qdisc put back because the driver was busy (txqueue.mode kernel_stats; qdisc source only).", mi.Description())
+						assert.Equal(t, "{packet}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						networkInterfaceNameAttrVal, ok := dp.Attributes().Get("network.interface.name")
+						assert.True(t, ok)
+						assert.Equal(t, "network.interface.name-val", networkInterfaceNameAttrVal.Str())
+						tcpackTxqueueQueueAttrVal, ok := dp.Attributes().Get("tcpack.txqueue.queue")
+						assert.True(t, ok)
+						assert.EqualValues(t, 20, tcpackTxqueueQueueAttrVal.Int())
+						tcpackNetnsInodeAttrVal, ok := dp.Attributes().Get("tcpack.netns.inode")
+						assert.True(t, ok)
+						assert.EqualValues(t, 18, tcpackNetnsInodeAttrVal.Int())
+					} else {
+						assert.False(t, validatedMetrics["tcpack.txqueue.requeues"], "Found a duplicate in the metrics slice: tcpack.txqueue.requeues")
+						validatedMetrics["tcpack.txqueue.requeues"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "Packets the transmit queue's mq child qdisc put back because the driver was busy (txqueue.mode kernel_stats; qdisc source only).", mi.Description())
+						assert.Equal(t, "{packet}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["tcpack.txqueue.requeues"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("network.interface.name")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("tcpack.txqueue.queue")
 						assert.False(t, ok)
 						_, ok = dp.Attributes().Get("tcpack.netns.inode")
 						assert.False(t, ok)
