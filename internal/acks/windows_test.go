@@ -141,8 +141,8 @@ func churn(t *testing.T, pair *netnstest.Pair, port int, lasting time.Duration) 
 // ever be measured. The client sends every 37 ms and the server reads every 200 ms, so past
 // the quick-ACK quota the delayed-ACK timer sends each ACK about 40 ms after its data: those
 // of data that came in a window's last 40 ms leave after it closed, and are judged (seen as
-// tcpack.ack.delayed events sent between windows). The connection is established inside a
-// window, so that every kernel samples it.
+// tcpack.ack.delayed events sent between windows). Needs the windows' walk to reach the open
+// connection (Linux 6.12+).
 func TestWindowsJudgeACKsOfWindowDataAfterTheClose(t *testing.T) {
 	const window, period = 100 * time.Millisecond, 300 * time.Millisecond
 	pair := netnstest.NewPair(t)
@@ -184,13 +184,20 @@ func TestWindowsJudgeACKsOfWindowDataAfterTheClose(t *testing.T) {
 	})
 	c := pair.Connect(t, 5162)
 	// 37 ms, out of step with the windows, so that arrivals fall at every point of them.
-	c.Exchange(t, 80, 37*time.Millisecond, 200*time.Millisecond)
+	c.Exchange(t, 150, 37*time.Millisecond, 200*time.Millisecond)
 	time.Sleep(period)
 	close(stop)
 	<-polled
 
 	s := serverStats(t, p, pair.B.Inode, 5162)
 	logStats(t, s)
+	losses, err := p.Losses()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if losses.WindowUnreached > 0 {
+		t.Skipf("this kernel refuses bpf_setsockopt(TCP_BPF_SOCK_OPS_CB_FLAGS) from iter/tcp (Linux 6.12+ has it; %d sockets unreached): a connection is sampled only in the window it was established in, and the timer's ACKs come only after its quick-ACK quota is spent, later than that", losses.WindowUnreached)
+	}
 	var after, between int
 	events := log.Matching(func(e acks.Event) bool { return e.LocalPort == 5162 })
 	for _, e := range events {
