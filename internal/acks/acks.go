@@ -804,8 +804,8 @@ func (p *Probe) TimerDeferredSeen() bool {
 // TcpExtDelayedACKs for the same sockets. Where the handler is hooked the counts are exact.
 // At timer_expire_entry, the ACKs of deferred expiries leave unseen; and on 6.18 a few timer
 // ACKs (at most 8 of 236 in the tests, in about one run of five, more under load) leave
-// without the program seeing their timer's expiry, for a reason not found yet: up to 4% of
-// the kernel's count is tolerated there, and reported.
+// without any expiry of their timer (a perf tracepoint on timer_expire_entry sees the same
+// expiries as the program): up to 4% of the kernel's count is tolerated there, and reported.
 func TimerCountsAgree(counted, deferred, kernel uint64, handlerHooked bool) (bool, string) {
 	why := fmt.Sprintf("timer ACKs counted %d (%d expiries deferred), TcpExtDelayedACKs %d", counted, deferred, kernel)
 	if handlerHooked {
