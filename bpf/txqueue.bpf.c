@@ -620,3 +620,48 @@ int BPF_KRETPROBE(pick_tx_kretprobe)
 	pick_exit(false, (struct net_device *)s->dev, (struct sk_buff *)s->skb);
 	return 0;
 }
+
+/* kernel_stats mode: each connected TCP socket's current transmit queue, as the kernel
+ * records it in the socket (sk_tx_queue_mapping, set by netdev_pick_tx when it picks a queue
+ * for the socket's packets), and the interface of its cached route, walked each collection in
+ * each namespace. No program on the packet path: a flow that changed queue twice between two
+ * walks shows one change, or none. */
+struct flow_walk_record {
+	struct flow flow;
+	__u32 netns;
+	__u32 ifindex;
+	__u16 queue;
+	__u16 _pad;
+	__u32 _pad2;
+};
+
+const struct flow_walk_record *unused_flow_walk_record __attribute__((unused));
+
+SEC("iter/tcp")
+int txq_flow_walk(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	if (!skc)
+		return 0;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0; /* request and timewait sockets */
+	struct sock *sk = (struct sock *)tp;
+	__u8 state = sk->__sk_common.skc_state;
+	if (state == TCP_LISTEN || state == TCP_CLOSE || state == TCP_SYN_SENT)
+		return 0;
+	__u16 queue = sk->__sk_common.skc_tx_queue_mapping;
+	if (queue == NO_QUEUE_MAPPING)
+		return 0;
+	/* The cached route is an RCU pointer: probe reads. */
+	struct dst_entry *dst = BPF_CORE_READ(sk, sk_dst_cache);
+	if (!dst)
+		return 0;
+	struct flow_walk_record r = {.queue = queue};
+	r.ifindex = BPF_CORE_READ(dst, dev, ifindex);
+	r.netns = netns_of_sock(true, sk);
+	flow_from_sock(true, &r.flow, sk);
+	r.flow.l4proto = IPPROTO_TCP;
+	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
+	return 0;
+}

@@ -14,9 +14,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,8 +22,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 
 	"github.com/tcpack/tcpack/internal/eventreader"
 	"github.com/tcpack/tcpack/internal/kernel"
@@ -300,35 +296,7 @@ func (p *Probe) walk() (map[uint32]socketGauges, error) {
 // walkEach runs the iter/tcp program of hook in each namespace and hands read what it wrote
 // in each.
 func (p *Probe) walkEach(hook string, namespaces []string, read func([]byte)) error {
-	l := p.set.Link(hook).(*link.Iter)
-	own, _ := kernel.NetnsInode(kernel.OwnNetns)
-	var errs []error
-	for _, path := range namespaces {
-		walk := func() error {
-			rd, err := l.Open()
-			if err != nil {
-				return err
-			}
-			defer rd.Close()
-			data, err := io.ReadAll(rd)
-			read(data)
-			return err
-		}
-		var err error
-		if ino, _ := kernel.NetnsInode(path); ino == own {
-			err = walk()
-		} else if h, herr := netns.GetFromPath(kernel.NetnsPath(path)); herr != nil {
-			err = herr
-		} else {
-			err = kernel.InNetns(h, walk)
-			h.Close()
-		}
-		// A process that exited since the scan took its namespace's name with it.
-		if err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ESRCH) {
-			errs = append(errs, fmt.Errorf("%s: walk the sockets of netns %s: %w", Family, path, err))
-		}
-	}
-	return errors.Join(errs...)
+	return loader.WalkNetns(Family, p.set.Link(hook).(*link.Iter), namespaces, read)
 }
 
 // forgetListeners empties the map of listening ports.

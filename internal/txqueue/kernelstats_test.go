@@ -94,3 +94,101 @@ func TestKernelStatsCountsPerQueueFromTheQdiscs(t *testing.T) {
 		t.Errorf("B's veth has no per-queue source, yet queues were reported: %+v", q)
 	}
 }
+
+// In kernel_stats mode each connection's queue comes from the socket walk at each snapshot
+// (sk_tx_queue_mapping): eight TCP connections over the 4-queue veth with mq, then one at a
+// time a burst on each: the one queue whose qdisc count grows is the queue the walk reports
+// for that connection, and no connection changed queue.
+func TestKernelStatsFlowQueuesFromTheSocketWalk(t *testing.T) {
+	pair := multiqueuePair(t)
+	qdisc := netnstest.MQPerQueue(t, pair.A)
+	p, _ := start(t, txqueue.DefaultConfig())
+	if l := netnstest.ProgramLinks(t, p.Report()); l[txqueue.HookFlowWalk] != 1 {
+		t.Fatalf("the flow walk is not attached: %v", l)
+	}
+	const flows, size = 8, 1000
+	conns := make([]*netnstest.Paced, flows)
+	for i := range conns {
+		conns[i] = pair.Connect(t, 5400+i)
+		bulk(t, conns[i], 20, size)
+	}
+	snapshot(t, p)
+	walked := map[uint16]txqueue.Flow{}
+	for _, f := range flowsOf(t, p, pair.A) {
+		walked[f.PeerPort] = f
+	}
+	queues := map[uint16]bool{}
+	for i, c := range conns {
+		port := uint16(5400 + i)
+		f, ok := walked[port]
+		if !ok {
+			t.Fatalf("connection to port %d not in the walk: %+v", port, walked)
+		}
+		before := qdisc()
+		bulk(t, c, 20, size)
+		var grew []uint32
+		for q, n := range qdisc() {
+			if n != before[q] {
+				grew = append(grew, q)
+			}
+		}
+		if len(grew) != 1 || grew[0] != uint32(f.Queue) {
+			t.Errorf("port %d: the walk says queue %d, the qdiscs grew on %v", port, f.Queue, grew)
+		}
+		if f.Ifindex == 0 || f.Transport != "tcp" || f.LocalAddr.String() != pair.A.Addr {
+			t.Errorf("port %d: walked flow %+v", port, f)
+		}
+		queues[f.Queue] = true
+	}
+	if len(queues) < 2 {
+		t.Errorf("%d connections all on one queue: %v", flows, walked)
+	}
+	snap := snapshot(t, p)
+	for _, c := range snap.Interfaces {
+		if c.Netns == pair.A.Inode && c.FlowMoves != 0 {
+			t.Errorf("%s: %d queue changes, none expected: a flow's hash is fixed", c.Interface, c.FlowMoves)
+		}
+	}
+	for _, f := range flowsOf(t, p, pair.A) {
+		if f.Moves != 0 {
+			t.Errorf("flow %+v moved", f)
+		}
+	}
+}
+
+// A connection that XPS steers from queue 0 to queue 2 between two snapshots is one queue
+// change in kernel_stats mode, seen by the socket walk: on the flow and on the interface.
+func TestKernelStatsSeesAQueueChangeBetweenWalks(t *testing.T) {
+	p, _ := start(t, txqueue.DefaultConfig())
+	pair := multiqueuePair(t)
+	netnstest.MQPerQueue(t, pair.A)
+	sysfs(t, pair.A, "queues/tx-0/xps_cpus", allCPUs())
+	c := pair.Connect(t, 5410)
+	c.Exchange(t, 5, 20*time.Millisecond, 0)
+	flow := func() txqueue.Flow {
+		snapshot(t, p)
+		for _, f := range flowsOf(t, p, pair.A) {
+			if f.PeerPort == 5410 {
+				return f
+			}
+		}
+		t.Fatal("the connection is not in the walk")
+		return txqueue.Flow{}
+	}
+	if f := flow(); f.Queue != 0 || f.Moves != 0 {
+		t.Fatalf("before the XPS change: %+v, want queue 0, no change", f)
+	}
+	sysfs(t, pair.A, "queues/tx-0/xps_cpus", "0")
+	sysfs(t, pair.A, "queues/tx-2/xps_cpus", allCPUs())
+	time.Sleep(50 * time.Millisecond) // idle: nothing of the socket left in the device
+	c.Exchange(t, 5, 20*time.Millisecond, 0)
+	f := flow()
+	if f.Queue != 2 || f.Moves != 1 {
+		t.Errorf("after the XPS change: %+v, want queue 2, one change", f)
+	}
+	for _, i := range snapshot(t, p).Interfaces {
+		if i.Netns == pair.A.Inode && i.Interface == pair.A.Veth && i.FlowMoves != 1 {
+			t.Errorf("%s: %d queue changes, want 1", i.Interface, i.FlowMoves)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/tcpack/tcpack/internal/kernel"
@@ -122,12 +123,19 @@ func (p *Probe) Snapshot() (Snapshot, error) {
 	var err, unread error
 	if p.qdiscs != nil {
 		// A namespace that cannot be read is reported, the others still are.
-		snap.Queues, snap.Devices, unread = p.qdiscs.read(kernel.AllNetns())
+		namespaces := kernel.AllNetns()
+		snap.Queues, snap.Devices, unread = p.qdiscs.read(namespaces)
+		if l, ok := p.set.Link(HookFlowWalk).(*link.Iter); ok {
+			unread = errors.Join(unread, p.walks.walk(l, namespaces))
+		}
 	} else if snap.Queues, err = p.readQueues(); err != nil {
 		return snap, err
 	}
 	if snap.Interfaces, err = p.readInterfaces(); err != nil {
 		return snap, err
+	}
+	if p.walks != nil {
+		snap.Interfaces = p.walks.interfaceMoves(snap.Interfaces, snap.Devices)
 	}
 	if snap.Stats, err = p.readStats(); err != nil {
 		return snap, err
@@ -241,8 +249,12 @@ func (p *Probe) readStats() (Stats, error) {
 // Flows reads the flow map: every flow the LRU still holds, closed ones included, each told
 // active if it sent since the previous call. The kernel marks a flow with the current epoch at
 // its first packet in that epoch, which costs one compare per packet instead of a clock read
-// and a shared counter.
+// and a shared counter. In ModeKernelStats it returns the connections of the last Snapshot's
+// socket walk, each with its queue at that walk and its changes between walks.
 func (p *Probe) Flows() ([]Flow, error) {
+	if p.walks != nil {
+		return p.walks.flows(), nil
+	}
 	p.flowsMu.Lock()
 	defer p.flowsMu.Unlock()
 	epochs := p.set.Maps[txqueueMapFlowEpoch]

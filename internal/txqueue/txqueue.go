@@ -33,6 +33,7 @@ const (
 	HookOtherhost  = "otherhost"
 	HookPick       = "netdev_pick_tx"
 	HookPickReturn = "netdev_pick_tx_return"
+	HookFlowWalk   = "iter_tcp"
 )
 
 // Modes: where the per-queue counts come from.
@@ -105,7 +106,10 @@ func hooks(cfg Config, otherhostReason bool) []loader.Hook {
 		)})
 	}
 	if !cfg.perPacket() {
-		return hs
+		// Without iter/tcp (before 5.9) the queue counts still come, flow queues do not.
+		return append(hs, loader.Hook{Name: HookFlowWalk, Optional: true, Strategies: []loader.Strategy{
+			{Kind: loader.Iter, Program: txqueueProgTxqFlowWalk, Target: "tcp"},
+		}})
 	}
 	return append(hs,
 		loader.Hook{Name: HookPick, Optional: true, Strategies: []loader.Strategy{
@@ -130,7 +134,7 @@ func OtherhostAtDrop(env *kernel.Env) bool {
 
 // HookNames lists the family's hooks, for reporting a family that could not start.
 func HookNames() []string {
-	return loader.HookNames(hooks(Config{Mode: ModePerPacket, Otherhost: true}, true))
+	return append(loader.HookNames(hooks(Config{Mode: ModePerPacket, Otherhost: true}, true)), HookFlowWalk)
 }
 
 func (cfg Config) perPacket() bool { return cfg.Mode == ModePerPacket }
@@ -151,8 +155,10 @@ type Probe struct {
 	set    *loader.Set
 	report loader.Report
 	reader *eventreader.Reader
-	// qdiscs reads the per-queue counts in ModeKernelStats (nil in ModePerPacket).
+	// qdiscs reads the per-queue counts in ModeKernelStats (nil in ModePerPacket), walks
+	// the flows' queues.
 	qdiscs *qdiscReader
+	walks  *flowWalks
 
 	flowsMu sync.Mutex // Flows advances the epoch: one read at a time
 }
@@ -177,7 +183,7 @@ func Start(env *kernel.Env, cfg Config, sink func([]Event)) (*Probe, error) {
 	p := &Probe{env: env, cfg: cfg, set: set, report: report}
 	if !cfg.perPacket() {
 		// The first read is the baseline: counts from the start, as the other families'.
-		p.qdiscs = newQdiscReader()
+		p.qdiscs, p.walks = newQdiscReader(), newFlowWalks()
 		if _, _, err := p.qdiscs.read(kernel.AllNetns()); err != nil {
 			set.Close()
 			return nil, err
@@ -209,6 +215,10 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 
 // Report says which hooks attached and how.
 func (p *Probe) Report() loader.Report { return p.report }
+
+// KernelStats says whether the family runs in ModeKernelStats: then Flows returns the flows of
+// the last Snapshot's socket walk.
+func (p *Probe) KernelStats() bool { return p.qdiscs != nil }
 
 // Picks says whether netdev_pick_tx is hooked at entry and exit, so that picks are counted
 // and events say how the queue was chosen.

@@ -60,6 +60,27 @@ type txqueueFlowValue struct {
 	Pad   uint16
 }
 
+type txqueueFlowWalkRecord struct {
+	_    structs.HostLayout
+	Flow struct {
+		_         structs.HostLayout
+		LocalAddr [16]uint8
+		PeerAddr  [16]uint8
+		LocalPort uint16
+		PeerPort  uint16
+		L3proto   uint16
+		L4proto   uint8
+		Direction uint8
+		Source    uint8
+		Pad       [3]uint8
+	}
+	Netns   uint32
+	Ifindex uint32
+	Queue   uint16
+	Pad     uint16
+	Pad2    uint32
+}
+
 type txqueueIfKey struct {
 	_       structs.HostLayout
 	Netns   uint32
@@ -178,6 +199,7 @@ const (
 	txqueueProgPickTxFexit          = "pick_tx_fexit"
 	txqueueProgPickTxKprobe         = "pick_tx_kprobe"
 	txqueueProgPickTxKretprobe      = "pick_tx_kretprobe"
+	txqueueProgTxqFlowWalk          = "txq_flow_walk"
 	txqueueVarEventBurst            = "event_burst"
 	txqueueVarEventKindsEnabled     = "event_kinds_enabled"
 	txqueueVarEventRatePerSec       = "event_rate_per_sec"
@@ -185,6 +207,7 @@ const (
 	txqueueVarRingbufWakeupBytes    = "ringbuf_wakeup_bytes"
 	txqueueVarUnusedFlowKey         = "unused_flow_key"
 	txqueueVarUnusedFlowValue       = "unused_flow_value"
+	txqueueVarUnusedFlowWalkRecord  = "unused_flow_walk_record"
 	txqueueVarUnusedIfKey           = "unused_if_key"
 	txqueueVarUnusedIfValue         = "unused_if_value"
 	txqueueVarUnusedMovedEvent      = "unused_moved_event"
@@ -246,6 +269,7 @@ type txqueueProgramSpecs struct {
 	PickTxFexit          *ebpf.ProgramSpec `ebpf:"pick_tx_fexit"`
 	PickTxKprobe         *ebpf.ProgramSpec `ebpf:"pick_tx_kprobe"`
 	PickTxKretprobe      *ebpf.ProgramSpec `ebpf:"pick_tx_kretprobe"`
+	TxqFlowWalk          *ebpf.ProgramSpec `ebpf:"txq_flow_walk"`
 }
 
 // txqueueMapSpecs contains maps before they are loaded into the kernel.
@@ -276,6 +300,7 @@ type txqueueVariableSpecs struct {
 	RingbufWakeupBytes   *ebpf.VariableSpec `ebpf:"ringbuf_wakeup_bytes"`
 	UnusedFlowKey        *ebpf.VariableSpec `ebpf:"unused_flow_key"`
 	UnusedFlowValue      *ebpf.VariableSpec `ebpf:"unused_flow_value"`
+	UnusedFlowWalkRecord *ebpf.VariableSpec `ebpf:"unused_flow_walk_record"`
 	UnusedIfKey          *ebpf.VariableSpec `ebpf:"unused_if_key"`
 	UnusedIfValue        *ebpf.VariableSpec `ebpf:"unused_if_value"`
 	UnusedMovedEvent     *ebpf.VariableSpec `ebpf:"unused_moved_event"`
@@ -345,6 +370,7 @@ type txqueueVariables struct {
 	RingbufWakeupBytes   *ebpf.Variable `ebpf:"ringbuf_wakeup_bytes"`
 	UnusedFlowKey        *ebpf.Variable `ebpf:"unused_flow_key"`
 	UnusedFlowValue      *ebpf.Variable `ebpf:"unused_flow_value"`
+	UnusedFlowWalkRecord *ebpf.Variable `ebpf:"unused_flow_walk_record"`
 	UnusedIfKey          *ebpf.Variable `ebpf:"unused_if_key"`
 	UnusedIfValue        *ebpf.Variable `ebpf:"unused_if_value"`
 	UnusedMovedEvent     *ebpf.Variable `ebpf:"unused_moved_event"`
@@ -368,6 +394,7 @@ type txqueuePrograms struct {
 	PickTxFexit          *ebpf.Program `ebpf:"pick_tx_fexit"`
 	PickTxKprobe         *ebpf.Program `ebpf:"pick_tx_kprobe"`
 	PickTxKretprobe      *ebpf.Program `ebpf:"pick_tx_kretprobe"`
+	TxqFlowWalk          *ebpf.Program `ebpf:"txq_flow_walk"`
 }
 
 func (p *txqueuePrograms) Close() error {
@@ -382,6 +409,7 @@ func (p *txqueuePrograms) Close() error {
 		p.PickTxFexit,
 		p.PickTxKprobe,
 		p.PickTxKretprobe,
+		p.TxqFlowWalk,
 	)
 }
 

@@ -143,17 +143,30 @@ type ifSeries struct {
 func (f *txqueueFamily) record(now pcommon.Timestamp) error {
 	mb := f.host.mb
 	var flows []txqueue.Flow
-	if f.common.Metrics.TcpackTxqueueFlows.Enabled {
-		// Read before the counters: the kernel counts a packet on its queue before it marks
-		// the flow, so every flow read here has its interface, and name, in the snapshot.
+	readFlows := func() error {
+		if !f.common.Metrics.TcpackTxqueueFlows.Enabled {
+			return nil
+		}
 		var err error
-		if flows, err = f.probe.Flows(); err != nil {
+		flows, err = f.probe.Flows()
+		return err
+	}
+	// per_packet: flows before the counters, since the kernel counts a packet on its queue
+	// before it marks the flow, so every flow read has its interface, and name, in the
+	// snapshot. kernel_stats: the snapshot walks the flows.
+	if !f.probe.KernelStats() {
+		if err := readFlows(); err != nil {
 			return err
 		}
 	}
 	snap, err := f.probe.Snapshot()
 	if err != nil {
 		return err
+	}
+	if f.probe.KernelStats() {
+		if err := readFlows(); err != nil {
+			return err
+		}
 	}
 	queues := map[ifSeries]uint32{}
 	for _, q := range snap.Queues {
@@ -212,6 +225,9 @@ func recordTxqueueFlows(mb *metadata.MetricsBuilder, now pcommon.Timestamp, snap
 	names := map[[2]uint32]string{}
 	for _, q := range snap.Queues {
 		names[[2]uint32{q.Netns, q.Ifindex}] = q.Interface
+	}
+	for _, d := range snap.Devices {
+		names[[2]uint32{d.Netns, d.Ifindex}] = d.Interface
 	}
 	counts := map[queueSeries]int64{}
 	for _, f := range flows {

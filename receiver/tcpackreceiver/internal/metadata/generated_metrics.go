@@ -4108,7 +4108,7 @@ type metricTcpackTxqueueFlowChangesCount struct {
 // init fills tcpack.txqueue.flow.changes.count metric with initial data.
 func (m *metricTcpackTxqueueFlowChangesCount) init() {
 	m.data.SetName("tcpack.txqueue.flow.changes.count")
-	m.data.SetDescription("Times a socket's flow left on another transmit queue than its previous packet (a possible cause of reordering).")
+	m.data.SetDescription("Times a socket's flow left on another transmit queue than its previous packet (a possible cause of reordering) - under txqueue.mode kernel_stats, times a TCP connection's queue differed from the previous collection's walk (changes back and forth between two walks are not seen).")
 	m.data.SetUnit("{change}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)
@@ -4202,7 +4202,7 @@ type metricTcpackTxqueueFlows struct {
 // init fills tcpack.txqueue.flows metric with initial data.
 func (m *metricTcpackTxqueueFlows) init() {
 	m.data.SetName("tcpack.txqueue.flows")
-	m.data.SetDescription("Socket flows that sent since the previous collection, by the transmit queue of their last packet (flows tracked in the kernel's bounded LRU, txqueue.max_flows).")
+	m.data.SetDescription("Socket flows by transmit queue - under txqueue.mode kernel_stats the TCP connections open at the collection's socket walk, by the queue recorded in the socket (sk_tx_queue_mapping); under per_packet the flows that sent since the previous collection, by the queue of their last packet (flows tracked in the kernel's bounded LRU, txqueue.max_flows).")
 	m.data.SetUnit("{flow}")
 	m.data.SetEmptyGauge()
 	m.data.Gauge().DataPoints().EnsureCapacity(m.capacity)

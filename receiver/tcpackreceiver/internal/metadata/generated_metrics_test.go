@@ -2197,7 +2197,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.txqueue.flow.changes.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Times a socket's flow left on another transmit queue than its previous packet (a possible cause of reordering).", mi.Description())
+						assert.Equal(t, "Times a socket's flow left on another transmit queue than its previous packet (a possible cause of reordering) - under txqueue.mode kernel_stats, times a TCP connection's queue differed from the previous collection's walk (changes back and forth between two walks are not seen).", mi.Description())
 						assert.Equal(t, "{change}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -2217,7 +2217,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.txqueue.flow.changes.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Times a socket's flow left on another transmit queue than its previous packet (a possible cause of reordering).", mi.Description())
+						assert.Equal(t, "Times a socket's flow left on another transmit queue than its previous packet (a possible cause of reordering) - under txqueue.mode kernel_stats, times a TCP connection's queue differed from the previous collection's walk (changes back and forth between two walks are not seen).", mi.Description())
 						assert.Equal(t, "{change}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -2246,7 +2246,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.txqueue.flows"] = true
 						assert.Equal(t, pmetric.MetricTypeGauge, mi.Type())
 						assert.Equal(t, 1, mi.Gauge().DataPoints().Len())
-						assert.Equal(t, "Socket flows that sent since the previous collection, by the transmit queue of their last packet (flows tracked in the kernel's bounded LRU, txqueue.max_flows).", mi.Description())
+						assert.Equal(t, "Socket flows by transmit queue - under txqueue.mode kernel_stats the TCP connections open at the collection's socket walk, by the queue recorded in the socket (sk_tx_queue_mapping); under per_packet the flows that sent since the previous collection, by the queue of their last packet (flows tracked in the kernel's bounded LRU, txqueue.max_flows).", mi.Description())
 						assert.Equal(t, "{flow}", mi.Unit())
 						dp := mi.Gauge().DataPoints().At(0)
 						assert.Equal(t, start, dp.StartTimestamp())
@@ -2267,7 +2267,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.txqueue.flows"] = true
 						assert.Equal(t, pmetric.MetricTypeGauge, mi.Type())
 						assert.Equal(t, 1, mi.Gauge().DataPoints().Len())
-						assert.Equal(t, "Socket flows that sent since the previous collection, by the transmit queue of their last packet (flows tracked in the kernel's bounded LRU, txqueue.max_flows).", mi.Description())
+						assert.Equal(t, "Socket flows by transmit queue - under txqueue.mode kernel_stats the TCP connections open at the collection's socket walk, by the queue recorded in the socket (sk_tx_queue_mapping); under per_packet the flows that sent since the previous collection, by the queue of their last packet (flows tracked in the kernel's bounded LRU, txqueue.max_flows).", mi.Description())
 						assert.Equal(t, "{flow}", mi.Unit())
 						dp := mi.Gauge().DataPoints().At(0)
 						assert.Equal(t, start, dp.StartTimestamp())
