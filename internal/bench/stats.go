@@ -18,7 +18,8 @@ var targets = []target{
 	{"acks_sampled", "tcp_rr_64B_x4", 99},   // issue 23: the per-segment tier in windows
 	{"acks_all", "tcp_rr_64B_x4", 95},       // issue 4: the per-segment tier on every socket
 	{"acks_idle_port", "tcp_rr_64B_x4", 99}, // issue 4: scoped to a port with no traffic
-	{"txqueue", "tcp_rr_64B_x4", 98},        // issue 6
+	{"txqueue", "tcp_rr_64B_x4", 98},        // issue 6: per_packet
+	{"txqueue_stats", "tcp_rr_64B_x4", 99},  // issue 21: kernel_stats, with -mq
 	{"txqueue", "tcp_bulk", 98},
 	{"footprint_idle", "tcp_rr_64B_x4", 98}, // issue 7: one idle flow
 	{"footprint_idle", "tcp_bulk", 98},
