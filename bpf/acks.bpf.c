@@ -933,12 +933,9 @@ static __always_inline __u8 ack_mode_of(struct tcp_sock *tp)
 SEC("iter/tcp")
 int ack_walk(struct bpf_iter__tcp *ctx)
 {
-	struct sock_common *skc = ctx->sk_common;
-	if (!skc)
-		return 0;
-	struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
+	struct tcp_sock *tp = iter_tcp_sock(ctx);
 	if (!tp)
-		return 0; /* request and timewait sockets */
+		return 0;
 	struct sock *sk = (struct sock *)tp;
 	__u8 state = sk->__sk_common.skc_state;
 	__u32 netns = netns_of_sock(true, sk);
@@ -985,10 +982,7 @@ int ack_walk(struct bpf_iter__tcp *ctx)
 SEC("iter/tcp")
 int ack_window_open(struct bpf_iter__tcp *ctx)
 {
-	struct sock_common *skc = ctx->sk_common;
-	if (!skc)
-		return 0;
-	struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
+	struct tcp_sock *tp = iter_tcp_sock(ctx);
 	if (!tp)
 		return 0;
 	__u8 state = tp->inet_conn.icsk_inet.sk.__sk_common.skc_state;

@@ -320,12 +320,9 @@ struct {
 SEC("iter/tcp")
 int quickack_existing(struct bpf_iter__tcp *ctx)
 {
-	struct sock_common *skc = ctx->sk_common;
-	if (!skc)
-		return 0;
-	struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
+	struct tcp_sock *tp = iter_tcp_sock(ctx);
 	if (!tp)
-		return 0; /* request and timewait sockets */
+		return 0;
 	struct sock *sk = (struct sock *)tp;
 	__u32 netns = netns_of_sock(true, sk);
 	struct flow f = {.l4proto = IPPROTO_TCP};
@@ -353,7 +350,7 @@ int quickack_existing(struct bpf_iter__tcp *ctx)
 		return 0;
 	}
 
-	if (skc->skc_state != TCP_ESTABLISHED)
+	if (sk->__sk_common.skc_state != TCP_ESTABLISHED)
 		return 0;
 	if (!netns_selected(netns))
 		return 0;

@@ -640,12 +640,9 @@ const struct flow_walk_record *unused_flow_walk_record __attribute__((unused));
 SEC("iter/tcp")
 int txq_flow_walk(struct bpf_iter__tcp *ctx)
 {
-	struct sock_common *skc = ctx->sk_common;
-	if (!skc)
-		return 0;
-	struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
+	struct tcp_sock *tp = iter_tcp_sock(ctx);
 	if (!tp)
-		return 0; /* request and timewait sockets */
+		return 0;
 	struct sock *sk = (struct sock *)tp;
 	__u8 state = sk->__sk_common.skc_state;
 	if (state == TCP_LISTEN || state == TCP_CLOSE || state == TCP_SYN_SENT)
@@ -663,5 +660,46 @@ int txq_flow_walk(struct bpf_iter__tcp *ctx)
 	flow_from_sock(true, &r.flow, sk);
 	r.flow.l4proto = IPPROTO_TCP;
 	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
+	return 0;
+}
+
+/* A connection's queue when it closes, for the next walk: a connection that changed queue
+ * after the last walk and closed before the next still counts its change. Written at the
+ * close (a rare event per connection), read and emptied by user space at each walk. */
+struct closed_flow_key {
+	struct flow flow;
+	__u32 netns;
+	__u32 _pad;
+};
+
+struct closed_flow_value {
+	__u32 ifindex;
+	__u16 queue;
+	__u16 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct closed_flow_key);
+	__type(value, struct closed_flow_value);
+} closed_flows SEC(".maps");
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(txq_flow_closed, const struct sock *sk, int oldstate, int newstate)
+{
+	if (newstate != TCP_CLOSE || sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	__u16 queue = sk->__sk_common.skc_tx_queue_mapping;
+	if (queue == NO_QUEUE_MAPPING)
+		return 0;
+	struct dst_entry *dst = BPF_CORE_READ(sk, sk_dst_cache);
+	if (!dst)
+		return 0;
+	struct closed_flow_key k = {.netns = netns_of_sock(true, sk)};
+	flow_from_sock(true, &k.flow, sk);
+	k.flow.l4proto = IPPROTO_TCP;
+	struct closed_flow_value v = {.queue = queue, .ifindex = BPF_CORE_READ(dst, dev, ifindex)};
+	bpf_map_update_elem(&closed_flows, &k, &v, BPF_ANY);
 	return 0;
 }

@@ -121,6 +121,13 @@ static __always_inline __u32 netns_of_sock(bool typed, const struct sock *sk)
 	return sk ? KREAD(typed, sk, __sk_common.skc_net.net, ns.inum) : 0;
 }
 
+/* The full TCP socket an iter/tcp walk is at; NULL for request and timewait sockets. */
+static __always_inline struct tcp_sock *iter_tcp_sock(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	return skc ? bpf_skc_to_tcp_sock(skc) : NULL;
+}
+
 /* Fill the flow from the socket: valid for full, request and timewait sockets alike
  * because it reads sock_common only. */
 static __always_inline void flow_from_sock(bool typed, struct flow *f, const struct sock *sk)

@@ -2,10 +2,7 @@ package e2e
 
 import (
 	"fmt"
-	"io"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,14 +20,7 @@ import (
 // connections on the queues that carried packets.
 func TestCollectorExportsKernelQueueStats(t *testing.T) {
 	netnstest.RequireRoot(t)
-	pair := netnstest.NewPairWith(t, netnstest.PairOptions{TxQueues: 4, NoIPv6: true})
-	macOf := func(ns *netnstest.NS) string {
-		return strings.TrimSpace(ns.Exec(t, "cat", "/sys/class/net/"+ns.Veth+"/address"))
-	}
-	// Permanent neighbours: no ARP packets on A's queues besides the flows.
-	pair.A.Exec(t, "ip", "neigh", "replace", pair.B.Addr, "lladdr", macOf(pair.B), "dev", pair.A.Veth, "nud", "permanent")
-	pair.B.Exec(t, "ip", "neigh", "replace", pair.A.Addr, "lladdr", macOf(pair.A), "dev", pair.B.Veth, "nud", "permanent")
-	qdisc := netnstest.MQPerQueue(t, pair.A)
+	pair, qdisc := multiqueuePair(t)
 	base := qdisc()
 
 	dir := t.TempDir()
@@ -41,36 +31,7 @@ func TestCollectorExportsKernelQueueStats(t *testing.T) {
 		t.Fatalf("kernel_stats must attach the socket walk and no per-packet hook:\n%s", c.Log())
 	}
 
-	ln := pair.B.Listen(t, "tcp4", pair.B.Addr+":6110")
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer conn.Close(); io.Copy(io.Discard, conn) }()
-		}
-	}()
-	var wg sync.WaitGroup
-	for range 8 {
-		conn, err := pair.A.Dial("tcp4", pair.B.Addr+":6110", time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		wg.Add(1)
-		go func(conn net.Conn) {
-			defer wg.Done()
-			buf := make([]byte, 1000)
-			for range 200 {
-				if _, err := conn.Write(buf); err != nil {
-					t.Error(err)
-					return
-				}
-			}
-		}(conn)
-	}
-	wg.Wait()
+	eightFlows(t, pair, 6110)
 
 	on := func(ns *netnstest.NS, extra func(pcommon.Map) bool) func(pcommon.Map) bool {
 		return func(a pcommon.Map) bool {

@@ -30,15 +30,8 @@ const txqueueAlone = `    collection_interval: 300ms
 func TestCollectorExportsTxQueues(t *testing.T) {
 	netnstest.RequireRoot(t)
 	linksBefore := netnstest.CountLinks(t)
-	pair := netnstest.NewPairWith(t, netnstest.PairOptions{TxQueues: 4, NoIPv6: true})
-	macOf := func(ns *netnstest.NS) string {
-		return strings.TrimSpace(ns.Exec(t, "cat", filepath.Join("/sys/class/net", ns.Veth, "address")))
-	}
-	aMAC, bMAC := macOf(pair.A), macOf(pair.B)
-	// Permanent neighbours: no ARP packets on A's queues besides the flows.
-	pair.A.Exec(t, "ip", "neigh", "replace", pair.B.Addr, "lladdr", bMAC, "dev", pair.A.Veth, "nud", "permanent")
-	pair.B.Exec(t, "ip", "neigh", "replace", pair.A.Addr, "lladdr", aMAC, "dev", pair.B.Veth, "nud", "permanent")
-	qdisc := netnstest.MQPerQueue(t, pair.A)
+	pair, qdisc := multiqueuePair(t)
+	aMAC, bMAC := macOf(t, pair.A), macOf(t, pair.B)
 
 	dir := t.TempDir()
 	c := &collector{collectortest.Start(t, collectortest.Binary(t), fileConfig(dir, txqueueAlone)), dir}
@@ -47,38 +40,7 @@ func TestCollectorExportsTxQueues(t *testing.T) {
 	}
 
 	// The flows: 8 connections from A, each writing 200 KB; the hash spreads them over queues.
-	ln := pair.B.Listen(t, "tcp4", pair.B.Addr+":6100")
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer conn.Close(); io.Copy(io.Discard, conn) }()
-		}
-	}()
-	var wg sync.WaitGroup
-	for i := 0; i < 8; i++ {
-		conn, err := pair.A.Dial("tcp4", pair.B.Addr+":6100", time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		// Open until the test ends: a closed socket's memory can hold the next one, which
-		// the flow map, keyed by socket, would then take for the same flow.
-		t.Cleanup(func() { conn.Close() })
-		wg.Add(1)
-		go func(conn net.Conn) {
-			defer wg.Done()
-			buf := make([]byte, 1000)
-			for j := 0; j < 200; j++ {
-				if _, err := conn.Write(buf); err != nil {
-					t.Error(err)
-					return
-				}
-			}
-		}(conn)
-	}
-	wg.Wait()
+	eightFlows(t, pair, 6100)
 
 	onA := func(queue int64) func(pcommon.Map) bool {
 		return func(a pcommon.Map) bool {
@@ -205,4 +167,60 @@ func eachPoint(m pmetric.Metrics, name string, match func(pcommon.Map) bool, fn 
 			}
 		}
 	}
+}
+
+func macOf(t *testing.T, ns *netnstest.NS) string {
+	t.Helper()
+	return strings.TrimSpace(ns.Exec(t, "cat", filepath.Join("/sys/class/net", ns.Veth, "address")))
+}
+
+// multiqueuePair is a 4-queue veth pair without IPv6 whose ends know each other's MAC (no ARP
+// packets on A's queues besides the flows), with mq as A's root qdisc; qdisc reads A's
+// per-queue counts as the child qdiscs keep them.
+func multiqueuePair(t *testing.T) (*netnstest.Pair, func() map[uint32]uint64) {
+	t.Helper()
+	pair := netnstest.NewPairWith(t, netnstest.PairOptions{TxQueues: 4, NoIPv6: true})
+	aMAC, bMAC := macOf(t, pair.A), macOf(t, pair.B)
+	pair.A.Exec(t, "ip", "neigh", "replace", pair.B.Addr, "lladdr", bMAC, "dev", pair.A.Veth, "nud", "permanent")
+	pair.B.Exec(t, "ip", "neigh", "replace", pair.A.Addr, "lladdr", aMAC, "dev", pair.B.Veth, "nud", "permanent")
+	return pair, netnstest.MQPerQueue(t, pair.A)
+}
+
+// eightFlows opens 8 connections from A to a server on B:port, each writing 200 KB, and
+// returns once all is written; the connections stay open until the test ends (a closed
+// socket's memory can hold the next one, which the per-packet flow map, keyed by socket,
+// would then take for the same flow).
+func eightFlows(t *testing.T, pair *netnstest.Pair, port int) {
+	t.Helper()
+	addr := fmt.Sprintf("%s:%d", pair.B.Addr, port)
+	ln := pair.B.Listen(t, "tcp4", addr)
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer conn.Close(); io.Copy(io.Discard, conn) }()
+		}
+	}()
+	var wg sync.WaitGroup
+	for range 8 {
+		conn, err := pair.A.Dial("tcp4", addr, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		wg.Add(1)
+		go func(conn net.Conn) {
+			defer wg.Done()
+			buf := make([]byte, 1000)
+			for range 200 {
+				if _, err := conn.Write(buf); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}(conn)
+	}
+	wg.Wait()
 }

@@ -186,9 +186,26 @@ func TestKernelStatsSeesAQueueChangeBetweenWalks(t *testing.T) {
 	if f.Queue != 2 || f.Moves != 1 {
 		t.Errorf("after the XPS change: %+v, want queue 2, one change", f)
 	}
-	for _, i := range snapshot(t, p).Interfaces {
-		if i.Netns == pair.A.Inode && i.Interface == pair.A.Veth && i.FlowMoves != 1 {
-			t.Errorf("%s: %d queue changes, want 1", i.Interface, i.FlowMoves)
+	moves := func() uint64 {
+		for _, i := range snapshot(t, p).Interfaces {
+			if i.Netns == pair.A.Inode && i.Interface == pair.A.Veth {
+				return i.FlowMoves
+			}
 		}
+		return 0
+	}
+	if n := moves(); n != 1 {
+		t.Errorf("%s: %d queue changes, want 1", pair.A.Veth, n)
+	}
+
+	// Steered back to queue 0, then closed before the next walk: the change is counted from
+	// the queue the connection had at its close.
+	sysfs(t, pair.A, "queues/tx-2/xps_cpus", "0")
+	sysfs(t, pair.A, "queues/tx-0/xps_cpus", allCPUs())
+	time.Sleep(50 * time.Millisecond)
+	c.Exchange(t, 5, 20*time.Millisecond, 0)
+	c.Finish(t)
+	if n := moves(); n != 2 {
+		t.Errorf("%s: %d queue changes after the closed connection's, want 2", pair.A.Veth, n)
 	}
 }

@@ -126,7 +126,11 @@ func (p *Probe) Snapshot() (Snapshot, error) {
 		namespaces := kernel.AllNetns()
 		snap.Queues, snap.Devices, unread = p.qdiscs.read(namespaces)
 		if l, ok := p.set.Link(HookFlowWalk).(*link.Iter); ok {
-			unread = errors.Join(unread, p.walks.walk(l, namespaces))
+			var closed *ebpf.Map
+			if p.set.Link(HookFlowClosed) != nil {
+				closed = p.set.Maps[txqueueMapClosedFlows]
+			}
+			unread = errors.Join(unread, p.walks.walk(l, closed, namespaces))
 		}
 	} else if snap.Queues, err = p.readQueues(); err != nil {
 		return snap, err

@@ -34,6 +34,7 @@ const (
 	HookPick       = "netdev_pick_tx"
 	HookPickReturn = "netdev_pick_tx_return"
 	HookFlowWalk   = "iter_tcp"
+	HookFlowClosed = "flow_closed"
 )
 
 // Modes: where the per-queue counts come from.
@@ -107,9 +108,15 @@ func hooks(cfg Config, otherhostReason bool) []loader.Hook {
 	}
 	if !cfg.perPacket() {
 		// Without iter/tcp (before 5.9) the queue counts still come, flow queues do not.
-		return append(hs, loader.Hook{Name: HookFlowWalk, Optional: true, Strategies: []loader.Strategy{
-			{Kind: loader.Iter, Program: txqueueProgTxqFlowWalk, Target: "tcp"},
-		}})
+		return append(hs,
+			loader.Hook{Name: HookFlowWalk, Optional: true, Strategies: []loader.Strategy{
+				{Kind: loader.Iter, Program: txqueueProgTxqFlowWalk, Target: "tcp"},
+			}},
+			// A connection's queue at its close, for the change since the last walk.
+			loader.Hook{Name: HookFlowClosed, Optional: true, Strategies: []loader.Strategy{
+				{Kind: loader.TPBTF, Program: txqueueProgTxqFlowClosed, Target: "inet_sock_set_state", Args: 3},
+			}},
+		)
 	}
 	return append(hs,
 		loader.Hook{Name: HookPick, Optional: true, Strategies: []loader.Strategy{
@@ -134,7 +141,7 @@ func OtherhostAtDrop(env *kernel.Env) bool {
 
 // HookNames lists the family's hooks, for reporting a family that could not start.
 func HookNames() []string {
-	return append(loader.HookNames(hooks(Config{Mode: ModePerPacket, Otherhost: true}, true)), HookFlowWalk)
+	return append(loader.HookNames(hooks(Config{Mode: ModePerPacket, Otherhost: true}, true)), HookFlowWalk, HookFlowClosed)
 }
 
 func (cfg Config) perPacket() bool { return cfg.Mode == ModePerPacket }
@@ -204,11 +211,15 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 		txqueueMapQueueCounts: cfg.MaxQueueKeys,
 		txqueueMapIfCounts:    cfg.MaxInterfaces,
 		txqueueMapFlows:       cfg.MaxFlows,
+		txqueueMapClosedFlows: cfg.MaxFlows,
 	} {
 		if size == 0 {
 			return fmt.Errorf("%s: map %s: size 0", Family, name)
 		}
 		spec.Maps[name].MaxEntries = size
+	}
+	if cfg.perPacket() {
+		spec.Maps[txqueueMapClosedFlows].MaxEntries = 1 // kernel_stats only
 	}
 	return nil
 }

@@ -13,6 +13,31 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type txqueueClosedFlowKey struct {
+	_    structs.HostLayout
+	Flow struct {
+		_         structs.HostLayout
+		LocalAddr [16]uint8
+		PeerAddr  [16]uint8
+		LocalPort uint16
+		PeerPort  uint16
+		L3proto   uint16
+		L4proto   uint8
+		Direction uint8
+		Source    uint8
+		Pad       [3]uint8
+	}
+	Netns uint32
+	Pad   uint32
+}
+
+type txqueueClosedFlowValue struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Queue   uint16
+	Pad     uint16
+}
+
 type txqueueEventBucket struct {
 	_      structs.HostLayout
 	Tokens uint64
@@ -178,6 +203,7 @@ type txqueueQueueValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	txqueueMapClosedFlows           = "closed_flows"
 	txqueueMapCounters              = "counters"
 	txqueueMapEventBuckets          = "event_buckets"
 	txqueueMapEvents                = "events"
@@ -199,6 +225,7 @@ const (
 	txqueueProgPickTxFexit          = "pick_tx_fexit"
 	txqueueProgPickTxKprobe         = "pick_tx_kprobe"
 	txqueueProgPickTxKretprobe      = "pick_tx_kretprobe"
+	txqueueProgTxqFlowClosed        = "txq_flow_closed"
 	txqueueProgTxqFlowWalk          = "txq_flow_walk"
 	txqueueVarEventBurst            = "event_burst"
 	txqueueVarEventKindsEnabled     = "event_kinds_enabled"
@@ -269,6 +296,7 @@ type txqueueProgramSpecs struct {
 	PickTxFexit          *ebpf.ProgramSpec `ebpf:"pick_tx_fexit"`
 	PickTxKprobe         *ebpf.ProgramSpec `ebpf:"pick_tx_kprobe"`
 	PickTxKretprobe      *ebpf.ProgramSpec `ebpf:"pick_tx_kretprobe"`
+	TxqFlowClosed        *ebpf.ProgramSpec `ebpf:"txq_flow_closed"`
 	TxqFlowWalk          *ebpf.ProgramSpec `ebpf:"txq_flow_walk"`
 }
 
@@ -276,6 +304,7 @@ type txqueueProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type txqueueMapSpecs struct {
+	ClosedFlows  *ebpf.MapSpec `ebpf:"closed_flows"`
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
 	EventBuckets *ebpf.MapSpec `ebpf:"event_buckets"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
@@ -330,6 +359,7 @@ func (o *txqueueObjects) Close() error {
 //
 // It can be passed to loadTxqueueObjects or ebpf.CollectionSpec.LoadAndAssign.
 type txqueueMaps struct {
+	ClosedFlows  *ebpf.Map `ebpf:"closed_flows"`
 	Counters     *ebpf.Map `ebpf:"counters"`
 	EventBuckets *ebpf.Map `ebpf:"event_buckets"`
 	Events       *ebpf.Map `ebpf:"events"`
@@ -345,6 +375,7 @@ type txqueueMaps struct {
 
 func (m *txqueueMaps) Close() error {
 	return _TxqueueClose(
+		m.ClosedFlows,
 		m.Counters,
 		m.EventBuckets,
 		m.Events,
@@ -394,6 +425,7 @@ type txqueuePrograms struct {
 	PickTxFexit          *ebpf.Program `ebpf:"pick_tx_fexit"`
 	PickTxKprobe         *ebpf.Program `ebpf:"pick_tx_kprobe"`
 	PickTxKretprobe      *ebpf.Program `ebpf:"pick_tx_kretprobe"`
+	TxqFlowClosed        *ebpf.Program `ebpf:"txq_flow_closed"`
 	TxqFlowWalk          *ebpf.Program `ebpf:"txq_flow_walk"`
 }
 
@@ -409,6 +441,7 @@ func (p *txqueuePrograms) Close() error {
 		p.PickTxFexit,
 		p.PickTxKprobe,
 		p.PickTxKretprobe,
+		p.TxqFlowClosed,
 		p.TxqFlowWalk,
 	)
 }

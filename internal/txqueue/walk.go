@@ -2,10 +2,13 @@ package txqueue
 
 import (
 	"cmp"
+	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
 	"github.com/tcpack/tcpack/internal/kernel"
@@ -34,9 +37,10 @@ func newFlowWalks() *flowWalks {
 }
 
 // walk reads every connected TCP socket's queue in each namespace: a connection on another
-// queue (or interface) than at the last walk counts as a change; connections gone since are
-// forgotten.
-func (w *flowWalks) walk(l *link.Iter, paths []string) error {
+// queue (or interface) than at the last walk counts as a change, and so does one that closed
+// since on another queue (closed, its queue at the close; nil where that hook is missing);
+// connections gone since are forgotten.
+func (w *flowWalks) walk(l *link.Iter, closed *ebpf.Map, paths []string) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	const size = int(unsafe.Sizeof(txqueueFlowWalkRecord{}))
@@ -61,6 +65,7 @@ func (w *flowWalks) walk(l *link.Iter, paths []string) error {
 			seen[id] = f
 		}
 	})
+	err = errors.Join(err, w.closedSince(closed, seen))
 	w.last = seen
 	w.latest = w.latest[:0]
 	for _, f := range seen {
@@ -97,4 +102,35 @@ func (w *flowWalks) interfaceMoves(counts []InterfaceCount, devices []Interface)
 		counts[i].FlowMoves = n
 	}
 	return counts
+}
+
+// closedSince counts the queue changes of connections that closed since the last walk, on
+// another queue than that walk saw, and empties the map of closed connections.
+func (w *flowWalks) closedSince(closed *ebpf.Map, seen map[flowID]*Flow) error {
+	if closed == nil {
+		return nil
+	}
+	var keys []txqueueClosedFlowKey
+	var k txqueueClosedFlowKey
+	var v txqueueClosedFlowValue
+	it := closed.Iterate()
+	for it.Next(&k, &v) {
+		keys = append(keys, k)
+		id := flowID{k.Netns, k.Flow.LocalAddr, k.Flow.PeerAddr, k.Flow.LocalPort, k.Flow.PeerPort, k.Flow.L3proto}
+		if _, open := seen[id]; open {
+			continue // a new connection on the same addresses and ports: the walk has it
+		}
+		if prev, ok := w.last[id]; ok && (prev.Queue != v.Queue || prev.Ifindex != v.Ifindex) {
+			w.moves[[2]uint32{k.Netns, v.Ifindex}]++
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("%s: read closed connections: %w", Family, err)
+	}
+	if len(keys) > 0 {
+		if _, err := closed.BatchDelete(keys, nil); err != nil {
+			return fmt.Errorf("%s: forget closed connections: %w", Family, err)
+		}
+	}
+	return nil
 }

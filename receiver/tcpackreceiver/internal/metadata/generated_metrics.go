@@ -4108,7 +4108,7 @@ type metricTcpackTxqueueFlowChangesCount struct {
 // init fills tcpack.txqueue.flow.changes.count metric with initial data.
 func (m *metricTcpackTxqueueFlowChangesCount) init() {
 	m.data.SetName("tcpack.txqueue.flow.changes.count")
-	m.data.SetDescription("Times a socket's flow left on another transmit queue than its previous packet (a possible cause of reordering) - under txqueue.mode kernel_stats, times a TCP connection's queue differed from the previous collection's walk (changes back and forth between two walks are not seen).")
+	m.data.SetDescription("Times a socket's flow left on another transmit queue than its previous packet (a possible cause of reordering) - under txqueue.mode kernel_stats, times a TCP connection's queue differed from the previous collection's walk, or at its close (changes back and forth between two walks are not seen).")
 	m.data.SetUnit("{change}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)

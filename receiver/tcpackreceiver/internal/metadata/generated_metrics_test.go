@@ -2197,7 +2197,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.txqueue.flow.changes.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Times a socket's flow left on another transmit queue than its previous packet (a possible cause of reordering) - under txqueue.mode kernel_stats, times a TCP connection's queue differed from the previous collection's walk (changes back and forth between two walks are not seen).", mi.Description())
+						assert.Equal(t, "Times a socket's flow left on another transmit queue than its previous packet (a possible cause of reordering) - under txqueue.mode kernel_stats, times a TCP connection's queue differed from the previous collection's walk, or at its close (changes back and forth between two walks are not seen).", mi.Description())
 						assert.Equal(t, "{change}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -2217,7 +2217,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.txqueue.flow.changes.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Times a socket's flow left on another transmit queue than its previous packet (a possible cause of reordering) - under txqueue.mode kernel_stats, times a TCP connection's queue differed from the previous collection's walk (changes back and forth between two walks are not seen).", mi.Description())
+						assert.Equal(t, "Times a socket's flow left on another transmit queue than its previous packet (a possible cause of reordering) - under txqueue.mode kernel_stats, times a TCP connection's queue differed from the previous collection's walk, or at its close (changes back and forth between two walks are not seen).", mi.Description())
 						assert.Equal(t, "{change}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
