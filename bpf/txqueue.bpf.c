@@ -637,6 +637,21 @@ struct flow_walk_record {
 
 const struct flow_walk_record *unused_flow_walk_record __attribute__((unused));
 
+/* The transmit queue the kernel recorded in a socket and the interface of its cached route;
+ * false when it has not both. */
+static __always_inline bool sock_tx_queue(const struct sock *sk, __u16 *queue, __u32 *ifindex)
+{
+	*queue = sk->__sk_common.skc_tx_queue_mapping;
+	if (*queue == NO_QUEUE_MAPPING)
+		return false;
+	/* The cached route is an RCU pointer: probe reads. */
+	struct dst_entry *dst = BPF_CORE_READ(sk, sk_dst_cache);
+	if (!dst)
+		return false;
+	*ifindex = BPF_CORE_READ(dst, dev, ifindex);
+	return true;
+}
+
 SEC("iter/tcp")
 int txq_flow_walk(struct bpf_iter__tcp *ctx)
 {
@@ -647,15 +662,9 @@ int txq_flow_walk(struct bpf_iter__tcp *ctx)
 	__u8 state = sk->__sk_common.skc_state;
 	if (state == TCP_LISTEN || state == TCP_CLOSE || state == TCP_SYN_SENT)
 		return 0;
-	__u16 queue = sk->__sk_common.skc_tx_queue_mapping;
-	if (queue == NO_QUEUE_MAPPING)
+	struct flow_walk_record r = {};
+	if (!sock_tx_queue(sk, &r.queue, &r.ifindex))
 		return 0;
-	/* The cached route is an RCU pointer: probe reads. */
-	struct dst_entry *dst = BPF_CORE_READ(sk, sk_dst_cache);
-	if (!dst)
-		return 0;
-	struct flow_walk_record r = {.queue = queue};
-	r.ifindex = BPF_CORE_READ(dst, dev, ifindex);
 	r.netns = netns_of_sock(true, sk);
 	flow_from_sock(true, &r.flow, sk);
 	r.flow.l4proto = IPPROTO_TCP;
@@ -690,16 +699,12 @@ int BPF_PROG(txq_flow_closed, const struct sock *sk, int oldstate, int newstate)
 {
 	if (newstate != TCP_CLOSE || sk->sk_protocol != IPPROTO_TCP)
 		return 0;
-	__u16 queue = sk->__sk_common.skc_tx_queue_mapping;
-	if (queue == NO_QUEUE_MAPPING)
-		return 0;
-	struct dst_entry *dst = BPF_CORE_READ(sk, sk_dst_cache);
-	if (!dst)
+	struct closed_flow_value v = {};
+	if (!sock_tx_queue(sk, &v.queue, &v.ifindex))
 		return 0;
 	struct closed_flow_key k = {.netns = netns_of_sock(true, sk)};
 	flow_from_sock(true, &k.flow, sk);
 	k.flow.l4proto = IPPROTO_TCP;
-	struct closed_flow_value v = {.queue = queue, .ifindex = BPF_CORE_READ(dst, dev, ifindex)};
 	bpf_map_update_elem(&closed_flows, &k, &v, BPF_ANY);
 	return 0;
 }
