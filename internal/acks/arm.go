@@ -127,9 +127,9 @@ func (t *sockTraffic) Arm(now time.Time) (bool, error) {
 			for _, h := range t.hooks {
 				t.set.Suspend(h) // all or none, so that disarm has nothing to undo
 			}
-			return false, fmt.Errorf("%s: %w; ACK statistics wait until it attaches (acks.attach: always avoids re-attaching)", Family, err)
+			return false, fmt.Errorf("%s: %w; ACK statistics wait until it attaches (acks.per_segment.attach: always avoids re-attaching)", Family, err)
 		case err != nil:
-			errs = append(errs, fmt.Errorf("%s: %w; that hook is missing until the next idle spell (acks.attach: always avoids re-attaching)", Family, err))
+			errs = append(errs, fmt.Errorf("%s: %w; that hook is missing until the next idle spell (acks.per_segment.attach: always avoids re-attaching)", Family, err))
 		}
 	}
 	if err := setArmed(t.set, true); err != nil {

@@ -188,6 +188,17 @@ func LiveNetns() map[uint32]bool {
 	return live
 }
 
+// NetnsInodes are the inodes of the namespaces at paths that still exist.
+func NetnsInodes(paths []string) map[uint32]bool {
+	inodes := map[uint32]bool{}
+	for _, path := range paths {
+		if ino, err := NetnsInode(path); err == nil {
+			inodes[ino] = true
+		}
+	}
+	return inodes
+}
+
 // AllNetns lists every network namespace a process or an iproute2 name holds on the host,
 // each once, as a path to open (OwnNetns first). Namespaces only a socket or a bind mount
 // elsewhere keeps alive are not found: nothing names them.

@@ -98,6 +98,14 @@ func (r *qdiscReader) read(paths []string) ([]QueueCount, []Interface, error) {
 		}
 		queues, ifaces = append(queues, q...), append(ifaces, i...)
 	}
+	// Queues of namespaces no longer listed are forgotten; a namespace listed but unreadable
+	// once keeps its baselines, so that its counts never go back.
+	live := kernel.NetnsInodes(paths)
+	for key := range r.counters {
+		if !live[key.netns] {
+			delete(r.counters, key)
+		}
+	}
 	slices.SortFunc(queues, func(a, b QueueCount) int {
 		return cmp.Or(cmp.Compare(a.Netns, b.Netns), cmp.Compare(a.Ifindex, b.Ifindex), cmp.Compare(a.Queue, b.Queue))
 	})

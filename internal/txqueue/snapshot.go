@@ -93,6 +93,9 @@ type Snapshot struct {
 	// counts (ModeKernelStats only).
 	Devices []Interface
 	Stats   Stats
+	// Unread says which namespaces could not be read (ModeKernelStats): their queues and
+	// connections are missing, the others' are here.
+	Unread error
 }
 
 // Flow is a connected socket's flow out of one interface, as the flow map holds it.
@@ -148,7 +151,8 @@ func (p *Probe) Snapshot() (Snapshot, error) {
 		float64(len(snap.Interfaces)) >= pruneAt*float64(p.cfg.MaxInterfaces) {
 		_, err = p.PruneDeadNetns()
 	}
-	return snap, errors.Join(unread, err)
+	snap.Unread = unread
+	return snap, err
 }
 
 // readQueues sums each queue's entry in queue_counts, where it counts on CPUs whose slot

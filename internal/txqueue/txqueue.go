@@ -1,7 +1,9 @@
-// Package txqueue reports which transmit queue the kernel picks for each flow and interface
-// (net:net_dev_start_xmit, and netdev_pick_tx where fentry/fexit or kprobes exist), flows that
-// change queue, and packets received for another host (PACKET_OTHERHOST). A snapshot and the
-// events of a 4-queue veth look like:
+// Package txqueue reports the transmit queues of each interface and flow, flows that change
+// queue, and packets received for another host (PACKET_OTHERHOST). ModeKernelStats (the
+// default) runs no program per packet: per-queue counts from mq's child qdiscs and each TCP
+// connection's queue from a socket walk, each snapshot. ModePerPacket counts every packet at
+// net:net_dev_start_xmit (and netdev_pick_tx where fentry/fexit or kprobes exist); a snapshot
+// and the events of a 4-queue veth then look like:
 //
 //	netns=4026532289 if=tcpk1a queue=0 packets=1204 bytes=1802311 (4 tx queues)
 //	netns=4026532289 if=tcpk1a queue=2 packets=977 bytes=1460012
@@ -40,8 +42,9 @@ const (
 // Modes: where the per-queue counts come from.
 const (
 	// ModeKernelStats reads the counters the kernel keeps per transmit queue (the child
-	// qdiscs of mq) each collection: no program on the packet path. Interfaces without them
-	// get no per-queue counts, and flow queues and picks are not reported.
+	// qdiscs of mq) each collection, and each TCP connection's queue from a socket walk: no
+	// program on the packet path. Interfaces without mq get no per-queue counts; picks and
+	// flow_moved events are not reported.
 	ModeKernelStats = "kernel_stats"
 	// ModePerPacket counts every packet sent at net_dev_start_xmit, on every interface, with
 	// each flow's queue, its changes and (where netdev_pick_tx can be hooked) the picks.
@@ -218,8 +221,12 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 		}
 		spec.Maps[name].MaxEntries = size
 	}
+	// Each mode's maps the other never writes.
 	if cfg.perPacket() {
-		spec.Maps[txqueueMapClosedFlows].MaxEntries = 1 // kernel_stats only
+		spec.Maps[txqueueMapClosedFlows].MaxEntries = 1
+	} else {
+		spec.Maps[txqueueMapQueueCounts].MaxEntries = 1
+		spec.Maps[txqueueMapFlows].MaxEntries = 1
 	}
 	return nil
 }

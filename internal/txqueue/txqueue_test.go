@@ -42,6 +42,9 @@ func snapshot(t *testing.T, p *txqueue.Probe) txqueue.Snapshot {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if s.Unread != nil {
+		t.Fatalf("as root every namespace can be read: %v", s.Unread)
+	}
 	return s
 }
 

@@ -66,6 +66,12 @@ func (w *flowWalks) walk(l *link.Iter, closed *ebpf.Map, paths []string) error {
 		}
 	})
 	err = errors.Join(err, w.closedSince(closed, seen))
+	live := kernel.NetnsInodes(paths)
+	for key := range w.moves {
+		if !live[key[0]] {
+			delete(w.moves, key)
+		}
+	}
 	w.last = seen
 	w.latest = w.latest[:0]
 	for _, f := range seen {

@@ -7,6 +7,7 @@ import (
 	"slices"
 
 	"go.opentelemetry.io/collector/pdata/pcommon"
+	"go.uber.org/zap"
 
 	"github.com/tcpack/tcpack/internal/loader"
 	"github.com/tcpack/tcpack/internal/txqueue"
@@ -93,6 +94,8 @@ type txqueueFamily struct {
 	common common
 	host   *familyHost
 	probe  *txqueue.Probe
+	// unread is the last namespaces-not-read error logged, so that a lasting one is logged once.
+	unread string
 }
 
 func (f *txqueueFamily) name() string        { return txqueue.Family }
@@ -162,6 +165,13 @@ func (f *txqueueFamily) record(now pcommon.Timestamp) error {
 	snap, err := f.probe.Snapshot()
 	if err != nil {
 		return err
+	}
+	if snap.Unread != nil && snap.Unread.Error() != f.unread {
+		f.host.logger.Warn("txqueue: some namespaces could not be read: their queues and connections are not reported", zap.Error(snap.Unread))
+	}
+	f.unread = ""
+	if snap.Unread != nil {
+		f.unread = snap.Unread.Error()
 	}
 	if f.probe.KernelStats() {
 		if err := readFlows(); err != nil {
