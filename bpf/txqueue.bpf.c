@@ -212,7 +212,8 @@ struct {
 	__type(value, struct pick_slot);
 } pick_slots SEC(".maps");
 
-/* One entry, the current epoch: which flows sent since user space last read the flow map. */
+/* One entry, the current epoch: which flows sent since user space last read the flow map
+ * (per_packet), or which sent in the current sampling window (kernel_stats). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -234,6 +235,10 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } flow_writes SEC(".maps");
+
+/* kernel_stats mode: the per-packet hooks run only in sampling windows; user space advances
+ * flow_epoch as each opens. Set by the loader. */
+const volatile bool sampled_windows = false;
 
 /* Bitfields (pkt_type, ooo_okay) moved between bytes across kernels: CO-RE relocates them. */
 #define KREAD_BITFIELD(typed, s, field) \
@@ -386,8 +391,19 @@ static __always_inline void track_flow(bool typed, __u32 netns, const struct net
 		__sync_fetch_and_add(writes, 1);
 		return;
 	}
-	if (v->epoch != *epoch)
+	if (v->epoch != *epoch) {
 		v->epoch = *epoch;
+		/* A window's first packet of a flow: where the flow went between windows is not
+		 * known, so a queue other than the last window's is its queue now, not a move that
+		 * this packet's ooo_okay and pick would wrongly explain. The walks count that change. */
+		if (sampled_windows) {
+			if (v->queue != queue) {
+				v->queue = queue;
+				__sync_fetch_and_add(writes, 1);
+			}
+			return;
+		}
+	}
 	__u16 old = v->queue;
 	if (old == queue) {
 		if (c) {

@@ -83,25 +83,10 @@ type Config struct {
 // AttachWindows samples the per-segment tier: its hooks attached for a window of each period.
 const AttachWindows = "windows"
 
-// MinWindow is the shortest sampling window: one poll of the watcher that opens and closes
-// the windows.
-const MinWindow = loader.ArmPoll
-
-// CheckWindows validates a sampling window and period.
-func CheckWindows(window, period time.Duration) error {
-	switch {
-	case window < MinWindow:
-		return fmt.Errorf("window %s, at least %s", window, MinWindow)
-	case period <= window:
-		return fmt.Errorf("period %s, longer than the window %s", period, window)
-	}
-	return nil
-}
-
 // CheckAttach validates the per-segment tier's attach mode and its timings.
 func CheckAttach(cfg Config) error {
 	if cfg.Attach == "" || cfg.Attach == AttachWindows {
-		return CheckWindows(cfg.Window, cfg.Period)
+		return loader.CheckWindows(cfg.Window, cfg.Period)
 	}
 	return loader.CheckAttach(cfg.Attach, cfg.IdleDetach)
 }

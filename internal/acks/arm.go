@@ -74,7 +74,7 @@ func (p *Probe) startWindows() error {
 }
 
 func (w *windowTraffic) Busy(_ bool, now time.Time) (bool, error) {
-	return now.Sub(w.from)%w.period < w.window, nil
+	return loader.InWindow(w.from, now, w.window, w.period), nil
 }
 
 // Arm attaches the hooks, arms, then asks the sockets already open for their per-segment

@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"fmt"
 	"sync"
 	"time"
 )
@@ -118,4 +119,25 @@ func (a *Arming) TakeErr() error {
 	err := a.firstErr
 	a.firstErr = nil
 	return err
+}
+
+// MinWindow is the shortest sampling window: one poll of the watcher that opens and closes
+// the windows.
+const MinWindow = ArmPoll
+
+// CheckWindows validates a sampling window and period.
+func CheckWindows(window, period time.Duration) error {
+	switch {
+	case window < MinWindow:
+		return fmt.Errorf("window %s, at least %s", window, MinWindow)
+	case period <= window:
+		return fmt.Errorf("period %s, longer than the window %s", period, window)
+	}
+	return nil
+}
+
+// InWindow says whether now falls in one of the windows that open at from and every period
+// after it, each window long; a Traffic that samples in windows is busy then.
+func InWindow(from, now time.Time, window, period time.Duration) bool {
+	return now.Sub(from)%period < window
 }

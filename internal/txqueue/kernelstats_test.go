@@ -1,6 +1,7 @@
 package txqueue_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"testing"
 	"time"
@@ -32,12 +33,12 @@ func deviceOf(t *testing.T, snap txqueue.Snapshot, ns *netnstest.NS) txqueue.Int
 // datagrams over a 4-queue veth with mq as root: each queue's count is the qdisc's own count
 // since the baseline, the sum is the interface's tx_packets delta (no ARP, no IPv6: every
 // packet is a test flow's), the flows spread over more than one queue. The other side's veth,
-// 4 queues too but noqueue as veth has by default, has no per-queue source: it is reported as
-// such, with no queue counts.
+// 4 queues too but noqueue as veth has by default, has no per-queue source and, with the
+// sampling windows off, no per-queue counts: it is reported as such.
 func TestKernelStatsCountsPerQueueFromTheQdiscs(t *testing.T) {
 	pair := multiqueuePair(t)
 	qdisc := netnstest.MQPerQueue(t, pair.A)
-	p, _ := start(t, txqueue.DefaultConfig())
+	p, _ := start(t, windowsConfig(0, 0))
 	for _, h := range p.Report().Hooks {
 		if h.Attached != nil && (h.Hook == txqueue.HookXmit || h.Hook == txqueue.HookPick) {
 			t.Errorf("kernel_stats attached %s, a program on every packet", h.Hook)
@@ -88,7 +89,7 @@ func TestKernelStatsCountsPerQueueFromTheQdiscs(t *testing.T) {
 		t.Errorf("A's veth: %+v, want source qdisc, 4 queues", d)
 	}
 	if d := deviceOf(t, snap, pair.B); d.Source != txqueue.SourceNone || d.TxQueues != 4 {
-		t.Errorf("B's veth (noqueue): %+v, want source none, 4 queues", d)
+		t.Errorf("B's veth (noqueue), no windows: %+v, want source none, 4 queues", d)
 	}
 	if q := queuesOf(t, p, pair.B); len(q) != 0 {
 		t.Errorf("B's veth has no per-queue source, yet queues were reported: %+v", q)
@@ -208,4 +209,50 @@ func TestKernelStatsSeesAQueueChangeBetweenWalks(t *testing.T) {
 	if n := moves(); n != 2 {
 		t.Errorf("%s: %d queue changes after the closed connection's, want 2", pair.A.Veth, n)
 	}
+}
+
+// A child qdisc that drops: queue 0's pfifo replaced by a tbf of 1 Mbit/s with room for three
+// datagrams, and every flow steered to queue 0 by XPS. The drops and packets reported for
+// queue 0 are the ones tc reports for that qdisc.
+func TestKernelStatsDropsEqualTheQdiscs(t *testing.T) {
+	pair := multiqueuePair(t)
+	netnstest.MQPerQueue(t, pair.A)
+	pair.A.Exec(t, "tc", "qdisc", "replace", "dev", pair.A.Veth, "parent", "1:1", "handle", "10:", "tbf",
+		"rate", "1mbit", "burst", "1600", "limit", "3300")
+	for q := range 4 {
+		mask := "0"
+		if q == 0 {
+			mask = allCPUs()
+		}
+		sysfs(t, pair.A, fmt.Sprintf("queues/tx-%d/xps_cpus", q), mask)
+	}
+	p, _ := start(t, windowsConfig(0, 0))
+	for i := range 4 {
+		pair.A.SendUDPSized(t, fmt.Sprintf("%s:%d", pair.B.Addr, 5600+i), 50, 1000)
+	}
+	tbf := func() (packets, drops, backlog uint64) {
+		var qdiscs []struct {
+			Handle  string `json:"handle"`
+			Packets uint64 `json:"packets"`
+			Drops   uint64 `json:"drops"`
+			Backlog uint64 `json:"qlen"`
+		}
+		out := pair.A.Exec(t, "tc", "-s", "-j", "qdisc", "show", "dev", pair.A.Veth)
+		if err := json.Unmarshal([]byte(out), &qdiscs); err != nil {
+			t.Fatalf("tc -j: %v\n%s", err, out)
+		}
+		for _, q := range qdiscs {
+			if q.Handle == "10:" {
+				return q.Packets, q.Drops, q.Backlog
+			}
+		}
+		t.Fatalf("no tbf 10: in %s", out)
+		return 0, 0, 0
+	}
+	netnstest.Eventually(t, 5*time.Second, "queue 0 reports the tbf's packets and drops", func() (bool, string) {
+		packets, drops, backlog := tbf()
+		q := queuesOf(t, p, pair.A)[0]
+		return backlog == 0 && drops > 0 && q.Drops == drops && q.Packets == packets && packets+drops == 200,
+			fmt.Sprintf("tbf: %d sent, %d dropped, %d queued; reported %+v", packets, drops, backlog, q)
+	})
 }

@@ -28,6 +28,9 @@ const (
 	SourceQdisc
 	// SourcePerPacket: a program on every packet sent (net_dev_start_xmit), mode per_packet.
 	SourcePerPacket
+	// SourceSampled: a multi-queue interface with no kernel counter per queue, counted by the
+	// per-packet program in kernel_stats' sampling windows only (Probe.SampledTime).
+	SourceSampled
 )
 
 func (s Source) String() string {
@@ -36,6 +39,8 @@ func (s Source) String() string {
 		return "qdisc"
 	case SourcePerPacket:
 		return "per_packet"
+	case SourceSampled:
+		return "sampled"
 	}
 	return "none"
 }
@@ -48,6 +53,8 @@ type Interface struct {
 	// TxQueues is the number of transmit queues the device has (numtxqueues).
 	TxQueues uint32
 	Source   Source
+	// RootQdisc is the kind of the interface's root qdisc (mq, noqueue, fq_codel...).
+	RootQdisc string
 	// TxPackets is the device's own tx_packets, cumulative since it was created.
 	TxPackets uint64
 }
@@ -140,10 +147,14 @@ func (r *qdiscReader) readNetns(path string, ino uint32) ([]QueueCount, []Interf
 	}
 	// mq's handle per interface, then its children: parent major:minor, queue minor-1.
 	mq := map[int]uint32{}
+	roots := map[int]string{}
 	for _, q := range qdiscs {
 		a := q.Attrs()
-		if a.Parent == netlink.HANDLE_ROOT && q.Type() == "mq" {
-			mq[a.LinkIndex] = a.Handle >> 16
+		if a.Parent == netlink.HANDLE_ROOT {
+			roots[a.LinkIndex] = q.Type()
+			if q.Type() == "mq" {
+				mq[a.LinkIndex] = a.Handle >> 16
+			}
 		}
 	}
 	var queues []QueueCount
@@ -171,7 +182,7 @@ func (r *qdiscReader) readNetns(path string, ino uint32) ([]QueueCount, []Interf
 	ifaces := make([]Interface, 0, len(links))
 	for _, l := range links {
 		a := l.Attrs()
-		i := Interface{Netns: ino, Ifindex: uint32(a.Index), Interface: a.Name, TxQueues: uint32(a.NumTxQueues)}
+		i := Interface{Netns: ino, Ifindex: uint32(a.Index), Interface: a.Name, TxQueues: uint32(a.NumTxQueues), RootQdisc: roots[a.Index]}
 		if sourced[a.Index] {
 			i.Source = SourceQdisc
 		}

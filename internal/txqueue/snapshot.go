@@ -124,6 +124,7 @@ const pruneAt = 0.9
 func (p *Probe) Snapshot() (Snapshot, error) {
 	var snap Snapshot
 	var err, unread error
+	counted := 0 // entries of queue_counts, for pruning
 	if p.qdiscs != nil {
 		// A namespace that cannot be read is reported, the others still are.
 		namespaces := kernel.AllNetns()
@@ -135,8 +136,18 @@ func (p *Probe) Snapshot() (Snapshot, error) {
 			}
 			unread = errors.Join(unread, p.walks.walk(l, closed, namespaces))
 		}
+		if p.windows != nil {
+			sampled, err := p.readQueues()
+			if err != nil {
+				return snap, err
+			}
+			counted = len(sampled)
+			snap.Queues = withSampled(snap.Queues, snap.Devices, sampled)
+		}
 	} else if snap.Queues, err = p.readQueues(); err != nil {
 		return snap, err
+	} else {
+		counted = len(snap.Queues)
 	}
 	if snap.Interfaces, err = p.readInterfaces(); err != nil {
 		return snap, err
@@ -147,12 +158,38 @@ func (p *Probe) Snapshot() (Snapshot, error) {
 	if snap.Stats, err = p.readStats(); err != nil {
 		return snap, err
 	}
-	if float64(len(snap.Queues)) >= pruneAt*float64(p.cfg.MaxQueueKeys) ||
+	if float64(counted) >= pruneAt*float64(p.cfg.MaxQueueKeys) ||
 		float64(len(snap.Interfaces)) >= pruneAt*float64(p.cfg.MaxInterfaces) {
 		_, err = p.PruneDeadNetns()
 	}
 	snap.Unread = unread
 	return snap, err
+}
+
+// withSampled adds to the kernel's per-queue counts the windows' counts of the multi-queue
+// interfaces that have none (SourceNone), and marks those devices SourceSampled. A one-queue
+// interface's count is its own tx_packets; those of interfaces with a kernel counter are
+// exact without the sample.
+func withSampled(queues []QueueCount, devices []Interface, sampled []QueueCount) []QueueCount {
+	unsourced := map[[2]uint32]*Interface{}
+	for i := range devices {
+		if d := &devices[i]; d.Source == SourceNone && d.TxQueues > 1 {
+			unsourced[[2]uint32{d.Netns, d.Ifindex}] = d
+		}
+	}
+	for _, q := range sampled {
+		d := unsourced[[2]uint32{q.Netns, q.Ifindex}]
+		if d == nil {
+			continue
+		}
+		d.Source = SourceSampled
+		q.Source, q.Interface, q.TxQueues = SourceSampled, d.Interface, d.TxQueues
+		queues = append(queues, q)
+	}
+	slices.SortFunc(queues, func(a, b QueueCount) int {
+		return cmp.Or(cmp.Compare(a.Netns, b.Netns), cmp.Compare(a.Ifindex, b.Ifindex), cmp.Compare(a.Queue, b.Queue))
+	})
+	return queues
 }
 
 // readQueues sums each queue's entry in queue_counts, where it counts on CPUs whose slot

@@ -232,6 +232,7 @@ const (
 	txqueueVarEventRatePerSec       = "event_rate_per_sec"
 	txqueueVarEventRefillCapNs      = "event_refill_cap_ns"
 	txqueueVarRingbufWakeupBytes    = "ringbuf_wakeup_bytes"
+	txqueueVarSampledWindows        = "sampled_windows"
 	txqueueVarUnusedFlowKey         = "unused_flow_key"
 	txqueueVarUnusedFlowValue       = "unused_flow_value"
 	txqueueVarUnusedFlowWalkRecord  = "unused_flow_walk_record"
@@ -327,6 +328,7 @@ type txqueueVariableSpecs struct {
 	EventRatePerSec      *ebpf.VariableSpec `ebpf:"event_rate_per_sec"`
 	EventRefillCapNs     *ebpf.VariableSpec `ebpf:"event_refill_cap_ns"`
 	RingbufWakeupBytes   *ebpf.VariableSpec `ebpf:"ringbuf_wakeup_bytes"`
+	SampledWindows       *ebpf.VariableSpec `ebpf:"sampled_windows"`
 	UnusedFlowKey        *ebpf.VariableSpec `ebpf:"unused_flow_key"`
 	UnusedFlowValue      *ebpf.VariableSpec `ebpf:"unused_flow_value"`
 	UnusedFlowWalkRecord *ebpf.VariableSpec `ebpf:"unused_flow_walk_record"`
@@ -399,6 +401,7 @@ type txqueueVariables struct {
 	EventRatePerSec      *ebpf.Variable `ebpf:"event_rate_per_sec"`
 	EventRefillCapNs     *ebpf.Variable `ebpf:"event_refill_cap_ns"`
 	RingbufWakeupBytes   *ebpf.Variable `ebpf:"ringbuf_wakeup_bytes"`
+	SampledWindows       *ebpf.Variable `ebpf:"sampled_windows"`
 	UnusedFlowKey        *ebpf.Variable `ebpf:"unused_flow_key"`
 	UnusedFlowValue      *ebpf.Variable `ebpf:"unused_flow_value"`
 	UnusedFlowWalkRecord *ebpf.Variable `ebpf:"unused_flow_walk_record"`

@@ -90,11 +90,16 @@ func (w *flowWalks) flows() []Flow {
 	return slices.Clone(w.latest)
 }
 
-// interfaceMoves adds the walks' queue changes to the per-interface counts, naming
-// interfaces from the devices.
+// interfaceMoves sets the per-interface queue changes to the walks', naming interfaces from
+// the devices: the moves the sampling windows saw are theirs to report as events, a share of
+// the changes, which the walks count in full (but for a connection's changes inside one
+// interval).
 func (w *flowWalks) interfaceMoves(counts []InterfaceCount, devices []Interface) []InterfaceCount {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	for i := range counts {
+		counts[i].FlowMoves = 0
+	}
 	for key, n := range w.moves {
 		i := slices.IndexFunc(counts, func(c InterfaceCount) bool { return c.Netns == key[0] && c.Ifindex == key[1] })
 		if i < 0 {

@@ -137,8 +137,8 @@ func (a AcksConfig) convert(c common, withLogs bool, hz int) (acks.Config, []err
 func checkPerSegmentAttach(ps PerSegmentConfig, def acks.Config) []error {
 	switch ps.Attach {
 	case "", acks.AttachWindows:
-		if ps.Window < acks.MinWindow {
-			return []error{fmt.Errorf("acks.per_segment.window: %s is too short, use at least %s (default %s)", ps.Window, acks.MinWindow, def.Window)}
+		if ps.Window < loader.MinWindow {
+			return []error{fmt.Errorf("acks.per_segment.window: %s is too short, use at least %s (default %s)", ps.Window, loader.MinWindow, def.Window)}
 		}
 		if ps.Period <= ps.Window {
 			return []error{fmt.Errorf("acks.per_segment.period: %s must be longer than window %s (default %s: %s of every %s)", ps.Period, ps.Window, def.Period, def.Window, def.Period)}

@@ -157,6 +157,8 @@ func TestValidateNamesFieldAndFix(t *testing.T) {
 		}, []string{"acks.per_segment.idle_detach", "at least 1s"}},
 		{"ack window", func(c *Config) { c.Acks.PerSegment.Window = 10 * time.Millisecond }, []string{"acks.per_segment.window", "at least 100ms", "default 100ms"}},
 		{"ack period", func(c *Config) { c.Acks.PerSegment.Period = 100 * time.Millisecond }, []string{"acks.per_segment.period", "longer than window 100ms", "default 5s"}},
+		{"txqueue window", func(c *Config) { c.Txqueue.Windows.Window = 10 * time.Millisecond }, []string{"txqueue.windows.window", "at least 100ms", "default 100ms", "enabled: false"}},
+		{"txqueue period", func(c *Config) { c.Txqueue.Windows.Period = 100 * time.Millisecond }, []string{"txqueue.windows.period", "longer than window 100ms", "default 5s"}},
 		{"ack attributes", func(c *Config) { c.Acks.PerSegment.DelayAttributes = []string{"network.peer.port"} }, []string{"acks.per_segment.delay_attributes[0]", "server.port, tcpack.socket.role, tcpack.netns.inode"}},
 		{"quickack no target", func(c *Config) { c.Quickack.Enabled = true }, []string{"quickack: no target", "local_ports"}},
 		{"quickack port", func(c *Config) { c.Quickack.Enabled = true; c.Quickack.LocalPorts = []int{0} }, []string{"quickack.local_ports[0]", "1..65535"}},

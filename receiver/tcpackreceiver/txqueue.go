@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.uber.org/zap"
@@ -37,6 +38,17 @@ type TxqueueConfig struct {
 	// program on every received packet.
 	Otherhost bool           `mapstructure:"otherhost"`
 	Sampling  SamplingConfig `mapstructure:"sampling"`
+	// Windows, under kernel_stats, attaches the per-packet hooks for a window of each period:
+	// per-queue counts of multi-queue interfaces without mq, picks and flow_moved events,
+	// all a sample.
+	Windows TxqueueWindowsConfig `mapstructure:"windows"`
+}
+
+// TxqueueWindowsConfig is kernel_stats' sampling windows.
+type TxqueueWindowsConfig struct {
+	Enabled bool          `mapstructure:"enabled"`
+	Window  time.Duration `mapstructure:"window"`
+	Period  time.Duration `mapstructure:"period"`
 }
 
 func defaultTxqueueConfig() TxqueueConfig {
@@ -48,6 +60,7 @@ func defaultTxqueueConfig() TxqueueConfig {
 		MaxFlows:      d.MaxFlows,
 		Otherhost:     d.Otherhost,
 		Sampling:      SamplingConfig{RatePerCPU: d.EventsPerSecond, Burst: d.EventBurst},
+		Windows:       TxqueueWindowsConfig{Enabled: true, Window: d.Window, Period: d.Period},
 	}
 }
 
@@ -81,6 +94,15 @@ func (q TxqueueConfig) convert(c common, withLogs bool) (txqueue.Config, []error
 		}
 	}
 	errs = append(errs, checkSampling("txqueue.sampling", q.Sampling, "5x rate_per_cpu")...)
+	cfg.Window, cfg.Period = 0, 0
+	if w := q.Windows; w.Enabled && q.Mode != txqueue.ModePerPacket {
+		cfg.Window, cfg.Period = w.Window, w.Period
+		if w.Window < loader.MinWindow {
+			errs = append(errs, fmt.Errorf("txqueue.windows.window: %s is too short, use at least %s (default %s), or txqueue.windows.enabled: false for no per-packet hook at all", w.Window, loader.MinWindow, def.Window))
+		} else if w.Period <= w.Window {
+			errs = append(errs, fmt.Errorf("txqueue.windows.period: %s must be longer than window %s (default %s: %s of every %s)", w.Period, w.Window, def.Period, def.Window, def.Period))
+		}
+	}
 	cfg.DisabledEvents = disabledEvents(withLogs, map[txqueue.Kind]bool{
 		txqueue.KindFlowMoved: c.Events.TcpackTxqueueFlowMoved.Enabled,
 		txqueue.KindOtherhost: c.Events.TcpackPacketOtherhost.Enabled,
@@ -96,6 +118,9 @@ type txqueueFamily struct {
 	probe  *txqueue.Probe
 	// unread is the last namespaces-not-read error logged, so that a lasting one is logged once.
 	unread string
+	// unsourced are the multi-queue interfaces (netns, ifindex) already logged as having no
+	// per-queue counter.
+	unsourced map[[2]uint32]bool
 }
 
 func (f *txqueueFamily) name() string        { return txqueue.Family }
@@ -135,6 +160,7 @@ var txqueueSources = map[txqueue.Source]metadata.AttributeTcpackTxqueueSource{
 	txqueue.SourceNone:      metadata.AttributeTcpackTxqueueSourceNone,
 	txqueue.SourceQdisc:     metadata.AttributeTcpackTxqueueSourceQdisc,
 	txqueue.SourcePerPacket: metadata.AttributeTcpackTxqueueSourcePerPacket,
+	txqueue.SourceSampled:   metadata.AttributeTcpackTxqueueSourceSampled,
 }
 
 type ifSeries struct {
@@ -198,6 +224,13 @@ func (f *txqueueFamily) record(now pcommon.Timestamp) error {
 	for _, d := range snap.Devices {
 		mb.RecordTcpackTxqueueQueuesDataPoint(now, int64(d.TxQueues), d.Interface, txqueueSources[d.Source], int64(d.Netns))
 	}
+	f.logUnsourced(snap.Devices)
+	if f.probe.Windowed() {
+		mb.RecordTcpackTxqueueSampledTimeDataPoint(now, f.probe.SampledTime().Seconds())
+		if err := f.probe.WindowErr(); err != nil {
+			f.host.logger.Warn("txqueue: a sampling window could not open or close", zap.Error(err))
+		}
+	}
 	picks := f.probe.Picks()
 	for _, c := range snap.Interfaces {
 		netns := int64(c.Netns)
@@ -222,6 +255,28 @@ func (f *txqueueFamily) record(now pcommon.Timestamp) error {
 	mb.RecordTcpackKernelMapOverflowDataPoint(now, int64(snap.Stats.QueueKeysFull), metadata.AttributeTcpackMapQueueCounts)
 	mb.RecordTcpackKernelMapOverflowDataPoint(now, int64(snap.Stats.InterfaceKeysFull), metadata.AttributeTcpackMapIfCounts)
 	return nil
+}
+
+// logUnsourced says, once per interface, that a multi-queue interface has no per-queue
+// counter in the kernel, and what the family does instead.
+func (f *txqueueFamily) logUnsourced(devices []txqueue.Interface) {
+	if f.unsourced == nil {
+		f.unsourced = map[[2]uint32]bool{}
+	}
+	for _, d := range devices {
+		key := [2]uint32{d.Netns, d.Ifindex}
+		if d.TxQueues < 2 || (d.Source != txqueue.SourceNone && d.Source != txqueue.SourceSampled) || f.unsourced[key] {
+			continue
+		}
+		f.unsourced[key] = true
+		fields := []zap.Field{zap.String("interface", d.Interface), zap.Uint32("netns", d.Netns),
+			zap.Uint32("tx_queues", d.TxQueues), zap.String("root_qdisc", d.RootQdisc)}
+		if f.probe.Windowed() {
+			f.host.logger.Info("txqueue: this interface has no per-queue counter (its root qdisc is not mq): its per-queue counts are sampled, counted only in the sampling windows (txqueue.windows; tcpack.txqueue.source sampled, tcpack.txqueue.sampled.time)", fields...)
+		} else {
+			f.host.logger.Info("txqueue: this interface has no per-queue counter (its root qdisc is not mq) and txqueue.windows is off: no per-queue counts for it (tcpack.txqueue.source none)", fields...)
+		}
+	}
 }
 
 // recordTxqueueFlows reports how many flows each queue carried since the last collection: the

@@ -31,9 +31,9 @@ func TestLoadTxqueueConfig(t *testing.T) {
 	if len(errs) > 0 {
 		t.Fatal(errs)
 	}
-	got := fmt.Sprintf("%v %d %d %d %v %d %d %v", q.Strategies, q.MaxQueueKeys, q.MaxInterfaces, q.MaxFlows, q.Otherhost,
-		q.EventsPerSecond, q.EventBurst, q.DisabledEvents)
-	if want := "[tp_btf fentry fexit] 512 64 2048 false 5 10 [otherhost]"; got != want {
+	got := fmt.Sprintf("%v %d %d %d %v %d %d %v %s/%s", q.Strategies, q.MaxQueueKeys, q.MaxInterfaces, q.MaxFlows, q.Otherhost,
+		q.EventsPerSecond, q.EventBurst, q.DisabledEvents, q.Window, q.Period)
+	if want := "[tp_btf fentry fexit] 512 64 2048 false 5 10 [otherhost] 200ms/10s"; got != want {
 		t.Errorf("txqueue config:\n got %s\nwant %s", got, want)
 	}
 	if got, _ := cfg.Txqueue.convert(cfg.familyCommon(), false); len(got.DisabledEvents) != 2 {
@@ -42,6 +42,17 @@ func TestLoadTxqueueConfig(t *testing.T) {
 	def := createDefaultConfig()
 	if def.Txqueue.Enabled || !def.Txqueue.Otherhost || def.Validate() != nil {
 		t.Errorf("txqueue must be off, with otherhost, and valid by default: %+v", def.Txqueue)
+	}
+	if d, _ := def.Txqueue.convert(def.familyCommon(), true); d.Window != 100*time.Millisecond || d.Period != 5*time.Second {
+		t.Errorf("default windows %s/%s, want 100ms of every 5s", d.Window, d.Period)
+	}
+	def.Txqueue.Windows.Enabled = false
+	if d, _ := def.Txqueue.convert(def.familyCommon(), true); d.Window != 0 {
+		t.Errorf("windows off, yet window %s", d.Window)
+	}
+	def.Txqueue.Windows.Enabled, def.Txqueue.Mode = true, txqueue.ModePerPacket
+	if d, _ := def.Txqueue.convert(def.familyCommon(), true); d.Window != 0 {
+		t.Errorf("per_packet has every packet, yet window %s", d.Window)
 	}
 }
 

@@ -1984,6 +1984,26 @@ func (ms *TcpackTxqueueRequeuesMetricConfig) Validate() error {
 	return nil
 }
 
+// TcpackTxqueueSampledTimeMetricConfig provides config for the tcpack.txqueue.sampled.time metric.
+type TcpackTxqueueSampledTimeMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+}
+
+func (ms *TcpackTxqueueSampledTimeMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
 // MetricsConfig provides config for tcpack metrics.
 type MetricsConfig struct {
 	TcpackAckArmed                TcpackAckArmedMetricConfig                `mapstructure:"tcpack.ack.armed"`
@@ -2029,6 +2049,7 @@ type MetricsConfig struct {
 	TcpackTxqueuePicksCount       TcpackTxqueuePicksCountMetricConfig       `mapstructure:"tcpack.txqueue.picks.count"`
 	TcpackTxqueueQueues           TcpackTxqueueQueuesMetricConfig           `mapstructure:"tcpack.txqueue.queues"`
 	TcpackTxqueueRequeues         TcpackTxqueueRequeuesMetricConfig         `mapstructure:"tcpack.txqueue.requeues"`
+	TcpackTxqueueSampledTime      TcpackTxqueueSampledTimeMetricConfig      `mapstructure:"tcpack.txqueue.sampled.time"`
 }
 
 func DefaultMetricsConfig() MetricsConfig {
@@ -2235,6 +2256,9 @@ func DefaultMetricsConfig() MetricsConfig {
 			Enabled:             true,
 			AggregationStrategy: AggregationStrategySum,
 			EnabledAttributes:   []TcpackTxqueueRequeuesMetricAttributeKey{TcpackTxqueueRequeuesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueRequeuesMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueueRequeuesMetricAttributeKeyTcpackNetnsInode},
+		},
+		TcpackTxqueueSampledTime: TcpackTxqueueSampledTimeMetricConfig{
+			Enabled: true,
 		},
 	}
 }

@@ -229,6 +229,9 @@ func TestMetricsBuilderConfig(t *testing.T) {
 						AggregationStrategy: AggregationStrategySum,
 						EnabledAttributes:   []TcpackTxqueueRequeuesMetricAttributeKey{TcpackTxqueueRequeuesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueRequeuesMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueueRequeuesMetricAttributeKeyTcpackNetnsInode},
 					},
+					TcpackTxqueueSampledTime: TcpackTxqueueSampledTimeMetricConfig{
+						Enabled: true,
+					},
 				},
 				ResourceAttributes: ResourceAttributesConfig{
 					HostName:    ResourceAttributeConfig{Enabled: true},
@@ -443,6 +446,9 @@ func TestMetricsBuilderConfig(t *testing.T) {
 						AggregationStrategy: AggregationStrategySum,
 						EnabledAttributes:   []TcpackTxqueueRequeuesMetricAttributeKey{TcpackTxqueueRequeuesMetricAttributeKeyNetworkInterfaceName, TcpackTxqueueRequeuesMetricAttributeKeyTcpackTxqueueQueue, TcpackTxqueueRequeuesMetricAttributeKeyTcpackNetnsInode},
 					},
+					TcpackTxqueueSampledTime: TcpackTxqueueSampledTimeMetricConfig{
+						Enabled: false,
+					},
 				},
 				ResourceAttributes: ResourceAttributesConfig{
 					HostName:    ResourceAttributeConfig{Enabled: false},
@@ -454,7 +460,7 @@ func TestMetricsBuilderConfig(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := loadMetricsBuilderConfig(t, tt.name)
-			diff := cmp.Diff(tt.want, cfg, cmpopts.IgnoreUnexported(TcpackAckArmedMetricConfig{}, TcpackAckConnectionsMetricConfig{}, TcpackAckCountMetricConfig{}, TcpackAckDelayDecisionsCountMetricConfig{}, TcpackAckForcedCountMetricConfig{}, TcpackAckForcedSegmentsSentMetricConfig{}, TcpackAckOtherCountMetricConfig{}, TcpackAckQuotaExhaustedCountMetricConfig{}, TcpackAckSampledTimeMetricConfig{}, TcpackAckSegmentsMetricConfig{}, TcpackAckSegmentsReceivedMetricConfig{}, TcpackAckSegmentsSentMetricConfig{}, TcpackAckSocketsMetricConfig{}, TcpackAckSocketsForcedMetricConfig{}, TcpackAckTimerCountMetricConfig{}, TcpackAckTimerDeferredMetricConfig{}, TcpackAckUncountedMetricConfig{}, TcpackAckUnobservedCountMetricConfig{}, TcpackDropBytesMetricConfig{}, TcpackDropCountMetricConfig{}, TcpackEventsSuppressedMetricConfig{}, TcpackFootprintArmedMetricConfig{}, TcpackFootprintDropsMetricConfig{}, TcpackFootprintLostMetricConfig{}, TcpackFootprintPacketsMetricConfig{}, TcpackFootprintUnobservedMetricConfig{}, TcpackKernelMapOverflowMetricConfig{}, TcpackPacketOtherhostCountMetricConfig{}, TcpackProbeAttachedMetricConfig{}, TcpackQuickackAppliedCountMetricConfig{}, TcpackQuickackPolicyErrorsMetricConfig{}, TcpackQuickackRefusedCountMetricConfig{}, TcpackQuickackSocketsMetricConfig{}, TcpackTCPResetCountMetricConfig{}, TcpackTCPRetransmitCountMetricConfig{}, TcpackTxqueueBytesMetricConfig{}, TcpackTxqueueDropsMetricConfig{}, TcpackTxqueueFlowChangesCountMetricConfig{}, TcpackTxqueueFlowsMetricConfig{}, TcpackTxqueuePacketsMetricConfig{}, TcpackTxqueuePicksCountMetricConfig{}, TcpackTxqueueQueuesMetricConfig{}, TcpackTxqueueRequeuesMetricConfig{}, ResourceAttributeConfig{}))
+			diff := cmp.Diff(tt.want, cfg, cmpopts.IgnoreUnexported(TcpackAckArmedMetricConfig{}, TcpackAckConnectionsMetricConfig{}, TcpackAckCountMetricConfig{}, TcpackAckDelayDecisionsCountMetricConfig{}, TcpackAckForcedCountMetricConfig{}, TcpackAckForcedSegmentsSentMetricConfig{}, TcpackAckOtherCountMetricConfig{}, TcpackAckQuotaExhaustedCountMetricConfig{}, TcpackAckSampledTimeMetricConfig{}, TcpackAckSegmentsMetricConfig{}, TcpackAckSegmentsReceivedMetricConfig{}, TcpackAckSegmentsSentMetricConfig{}, TcpackAckSocketsMetricConfig{}, TcpackAckSocketsForcedMetricConfig{}, TcpackAckTimerCountMetricConfig{}, TcpackAckTimerDeferredMetricConfig{}, TcpackAckUncountedMetricConfig{}, TcpackAckUnobservedCountMetricConfig{}, TcpackDropBytesMetricConfig{}, TcpackDropCountMetricConfig{}, TcpackEventsSuppressedMetricConfig{}, TcpackFootprintArmedMetricConfig{}, TcpackFootprintDropsMetricConfig{}, TcpackFootprintLostMetricConfig{}, TcpackFootprintPacketsMetricConfig{}, TcpackFootprintUnobservedMetricConfig{}, TcpackKernelMapOverflowMetricConfig{}, TcpackPacketOtherhostCountMetricConfig{}, TcpackProbeAttachedMetricConfig{}, TcpackQuickackAppliedCountMetricConfig{}, TcpackQuickackPolicyErrorsMetricConfig{}, TcpackQuickackRefusedCountMetricConfig{}, TcpackQuickackSocketsMetricConfig{}, TcpackTCPResetCountMetricConfig{}, TcpackTCPRetransmitCountMetricConfig{}, TcpackTxqueueBytesMetricConfig{}, TcpackTxqueueDropsMetricConfig{}, TcpackTxqueueFlowChangesCountMetricConfig{}, TcpackTxqueueFlowsMetricConfig{}, TcpackTxqueuePacketsMetricConfig{}, TcpackTxqueuePicksCountMetricConfig{}, TcpackTxqueueQueuesMetricConfig{}, TcpackTxqueueRequeuesMetricConfig{}, TcpackTxqueueSampledTimeMetricConfig{}, ResourceAttributeConfig{}))
 			require.Emptyf(t, diff, "Config mismatch (-expected +actual):\n%s", diff)
 		})
 	}

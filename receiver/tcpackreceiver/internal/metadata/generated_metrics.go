@@ -530,6 +530,7 @@ const (
 	_ AttributeTcpackTxqueueSource = iota
 	AttributeTcpackTxqueueSourceQdisc
 	AttributeTcpackTxqueueSourcePerPacket
+	AttributeTcpackTxqueueSourceSampled
 	AttributeTcpackTxqueueSourceNone
 )
 
@@ -540,6 +541,8 @@ func (av AttributeTcpackTxqueueSource) String() string {
 		return "qdisc"
 	case AttributeTcpackTxqueueSourcePerPacket:
 		return "per_packet"
+	case AttributeTcpackTxqueueSourceSampled:
+		return "sampled"
 	case AttributeTcpackTxqueueSourceNone:
 		return "none"
 	}
@@ -550,6 +553,7 @@ func (av AttributeTcpackTxqueueSource) String() string {
 var MapAttributeTcpackTxqueueSource = map[string]AttributeTcpackTxqueueSource{
 	"qdisc":      AttributeTcpackTxqueueSourceQdisc,
 	"per_packet": AttributeTcpackTxqueueSourcePerPacket,
+	"sampled":    AttributeTcpackTxqueueSourceSampled,
 	"none":       AttributeTcpackTxqueueSourceNone,
 }
 
@@ -720,6 +724,9 @@ var MetricsInfo = metricsInfo{
 		Name:       "tcpack.txqueue.requeues",
 		Attributes: []string{"network.interface.name", "tcpack.txqueue.queue", "tcpack.netns.inode"},
 	},
+	TcpackTxqueueSampledTime: metricInfo{
+		Name: "tcpack.txqueue.sampled.time",
+	},
 }
 
 type metricsInfo struct {
@@ -766,6 +773,7 @@ type metricsInfo struct {
 	TcpackTxqueuePicksCount       metricInfo
 	TcpackTxqueueQueues           metricInfo
 	TcpackTxqueueRequeues         metricInfo
+	TcpackTxqueueSampledTime      metricInfo
 }
 
 type metricInfo struct {
@@ -4297,7 +4305,7 @@ type metricTcpackTxqueuePackets struct {
 // init fills tcpack.txqueue.packets metric with initial data.
 func (m *metricTcpackTxqueuePackets) init() {
 	m.data.SetName("tcpack.txqueue.packets")
-	m.data.SetDescription("Packets handed to the driver per transmit queue, counted by the queue's mq child qdisc (txqueue.mode kernel_stats, the default; interfaces without mq are not counted, see tcpack.txqueue.queues) or at the tracepoint net:net_dev_start_xmit (mode per_packet); a GSO packet counts its segments, as qdiscs and most NICs count.")
+	m.data.SetDescription("Packets handed to the driver per transmit queue, counted by the queue's mq child qdisc (txqueue.mode kernel_stats, the default), at the tracepoint net:net_dev_start_xmit (mode per_packet), or there only in kernel_stats' sampling windows for multi-queue interfaces without mq (a sample - tcpack.txqueue.queues says which source each interface has); a GSO packet counts its segments, as qdiscs and most NICs count.")
 	m.data.SetUnit("{packet}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)
@@ -4394,7 +4402,7 @@ type metricTcpackTxqueuePicksCount struct {
 // init fills tcpack.txqueue.picks.count metric with initial data.
 func (m *metricTcpackTxqueuePicksCount) init() {
 	m.data.SetName("tcpack.txqueue.picks.count")
-	m.data.SetDescription("Queue picks by netdev_pick_tx, by how the queue was chosen. Reported only where fentry/fexit or kprobes can hook it; tcpack.probe.attached says whether they did.")
+	m.data.SetDescription("Queue picks by netdev_pick_tx, by how the queue was chosen. Reported only where fentry/fexit or kprobes can hook it; tcpack.probe.attached says whether they did. Under txqueue.mode kernel_stats counted only in the sampling windows (tcpack.txqueue.sampled.time), so a sample.")
 	m.data.SetUnit("{pick}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)
@@ -4673,6 +4681,58 @@ func newMetricTcpackTxqueueRequeues(cfg TcpackTxqueueRequeuesMetricConfig) metri
 	return m
 }
 
+type metricTcpackTxqueueSampledTime struct {
+	data     pmetric.Metric                       // data buffer for generated metric.
+	config   TcpackTxqueueSampledTimeMetricConfig // metric config provided by user.
+	capacity int                                  // max observed number of data points added to the metric.
+}
+
+// init fills tcpack.txqueue.sampled.time metric with initial data.
+func (m *metricTcpackTxqueueSampledTime) init() {
+	m.data.SetName("tcpack.txqueue.sampled.time")
+	m.data.SetDescription("How long kernel_stats' sampling windows have had the per-packet hooks attached since the start, in seconds (txqueue.windows; about window/period of the time). The sampled counts - tcpack.txqueue.packets and .bytes of interfaces whose tcpack.txqueue.source is sampled, tcpack.txqueue.picks.count, tcpack.txqueue.flow.moved events - cover only this time.")
+	m.data.SetUnit("s")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+}
+
+func (m *metricTcpackTxqueueSampledTime) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val float64) {
+	if !m.config.Enabled {
+		return
+	}
+	dp := m.data.Sum().DataPoints().AppendEmpty()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	dp.SetDoubleValue(val)
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricTcpackTxqueueSampledTime) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricTcpackTxqueueSampledTime) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricTcpackTxqueueSampledTime(cfg TcpackTxqueueSampledTimeMetricConfig) metricTcpackTxqueueSampledTime {
+	m := metricTcpackTxqueueSampledTime{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
 // MetricsBuilder provides an interface for scrapers to report metrics while taking care of all the transformations
 // required to produce metric representation defined in metadata and user config.
 type MetricsBuilder struct {
@@ -4726,6 +4786,7 @@ type MetricsBuilder struct {
 	metricTcpackTxqueuePicksCount       metricTcpackTxqueuePicksCount
 	metricTcpackTxqueueQueues           metricTcpackTxqueueQueues
 	metricTcpackTxqueueRequeues         metricTcpackTxqueueRequeues
+	metricTcpackTxqueueSampledTime      metricTcpackTxqueueSampledTime
 }
 
 // MetricBuilderOption applies changes to default metrics builder.
@@ -4794,6 +4855,7 @@ func NewMetricsBuilder(mbc MetricsBuilderConfig, settings receiver.Settings, opt
 		metricTcpackTxqueuePicksCount:       newMetricTcpackTxqueuePicksCount(mbc.Metrics.TcpackTxqueuePicksCount),
 		metricTcpackTxqueueQueues:           newMetricTcpackTxqueueQueues(mbc.Metrics.TcpackTxqueueQueues),
 		metricTcpackTxqueueRequeues:         newMetricTcpackTxqueueRequeues(mbc.Metrics.TcpackTxqueueRequeues),
+		metricTcpackTxqueueSampledTime:      newMetricTcpackTxqueueSampledTime(mbc.Metrics.TcpackTxqueueSampledTime),
 		resourceAttributeIncludeFilter:      make(map[string]filter.Filter),
 		resourceAttributeExcludeFilter:      make(map[string]filter.Filter),
 	}
@@ -4921,6 +4983,7 @@ func (mb *MetricsBuilder) EmitForResource(options ...ResourceMetricsOption) {
 	mb.metricTcpackTxqueuePicksCount.emit(ils.Metrics())
 	mb.metricTcpackTxqueueQueues.emit(ils.Metrics())
 	mb.metricTcpackTxqueueRequeues.emit(ils.Metrics())
+	mb.metricTcpackTxqueueSampledTime.emit(ils.Metrics())
 
 	for _, op := range options {
 		op.apply(rm)
@@ -5165,6 +5228,11 @@ func (mb *MetricsBuilder) RecordTcpackTxqueueQueuesDataPoint(ts pcommon.Timestam
 // RecordTcpackTxqueueRequeuesDataPoint adds a data point to tcpack.txqueue.requeues metric.
 func (mb *MetricsBuilder) RecordTcpackTxqueueRequeuesDataPoint(ts pcommon.Timestamp, val int64, networkInterfaceNameAttributeValue string, tcpackTxqueueQueueAttributeValue int64, tcpackNetnsInodeAttributeValue int64) {
 	mb.metricTcpackTxqueueRequeues.recordDataPoint(mb.startTime, ts, val, networkInterfaceNameAttributeValue, tcpackTxqueueQueueAttributeValue, tcpackNetnsInodeAttributeValue)
+}
+
+// RecordTcpackTxqueueSampledTimeDataPoint adds a data point to tcpack.txqueue.sampled.time metric.
+func (mb *MetricsBuilder) RecordTcpackTxqueueSampledTimeDataPoint(ts pcommon.Timestamp, val float64) {
+	mb.metricTcpackTxqueueSampledTime.recordDataPoint(mb.startTime, ts, val)
 }
 
 // Reset resets metrics builder to its initial state. It should be used when external metrics source is restarted,

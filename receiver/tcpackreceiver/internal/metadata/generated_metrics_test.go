@@ -352,6 +352,9 @@ func TestMetricsBuilder(t *testing.T) {
 			if tt.name == "reaggregate_set" {
 				mb.RecordTcpackTxqueueRequeuesDataPoint(ts, 3, "network.interface.name-val-2", 21, 19)
 			}
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordTcpackTxqueueSampledTimeDataPoint(ts, 1)
 
 			rb := mb.NewResourceBuilder()
 			rb.SetHostName("host.name-val")
@@ -2296,7 +2299,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.txqueue.packets"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Packets handed to the driver per transmit queue, counted by the queue's mq child qdisc (txqueue.mode kernel_stats, the default; interfaces without mq are not counted, see tcpack.txqueue.queues) or at the tracepoint net:net_dev_start_xmit (mode per_packet); a GSO packet counts its segments, as qdiscs and most NICs count.", mi.Description())
+						assert.Equal(t, "Packets handed to the driver per transmit queue, counted by the queue's mq child qdisc (txqueue.mode kernel_stats, the default), at the tracepoint net:net_dev_start_xmit (mode per_packet), or there only in kernel_stats' sampling windows for multi-queue interfaces without mq (a sample - tcpack.txqueue.queues says which source each interface has); a GSO packet counts its segments, as qdiscs and most NICs count.", mi.Description())
 						assert.Equal(t, "{packet}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -2319,7 +2322,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.txqueue.packets"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Packets handed to the driver per transmit queue, counted by the queue's mq child qdisc (txqueue.mode kernel_stats, the default; interfaces without mq are not counted, see tcpack.txqueue.queues) or at the tracepoint net:net_dev_start_xmit (mode per_packet); a GSO packet counts its segments, as qdiscs and most NICs count.", mi.Description())
+						assert.Equal(t, "Packets handed to the driver per transmit queue, counted by the queue's mq child qdisc (txqueue.mode kernel_stats, the default), at the tracepoint net:net_dev_start_xmit (mode per_packet), or there only in kernel_stats' sampling windows for multi-queue interfaces without mq (a sample - tcpack.txqueue.queues says which source each interface has); a GSO packet counts its segments, as qdiscs and most NICs count.", mi.Description())
 						assert.Equal(t, "{packet}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -2350,7 +2353,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.txqueue.picks.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Queue picks by netdev_pick_tx, by how the queue was chosen. Reported only where fentry/fexit or kprobes can hook it; tcpack.probe.attached says whether they did.", mi.Description())
+						assert.Equal(t, "Queue picks by netdev_pick_tx, by how the queue was chosen. Reported only where fentry/fexit or kprobes can hook it; tcpack.probe.attached says whether they did. Under txqueue.mode kernel_stats counted only in the sampling windows (tcpack.txqueue.sampled.time), so a sample.", mi.Description())
 						assert.Equal(t, "{pick}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -2373,7 +2376,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.txqueue.picks.count"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Queue picks by netdev_pick_tx, by how the queue was chosen. Reported only where fentry/fexit or kprobes can hook it; tcpack.probe.attached says whether they did.", mi.Description())
+						assert.Equal(t, "Queue picks by netdev_pick_tx, by how the queue was chosen. Reported only where fentry/fexit or kprobes can hook it; tcpack.probe.attached says whether they did. Under txqueue.mode kernel_stats counted only in the sampling windows (tcpack.txqueue.sampled.time), so a sample.", mi.Description())
 						assert.Equal(t, "{pick}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -2502,6 +2505,20 @@ func TestMetricsBuilder(t *testing.T) {
 						_, ok = dp.Attributes().Get("tcpack.netns.inode")
 						assert.False(t, ok)
 					}
+				case "tcpack.txqueue.sampled.time":
+					assert.False(t, validatedMetrics["tcpack.txqueue.sampled.time"], "Found a duplicate in the metrics slice: tcpack.txqueue.sampled.time")
+					validatedMetrics["tcpack.txqueue.sampled.time"] = true
+					assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+					assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+					assert.Equal(t, "How long kernel_stats' sampling windows have had the per-packet hooks attached since the start, in seconds (txqueue.windows; about window/period of the time). The sampled counts - tcpack.txqueue.packets and .bytes of interfaces whose tcpack.txqueue.source is sampled, tcpack.txqueue.picks.count, tcpack.txqueue.flow.moved events - cover only this time.", mi.Description())
+					assert.Equal(t, "s", mi.Unit())
+					assert.True(t, mi.Sum().IsMonotonic())
+					assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+					dp := mi.Sum().DataPoints().At(0)
+					assert.Equal(t, start, dp.StartTimestamp())
+					assert.Equal(t, ts, dp.Timestamp())
+					assert.Equal(t, pmetric.NumberDataPointValueTypeDouble, dp.ValueType())
+					assert.InDelta(t, float64(1), dp.DoubleValue(), 0.01)
 				}
 			}
 		})
