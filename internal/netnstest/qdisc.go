@@ -2,6 +2,7 @@ package netnstest
 
 import (
 	"encoding/json"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -12,14 +13,32 @@ import (
 // a per-queue count against.
 func MQPerQueue(t testing.TB, ns *NS) func() map[uint32]uint64 {
 	t.Helper()
-	ns.Exec(t, "tc", "qdisc", "add", "dev", ns.Veth, "root", "handle", "1:", "mq")
+	return mqPerQueue(t, ns.Veth, func(args ...string) string { return ns.Exec(t, args[0], args[1:]...) })
+}
+
+// MQPerQueueHere is MQPerQueue for a device of the test's own namespace (a guest's NIC),
+// replacing its root qdisc.
+func MQPerQueueHere(t testing.TB, dev string) func() map[uint32]uint64 {
+	t.Helper()
+	return mqPerQueue(t, dev, func(args ...string) string {
+		out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	})
+}
+
+func mqPerQueue(t testing.TB, dev string, run func(args ...string) string) func() map[uint32]uint64 {
+	t.Helper()
+	run("tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", "mq")
 	return func() map[uint32]uint64 {
 		var qdiscs []struct {
 			Kind    string `json:"kind"`
 			Parent  string `json:"parent"`
 			Packets uint64 `json:"packets"`
 		}
-		out := ns.Exec(t, "tc", "-s", "-j", "qdisc", "show", "dev", ns.Veth)
+		out := run("tc", "-s", "-j", "qdisc", "show", "dev", dev)
 		if err := json.Unmarshal([]byte(out), &qdiscs); err != nil {
 			t.Fatalf("tc -j: %v\n%s", err, out)
 		}

@@ -31,6 +31,10 @@ const (
 	// SourceSampled: a multi-queue interface with no kernel counter per queue, counted by the
 	// per-packet program in kernel_stats' sampling windows only (Probe.SampledTime).
 	SourceSampled
+	// SourceDriver: the driver's own per-queue counters (netdev netlink qstats), for a
+	// multi-queue interface whose root qdisc is not mq. They count what the driver sent as
+	// it counts it (virtio-net: skbs; most NICs: packets on the wire), with no drops.
+	SourceDriver
 )
 
 func (s Source) String() string {
@@ -41,6 +45,8 @@ func (s Source) String() string {
 		return "per_packet"
 	case SourceSampled:
 		return "sampled"
+	case SourceDriver:
+		return "driver"
 	}
 	return "none"
 }
@@ -76,14 +82,29 @@ type qdiscCounter struct {
 	drops, requeues         uint64
 }
 
+// driverCounter is a driver queue's counts since its first read.
+type driverCounter struct {
+	lastPackets, lastBytes uint64
+	packets, bytes         uint64
+}
+
 // qdiscReader reads per-queue counts from mq's child qdiscs in every namespace, each
-// collection, with no program on the packet path.
+// collection, with no program on the packet path, and from the drivers' own per-queue
+// counters for multi-queue interfaces without mq.
 type qdiscReader struct {
 	mu       sync.Mutex
 	counters map[qdiscKey]*qdiscCounter
+	drivers  map[qdiscKey]*driverCounter
+	// netdev is the netdev netlink family's id; 0 where the kernel has no per-queue driver
+	// statistics (the family before 6.3, its qstats command before 6.9).
+	netdev uint16
 }
 
-func newQdiscReader() *qdiscReader { return &qdiscReader{counters: map[qdiscKey]*qdiscCounter{}} }
+func newQdiscReader() *qdiscReader {
+	r := &qdiscReader{counters: map[qdiscKey]*qdiscCounter{}, drivers: map[qdiscKey]*driverCounter{}}
+	r.netdev, _ = netdevFamilyID() // an error leaves the driver source out, as on older kernels
+	return r
+}
 
 // read returns the per-queue counts of every interface in the namespaces at paths, counted
 // from the first read of each queue, and every interface with its source. Namespaces that
@@ -113,6 +134,11 @@ func (r *qdiscReader) read(paths []string) ([]QueueCount, []Interface, error) {
 			delete(r.counters, key)
 		}
 	}
+	for key := range r.drivers {
+		if !live[key.netns] {
+			delete(r.drivers, key)
+		}
+	}
 	slices.SortFunc(queues, func(a, b QueueCount) int {
 		return cmp.Or(cmp.Compare(a.Netns, b.Netns), cmp.Compare(a.Ifindex, b.Ifindex), cmp.Compare(a.Queue, b.Queue))
 	})
@@ -123,15 +149,15 @@ func (r *qdiscReader) readNetns(path string, ino uint32) ([]QueueCount, []Interf
 	own, _ := kernel.NetnsInode(kernel.OwnNetns)
 	var h *netlink.Handle
 	var err error
+	ns := netns.None()
 	if ino == own {
 		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
 	} else {
-		ns, nerr := netns.GetFromPath(kernel.NetnsPath(path))
-		if nerr != nil {
-			return nil, nil, nerr
+		if ns, err = netns.GetFromPath(kernel.NetnsPath(path)); err != nil {
+			return nil, nil, err
 		}
+		defer ns.Close()
 		h, err = netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
-		ns.Close()
 	}
 	if err != nil {
 		return nil, nil, err
@@ -179,12 +205,38 @@ func (r *qdiscReader) readNetns(path string, ino uint32) ([]QueueCount, []Interf
 			Packets: c.packets, Bytes: c.bytes, Drops: c.drops, Requeues: c.requeues, Source: SourceQdisc,
 		})
 	}
+	// Multi-queue interfaces without mq: their drivers' counters, where they keep them.
+	driven := map[int]bool{}
+	var unsourced bool
+	for _, l := range links {
+		unsourced = unsourced || l.Attrs().NumTxQueues > 1 && !sourced[l.Attrs().Index]
+	}
+	if unsourced && r.netdev != 0 {
+		dqs, err := readDriverQueues(r.netdev, ns)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, dq := range dqs {
+			if sourced[int(dq.ifindex)] {
+				continue
+			}
+			c := r.countDriver(qdiscKey{ino, dq.ifindex, dq.queue}, dq)
+			driven[int(dq.ifindex)] = true
+			queues = append(queues, QueueCount{
+				Netns: ino, Ifindex: dq.ifindex, Interface: names[int(dq.ifindex)], Queue: dq.queue,
+				Packets: c.packets, Bytes: c.bytes, Source: SourceDriver,
+			})
+		}
+	}
 	ifaces := make([]Interface, 0, len(links))
 	for _, l := range links {
 		a := l.Attrs()
 		i := Interface{Netns: ino, Ifindex: uint32(a.Index), Interface: a.Name, TxQueues: uint32(a.NumTxQueues), RootQdisc: roots[a.Index]}
-		if sourced[a.Index] {
+		switch {
+		case sourced[a.Index]:
 			i.Source = SourceQdisc
+		case driven[a.Index]:
+			i.Source = SourceDriver
 		}
 		if a.Statistics != nil {
 			i.TxPackets = a.Statistics.TxPackets
@@ -199,6 +251,24 @@ func (r *qdiscReader) readNetns(path string, ino uint32) ([]QueueCount, []Interf
 		}
 	}
 	return queues, ifaces, nil
+}
+
+// countDriver folds a driver queue's counters into its cumulative counts; counters that went
+// back (the device was reset or its queues reconfigured) start a new baseline from zero.
+func (r *qdiscReader) countDriver(key qdiscKey, q driverQueue) *driverCounter {
+	c, ok := r.drivers[key]
+	if !ok {
+		c = &driverCounter{lastPackets: q.packets, lastBytes: q.bytes}
+		r.drivers[key] = c
+		return c
+	}
+	if q.packets < c.lastPackets || q.bytes < c.lastBytes {
+		c.lastPackets, c.lastBytes = 0, 0
+	}
+	c.packets += q.packets - c.lastPackets
+	c.bytes += q.bytes - c.lastBytes
+	c.lastPackets, c.lastBytes = q.packets, q.bytes
+	return c
 }
 
 // count folds a child qdisc's counters into its queue's cumulative counts. The 32-bit ones

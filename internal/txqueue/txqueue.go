@@ -1,7 +1,9 @@
 // Package txqueue reports the transmit queues of each interface and flow, flows that change
 // queue, and packets received for another host (PACKET_OTHERHOST). ModeKernelStats (the
-// default) runs no program per packet: per-queue counts from mq's child qdiscs and each TCP
-// connection's queue from a socket walk, each snapshot. ModePerPacket counts every packet at
+// default) runs no program per packet outside short sampling windows: per-queue counts from
+// mq's child qdiscs or the driver's own counters, and each TCP connection's queue from a
+// socket walk, each snapshot; the windows count the queues of interfaces with neither, picks
+// and queue changes as they happen. ModePerPacket counts every packet at
 // net:net_dev_start_xmit (and netdev_pick_tx where fentry/fexit or kprobes exist); a snapshot
 // and the events of a 4-queue veth then look like:
 //
@@ -43,7 +45,7 @@ const (
 // Modes: where the per-queue counts come from.
 const (
 	// ModeKernelStats reads the counters the kernel keeps per transmit queue (the child
-	// qdiscs of mq) each collection, and each TCP connection's queue from a socket walk: no
+	// qdiscs of mq, else the driver's netdev netlink statistics) each collection, and each TCP connection's queue from a socket walk: no
 	// program on the packet path outside sampling windows (Config.Window). In the windows the
 	// per-packet hooks count per queue for multi-queue interfaces without mq (SourceSampled),
 	// picks and flow_moved events; with no window, those are not reported.

@@ -18,8 +18,9 @@ OUT=${VMTEST_OUT:-$ROOT/build/vm}
 # (bookworm here); the series check stops a different release from silently testing another
 # kernel.
 KERNELS=(6.1:linux-image-amd64 6.12:linux-image-6.12-amd64)
-# Both Debian kernels have kprobes and BPF trampolines; a failure to use them is a bug.
-GUEST_EXPECT=fentry,fexit,kprobe,kretprobe
+# Both Debian kernels have kprobes and BPF trampolines; a failure to use them is a bug. Both
+# guests have a 4-queue virtio-net NIC (virtio_mq, below) for the txqueue tests.
+GUEST_EXPECT=fentry,fexit,kprobe,kretprobe,virtio_mq
 PACKAGES=(./internal/kernel ./internal/loader ./internal/drops ./internal/acks ./internal/quickack ./internal/txqueue ./internal/footprint)
 # VMTEST_PACKAGES="./internal/loader ./internal/acks" runs a subset while developing; the README's
 # kernel table is then not checked.
@@ -37,7 +38,11 @@ if [ -n "${VMTEST_KERNELS:-}" ]; then
 	done
 	KERNELS=("${wanted[@]}")
 fi
-MODULES=(veth nf_tables sch_tbf)
+MODULES=(veth nf_tables sch_tbf virtio_pci virtio_net)
+# The guests' NIC: virtio-net with 4 queue pairs, whose host end is a multi-queue tap, up, in a
+# network namespace of its own with no address: what the guest sends there goes no further.
+VM_NETNS=tcpack-vmtest-$$
+VM_TAP=tcpackvm0
 # Per guest (each takes ~3.7 min here; they run one after the other). A test binary stops
 # itself after 3 min (init: -test.timeout), so a hang prints its goroutines before this fires.
 TIMEOUT=${VMTEST_TIMEOUT:-420}
@@ -169,8 +174,10 @@ boot() {
 	(cd "$rootfs" && find . | cpio -o -H newc --quiet | gzip -1) >"$OUT/initrd-$name.gz"
 	local logf=$OUT/$name.log
 	log "booting $name (TCG; log: $logf)"
-	timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m 2048 -smp 2 \
+	ip netns exec "$VM_NETNS" timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m 2048 -smp 2 \
 		-nodefaults -no-user-config -display none -no-reboot -serial stdio \
+		-netdev tap,id=n0,ifname=$VM_TAP,script=no,downscript=no,vhost=off,queues=4 \
+		-device virtio-net-pci,netdev=n0,mq=on,vectors=10,romfile=,mac=52:54:00:7c:00:01 \
 		-kernel "$kdir"/boot/vmlinuz-* -initrd "$OUT/initrd-$name.gz" \
 		-append "console=ttyS0 loglevel=5 softlockup_panic=1 panic=-1 rdinit=/init tcpack.expect=$GUEST_EXPECT tcpack.args=${TEST_ARGS// /,}" \
 		</dev/null >"$logf" 2>&1 || true
@@ -289,8 +296,18 @@ update_readme() {
 	mv "$readme.new" "$readme"
 }
 
+# guest_network: the namespace and tap every guest's NIC attaches to, removed at exit.
+guest_network() {
+	ip netns del "$VM_NETNS" 2>/dev/null || true
+	ip netns add "$VM_NETNS"
+	trap 'ip netns del "$VM_NETNS" 2>/dev/null || true' EXIT
+	ip -n "$VM_NETNS" tuntap add dev "$VM_TAP" mode tap multi_queue
+	ip -n "$VM_NETNS" link set "$VM_TAP" up
+}
+
 main() {
 	install_deps
+	guest_network
 	mkdir -p "$OUT/kernels"
 	build_common_rootfs
 	local logs=() failed=0 kdir logf

@@ -161,6 +161,7 @@ var txqueueSources = map[txqueue.Source]metadata.AttributeTcpackTxqueueSource{
 	txqueue.SourceQdisc:     metadata.AttributeTcpackTxqueueSourceQdisc,
 	txqueue.SourcePerPacket: metadata.AttributeTcpackTxqueueSourcePerPacket,
 	txqueue.SourceSampled:   metadata.AttributeTcpackTxqueueSourceSampled,
+	txqueue.SourceDriver:    metadata.AttributeTcpackTxqueueSourceDriver,
 }
 
 type ifSeries struct {
@@ -272,9 +273,9 @@ func (f *txqueueFamily) logUnsourced(devices []txqueue.Interface) {
 		fields := []zap.Field{zap.String("interface", d.Interface), zap.Uint32("netns", d.Netns),
 			zap.Uint32("tx_queues", d.TxQueues), zap.String("root_qdisc", d.RootQdisc)}
 		if f.probe.Windowed() {
-			f.host.logger.Info("txqueue: this interface has no per-queue counter (its root qdisc is not mq): its per-queue counts are sampled, counted only in the sampling windows (txqueue.windows; tcpack.txqueue.source sampled, tcpack.txqueue.sampled.time)", fields...)
+			f.host.logger.Info("txqueue: this interface has no per-queue counter (its root qdisc is not mq, its driver keeps none): its per-queue counts are sampled, counted only in the sampling windows (txqueue.windows; tcpack.txqueue.source sampled, tcpack.txqueue.sampled.time)", fields...)
 		} else {
-			f.host.logger.Info("txqueue: this interface has no per-queue counter (its root qdisc is not mq) and txqueue.windows is off: no per-queue counts for it (tcpack.txqueue.source none)", fields...)
+			f.host.logger.Info("txqueue: this interface has no per-queue counter (its root qdisc is not mq, its driver keeps none) and txqueue.windows is off: no per-queue counts for it (tcpack.txqueue.source none)", fields...)
 		}
 	}
 }

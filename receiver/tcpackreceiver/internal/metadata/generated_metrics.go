@@ -529,6 +529,7 @@ type AttributeTcpackTxqueueSource int
 const (
 	_ AttributeTcpackTxqueueSource = iota
 	AttributeTcpackTxqueueSourceQdisc
+	AttributeTcpackTxqueueSourceDriver
 	AttributeTcpackTxqueueSourcePerPacket
 	AttributeTcpackTxqueueSourceSampled
 	AttributeTcpackTxqueueSourceNone
@@ -539,6 +540,8 @@ func (av AttributeTcpackTxqueueSource) String() string {
 	switch av {
 	case AttributeTcpackTxqueueSourceQdisc:
 		return "qdisc"
+	case AttributeTcpackTxqueueSourceDriver:
+		return "driver"
 	case AttributeTcpackTxqueueSourcePerPacket:
 		return "per_packet"
 	case AttributeTcpackTxqueueSourceSampled:
@@ -552,6 +555,7 @@ func (av AttributeTcpackTxqueueSource) String() string {
 // MapAttributeTcpackTxqueueSource is a helper map of string to AttributeTcpackTxqueueSource attribute value.
 var MapAttributeTcpackTxqueueSource = map[string]AttributeTcpackTxqueueSource{
 	"qdisc":      AttributeTcpackTxqueueSourceQdisc,
+	"driver":     AttributeTcpackTxqueueSourceDriver,
 	"per_packet": AttributeTcpackTxqueueSourcePerPacket,
 	"sampled":    AttributeTcpackTxqueueSourceSampled,
 	"none":       AttributeTcpackTxqueueSourceNone,
@@ -4305,7 +4309,7 @@ type metricTcpackTxqueuePackets struct {
 // init fills tcpack.txqueue.packets metric with initial data.
 func (m *metricTcpackTxqueuePackets) init() {
 	m.data.SetName("tcpack.txqueue.packets")
-	m.data.SetDescription("Packets handed to the driver per transmit queue, counted by the queue's mq child qdisc (txqueue.mode kernel_stats, the default), at the tracepoint net:net_dev_start_xmit (mode per_packet), or there only in kernel_stats' sampling windows for multi-queue interfaces without mq (a sample - tcpack.txqueue.queues says which source each interface has); a GSO packet counts its segments, as qdiscs and most NICs count.")
+	m.data.SetDescription("Packets handed to the driver per transmit queue, counted by the queue's mq child qdisc (txqueue.mode kernel_stats, the default) or else by the driver (netdev queue statistics), at the tracepoint net:net_dev_start_xmit (mode per_packet), or there only in kernel_stats' sampling windows for multi-queue interfaces without mq (a sample - tcpack.txqueue.queues says which source each interface has); a GSO packet counts its segments, as qdiscs and most NICs count.")
 	m.data.SetUnit("{packet}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)

@@ -344,7 +344,7 @@ func TestMetricsBuilder(t *testing.T) {
 			allMetricsCount++
 			mb.RecordTcpackTxqueueQueuesDataPoint(ts, 1, "network.interface.name-val", AttributeTcpackTxqueueSourceQdisc, 18)
 			if tt.name == "reaggregate_set" {
-				mb.RecordTcpackTxqueueQueuesDataPoint(ts, 3, "network.interface.name-val-2", AttributeTcpackTxqueueSourcePerPacket, 19)
+				mb.RecordTcpackTxqueueQueuesDataPoint(ts, 3, "network.interface.name-val-2", AttributeTcpackTxqueueSourceDriver, 19)
 			}
 			defaultMetricsCount++
 			allMetricsCount++
@@ -2299,7 +2299,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.txqueue.packets"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Packets handed to the driver per transmit queue, counted by the queue's mq child qdisc (txqueue.mode kernel_stats, the default), at the tracepoint net:net_dev_start_xmit (mode per_packet), or there only in kernel_stats' sampling windows for multi-queue interfaces without mq (a sample - tcpack.txqueue.queues says which source each interface has); a GSO packet counts its segments, as qdiscs and most NICs count.", mi.Description())
+						assert.Equal(t, "Packets handed to the driver per transmit queue, counted by the queue's mq child qdisc (txqueue.mode kernel_stats, the default) or else by the driver (netdev queue statistics), at the tracepoint net:net_dev_start_xmit (mode per_packet), or there only in kernel_stats' sampling windows for multi-queue interfaces without mq (a sample - tcpack.txqueue.queues says which source each interface has); a GSO packet counts its segments, as qdiscs and most NICs count.", mi.Description())
 						assert.Equal(t, "{packet}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -2322,7 +2322,7 @@ func TestMetricsBuilder(t *testing.T) {
 						validatedMetrics["tcpack.txqueue.packets"] = true
 						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-						assert.Equal(t, "Packets handed to the driver per transmit queue, counted by the queue's mq child qdisc (txqueue.mode kernel_stats, the default), at the tracepoint net:net_dev_start_xmit (mode per_packet), or there only in kernel_stats' sampling windows for multi-queue interfaces without mq (a sample - tcpack.txqueue.queues says which source each interface has); a GSO packet counts its segments, as qdiscs and most NICs count.", mi.Description())
+						assert.Equal(t, "Packets handed to the driver per transmit queue, counted by the queue's mq child qdisc (txqueue.mode kernel_stats, the default) or else by the driver (netdev queue statistics), at the tracepoint net:net_dev_start_xmit (mode per_packet), or there only in kernel_stats' sampling windows for multi-queue interfaces without mq (a sample - tcpack.txqueue.queues says which source each interface has); a GSO packet counts its segments, as qdiscs and most NICs count.", mi.Description())
 						assert.Equal(t, "{packet}", mi.Unit())
 						assert.True(t, mi.Sum().IsMonotonic())
 						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
